@@ -1,0 +1,3 @@
+"""Gradient-aggregation methods: each module registers one method."""
+
+__all__: list[str] = []

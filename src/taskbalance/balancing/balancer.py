@@ -1,0 +1,338 @@
+"""The Balancer: all the gradient work of one multi-task training step.
+
+Cost of a step (see ``docs/architecture.md``):
+
+* loss methods: one backward of ``method.combine(L)`` (GradNorm adds T short passes through the
+  heads and the last shared layer to measure ``‖∇_W L_t‖``);
+* gradient methods in ``"param"`` mode: one backward per task. Before task t's backward the
+  shared parameters' ``.grad`` are set to views of row t of a preallocated ``J`` (``[T, P]``),
+  so autograd accumulates the per-task gradient straight into ``J`` on the model's device (no
+  copy, no concatenation), while task-specific parameters accumulate their own task's gradient;
+* gradient methods in ``"rep"`` mode: ``J`` holds the gradients of the task losses w.r.t. the
+  shared features ``z`` (T passes through the heads only), then a single backward of ``Σ L_t``
+  whose gradient at ``z`` is replaced by the aggregated direction, so the shared part is
+  traversed once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from .base import GradientMethod, LossMethod, Method, check_choice
+
+__all__ = ["Balancer", "StepInfo"]
+
+LossInput = Mapping[str, Tensor | None] | Sequence[Tensor | None] | Tensor
+
+
+@dataclass
+class StepInfo:
+    """What one balancing step did; tensors are detached and stay on the device."""
+
+    task_names: tuple[str, ...]
+    losses: Tensor  # raw task losses [T]; 0 for absent tasks
+    present: Tensor  # bool [T]: tasks with a loss this step
+    weights: Tensor | None = None  # effective task weights [T] (0 for absent tasks)
+    grad_norms: Tensor | None = None  # ‖g_t‖ [T] when per-task gradients were computed
+    cosines: Tensor | None = None  # cos(g_i, g_j) [T, T] when per-task gradients were computed
+    extras: dict[str, Tensor] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, object]:
+        """Plain Python numbers for logging (synchronises with the device; call off the hot path)."""
+        out: dict[str, object] = {}
+        names = self.task_names
+        present = self.present.tolist()
+        for i, n in enumerate(names):
+            if present[i]:
+                out[f"loss/{n}"] = float(self.losses[i])
+            if self.weights is not None:
+                out[f"weight/{n}"] = float(self.weights[i])
+            if self.grad_norms is not None:
+                out[f"grad_norm/{n}"] = float(self.grad_norms[i])
+        if self.cosines is not None:
+            for i in range(len(names)):
+                for j in range(i + 1, len(names)):
+                    out[f"cos/{names[i]}~{names[j]}"] = float(self.cosines[i, j])
+        return out
+
+
+class Balancer:
+    """Runs the backward pass of a multi-task step with a balancing method.
+
+    Args:
+        method: a method from :func:`taskbalance.create`.
+        shared_parameters: the parameters shared by all tasks (e.g.
+            ``model.shared_parameters()``); every other parameter reached by a task's loss is
+            treated as that task's own and receives that task's gradient.
+        mode: ``"param"`` balances gradients of the shared parameters; ``"rep"`` balances
+            gradients of the shared features passed to :meth:`backward` (cheaper; with MGDA
+            this is MGDA-UB, Sener & Koltun 2018). Loss methods ignore the mode.
+        last_shared_parameters: the "last shared layer" W for GradNorm; by default the last
+            shared parameter with at least two dimensions (a weight matrix or kernel).
+        task_names: order of the tasks; by default the order of the first loss dict.
+        track_gradients: compute per-task gradient norms and cosines when per-task gradients
+            exist (one ``T x T`` Gramian, cheap).
+        check_finite: raise a clear error naming the task when a loss is NaN or infinite
+            (costs one device synchronisation per step).
+    """
+
+    def __init__(
+        self,
+        method: Method,
+        shared_parameters: Iterable[nn.Parameter],
+        mode: str = "param",
+        *,
+        last_shared_parameters: Iterable[nn.Parameter] | None = None,
+        task_names: Sequence[str] | None = None,
+        track_gradients: bool = True,
+        check_finite: bool = True,
+    ) -> None:
+        if not isinstance(method, Method):
+            raise TypeError(
+                f"method must be a balancing method from taskbalance.create(...), got "
+                f"{type(method).__name__}"
+            )
+        self.method = method
+        self.mode = check_choice("mode", mode, ("param", "rep"))
+        self.shared = [p for p in shared_parameters if p.requires_grad]
+        if not self.shared:
+            raise ValueError(
+                "shared_parameters is empty (or none requires grad); pass the parameters all "
+                "tasks share, e.g. model.shared_parameters()"
+            )
+        if len({id(p) for p in self.shared}) != len(self.shared):
+            raise ValueError("shared_parameters lists the same parameter more than once")
+        self._numels = [p.numel() for p in self.shared]
+        self._num_shared = sum(self._numels)
+        if last_shared_parameters is None:
+            matrices = [p for p in self.shared if p.dim() >= 2]
+            self.last_shared = [matrices[-1] if matrices else self.shared[-1]]
+        else:
+            self.last_shared = [p for p in last_shared_parameters if p.requires_grad]
+            if not self.last_shared:
+                raise ValueError("last_shared_parameters is empty (or none requires grad)")
+        self.task_names: tuple[str, ...] | None = None
+        if task_names is not None:
+            self._set_task_names(task_names)
+        self.track_gradients = track_gradients
+        self.check_finite = check_finite
+
+    # ------------------------------------------------------------------ public API
+    def parameters(self) -> Iterator[nn.Parameter]:
+        """Learnable parameters of the method; give them to the optimizer."""
+        return self.method.parameters()
+
+    def backward(self, losses: LossInput, features: Tensor | Sequence[Tensor] | None = None) -> StepInfo:
+        """Compute and write the gradients of one step; returns what the step did.
+
+        ``losses``: a dict task name -> scalar loss (``None`` for a task without labels in this
+        batch), a sequence of scalars, or a tensor of shape ``[T]``. In rep mode, ``features`` are
+        the shared features the task heads consumed.
+        """
+        stacked, present, all_present = self._stack(losses)
+        names = self.task_names
+        assert names is not None
+        method = self.method
+        mask = None if all_present else present
+        info = StepInfo(task_names=names, losses=stacked.detach(), present=present)
+
+        if isinstance(method, LossMethod):
+            if method.needs_last_layer_grad_norms:
+                norms = self._last_layer_grad_norms(stacked, present)
+                method.observe_grad_norms(norms)  # type: ignore[attr-defined]
+                info.grad_norms = norms
+            total = method._combine(stacked, mask)
+            if total.requires_grad:
+                total.backward()
+        elif isinstance(method, GradientMethod):
+            transformed = method.transform_losses(stacked)
+            idx = present.nonzero().flatten().tolist() if not all_present else list(range(len(names)))
+            if self.mode == "param":
+                J, direction_writer = self._param_jacobian(transformed, idx)
+            else:
+                J, direction_writer = self._rep_jacobian(transformed, idx, features)
+            losses_arg = stacked.detach()[present].to(J.dtype) if method.needs_losses else None
+            d = method._aggregate(J, losses_arg, mask)
+            direction_writer(d)
+            if self.track_gradients:
+                info.grad_norms, info.cosines = self._gradient_stats(J, present)
+        else:  # pragma: no cover - Method subclasses are one of the two kinds
+            raise TypeError(f"unsupported method kind {method.kind!r}")
+
+        info.weights = self._full_weights(method.last_weights, present, all_present)
+        return info
+
+    # ------------------------------------------------------------------ helpers
+    def _set_task_names(self, names: Sequence[str]) -> None:
+        names = tuple(names)
+        if len(names) != self.method.num_tasks:
+            raise ValueError(
+                f"the method was created for {self.method.num_tasks} tasks but got "
+                f"{len(names)} task names: {list(names)}"
+            )
+        if len(set(names)) != len(names):
+            raise ValueError(f"task names must be unique, got {list(names)}")
+        self.task_names = names
+
+    def _stack(self, losses: LossInput) -> tuple[Tensor, Tensor, bool]:
+        T = self.method.num_tasks
+        if isinstance(losses, Mapping):
+            if self.task_names is None:
+                self._set_task_names(list(losses))
+            assert self.task_names is not None
+            missing = [n for n in self.task_names if n not in losses]
+            extra = [n for n in losses if n not in self.task_names]
+            if missing or extra:
+                raise ValueError(
+                    f"losses must have one entry per task {list(self.task_names)}; "
+                    f"missing {missing}, unexpected {extra} (use None for a task without labels)"
+                )
+            items = [losses[n] for n in self.task_names]
+        elif isinstance(losses, Tensor):
+            if losses.dim() != 1:
+                raise ValueError(
+                    f"a loss tensor must have shape [{T}], got shape {list(losses.shape)}"
+                )
+            items = list(losses.unbind())
+        else:
+            items = list(losses)
+        if self.task_names is None:
+            self._set_task_names([f"task{i}" for i in range(len(items))])
+        names = self.task_names
+        assert names is not None
+        if len(items) != T:
+            raise ValueError(f"expected {T} task losses, got {len(items)}")
+
+        ref = next((x for x in items if x is not None), None)
+        if ref is None:
+            raise ValueError(
+                "no task has a loss in this batch (every loss is None); skip the batch instead"
+            )
+        for n, x in zip(names, items):
+            if x is None:
+                continue
+            if not isinstance(x, Tensor):
+                raise TypeError(f"the loss of task {n!r} must be a tensor, got {type(x).__name__}")
+            if x.dim() != 0:
+                raise ValueError(
+                    f"the loss of task {n!r} must be a scalar, got shape {list(x.shape)}; "
+                    "reduce it (e.g. .mean()) before balancing"
+                )
+            if not x.is_floating_point():
+                raise TypeError(f"the loss of task {n!r} must be floating point, got {x.dtype}")
+        zero = ref.new_zeros(())
+        stacked = torch.stack([zero if x is None else x for x in items])
+        present = torch.tensor([x is not None for x in items], device=stacked.device)
+        if self.check_finite:
+            finite = torch.isfinite(stacked.detach())
+            if not bool(finite.all()):
+                bad = int((~finite).nonzero()[0, 0])
+                raise ValueError(
+                    f"the loss of task {names[bad]!r} is {float(stacked[bad])}; a NaN or "
+                    "infinite loss cannot be balanced - check that task's predictions, targets "
+                    "and learning rate"
+                )
+        return stacked, present, all(x is not None for x in items)
+
+    def _param_jacobian(self, losses: Tensor, idx: list[int]):
+        shared = self.shared
+        first = shared[0]
+        J = torch.zeros(len(idx), self._num_shared, dtype=first.dtype, device=first.device)
+        saved = [p.grad for p in shared]
+        try:
+            for row, t in enumerate(idx):
+                views = J[row].split(self._numels)
+                for p, v in zip(shared, views):
+                    p.grad = v.view_as(p)
+                # Autograd adds task t's gradient in place into the views of J[row].
+                loss = losses[t]
+                if loss.requires_grad:
+                    loss.backward(retain_graph=row < len(idx) - 1)
+        finally:
+            for p, g in zip(shared, saved):
+                p.grad = g
+
+        def write(d: Tensor) -> None:
+            for p, g in zip(shared, d.split(self._numels)):
+                g = g.view_as(p).to(p.dtype)
+                p.grad = g.clone() if p.grad is None else p.grad + g
+
+        return J, write
+
+    def _rep_jacobian(self, losses: Tensor, idx: list[int], features):
+        if features is None:
+            raise ValueError(
+                "rep mode needs the shared features: call backward(losses, features=model.features)"
+            )
+        feats = [features] if isinstance(features, Tensor) else list(features)
+        if not feats or any(not isinstance(f, Tensor) or not f.requires_grad for f in feats):
+            raise ValueError(
+                "features must be the tensor(s) of shared features the task heads consumed, "
+                "attached to the autograd graph (requires_grad)"
+            )
+        numels = [f.numel() for f in feats]
+        rows = []
+        for t in idx:
+            grads = torch.autograd.grad(losses[t], feats, retain_graph=True, allow_unused=True)
+            rows.append(
+                torch.cat(
+                    [
+                        (g if g is not None else torch.zeros_like(f)).reshape(-1)
+                        for g, f in zip(grads, feats)
+                    ]
+                )
+            )
+        J = torch.stack(rows)
+        total = losses[idx].sum()
+
+        def write(d: Tensor) -> None:
+            parts = d.split(numels)
+            handles = [
+                f.register_hook(lambda _g, part=part, f=f: part.view_as(f).to(f.dtype))
+                for f, part in zip(feats, parts)
+            ]
+            try:
+                total.backward()
+            finally:
+                for h in handles:
+                    h.remove()
+
+        return J, write
+
+    def _last_layer_grad_norms(self, losses: Tensor, present: Tensor) -> Tensor:
+        norms = losses.new_zeros(len(losses)).detach()
+        for t in present.nonzero().flatten().tolist():
+            grads = torch.autograd.grad(
+                losses[t], self.last_shared, retain_graph=True, allow_unused=True
+            )
+            sq = [g.pow(2).sum() for g in grads if g is not None]
+            if sq:
+                norms[t] = torch.stack(sq).sum().sqrt()
+        return norms
+
+    def _gradient_stats(self, J: Tensor, present: Tensor) -> tuple[Tensor, Tensor]:
+        T = len(present)
+        G = (J @ J.T).detach()
+        sub_norms = G.diagonal().clamp_min(0).sqrt()
+        denom = torch.outer(sub_norms, sub_norms)
+        sub_cos = torch.where(denom > 0, G / denom.clamp_min(torch.finfo(G.dtype).tiny), 0.0)
+        norms = J.new_zeros(T)
+        cos = J.new_zeros(T, T)
+        norms[present] = sub_norms
+        cos[present.nonzero().flatten()[:, None], present.nonzero().flatten()[None, :]] = sub_cos
+        return norms, cos
+
+    def _full_weights(self, weights: Tensor | None, present: Tensor, all_present: bool):
+        if weights is None:
+            return None
+        if all_present:
+            return weights
+        if weights.shape[0] == len(present):
+            return weights * present.to(weights.dtype)
+        full = weights.new_zeros(len(present))
+        full[present] = weights
+        return full

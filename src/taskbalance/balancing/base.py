@@ -1,0 +1,192 @@
+"""Base classes shared by every balancing method.
+
+Two kinds of method exist (see ``docs/architecture.md``):
+
+* ``"loss"`` methods turn the vector of task losses ``L`` into one scalar to backpropagate
+  (:meth:`LossMethod.combine`);
+* ``"gradient"`` methods turn the per-task gradient matrix ``J`` (``[T, P]``) into one update
+  direction (:meth:`GradientMethod.aggregate`).
+
+Both kinds can be asked to balance only the tasks present in a batch (labels may be missing):
+the public calls validate and forward to ``_combine`` / ``_aggregate``, which receive a boolean
+``present`` mask over the ``T`` tasks (``None`` when all are present).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "GradientMethod",
+    "LossMethod",
+    "Method",
+    "check_choice",
+    "check_jacobian",
+    "check_losses",
+    "check_positive",
+    "make_generator",
+]
+
+
+class Method(nn.Module):
+    """Common state of every balancing method.
+
+    Methods are ``nn.Module`` so that learnable ones (uncertainty weighting, GradNorm, IMTL-L)
+    expose their parameters to the optimizer and every method's state travels in a
+    ``state_dict`` (checkpoints).
+    """
+
+    kind: ClassVar[str] = ""
+    #: Registry name, e.g. ``"pcgrad"``; set by :func:`taskbalance.balancing.registry.register`.
+    name: ClassVar[str] = ""
+    #: Citation shown by ``taskbalance methods``.
+    paper: ClassVar[str] = ""
+    #: Whether the method is meant for rep mode (gradients w.r.t. shared features).
+    prefers_rep_mode: ClassVar[bool] = False
+
+    def __init__(self, num_tasks: int) -> None:
+        super().__init__()
+        if isinstance(num_tasks, bool) or not isinstance(num_tasks, int) or num_tasks < 1:
+            raise ValueError(f"num_tasks must be a positive integer, got {num_tasks!r}")
+        self.num_tasks = num_tasks
+        self.last_weights: Tensor | None = None
+
+    def reset(self) -> None:
+        """Forget state accumulated during training (running means, EMAs, epoch history)."""
+        self.last_weights = None
+
+    def transform_losses(self, losses: Tensor) -> Tensor:
+        """Map raw task losses to the losses whose gradients are balanced (default: identity).
+
+        Element-wise per task, so absent tasks can simply be skipped afterwards.
+        """
+        return losses
+
+    def extra_repr(self) -> str:
+        return f"num_tasks={self.num_tasks}"
+
+
+class LossMethod(Method):
+    """A method that weights task losses: ``combine(L) -> scalar``.
+
+    Subclasses implement :meth:`_terms`, the per-task contributions to the total (weighted loss
+    plus any regulariser of that task), and set ``last_weights``. The total is the sum of the
+    terms of the tasks present.
+    """
+
+    kind: ClassVar[str] = "loss"
+    #: Set by methods that need ``‖∇_W L_t‖`` on the last shared layer W (GradNorm).
+    needs_last_layer_grad_norms: ClassVar[bool] = False
+
+    def combine(self, losses: Tensor) -> Tensor:
+        """The scalar to backpropagate for a loss vector of shape ``[T]``."""
+        check_losses(losses, self.num_tasks)
+        return self._combine(losses, None)
+
+    def _combine(self, losses: Tensor, present: Tensor | None) -> Tensor:
+        terms = self._terms(losses, present)
+        if present is not None:
+            terms = terms[present]
+        return terms.sum()
+
+    def _terms(self, losses: Tensor, present: Tensor | None) -> Tensor:
+        raise NotImplementedError
+
+    def epoch_end(self, mean_losses: Tensor) -> None:
+        """Called once per epoch with the epoch's mean task losses; a no-op by default."""
+        del mean_losses
+
+
+class GradientMethod(Method):
+    """A method that aggregates per-task gradients: ``aggregate(J) -> d``.
+
+    Subclasses implement :meth:`_aggregate`, which works for any number of rows (the tasks
+    present); stateful ones use ``present`` to index their per-task state.
+    """
+
+    kind: ClassVar[str] = "gradient"
+    #: Set by methods whose aggregation uses the loss values too (e.g. MGDA's loss normalisation).
+    needs_losses: ClassVar[bool] = False
+
+    def aggregate(self, J: Tensor, losses: Tensor | None = None) -> Tensor:
+        """The update direction ``d`` (shape ``[P]``, dtype and device of ``J``)."""
+        check_jacobian(J, self.num_tasks)
+        if losses is not None:
+            check_losses(losses, self.num_tasks)
+            losses = losses.detach().to(J.dtype)
+        elif self.needs_losses:
+            raise ValueError(f"method {self.name!r} needs the task losses: call aggregate(J, losses)")
+        return self._aggregate(J, losses, None)
+
+    def _aggregate(self, J: Tensor, losses: Tensor | None, present: Tensor | None) -> Tensor:
+        raise NotImplementedError
+
+
+def check_losses(losses: Tensor, num_tasks: int, names: Sequence[str] | None = None) -> Tensor:
+    """Validate a loss vector: shape ``[T]``, floating point, finite (the error names the task)."""
+    if not isinstance(losses, Tensor):
+        raise TypeError(
+            f"losses must be a tensor of shape [{num_tasks}], got {type(losses).__name__}"
+        )
+    if losses.shape != (num_tasks,):
+        raise ValueError(
+            f"expected {num_tasks} task losses (a tensor of shape [{num_tasks}]), "
+            f"got shape {list(losses.shape)}"
+        )
+    if not losses.is_floating_point():
+        raise TypeError(f"losses must be floating point, got {losses.dtype}")
+    finite = torch.isfinite(losses.detach())
+    if not bool(finite.all()):
+        bad = int((~finite).nonzero()[0, 0])
+        label = repr(names[bad]) if names is not None else f"task {bad}"
+        raise ValueError(
+            f"the loss of {label} is {float(losses[bad])}; a NaN or infinite loss cannot be "
+            "balanced - check that task's predictions, targets and learning rate"
+        )
+    return losses
+
+
+def check_jacobian(J: Tensor, num_tasks: int) -> Tensor:
+    """Validate a per-task gradient matrix of shape ``[T, P]``."""
+    if not isinstance(J, Tensor):
+        raise TypeError(f"J must be a tensor of shape [{num_tasks}, P], got {type(J).__name__}")
+    if J.dim() != 2 or J.shape[0] != num_tasks:
+        raise ValueError(
+            f"J must have shape [num_tasks={num_tasks}, P] (one gradient row per task), "
+            f"got shape {list(J.shape)}"
+        )
+    if not J.is_floating_point():
+        raise TypeError(f"J must be floating point, got {J.dtype}")
+    return J
+
+
+def make_generator(seed: int | torch.Generator | None) -> torch.Generator | None:
+    """A CPU generator for an int seed; a generator passes through; None means the global RNG."""
+    if seed is None or isinstance(seed, torch.Generator):
+        return seed
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be an int or a torch.Generator, got {seed!r}")
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return g
+
+
+def check_positive(name: str, value: float, *, allow_zero: bool = False) -> float:
+    """Validate a finite positive real option (the error names the option)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+    return float(value)
+
+
+def check_choice(name: str, value: str, choices: Sequence[str]) -> str:
+    """Validate a string option against its allowed values (the error lists them)."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value

@@ -1,0 +1,5 @@
+"""Loss-weighting methods: each module registers one method."""
+
+from . import ew, static
+
+__all__ = ["ew", "static"]

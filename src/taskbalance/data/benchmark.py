@@ -1,0 +1,434 @@
+"""Benchmark container, in-memory multi-task dataset and the registry of built-in benchmarks.
+
+A built-in benchmark is generated procedurally (no download, ever), deterministically from a seed,
+and cached as an uncompressed ``.npz`` file keyed by name, generator version, seed and size::
+
+    bench = load_benchmark("multidigits", seed=0, size="tiny")
+    model = bench.build_model()
+    x, targets, masks = bench.train[0]
+
+Target conventions (shared by the built-in benchmarks and the real-dataset loaders):
+
+===================  ===========================  =============================================
+task kind            target                       "missing" inside the target
+===================  ===========================  =============================================
+classification       ``int64`` scalar             -
+segmentation         ``int64 [H, W]``             ignore index (255)
+depth                ``float32 [1, H, W]``        0 = invalid pixel
+surface normals      ``float32 [3, H, W]``        zero vector = invalid pixel
+ball position        ``float32 [2]`` (x, y) px    -
+===================  ===========================  =============================================
+
+Inputs are float32 in ``[0, 1]`` (images ``[C, H, W]``, clips ``[C*K, H, W]``); datasets keep
+them as ``uint8`` in memory and convert per item.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import zlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+if TYPE_CHECKING:  # pragma: no cover
+    from taskbalance.models import MultiTaskModel
+    from taskbalance.tasks import Task
+
+__all__ = [
+    "Batch",
+    "Benchmark",
+    "BenchmarkSpec",
+    "MultiTaskDataset",
+    "SplitArrays",
+    "available_benchmarks",
+    "default_cache_dir",
+    "load_benchmark",
+    "register_benchmark",
+]
+
+#: One dataset item: ``(inputs, targets, masks)``.
+Batch = tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]
+
+SPLITS = ("train", "val", "test")
+
+
+class MultiTaskDataset(Dataset):
+    """An in-memory multi-task dataset yielding ``(inputs, targets, masks)`` items.
+
+    Args:
+        inputs: ``[N, ...]`` tensor; ``uint8`` inputs are returned as float32 divided by 255.
+        targets: task name -> ``[N, ...]`` tensor of targets.
+        masks: task name -> ``[N]`` bool tensor, ``True`` where the sample carries the label.
+            Missing entries (or ``None``) mean "every sample labelled".
+        extras: optional per-sample numpy arrays that are not training targets (ground-truth
+            metadata such as full trajectories), kept for inspection and tests.
+    """
+
+    def __init__(
+        self,
+        inputs: torch.Tensor,
+        targets: Mapping[str, torch.Tensor],
+        masks: Mapping[str, torch.Tensor] | None = None,
+        extras: Mapping[str, np.ndarray] | None = None,
+    ) -> None:
+        n = int(inputs.shape[0])
+        self.inputs = inputs
+        self.targets: dict[str, torch.Tensor] = dict(targets)
+        masks = dict(masks or {})
+        for name, target in self.targets.items():
+            if int(target.shape[0]) != n:
+                raise ValueError(
+                    f"target {name!r} has {int(target.shape[0])} samples, inputs have {n}"
+                )
+            mask = masks.get(name)
+            if mask is None:
+                mask = torch.ones(n, dtype=torch.bool)
+            if mask.dtype != torch.bool or tuple(mask.shape) != (n,):
+                raise ValueError(f"mask of task {name!r} must be a bool tensor of shape ({n},)")
+            masks[name] = mask
+        unknown = set(masks) - set(self.targets)
+        if unknown:
+            raise ValueError(f"masks given for unknown tasks {sorted(unknown)}")
+        self.masks: dict[str, torch.Tensor] = masks
+        self.extras: dict[str, np.ndarray] = dict(extras or {})
+
+    @property
+    def task_names(self) -> list[str]:
+        """Names of the tasks, in order."""
+        return list(self.targets)
+
+    def __len__(self) -> int:
+        return int(self.inputs.shape[0])
+
+    def __getitem__(self, index: int) -> Batch:
+        x = self.inputs[index]
+        x = x.float().div_(255.0) if x.dtype == torch.uint8 else x
+        targets = {name: t[index] for name, t in self.targets.items()}
+        masks = {name: m[index] for name, m in self.masks.items()}
+        return x, targets, masks
+
+    def label_fractions(self) -> dict[str, float]:
+        """Fraction of samples labelled, per task."""
+        return {name: float(m.float().mean()) if len(m) else 0.0 for name, m in self.masks.items()}
+
+    def with_masks(self, masks: Mapping[str, torch.Tensor]) -> MultiTaskDataset:
+        """A copy whose masks are replaced where given; unlabelled targets become zeros."""
+        new_masks = dict(self.masks)
+        new_targets = dict(self.targets)
+        for name, mask in masks.items():
+            if name not in self.targets:
+                raise ValueError(f"unknown task {name!r}; tasks are {self.task_names}")
+            new_masks[name] = mask
+            keep = mask.view(-1, *([1] * (self.targets[name].dim() - 1)))
+            new_targets[name] = torch.where(keep, self.targets[name], 0)
+        return MultiTaskDataset(self.inputs, new_targets, new_masks, self.extras)
+
+
+@dataclass
+class SplitArrays:
+    """Numpy arrays of one generated split (what the generators return and the cache stores)."""
+
+    inputs: np.ndarray
+    targets: dict[str, np.ndarray]
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def to_dataset(self) -> MultiTaskDataset:
+        """Wrap the arrays (without copying) in a :class:`MultiTaskDataset`."""
+        return MultiTaskDataset(
+            torch.from_numpy(self.inputs),
+            {k: torch.from_numpy(v) for k, v in self.targets.items()},
+            extras=self.extras,
+        )
+
+
+@dataclass(frozen=True)
+class BenchmarkSpec:
+    """How to build one registered benchmark.
+
+    Attributes:
+        name: registry name.
+        description: one line.
+        version: bump when the generator's output changes (invalidates caches).
+        default_size: every size/generation parameter with its default value.
+        tiny_size: overrides of ``default_size`` for ``size="tiny"`` (tests, smoke runs).
+        task_names: task names, in order.
+        generate: ``(seed, params) -> {"train"|"val"|"test": SplitArrays}``.
+        make_tasks: ``params -> list[Task]`` (imports ``taskbalance.tasks`` lazily).
+        make_model: ``(params, options) -> MultiTaskModel`` (imports ``taskbalance.models``
+            lazily).
+        input_shape: ``params -> shape of one input``.
+    """
+
+    name: str
+    description: str
+    version: int
+    default_size: Mapping[str, Any]
+    tiny_size: Mapping[str, Any]
+    task_names: tuple[str, ...]
+    generate: Callable[[int, dict[str, Any]], dict[str, SplitArrays]]
+    make_tasks: Callable[[dict[str, Any]], list[Task]]
+    make_model: Callable[[dict[str, Any], dict[str, Any]], MultiTaskModel]
+    input_shape: Callable[[dict[str, Any]], tuple[int, ...]]
+
+    def resolve_size(self, size: str | Mapping[str, Any]) -> dict[str, Any]:
+        """Full parameter dict for ``size`` ("default", "tiny" or a dict of overrides)."""
+        params = dict(self.default_size)
+        if isinstance(size, str):
+            if size == "tiny":
+                params.update(self.tiny_size)
+            elif size != "default":
+                raise ValueError(
+                    f"size must be 'default', 'tiny' or a dict of overrides, got {size!r}"
+                )
+            return params
+        if not isinstance(size, Mapping):
+            raise ValueError(f"size must be 'default', 'tiny' or a dict, got {type(size).__name__}")
+        overrides = dict(size)
+        base = overrides.pop("base", "default")
+        if base not in ("default", "tiny"):
+            raise ValueError(f"size['base'] must be 'default' or 'tiny', got {base!r}")
+        if base == "tiny":
+            params.update(self.tiny_size)
+        unknown = sorted(set(overrides) - set(params))
+        if unknown:
+            raise ValueError(
+                f"unknown size option(s) {unknown} for benchmark {self.name!r}; "
+                f"valid options: {sorted(params)} (and 'base')"
+            )
+        for key, value in overrides.items():
+            default = params[key]
+            if isinstance(default, bool) != isinstance(value, bool) or (
+                isinstance(default, int | float) and not isinstance(value, int | float)
+            ):
+                raise ValueError(
+                    f"size option {key!r} of {self.name!r} must be like {default!r}, got {value!r}"
+                )
+        params.update(overrides)
+        for split in SPLITS:
+            if split in params and (not isinstance(params[split], int) or params[split] < 1):
+                raise ValueError(f"size option {split!r} must be a positive int, got {params[split]!r}")
+        return params
+
+
+_REGISTRY: dict[str, BenchmarkSpec] = {}
+_BUILTINS_LOADED = False
+
+
+def register_benchmark(spec: BenchmarkSpec) -> BenchmarkSpec:
+    """Add a benchmark to the registry (re-registering a name replaces it)."""
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def _ensure_builtins() -> None:
+    global _BUILTINS_LOADED
+    if not _BUILTINS_LOADED:
+        _BUILTINS_LOADED = True
+        from taskbalance.data import multidigits, pingpong, scenes  # noqa: F401  (registers)
+
+
+def available_benchmarks() -> list[str]:
+    """Names of the registered benchmarks, sorted."""
+    _ensure_builtins()
+    return sorted(_REGISTRY)
+
+
+def get_spec(name: str) -> BenchmarkSpec:
+    """The :class:`BenchmarkSpec` of ``name``; ``ValueError`` listing valid names otherwise."""
+    _ensure_builtins()
+    if name not in _REGISTRY:
+        raise ValueError(
+            f"unknown benchmark {name!r}; available benchmarks: {', '.join(sorted(_REGISTRY))}"
+        )
+    return _REGISTRY[name]
+
+
+def default_cache_dir() -> Path:
+    """``$TASKBALANCE_CACHE`` if set, else ``~/.cache/taskbalance``."""
+    env = os.environ.get("TASKBALANCE_CACHE")
+    return Path(env).expanduser() if env else Path("~/.cache/taskbalance").expanduser()
+
+
+class Benchmark:
+    """A generated multi-task benchmark: three splits, its tasks and a default model.
+
+    Attributes:
+        name: benchmark name.
+        train, val, test: :class:`MultiTaskDataset` splits yielding ``(inputs, targets, masks)``.
+        task_names: task names, in order.
+        input_shape: shape of one input tensor.
+        params: the full generation parameters (size options).
+        seed: the generation seed.
+    """
+
+    def __init__(
+        self,
+        spec: BenchmarkSpec,
+        params: dict[str, Any],
+        seed: int,
+        splits: Mapping[str, MultiTaskDataset],
+    ) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.params = params
+        self.seed = seed
+        self.train = splits["train"]
+        self.val = splits["val"]
+        self.test = splits["test"]
+        self.task_names = list(spec.task_names)
+        self.input_shape = tuple(spec.input_shape(params))
+        self._tasks: list[Task] | None = None
+
+    @property
+    def tasks(self) -> list[Task]:
+        """The benchmark's :class:`taskbalance.tasks.Task` objects (built on first access)."""
+        if self._tasks is None:
+            self._tasks = list(self.spec.make_tasks(self.params))
+        return self._tasks
+
+    def build_model(self, **options: Any) -> MultiTaskModel:
+        """A fresh default :class:`taskbalance.models.MultiTaskModel` for this benchmark.
+
+        Options depend on the benchmark (e.g. ``width``); unknown options raise ``ValueError``.
+        """
+        return self.spec.make_model(self.params, dict(options))
+
+    def dataloaders(
+        self, batch_size: int = 64, *, num_workers: int = 0, seed: int = 0, drop_last: bool = False
+    ) -> tuple[DataLoader, DataLoader, DataLoader]:
+        """``(train, val, test)`` loaders; train is shuffled with a seeded generator."""
+        generator = torch.Generator().manual_seed(seed)
+        train = DataLoader(
+            self.train,
+            batch_size=batch_size,
+            shuffle=True,
+            num_workers=num_workers,
+            generator=generator,
+            drop_last=drop_last,
+        )
+        val = DataLoader(self.val, batch_size=batch_size, num_workers=num_workers)
+        test = DataLoader(self.test, batch_size=batch_size, num_workers=num_workers)
+        return train, val, test
+
+    def __repr__(self) -> str:
+        sizes = ", ".join(f"{s}={len(getattr(self, s))}" for s in SPLITS)
+        return (
+            f"Benchmark({self.name!r}, tasks={self.task_names}, input_shape={self.input_shape}, "
+            f"{sizes}, seed={self.seed})"
+        )
+
+
+def _cache_path(cache_dir: Path, spec: BenchmarkSpec, seed: int, params: dict[str, Any]) -> Path:
+    key = json.dumps({"v": spec.version, "seed": seed, "params": params}, sort_keys=True)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return cache_dir / f"{spec.name}-v{spec.version}-seed{seed}-{digest}.npz"
+
+
+def _save(path: Path, splits: Mapping[str, SplitArrays]) -> None:
+    arrays: dict[str, np.ndarray] = {}
+    for split, data in splits.items():
+        arrays[f"{split}/inputs"] = data.inputs
+        arrays.update({f"{split}/target/{k}": v for k, v in data.targets.items()})
+        arrays.update({f"{split}/extra/{k}": v for k, v in data.extras.items()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp.npz")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            np.savez(handle, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _load(path: Path) -> dict[str, SplitArrays]:
+    splits = {s: SplitArrays(np.empty(0), {}, {}) for s in SPLITS}
+    with np.load(path, allow_pickle=False) as data:
+        for key in data.files:
+            split, _, rest = key.partition("/")
+            kind, _, name = rest.partition("/")
+            if kind == "inputs":
+                splits[split].inputs = data[key]
+            elif kind == "target":
+                splits[split].targets[name] = data[key]
+            else:
+                splits[split].extras[name] = data[key]
+    return splits
+
+
+def load_benchmark(
+    name: str,
+    *,
+    seed: int = 0,
+    size: str | Mapping[str, Any] = "default",
+    cache_dir: str | os.PathLike[str] | None = None,
+    labels: Mapping[str, float] | None = None,
+) -> Benchmark:
+    """Generate (or load from the cache) a built-in benchmark.
+
+    Args:
+        name: one of :func:`available_benchmarks`.
+        seed: generation seed; the same seed gives identical arrays.
+        size: ``"default"``, ``"tiny"`` (a few dozen samples, for tests) or a dict overriding
+            generation options (e.g. ``{"train": 500, "image_size": 28}``; ``{"base": "tiny",
+            ...}`` overrides the tiny preset instead).
+        cache_dir: where generated arrays are cached (default :func:`default_cache_dir`).
+            Caching is always on; pass a temporary directory to keep the default cache clean.
+            An unreadable cache file is regenerated; an unwritable directory is skipped.
+        labels: per-task fraction of TRAINING samples that keep their label, e.g.
+            ``{"depth": 0.2}`` (see :func:`taskbalance.data.partial.apply_partial_labels`).
+
+    Raises:
+        ValueError: unknown benchmark, size option, task in ``labels`` or a bad fraction.
+    """
+    spec = get_spec(name)
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    seed = int(seed)
+    params = spec.resolve_size(size)
+    if labels:  # validate before spending time on generation
+        from taskbalance.data.partial import validate_fractions
+
+        validate_fractions(labels, spec.task_names)
+    directory = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    path = _cache_path(directory, spec, seed, params)
+    arrays: dict[str, SplitArrays] | None = None
+    if path.exists():
+        try:
+            arrays = _load(path)
+        except (OSError, ValueError, KeyError, zlib.error):
+            arrays = None  # corrupt or partial cache file: regenerate
+    if arrays is None:
+        arrays = spec.generate(seed, dict(params))
+        try:
+            _save(path, arrays)
+        except OSError:
+            pass  # read-only cache location: still usable, just not cached
+    splits = {s: arrays[s].to_dataset() for s in SPLITS}
+    if labels:
+        from taskbalance.data.partial import apply_partial_labels
+
+        splits["train"] = apply_partial_labels(splits["train"], labels, seed=seed)
+    return Benchmark(spec, params, seed, splits)
+
+
+def split_seeds(seed: int, name: str) -> np.random.Generator:
+    """A numpy generator seeded from ``seed`` and a stable hash of ``name``."""
+    return np.random.default_rng([seed, zlib.crc32(name.encode())])
+
+
+def check_options(options: Mapping[str, Any], valid: Mapping[str, Any], what: str) -> dict:
+    """Merge ``options`` into ``valid`` defaults; ``ValueError`` naming unknown options."""
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown} for {what}; valid: {sorted(valid)}")
+    return {**valid, **options}
