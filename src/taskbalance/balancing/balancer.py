@@ -143,7 +143,7 @@ class Balancer:
         if isinstance(method, LossMethod):
             if method.needs_last_layer_grad_norms:
                 norms = self._last_layer_grad_norms(stacked, present)
-                method.observe_grad_norms(norms)  # type: ignore[attr-defined]
+                method.observe_grad_norms(norms)
                 info.grad_norms = norms
             total = method._combine(stacked, mask)
             if total.requires_grad:

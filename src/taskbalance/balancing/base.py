@@ -97,6 +97,10 @@ class LossMethod(Method):
     def _terms(self, losses: Tensor, present: Tensor | None) -> Tensor:
         raise NotImplementedError
 
+    def observe_grad_norms(self, norms: Tensor) -> None:
+        """Receive ``‖∇_W L_t‖`` [T] before :meth:`_combine` (when ``needs_last_layer_grad_norms``)."""
+        del norms
+
     def epoch_end(self, mean_losses: Tensor) -> None:
         """Called once per epoch with the epoch's mean task losses; a no-op by default."""
         del mean_losses
