@@ -4,8 +4,8 @@ Every loss here has the signature ``loss(prediction, target, mask=None, **option
 
 - keeps only the samples whose per-sample ``mask`` entry is ``True`` (``mask`` is a bool tensor of
   shape ``[B]``; ``None`` means every sample is labelled),
-- drops the elements that a dense target marks as missing (ignore index for segmentation, zero depth,
-  zero normal vector),
+- drops the elements that a dense target marks as missing (ignore index for segmentation, zero
+  depth, zero normal vector),
 - returns the **mean over the remaining (valid) elements**, or ``None`` when no element is valid, so
   the caller can drop the task for this step (no NaN, no gradient).
 
@@ -192,9 +192,7 @@ def mse_loss(prediction: Tensor, target: Tensor, mask: Tensor | None = None) -> 
 # --------------------------------------------------------------------------------------------------
 
 
-def depth_l1_loss(
-    prediction: Tensor, target: Tensor, mask: Tensor | None = None
-) -> Tensor | None:
+def depth_l1_loss(prediction: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor | None:
     """L1 depth loss over valid pixels (target depth ``> 0``), as in the NYUv2 protocol of MTAN.
 
     ``loss = (1/|V|) Σ_{p∈V} |d_p - d*_p|``, ``V = {p : d*_p > 0}`` over labelled samples.
