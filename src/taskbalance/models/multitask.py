@@ -79,7 +79,9 @@ def _match_heads(
             )
     for name in names:
         if not isinstance(heads[name], nn.Module):
-            raise TypeError(f"head of task {name!r} must be an nn.Module, got {type(heads[name])!r}")
+            raise TypeError(
+                f"head of task {name!r} must be an nn.Module, got {type(heads[name])!r}"
+            )
     return names, {t: heads[t] for t in names}
 
 
@@ -319,6 +321,10 @@ class MultiTaskModel(MultiTaskNetwork):
                 task starts from the same weights as ``layers``).
             rep_detach: see :class:`MultiTaskModel`.
         """
+        if isinstance(layers, nn.Sequential):
+            layer_names = [name for name, _ in layers.named_children()]
+        else:
+            layer_names = [str(i) for i in range(len(layers))]
         layer_list = list(layers)
         for i, layer in enumerate(layer_list):
             if not isinstance(layer, nn.Module):
@@ -338,12 +344,16 @@ class MultiTaskModel(MultiTaskNetwork):
         else:
             head_map = heads  # type: ignore[assignment]
         names, ordered = _match_heads(head_map, task_names)
-        backbone = nn.Sequential(*layer_list[:branch_point])
+        backbone = nn.Sequential(
+            OrderedDict(zip(layer_names[:branch_point], layer_list[:branch_point], strict=True))
+        )
         branched: dict[str, nn.Module] = {}
         for task in names:
             tail = [copy.deepcopy(layer) for layer in layer_list[branch_point:]]
             if tail:
-                branch = nn.Sequential(*tail)
+                branch = nn.Sequential(
+                    OrderedDict(zip(layer_names[branch_point:], tail, strict=True))
+                )
                 if reinitialize:
                     reset_parameters(branch)
                 branched[task] = nn.Sequential(
@@ -406,4 +416,3 @@ class MultiTaskModel(MultiTaskNetwork):
     def extra_repr(self) -> str:
         bp = "" if self.branch_point is None else f", branch_point={self.branch_point}"
         return f"tasks={list(self.task_names)}{bp}"
-
