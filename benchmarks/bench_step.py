@@ -31,10 +31,17 @@ class ThreeTaskCNN(nn.Module):
     def __init__(self, width: int = 32) -> None:
         super().__init__()
         self.shared = nn.Sequential(
-            nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(),
+            nn.Conv2d(3, width, 3, padding=1),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
             nn.MaxPool2d(2),
-            nn.Conv2d(2 * width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(),
+            nn.Conv2d(width, 2 * width, 3, padding=1),
+            nn.BatchNorm2d(2 * width),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(2 * width, 2 * width, 3, padding=1),
+            nn.BatchNorm2d(2 * width),
+            nn.ReLU(),
         )
         c = 2 * width
         self.heads = nn.ModuleList(
@@ -136,8 +143,9 @@ def main() -> None:
     times = interleaved_times(steps, args.rounds, args.per_round, sync)
     floor, ew = times["floor"], times["ew/loss"]
     print(f"device={device} batch={args.batch} size={args.size} tasks={T}")
-    print(f"ew step {ew * 1e3:.2f} ms; autograd floor (1 forward + {T} backward) "
-          f"{floor * 1e3:.2f} ms")
+    print(
+        f"ew step {ew * 1e3:.2f} ms; autograd floor (1 forward + {T} backward) {floor * 1e3:.2f} ms"
+    )
     print("| method | mode | ms/step | ratio | against | target |")
     print("|---|---|---:|---:|---|---:|")
     for name, mode in candidates:

@@ -34,7 +34,9 @@ class TwoHeadNet(nn.Module):
         super().__init__()
         torch.manual_seed(0)
         self.shared = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 5), nn.Tanh())
-        self.heads = nn.ModuleDict({"a": nn.Linear(5, 1), "b": nn.Linear(5, 2), "c": nn.Linear(5, 1)})
+        self.heads = nn.ModuleDict(
+            {"a": nn.Linear(5, 1), "b": nn.Linear(5, 2), "c": nn.Linear(5, 1)}
+        )
         self.features: torch.Tensor | None = None
 
     def forward(self, x):

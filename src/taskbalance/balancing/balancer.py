@@ -126,7 +126,9 @@ class Balancer:
         """Learnable parameters of the method; give them to the optimizer."""
         return self.method.parameters()
 
-    def backward(self, losses: LossInput, features: Tensor | Sequence[Tensor] | None = None) -> StepInfo:
+    def backward(
+        self, losses: LossInput, features: Tensor | Sequence[Tensor] | None = None
+    ) -> StepInfo:
         """Compute and write the gradients of one step; returns what the step did.
 
         ``losses``: a dict task name -> scalar loss (``None`` for a task without labels in this
@@ -150,7 +152,9 @@ class Balancer:
                 total.backward()
         elif isinstance(method, GradientMethod):
             transformed = method.transform_losses(stacked)
-            idx = present.nonzero().flatten().tolist() if not all_present else list(range(len(names)))
+            idx = (
+                present.nonzero().flatten().tolist() if not all_present else list(range(len(names)))
+            )
             if self.mode == "param":
                 J, direction_writer = self._param_jacobian(transformed, idx)
             else:

@@ -124,7 +124,9 @@ class GradientMethod(Method):
             check_losses(losses, self.num_tasks)
             losses = losses.detach().to(J.dtype)
         elif self.needs_losses:
-            raise ValueError(f"method {self.name!r} needs the task losses: call aggregate(J, losses)")
+            raise ValueError(
+                f"method {self.name!r} needs the task losses: call aggregate(J, losses)"
+            )
         return self._aggregate(J, losses, None)
 
     def _aggregate(self, J: Tensor, losses: Tensor | None, present: Tensor | None) -> Tensor:

@@ -1,5 +1,17 @@
 """Loss-weighting methods: each module registers one method."""
 
-from . import ew, static
+from . import dwa, ew, famo, gradnorm, imtl_l, rlw, scaled, static, uw
+from .imtl_l import imtl_l_transform
 
-__all__ = ["ew", "static"]
+__all__ = [
+    "dwa",
+    "ew",
+    "famo",
+    "gradnorm",
+    "imtl_l",
+    "imtl_l_transform",
+    "rlw",
+    "scaled",
+    "static",
+    "uw",
+]
