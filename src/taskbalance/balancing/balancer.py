@@ -42,7 +42,7 @@ class StepInfo:
     extras: dict[str, Tensor] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, object]:
-        """Plain Python numbers for logging (synchronises with the device; call off the hot path)."""
+        """Plain numbers for logging (synchronises with the device: call off the hot path)."""
         out: dict[str, object] = {}
         names = self.task_names
         present = self.present.tolist()

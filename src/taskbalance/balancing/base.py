@@ -98,7 +98,7 @@ class LossMethod(Method):
         raise NotImplementedError
 
     def observe_grad_norms(self, norms: Tensor) -> None:
-        """Receive ``‖∇_W L_t‖`` [T] before :meth:`_combine` (when ``needs_last_layer_grad_norms``)."""
+        """Receive ``‖∇_W L_t‖`` [T] before ``_combine`` (if ``needs_last_layer_grad_norms``)."""
         del norms
 
     def epoch_end(self, mean_losses: Tensor) -> None:

@@ -1,0 +1,41 @@
+"""Data: built-in generated benchmarks, partial labels, loaders for real dataset layouts.
+
+Every dataset item is ``(inputs, targets: dict[str, Tensor], masks: dict[str, bool Tensor])``
+(see "Batches" in ``docs/architecture.md``).
+
+Built-in benchmarks (generated from a seed, cached as ``.npz``; nothing is downloaded):
+
+* ``multidigits``: MultiMNIST-style two overlapping digits; tasks ``left``, ``right``.
+* ``scenes``: NYUv2-like ray-cast indoor scenes; tasks ``segmentation``, ``depth``, ``normals``.
+* ``pingpong``: TTNet-like table-tennis clips; tasks ``ball``, ``table``, ``events``.
+
+>>> bench = load_benchmark("scenes", size="tiny", labels={"depth": 0.2})  # doctest: +SKIP
+>>> model = bench.build_model()  # doctest: +SKIP
+"""
+
+from taskbalance.data.benchmark import (
+    Batch,
+    Benchmark,
+    BenchmarkSpec,
+    MultiTaskDataset,
+    SplitArrays,
+    available_benchmarks,
+    default_cache_dir,
+    load_benchmark,
+    register_benchmark,
+)
+from taskbalance.data.partial import apply_partial_labels, labelled_subset
+
+__all__ = [
+    "Batch",
+    "Benchmark",
+    "BenchmarkSpec",
+    "MultiTaskDataset",
+    "SplitArrays",
+    "apply_partial_labels",
+    "available_benchmarks",
+    "default_cache_dir",
+    "labelled_subset",
+    "load_benchmark",
+    "register_benchmark",
+]

@@ -432,3 +432,19 @@ def check_options(options: Mapping[str, Any], valid: Mapping[str, Any], what: st
     if unknown:
         raise ValueError(f"unknown option(s) {unknown} for {what}; valid: {sorted(valid)}")
     return {**valid, **options}
+
+
+def sensor_noise(rng: np.random.Generator, shape: tuple[int, ...], std: float) -> np.ndarray:
+    """Zero-mean float32 camera noise with standard deviation ``std`` (uniform: fast to draw)."""
+    noise = rng.random(shape, dtype=np.float32)
+    noise -= np.float32(0.5)
+    noise *= np.float32(std * np.sqrt(12.0))
+    return noise
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """Float images in ``[0, 1]`` (clipped, modified in place) to rounded ``uint8``."""
+    np.clip(images, 0.0, 1.0, out=images)
+    images *= np.float32(255.0)
+    images += np.float32(0.5)
+    return images.astype(np.uint8)

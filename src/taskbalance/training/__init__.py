@@ -1,0 +1,30 @@
+"""Training: :func:`train` from a :class:`TrainConfig`, the lower-level :class:`Trainer`,
+checkpoints and history logging (see ``docs/architecture.md``, "Training")."""
+
+from .checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from .config import TrainConfig
+from .logging import HistoryWriter
+from .trainer import (
+    Callback,
+    RunResult,
+    Trainer,
+    resolve_device,
+    seed_everything,
+    selection_score,
+    train,
+)
+
+__all__ = [
+    "Callback",
+    "HistoryWriter",
+    "RunResult",
+    "TrainConfig",
+    "Trainer",
+    "atomic_write",
+    "load_checkpoint",
+    "resolve_device",
+    "save_checkpoint",
+    "seed_everything",
+    "selection_score",
+    "train",
+]

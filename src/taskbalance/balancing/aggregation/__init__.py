@@ -1,3 +1,15 @@
 """Gradient-aggregation methods: each module registers one method."""
 
-__all__: list[str] = []
+from . import aligned_mtl, cagrad, graddrop, gradvac, imtl, mgda, nash_mtl, pcgrad, upgrad
+
+__all__ = [
+    "aligned_mtl",
+    "cagrad",
+    "graddrop",
+    "gradvac",
+    "imtl",
+    "mgda",
+    "nash_mtl",
+    "pcgrad",
+    "upgrad",
+]
