@@ -241,3 +241,25 @@ def test_every_method_has_kind_and_weights_attribute():
         assert method.kind in ("loss", "gradient")
         assert method.last_weights is None
         assert tb.method_info(name).paper
+
+
+@pytest.mark.parametrize("name", ["pcgrad", "graddrop", "gradvac", "rlw"])
+def test_seeded_method_resumes_its_random_stream_from_state_dict(name):
+    import copy
+
+    J = torch.randn(3, 20, generator=torch.Generator().manual_seed(3))
+    L = torch.tensor([1.0, 2.0, 3.0])
+
+    def draw(m):
+        if m.kind == "loss":
+            m.combine(L)
+            return m.last_weights.clone()
+        return m.aggregate(J).clone()
+
+    method = tb.create(name, 3, seed=1)
+    draw(method)
+    saved = copy.deepcopy(method.state_dict())
+    expected = [draw(method) for _ in range(3)]
+    restored = tb.create(name, 3, seed=123)
+    restored.load_state_dict(saved)
+    assert all(torch.equal(a, b) for a, b in zip(expected, [draw(restored) for _ in range(3)]))

@@ -55,6 +55,20 @@ class Method(nn.Module):
             raise ValueError(f"num_tasks must be a positive integer, got {num_tasks!r}")
         self.num_tasks = num_tasks
         self.last_weights: Tensor | None = None
+        #: Random source of randomised methods (set from their ``seed`` option).
+        self.generator: torch.Generator | None = None
+
+    def get_extra_state(self) -> dict[str, Tensor]:
+        # The generator's state travels in state_dict, so a resumed run draws what it would have.
+        return {} if self.generator is None else {"generator_state": self.generator.get_state()}
+
+    def set_extra_state(self, state: dict[str, Tensor]) -> None:
+        saved = state.get("generator_state") if isinstance(state, dict) else None
+        if saved is None:
+            return
+        if self.generator is None:
+            self.generator = torch.Generator()
+        self.generator.set_state(saved)
 
     def reset(self) -> None:
         """Forget state accumulated during training (running means, EMAs, epoch history)."""
@@ -115,7 +129,7 @@ class GradientMethod(Method):
 
     kind: ClassVar[str] = "gradient"
     #: Set by methods whose aggregation uses the loss values too (e.g. MGDA's loss normalisation).
-    needs_losses: ClassVar[bool] = False
+    needs_losses: bool = False
 
     def aggregate(self, J: Tensor, losses: Tensor | None = None) -> Tensor:
         """The update direction ``d`` (shape ``[P]``, dtype and device of ``J``)."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -93,16 +92,6 @@ class RandomLossWeighting(LossMethod):
         super().reset()
         if isinstance(self._seed, int):
             self.generator = make_generator(self._seed)
-
-    def get_extra_state(self) -> Any:
-        return {"generator_state": None if self.generator is None else self.generator.get_state()}
-
-    def set_extra_state(self, state: Any) -> None:
-        gen_state = state.get("generator_state") if isinstance(state, dict) else None
-        if gen_state is not None:
-            if self.generator is None:
-                self.generator = torch.Generator()
-            self.generator.set_state(gen_state)
 
     def draw_logits(self) -> Tensor:
         """One draw ``[T]`` (float64, CPU) whose softmax is the weight vector: ``z ~ N(0, I)``, or

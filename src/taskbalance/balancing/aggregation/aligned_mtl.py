@@ -1,0 +1,100 @@
+"""Aligned-MTL: align the gradients by making their system well conditioned (CVPR 2023)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from ..base import GradientMethod
+from ..registry import register
+from .upgrad import normalized_gramian
+
+__all__ = ["AlignedMTL", "aligned_balance_matrix"]
+
+
+def aligned_balance_matrix(G: Tensor, eps: float) -> Tensor:
+    """The balance matrix ``B = √λ_min V Λ^{-1/2} Vᵀ`` of a (float64) Gramian ``G = V Λ Vᵀ``.
+
+    Only the eigenvalues above ``eps · n · λ_max`` count (the non-null eigenspace; rank as in
+    ``matrix_rank``); ``λ_min`` is the smallest of them, the square of the smallest positive
+    singular value of J. Every entry of the spectrum of B is ``√(λ_min/λ_i) ≤ 1``, so B is
+    bounded whatever the conditioning. A zero G gives ``B = 0``.
+    """
+    n = G.shape[0]
+    lam, V = torch.linalg.eigh(G)
+    lam_max = lam[-1].clamp_min(0)
+    keep = lam > eps * n * lam_max
+    keep = keep & (lam_max > 0)
+    big = torch.tensor(float("inf"), dtype=G.dtype, device=G.device)
+    lam_min = torch.where(keep, lam, big).min()
+    lam_min = torch.where(torch.isfinite(lam_min), lam_min, torch.zeros_like(lam_min))
+    safe = torch.where(keep, lam, torch.ones_like(lam))
+    spectrum = torch.where(keep, (lam_min / safe).sqrt(), torch.zeros_like(lam))
+    return (V * spectrum) @ V.T
+
+
+@register(
+    "aligned_mtl",
+    paper="Senushkin et al., Independent Component Alignment for Multi-Task Learning, CVPR 2023 "
+    "(arXiv:2305.19000)",
+)
+class AlignedMTL(GradientMethod):
+    """Aligned-MTL: ``d = Jᵀ B w``, the task gradients aligned to condition number 1.
+
+    Senushkin et al. 2023 (https://arxiv.org/abs/2305.19000): with the eigendecomposition
+    ``G = J Jᵀ = V Λ Vᵀ`` and ``σ_min²`` its smallest positive eigenvalue, the balance matrix
+    ``B = σ_min V Λ^{-1/2} Vᵀ`` (on the non-null eigenspace) makes the aligned gradients
+    ``Ĵ = B J`` orthogonal with equal norms ``σ_min`` (``Ĵ Ĵᵀ = σ_min² I`` for full-rank J), and
+    the update is ``d = Ĵᵀ w = Jᵀ (B w)`` for pre-defined task weights ``w`` (uniform ``1/n`` by
+    default). ``last_weights`` are the effective weights ``B w``.
+
+    Args:
+        task_weights: the pre-defined weights ``w``, one non-negative number per task (the tasks
+            present are used as given); default uniform ``1/n``.
+        eps: relative eigenvalue threshold for the rank (times ``n · λ_max``); default: 10 × the
+            machine epsilon of J's dtype (float32 gradients carry that much rounding).
+    """
+
+    def __init__(
+        self,
+        num_tasks: int,
+        task_weights: Sequence[float] | Tensor | None = None,
+        eps: float | None = None,
+    ) -> None:
+        super().__init__(num_tasks)
+        self.task_weights: Tensor | None = None
+        if task_weights is not None:
+            values = [
+                float(w)
+                for w in (
+                    task_weights.tolist() if isinstance(task_weights, Tensor) else task_weights
+                )
+            ]
+            if len(values) != num_tasks or any(not (0 <= w < float("inf")) for w in values):
+                raise ValueError(
+                    f"task_weights must be {num_tasks} finite numbers >= 0 (one per task), "
+                    f"got {values}"
+                )
+            self.task_weights = torch.tensor(values, dtype=torch.float64)
+        if eps is not None and (
+            isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (0 < eps < 1)
+        ):
+            raise ValueError(f"eps must be a number in (0, 1) or None, got {eps!r}")
+        self.eps = None if eps is None else float(eps)
+
+    def _aggregate(self, J: Tensor, losses: Tensor | None, present: Tensor | None) -> Tensor:
+        n = J.shape[0]
+        Gn, _ = normalized_gramian(J)
+        eps = self.eps if self.eps is not None else 10 * torch.finfo(J.dtype).eps
+        B = aligned_balance_matrix(Gn, eps)
+        if self.task_weights is None:
+            pre = torch.full((n,), 1.0 / n, dtype=torch.float64, device=J.device)
+        else:
+            pre = self.task_weights.to(J.device)
+            if present is not None:
+                pre = pre[present.to(J.device)]
+        w = (B @ pre).to(J.dtype)
+        self.last_weights = w.detach()
+        return w @ J

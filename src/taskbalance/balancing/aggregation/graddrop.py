@@ -1,0 +1,98 @@
+"""GradDrop: gradient sign dropout (Chen et al., NeurIPS 2020)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from ..base import GradientMethod, make_generator
+from ..registry import register
+
+__all__ = ["GradDrop"]
+
+
+@register(
+    "graddrop",
+    paper="Chen et al., Just pick a sign: optimizing deep multitask models with gradient sign "
+    "dropout, NeurIPS 2020, https://arxiv.org/abs/2010.06808",
+)
+class GradDrop(GradientMethod):
+    """GradDrop: per coordinate, keep only the gradients of one randomly chosen sign.
+
+    Per coordinate ``k`` of ``J``: the positive sign purity
+    ``P = ½(1 + Σ_i g_ik / Σ_i |g_ik|)`` (``P = ½`` where every ``g_ik`` is 0 - nothing to keep
+    there anyway), ``U ~ U(0, 1)`` and the masks
+    ``M_i = 1[P > U]·1[g_i > 0] + 1[P < U]·1[g_i < 0]``; then
+    ``d = Σ_i (ℓ_i + (1 − ℓ_i) M_i) g_i`` with the leak parameters ``ℓ_i`` (``ℓ_i = 1`` lets
+    task i's gradient through unmasked, ``0`` is plain GradDrop).
+
+    Meant for rep mode (``Balancer(..., mode="rep")``, ``J`` = gradients w.r.t. the shared
+    features), as in the paper. Differences from the paper, on purpose: ``P`` is computed per
+    coordinate of ``J`` - per sample *and* feature in rep mode - rather than from gradients summed
+    over the batch, and the gradients are not multiplied by the sign of the activations (the
+    method only sees ``J``). ``f`` is the identity. GradDrop has no per-task weights
+    (``last_weights`` is ``None``).
+
+    Args:
+        leak: ``ℓ`` in ``[0, 1]``, one number for every task or one per task (default 0).
+        seed: an int, a ``torch.Generator`` (CPU or on the gradients' device; a device
+            generator avoids drawing ``P`` numbers on the CPU) or ``None`` (the global RNG of
+            the gradients' device) for ``U``.
+
+    Paper: https://arxiv.org/abs/2010.06808
+    """
+
+    prefers_rep_mode = True
+    leak: Tensor
+
+    def __init__(
+        self,
+        num_tasks: int,
+        leak: float | Sequence[float] = 0.0,
+        seed: int | torch.Generator | None = None,
+    ) -> None:
+        super().__init__(num_tasks)
+        values = [leak] * num_tasks if isinstance(leak, (int, float)) else list(leak)
+        if len(values) != num_tasks or not all(
+            isinstance(v, (int, float))
+            and not isinstance(v, bool)
+            and math.isfinite(v)
+            and 0 <= v <= 1
+            for v in values
+        ):
+            raise ValueError(
+                f"leak must be a number in [0, 1] or {num_tasks} such numbers (one per task), "
+                f"got {leak!r}"
+            )
+        self.register_buffer("leak", torch.tensor([float(v) for v in values], dtype=torch.float64))
+        self.seed = seed
+        self.generator = make_generator(seed)
+
+    def reset(self) -> None:
+        super().reset()
+        self.generator = make_generator(self.seed)
+
+    def _uniform(self, P: int, J: Tensor) -> Tensor:
+        g = self.generator
+        if g is None:
+            return torch.rand(P, device=J.device, dtype=J.dtype)
+        return torch.rand(P, generator=g, device=g.device, dtype=J.dtype).to(J.device)
+
+    def _aggregate(self, J: Tensor, losses: Tensor | None, present: Tensor | None) -> Tensor:
+        self.last_weights = None
+        leak = self.leak.to(device=J.device, dtype=J.dtype)
+        if present is not None:
+            leak = leak[present.to(J.device)]
+        total = J.sum(dim=0)
+        mass = J.abs().sum(dim=0)
+        ratio = torch.where(mass > 0, total / torch.where(mass > 0, mass, 1.0), 0.0)
+        purity = 0.5 * (1.0 + ratio.clamp(-1.0, 1.0))
+        U = self._uniform(J.shape[1], J)
+        keep = torch.where(J > 0, purity > U, purity < U) & (J != 0)
+        factor = leak[:, None] + (1.0 - leak[:, None]) * keep.to(J.dtype)
+        d = (factor * J).sum(dim=0)
+        big = torch.finfo(J.dtype).max
+        return torch.nan_to_num(d, nan=0.0, posinf=big, neginf=-big)
