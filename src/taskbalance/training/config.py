@@ -1,0 +1,376 @@
+"""``TrainConfig``: every setting of one training run, validated on construction.
+
+A bad value raises ``ValueError`` naming the key and what is allowed; unknown keys in
+:meth:`TrainConfig.from_dict` / :meth:`TrainConfig.from_yaml` raise ``ValueError`` naming them,
+suggesting the closest valid key and listing all valid keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "AMP_DTYPES",
+    "OPTIMIZERS",
+    "RESUME_MAY_DIFFER",
+    "SCHEDULERS",
+    "TrainConfig",
+]
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULERS = ("none", "cosine", "step")
+MODES = ("param", "rep")
+AMP_DTYPES = ("bfloat16", "float16")
+SIZES = ("default", "tiny")
+
+#: Keys that may change between a run and its resumption (everything else must match).
+RESUME_MAY_DIFFER = frozenset(
+    {"epochs", "resume", "progress", "out_dir", "tensorboard", "num_workers", "device", "cache_dir"}
+)
+
+_DEVICE_RE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one run of :func:`taskbalance.training.train`.
+
+    Attributes:
+        benchmark: a name from ``taskbalance.data.available_benchmarks()``.
+        method: a name from ``taskbalance.available_methods()``.
+        method_options: keyword options of ``taskbalance.create(method, T, **method_options)``.
+        mode: ``"param"`` or ``"rep"``; ``None`` (or ``"auto"``) picks ``"rep"`` when the method
+            prefers it (``method.prefers_rep_mode``) and the model supports it, else ``"param"``.
+        tasks: subset of the benchmark's task names to train and evaluate (one name: a
+            single-task baseline); ``None`` = all tasks.
+        epochs: number of epochs (>= 1).
+        steps: cap on the training steps of each epoch (smoke tests); ``None`` = whole epoch.
+        batch_size: training batch size; ``eval_batch_size`` (default: ``batch_size``) for
+            validation and test.
+        lr, weight_decay: optimizer learning rate (> 0) and weight decay (>= 0).
+        optimizer: ``"adam"``, ``"adamw"`` or ``"sgd"``; ``optimizer_options`` are extra keyword
+            arguments of the torch optimizer (e.g. ``{"momentum": 0.9}`` for SGD).
+        scheduler: ``"none"``, ``"cosine"`` (cosine annealing over ``epochs``) or ``"step"``
+            (``StepLR``, default ``step_size=max(1, epochs // 3)``, ``gamma=0.1``); stepped once
+            per epoch; ``scheduler_options`` override the torch scheduler's keyword arguments.
+        grad_clip: clip the global gradient norm to this value (``None`` = no clipping).
+        seed: seeds torch, numpy, ``random`` and the data order; ``data_seed`` (default: ``seed``)
+            seeds the benchmark's generation.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``.
+        amp: mixed precision (CUDA only): ``torch.autocast`` with ``amp_dtype``; ``"float16"``
+            adds a ``GradScaler``. ``amp=True`` with another device is an error.
+        size: benchmark size, ``"default"``, ``"tiny"`` or a dict of overrides.
+        labels: ``{task: fraction}`` of training samples that keep their label.
+        model_options: keyword options of ``benchmark.build_model(**model_options)``.
+        cache_dir: where generated benchmarks are cached (default: the data package's default).
+        num_workers: DataLoader workers (0 = load in the main process, exact repeatability).
+        out_dir: directory of the run's files.
+        resume: continue from ``out_dir/checkpoint.pt``.
+        progress: tqdm progress bars (only shown when stderr is a terminal).
+        tensorboard: also log to TensorBoard when the ``tensorboard`` package is importable.
+        save_best: keep the weights of the best validation epoch in ``out_dir/best.pt``.
+    """
+
+    benchmark: str = "multidigits"
+    method: str = "ew"
+    method_options: dict[str, Any] = field(default_factory=dict)
+    mode: str | None = None
+    tasks: list[str] | None = None
+    epochs: int = 5
+    steps: int | None = None
+    batch_size: int = 64
+    eval_batch_size: int | None = None
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    optimizer: str = "adam"
+    optimizer_options: dict[str, Any] = field(default_factory=dict)
+    scheduler: str = "none"
+    scheduler_options: dict[str, Any] = field(default_factory=dict)
+    grad_clip: float | None = None
+    seed: int = 0
+    data_seed: int | None = None
+    device: str = "cpu"
+    amp: bool = False
+    amp_dtype: str = "bfloat16"
+    size: str | dict[str, Any] = "default"
+    labels: dict[str, float] | None = None
+    model_options: dict[str, Any] = field(default_factory=dict)
+    cache_dir: str | None = None
+    num_workers: int = 0
+    out_dir: str = "runs/run"
+    resume: bool = False
+    progress: bool = True
+    tensorboard: bool = True
+    save_best: bool = True
+
+    # ------------------------------------------------------------------ validation
+    def __post_init__(self) -> None:
+        self._check_strings()
+        self._check_numbers()
+        self._check_mappings()
+        self._check_flags()
+        self._check_registry_names()
+
+    @staticmethod
+    def _bad(key: str, allowed: str, value: Any) -> ValueError:
+        return ValueError(f"config key {key!r} must be {allowed}, got {value!r}")
+
+    def _check_strings(self) -> None:
+        for key in ("benchmark", "method"):
+            value = getattr(self, key)
+            if not isinstance(value, str) or not value:
+                raise self._bad(key, "a non-empty string", value)
+        if self.mode == "auto":
+            self.mode = None
+        if self.mode is not None and self.mode not in MODES:
+            raise self._bad("mode", "one of 'param', 'rep', 'auto' or None", self.mode)
+        if self.optimizer not in OPTIMIZERS:
+            raise self._bad(
+                "optimizer", f"one of {', '.join(map(repr, OPTIMIZERS))}", self.optimizer
+            )
+        if self.scheduler not in SCHEDULERS:
+            raise self._bad(
+                "scheduler", f"one of {', '.join(map(repr, SCHEDULERS))}", self.scheduler
+            )
+        if not isinstance(self.device, str) or not _DEVICE_RE.match(self.device):
+            raise self._bad("device", "'cpu', 'cuda', 'cuda:N' or 'mps'", self.device)
+        if self.amp_dtype not in AMP_DTYPES:
+            raise self._bad(
+                "amp_dtype", f"one of {', '.join(map(repr, AMP_DTYPES))}", self.amp_dtype
+            )
+        if isinstance(self.out_dir, os.PathLike):
+            self.out_dir = os.fspath(self.out_dir)
+        if not isinstance(self.out_dir, str) or not self.out_dir:
+            raise self._bad("out_dir", "a non-empty path", self.out_dir)
+        if isinstance(self.cache_dir, os.PathLike):
+            self.cache_dir = os.fspath(self.cache_dir)
+        if self.cache_dir is not None and (
+            not isinstance(self.cache_dir, str) or not self.cache_dir
+        ):
+            raise self._bad("cache_dir", "a non-empty path or None", self.cache_dir)
+        if self.tasks is not None:
+            if isinstance(self.tasks, str):
+                self.tasks = [self.tasks]
+            ok = isinstance(self.tasks, (list, tuple)) and len(self.tasks) > 0
+            ok = ok and all(isinstance(t, str) and t for t in self.tasks)
+            if not ok:
+                raise self._bad("tasks", "None or a non-empty list of task names", self.tasks)
+            if len(set(self.tasks)) != len(self.tasks):
+                raise self._bad("tasks", "a list of distinct task names", self.tasks)
+            self.tasks = list(self.tasks)
+        if isinstance(self.size, str):
+            if self.size not in SIZES:
+                raise self._bad("size", "'default', 'tiny' or a dict of size options", self.size)
+        elif isinstance(self.size, Mapping):
+            self.size = dict(self.size)
+        else:
+            raise self._bad("size", "'default', 'tiny' or a dict of size options", self.size)
+
+    def _check_numbers(self) -> None:
+        positive_ints = ("epochs", "batch_size")
+        for key in positive_ints:
+            value = getattr(self, key)
+            if not _is_int(value) or value < 1:
+                raise self._bad(key, "an integer >= 1", value)
+        for key in ("steps", "eval_batch_size"):
+            value = getattr(self, key)
+            if value is not None and (not _is_int(value) or value < 1):
+                raise self._bad(key, "None or an integer >= 1", value)
+        for key in ("seed", "num_workers"):
+            value = getattr(self, key)
+            if not _is_int(value) or value < 0:
+                raise self._bad(key, "an integer >= 0", value)
+        if self.data_seed is not None and (not _is_int(self.data_seed) or self.data_seed < 0):
+            raise self._bad("data_seed", "None or an integer >= 0", self.data_seed)
+        if not _is_real(self.lr) or self.lr <= 0:
+            raise self._bad("lr", "a finite number > 0", self.lr)
+        if not _is_real(self.weight_decay) or self.weight_decay < 0:
+            raise self._bad("weight_decay", "a finite number >= 0", self.weight_decay)
+        if self.grad_clip is not None and (not _is_real(self.grad_clip) or self.grad_clip <= 0):
+            raise self._bad("grad_clip", "None or a finite number > 0", self.grad_clip)
+        self.lr = float(self.lr)
+        self.weight_decay = float(self.weight_decay)
+        if self.grad_clip is not None:
+            self.grad_clip = float(self.grad_clip)
+
+    def _check_mappings(self) -> None:
+        for key in ("method_options", "optimizer_options", "scheduler_options", "model_options"):
+            value = getattr(self, key)
+            if value is None:
+                value = {}
+            if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+                raise self._bad(key, "a mapping of option names to values", value)
+            setattr(self, key, dict(value))
+        if self.labels is not None:
+            if not isinstance(self.labels, Mapping) or not self.labels:
+                raise self._bad(
+                    "labels", "None or a non-empty mapping {task: fraction}", self.labels
+                )
+            for task, fraction in self.labels.items():
+                if not isinstance(task, str) or not _is_real(fraction) or not 0 <= fraction <= 1:
+                    raise ValueError(
+                        f"config key 'labels' must map task names to fractions in [0, 1], got "
+                        f"{task!r}: {fraction!r}"
+                    )
+            self.labels = {k: float(v) for k, v in self.labels.items()}
+            if self.tasks is not None:
+                unknown = [t for t in self.labels if t not in self.tasks]
+                if unknown:
+                    raise ValueError(
+                        f"config key 'labels' names task(s) {unknown} that are not in "
+                        f"'tasks' {self.tasks}"
+                    )
+
+    def _check_flags(self) -> None:
+        for key in ("amp", "resume", "progress", "tensorboard", "save_best"):
+            value = getattr(self, key)
+            if not isinstance(value, bool):
+                raise self._bad(key, "true or false", value)
+        if self.amp and not self.device.startswith("cuda"):
+            raise ValueError(
+                f"config key 'amp' is true but device is {self.device!r}: mixed precision is only "
+                "supported on CUDA; set amp: false or device: cuda"
+            )
+
+    def _check_registry_names(self) -> None:
+        from taskbalance.balancing.registry import available_methods, method_info
+
+        methods = available_methods()
+        if self.method not in methods:
+            raise ValueError(
+                f"config key 'method' must be one of {', '.join(methods)}; got {self.method!r}"
+                + _suggest(self.method, methods)
+            )
+        valid_options = method_info(self.method).options
+        unknown = sorted(set(self.method_options) - set(valid_options))
+        if unknown:
+            raise ValueError(
+                f"config key 'method_options' has unknown option(s) {unknown} for method "
+                f"{self.method!r}; valid options: {', '.join(valid_options) or 'none'}"
+            )
+        from taskbalance.data import available_benchmarks
+
+        benchmarks = available_benchmarks()
+        if self.benchmark not in benchmarks:
+            raise ValueError(
+                f"config key 'benchmark' must be one of {', '.join(benchmarks)}; got "
+                f"{self.benchmark!r}" + _suggest(self.benchmark, benchmarks)
+            )
+        names = _benchmark_task_names(self.benchmark)
+        if names is not None:
+            for key, given in (("tasks", self.tasks), ("labels", self.labels)):
+                unknown = [t for t in (given or []) if t not in names]
+                if unknown:
+                    raise ValueError(
+                        f"config key {key!r} names unknown task(s) {unknown} of benchmark "
+                        f"{self.benchmark!r}; its tasks are {names}"
+                    )
+
+    # ------------------------------------------------------------------ conversion
+    @classmethod
+    def keys(cls) -> list[str]:
+        """Names of every config key, in declaration order."""
+        return [f.name for f in fields(cls)]
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
+        """Build a config from a mapping; unknown keys raise ``ValueError`` naming them."""
+        if not isinstance(data, Mapping):
+            raise ValueError(
+                f"a training config must be a mapping of keys to values, got {type(data).__name__}"
+            )
+        valid = cls.keys()
+        unknown = [k for k in data if k not in valid]
+        if unknown:
+            hints = "".join(_suggest(str(k), valid, prefix=f"; for {k!r}") for k in unknown)
+            raise ValueError(
+                f"unknown config key(s) {', '.join(map(repr, unknown))}{hints}; valid keys: "
+                f"{', '.join(valid)}"
+            )
+        return cls(**dict(data))
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike[str]) -> TrainConfig:
+        """Read a config from a YAML file (a mapping of config keys)."""
+        import yaml
+
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            raise FileNotFoundError(f"config file {str(path)!r} does not exist") from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise ValueError(f"config file {str(path)!r} is not valid YAML: {err}") from err
+        if data is None:
+            data = {}
+        if not isinstance(data, Mapping):
+            raise ValueError(
+                f"config file {str(path)!r} must hold a mapping of config keys, got "
+                f"{type(data).__name__}"
+            )
+        try:
+            return cls.from_dict(data)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from err
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain (JSON/YAML-serialisable) dict of every key."""
+        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
+
+    def to_yaml(self, path: str | os.PathLike[str]) -> None:
+        """Write the config as YAML (readable by :meth:`from_yaml`)."""
+        import yaml
+
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A validated copy with some keys changed (unknown keys raise ``ValueError``)."""
+        return TrainConfig.from_dict({**self.to_dict(), **changes})
+
+    def differences(self, other: Mapping[str, Any], ignore=RESUME_MAY_DIFFER) -> dict[str, tuple]:
+        """Keys whose values differ from ``other`` (a config dict): ``{key: (self, other)}``."""
+        mine = self.to_dict()
+        keys = [k for k in dict.fromkeys([*mine, *other]) if k not in ignore]
+        return {k: (mine.get(k), other.get(k)) for k in keys if mine.get(k) != other.get(k)}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _plain(dataclasses.asdict(value))
+    return value
+
+
+def _suggest(word: str, choices: list[str], prefix: str = "") -> str:
+    close = difflib.get_close_matches(word, choices, n=1)
+    return f"{prefix} (did you mean {close[0]!r}?)" if close else ""
+
+
+def _benchmark_task_names(name: str) -> list[str] | None:
+    """Task names of a registered benchmark without generating it (``None`` if unknown)."""
+    try:
+        from taskbalance.data.benchmark import get_spec
+    except ImportError:  # pragma: no cover - data package layout changed
+        return None
+    return list(get_spec(name).task_names)

@@ -1,0 +1,242 @@
+"""The lower-level Trainer on a hand-made model and data: trainable subsets, frozen parts,
+missing labels, rep mode, epoch_end, gradient statistics, model selection scores."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from taskbalance.balancing.base import GradientMethod, LossMethod
+from taskbalance.models import MultiTaskModel
+from taskbalance.tasks import classification_task
+from taskbalance.training import Trainer, selection_score
+
+TASKS = ("a", "b")
+
+
+class MeanAggregation(GradientMethod):
+    """Test-only gradient method: the mean of the task gradients."""
+
+    prefers_rep_mode = True
+
+    def _aggregate(self, J, losses, present):
+        self.last_weights = J.new_full((J.shape[0],), 1.0 / J.shape[0])
+        return J.mean(dim=0)
+
+
+class RecordingSum(LossMethod):
+    """Test-only loss method: the sum, recording what epoch_end receives."""
+
+    def __init__(self, num_tasks: int) -> None:
+        super().__init__(num_tasks)
+        self.epoch_means: list[torch.Tensor] = []
+
+    def _terms(self, losses, present):
+        self.last_weights = losses.new_ones(self.num_tasks).detach()
+        return losses
+
+    def epoch_end(self, mean_losses):
+        self.epoch_means.append(mean_losses.clone())
+
+
+def make_data(n=48, labelled_b=1.0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 8, generator=g)
+    ya = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
+    yb = (x[:, 2] > 0).long()
+    mb = torch.rand(n, generator=g) < labelled_b
+    return [
+        (x[i], {"a": ya[i], "b": yb[i] * mb[i]}, {"a": torch.tensor(True), "b": mb[i]})
+        for i in range(n)
+    ]
+
+
+def make_model(seed=0):
+    torch.manual_seed(seed)
+    backbone = nn.Sequential(nn.Linear(8, 16), nn.ReLU())
+    return MultiTaskModel(backbone, {"a": nn.Linear(16, 3), "b": nn.Linear(16, 2)})
+
+
+def tasks():
+    return [classification_task("a", 3), classification_task("b", 2)]
+
+
+def loaders(labelled_b=1.0):
+    gen = torch.Generator().manual_seed(0)
+    train = DataLoader(make_data(labelled_b=labelled_b), batch_size=8, shuffle=True, generator=gen)
+    val = DataLoader(make_data(24, seed=1), batch_size=12)
+    test = DataLoader(make_data(24, seed=2), batch_size=12)
+    return train, val, test
+
+
+def snapshot(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def changed(before, module):
+    after = module.state_dict()
+    return any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_trainable_subset_with_frozen_backbone(tmp_path):
+    model = make_model()
+    model.freeze("backbone")
+    backbone, head_a, head_b = (
+        snapshot(m) for m in (model.backbone, model.heads["a"], model.heads["b"])
+    )
+    trainer = Trainer(
+        model, tasks(), "ew", *loaders(), trainable_tasks=["a"], epochs=2, progress=False
+    )
+    result = trainer.fit()
+    assert not changed(backbone, model.backbone)
+    assert not changed(head_b, model.heads["b"])
+    assert changed(head_a, model.heads["a"])
+    assert set(result.val) == {"a", "b"}  # every task is evaluated
+    assert set(result.history[0]["train_loss"]) == {"a"}
+    assert result.trainable_tasks == ["a"] and result.out_dir is None
+    assert not list(tmp_path.iterdir())  # no out_dir: nothing written
+
+
+def test_trainable_subset_trains_shared_part_but_not_other_heads():
+    model = make_model()
+    backbone, head_b = snapshot(model.backbone), snapshot(model.heads["b"])
+    Trainer(model, tasks(), "ew", *loaders(), trainable_tasks=["a"], progress=False).fit()
+    assert changed(backbone, model.backbone)
+    assert not changed(head_b, model.heads["b"])
+
+
+def test_task_without_labels_gets_no_loss_and_no_update():
+    model = make_model()
+    head_b = snapshot(model.heads["b"])
+    method = RecordingSum(2)
+    trainer = Trainer(model, tasks(), method, *loaders(labelled_b=0.0), epochs=2, progress=False)
+    result = trainer.fit()
+    assert result.history[0]["train_loss"]["b"] is None
+    assert result.history[0]["weights"]["b"] is None
+    assert result.history[0]["train_loss"]["a"] > 0
+    assert not changed(head_b, model.heads["b"])
+    # epoch_end: once per epoch, mean losses [T], NaN for the task without labels
+    assert len(method.epoch_means) == 2
+    means = method.epoch_means[0]
+    assert means.shape == (2,) and means[0] > 0 and math.isnan(float(means[1]))
+
+
+def test_partially_labelled_task_is_trained():
+    model = make_model()
+    head_b = snapshot(model.heads["b"])
+    result = Trainer(model, tasks(), "ew", *loaders(labelled_b=0.5), progress=False).fit()
+    assert result.history[0]["train_loss"]["b"] > 0
+    assert changed(head_b, model.heads["b"])
+
+
+def test_gradient_method_auto_rep_mode_logs_gradient_statistics():
+    trainer = Trainer(make_model(), tasks(), MeanAggregation(2), *loaders(), progress=False)
+    assert trainer.mode == "rep"
+    record = trainer.fit().history[0]
+    assert set(record["grad_norms"]) == {"a", "b"} and record["grad_norms"]["a"] > 0
+    assert set(record["cosines"]) == {"a~b"} and -1 <= record["cosines"]["a~b"] <= 1
+    assert record["weights"] == {"a": 0.5, "b": 0.5}
+
+
+def test_gradient_method_param_mode():
+    trainer = Trainer(
+        make_model(), tasks(), MeanAggregation(2), *loaders(), mode="param", progress=False
+    )
+    record = trainer.fit().history[0]
+    assert trainer.mode == "param" and record["grad_norms"]["b"] > 0
+
+
+def test_method_for_wrong_number_of_tasks():
+    with pytest.raises(ValueError, match="created for 2 task.*1 task"):
+        Trainer(make_model(), tasks(), RecordingSum(2), *loaders(), trainable_tasks=["b"])
+
+
+def test_method_by_name_and_unknown_trainable_task():
+    trainer = Trainer(make_model(), tasks(), "ew", *loaders(), progress=False)
+    assert trainer.method.num_tasks == 2
+    with pytest.raises(ValueError, match="trainable_tasks"):
+        Trainer(make_model(), tasks(), "ew", *loaders(), trainable_tasks=["c"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_trainer_rejects_unavailable_cuda_and_amp_on_cpu():
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        Trainer(make_model(), tasks(), "ew", *loaders(), device="cuda")
+    with pytest.raises(ValueError, match="amp=True needs a CUDA device"):
+        Trainer(make_model(), tasks(), "ew", *loaders(), amp=True)
+
+
+def test_selection_score_rules():
+    (a, b) = tasks()
+    first = {"a": {"accuracy": 0.5}, "b": {"accuracy": 0.4}}
+    assert selection_score(first, first, [a, b]) == 0.0
+    better = {"a": {"accuracy": 0.6}, "b": {"accuracy": 0.5}}
+    # Δm% = mean(-(0.6-0.5)/0.5, -(0.5-0.4)/0.4) * 100 = -22.5 (lower is better)
+    assert selection_score(better, first, [a, b]) == pytest.approx(-22.5)
+    # a zero baseline is left out instead of dividing by zero
+    zero = {"a": {"accuracy": 0.0}, "b": {"accuracy": 0.4}}
+    assert selection_score(better, zero, [a, b]) == pytest.approx(-25.0)
+    # one task: its primary metric, negated when higher is better
+    assert selection_score(better, first, [a]) == -0.6
+    assert selection_score({"a": {"accuracy": math.nan}}, first, [a]) == math.inf
+
+
+def test_progress_bars_when_stderr_is_a_terminal(monkeypatch, capsys):
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True)
+    trainer = Trainer(make_model(), tasks(), "ew", *loaders(), progress=True)
+    assert trainer.progress
+    trainer.fit()
+    assert "epoch 1/1" in capsys.readouterr().err
+    monkeypatch.setattr("sys.stderr.isatty", lambda: False)
+    assert not Trainer(make_model(), tasks(), "ew", *loaders(), progress=True).progress
+
+
+def test_tensorboard_receives_each_epoch_when_available(tmp_path, monkeypatch):
+    calls = []
+
+    class FakeWriter:
+        def add_scalar(self, key, value, step):
+            calls.append((key, value, step))
+
+        def flush(self):
+            pass
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(
+        "taskbalance.training.logging._tensorboard_writer", lambda log_dir, purge_step: FakeWriter()
+    )
+    Trainer(
+        make_model(),
+        tasks(),
+        "ew",
+        *loaders(),
+        epochs=2,
+        out_dir=tmp_path,
+        tensorboard=True,
+        progress=False,
+    ).fit()
+    keys = {(k, s) for k, _, s in calls}
+    assert ("train_loss/a", 1) in keys and ("val/b/accuracy", 2) in keys
+    assert (tmp_path / "history.jsonl").is_file() and (tmp_path / "results.json").is_file()
+
+
+@pytest.mark.parametrize("method", ["ew", "mean"])
+def test_rep_detach_model_still_trains_its_backbone(method):
+    torch.manual_seed(0)
+    backbone = nn.Sequential(nn.Linear(8, 16), nn.ReLU())
+    model = MultiTaskModel(
+        backbone, {"a": nn.Linear(16, 3), "b": nn.Linear(16, 2)}, rep_detach=True
+    )
+    before = snapshot(model.backbone)
+    chosen = MeanAggregation(2) if method == "mean" else "ew"
+    Trainer(model, tasks(), chosen, *loaders(), progress=False).fit()
+    assert changed(before, model.backbone)
+    if method == "mean":
+        with pytest.raises(ValueError, match="rep_detach"):
+            Trainer(model, tasks(), MeanAggregation(2), *loaders(), mode="param")
