@@ -1,0 +1,432 @@
+"""The ``taskbalance`` command line.
+
+::
+
+    taskbalance methods                                   list balancing methods
+    taskbalance train --benchmark B --method M ...        one training run
+    taskbalance compare [--methods all|m1,m2] ...         leaderboard + plots of several methods
+    taskbalance tune --benchmark B [--trials N] ...       Optuna search of static task weights
+
+User errors (unknown names, bad values, config typos) print one line to stderr and exit with
+status 2. Set ``TASKBALANCE_DEBUG=1`` to get the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+__all__ = ["main"]
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+class UserError(Exception):
+    """An error caused by the command line or config (reported as one line, exit status 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line (the usage is in ``--help``)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+# ---------------------------------------------------------------------------------- arg types
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
+def _steps(text: str) -> int | None:
+    if text.strip().lower() in ("all", "none"):
+        return None
+    return _positive_int(text)
+
+
+def _seeds(text: str) -> list[int]:
+    """``N`` -> seeds 0..N-1; ``a,b,c`` -> exactly those seeds."""
+    try:
+        if "," in text:
+            seeds = [int(p) for p in text.split(",") if p.strip()]
+        else:
+            seeds = list(range(int(text)))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a count N (seeds 0..N-1) or a list like 0,1,2, got {text!r}"
+        ) from None
+    if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(
+            f"expected a count >= 1 or distinct non-negative seeds, got {text!r}"
+        )
+    return seeds
+
+
+def _parse_value(text: str) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _option(text: str) -> tuple[str, Any]:
+    """``key=value``; the value is read as YAML, ``a,b,c`` (no brackets) as a list."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
+    raw = raw.strip()
+    if "," in raw and not raw.startswith(("[", "{", '"', "'")):
+        return key, [_parse_value(part.strip()) for part in raw.split(",")]
+    return key, _parse_value(raw)
+
+
+# ---------------------------------------------------------------------------------- commands
+def _cmd_methods(args: argparse.Namespace) -> int:
+    import taskbalance
+
+    infos = [taskbalance.method_info(name) for name in taskbalance.available_methods()]
+    width = max([len("method")] + [len(i.name) for i in infos])
+    print(f"{'method':<{width}}  {'kind':<8}  paper")
+    for info in infos:
+        print(f"{info.name:<{width}}  {info.kind:<8}  {info.paper or '-'}")
+        if args.verbose:
+            if info.summary:
+                print(f"{'':<{width}}  {'':<8}  {info.summary}")
+            print(f"{'':<{width}}  {'':<8}  options: {', '.join(info.options) or 'none'}")
+    return 0
+
+
+# flag (argparse dest) -> TrainConfig key
+_TRAIN_FLAGS = {
+    "benchmark": "benchmark",
+    "method": "method",
+    "epochs": "epochs",
+    "steps": "steps",
+    "out": "out_dir",
+    "seed": "seed",
+    "device": "device",
+    "lr": "lr",
+    "batch_size": "batch_size",
+    "size": "size",
+}
+
+
+def _train_config_dict(args: argparse.Namespace) -> dict[str, Any]:
+    import yaml
+
+    data: dict[str, Any] = {}
+    if args.config is not None:
+        path = Path(args.config)
+        if not path.is_file():
+            raise UserError(f"config file {str(path)!r} does not exist")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise UserError(f"config file {str(path)!r} is not valid YAML: {first}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise UserError(
+                f"config file {str(path)!r} must hold a mapping of config keys, "
+                f"got {type(loaded).__name__}"
+            )
+        data.update(loaded)
+    for flag, key in _TRAIN_FLAGS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            data[key] = value
+    if args.steps_all:
+        data["steps"] = None
+    if args.resume:
+        data["resume"] = True
+    if args.option:
+        options = data.get("method_options") or {}
+        if not isinstance(options, dict):
+            raise UserError(f"config key 'method_options' must be a mapping, got {options!r}")
+        data["method_options"] = {**options, **dict(args.option)}
+    if "out_dir" not in data:
+        bench = data.get("benchmark", "multidigits")
+        method = data.get("method", "ew")
+        data["out_dir"] = str(Path("runs") / f"{bench}-{method}-seed{data.get('seed', 0)}")
+    return data
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from taskbalance.training import TrainConfig, train
+
+    config = TrainConfig.from_dict(_train_config_dict(args))
+    result = train(config)
+    out = Path(getattr(result, "out_dir", config.out_dir))
+    print(f"best epoch (validation): {result.best_epoch}")
+    for task, metrics in (result.test or {}).items():
+        shown = ", ".join(f"{m} {v:.4f}" for m, v in metrics.items())
+        print(f"  test {task}: {shown}")
+    print(f"results: {out / 'results.json'}")
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from taskbalance.experiments.compare import CompareSettings, run_compare
+
+    benchmark = args.benchmark
+    settings = CompareSettings(
+        benchmark=benchmark,
+        methods=args.methods,
+        seeds=args.seeds,
+        epochs=args.epochs,
+        steps=args.steps,
+        size=args.size,
+        device=args.device,
+        out_dir=args.out or str(Path("runs") / f"compare-{benchmark}"),
+        lr=args.lr,
+        batch_size=args.batch_size,
+        pareto=args.pareto,
+    )
+    result = run_compare(settings, log=_log)
+    print()
+    print(result.markdown, end="")
+    print()
+    print(f"report:  {result.out_dir / 'leaderboard.md'}")
+    print(f"results: {result.out_dir / 'results.json'}")
+    for name, path in result.plots.items():
+        print(f"plot {name}: {path}")
+    print(f"took {result.seconds:.1f}s")
+    return 0
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from taskbalance.experiments.tune import TuneSettings, run_tune
+
+    settings = TuneSettings(
+        benchmark=args.benchmark,
+        trials=args.trials,
+        storage=args.storage,
+        study=args.study,
+        epochs=args.epochs,
+        steps=args.steps,
+        size=args.size,
+        device=args.device,
+        seed=args.seed,
+        out_dir=args.out or str(Path("runs") / f"tune-{args.benchmark}"),
+        lr=args.lr,
+        batch_size=args.batch_size,
+    )
+    result = run_tune(settings, log=_log)
+    weights = ", ".join(f"{t}={w:.4f}" for t, w in result.best_weights.items())
+    print(f"study {result.study_name!r} ({result.storage}): {result.trials} finished trials")
+    print(f"best validation Δm%: {result.best_value:+.2f}  weights: {weights}")
+    print("train with them:")
+    print(f"  {result.command}")
+    return 0
+
+
+def _log(message: str) -> None:
+    print(message, flush=True)
+
+
+# ---------------------------------------------------------------------------------- parser
+def _add_training_flags(
+    p: argparse.ArgumentParser, *, defaults: dict[str, Any], out_help: str
+) -> None:
+    """Flags shared by compare and tune (train has its own: its defaults come from the config)."""
+    p.add_argument(
+        "--epochs",
+        type=_positive_int,
+        default=defaults["epochs"],
+        help="epochs per run (default: %(default)s)",
+    )
+    p.add_argument(
+        "--steps",
+        type=_steps,
+        default=defaults["steps"],
+        help="cap on training steps per epoch, or 'all' (default: %(default)s)",
+    )
+    p.add_argument(
+        "--size",
+        choices=("tiny", "default"),
+        default=defaults["size"],
+        help="benchmark size (default: %(default)s)",
+    )
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default: cpu)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default: the trainer's)")
+    p.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=None,
+        help="training batch size (default: the trainer's)",
+    )
+    p.add_argument("--out", default=None, help=out_help)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    from taskbalance.experiments.compare import (
+        DEFAULT_BENCHMARK,
+        DEFAULT_EPOCHS,
+        DEFAULT_SIZE,
+        DEFAULT_STEPS,
+        STANDARD_METHODS,
+    )
+
+    defaults = {"epochs": DEFAULT_EPOCHS, "steps": DEFAULT_STEPS, "size": DEFAULT_SIZE}
+    parser = _Parser(
+        prog="taskbalance",
+        description="Train multi-task networks with every established way of balancing tasks.",
+        epilog="Run 'taskbalance COMMAND --help' for the flags of a command.",
+    )
+    from taskbalance import __version__
+
+    parser.add_argument("--version", action="version", version=f"taskbalance {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser(
+        "methods",
+        help="list the balancing methods",
+        description="List every registered balancing method: kind and paper.",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="also show summaries and options")
+    p.set_defaults(func=_cmd_methods)
+
+    p = sub.add_parser(
+        "train",
+        help="train one run",
+        description="Train one run; its folder ends with results.json. A YAML --config can give "
+        "every TrainConfig key; flags override it.",
+    )
+    p.add_argument("--config", help="YAML file of TrainConfig keys (flags override it)")
+    p.add_argument("--benchmark", help="benchmark name (default: multidigits)")
+    p.add_argument("--method", help="balancing method (see 'taskbalance methods'; default: ew)")
+    p.add_argument("--epochs", type=_positive_int)
+    p.add_argument("--steps", type=_positive_int, help="cap on training steps per epoch")
+    p.add_argument(
+        "--all-steps",
+        dest="steps_all",
+        action="store_true",
+        help="no cap on steps per epoch (overrides 'steps' in --config)",
+    )
+    p.add_argument("--out", help="run folder (default: runs/<benchmark>-<method>-seed<seed>)")
+    p.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="cpu, cuda, cuda:N or mps")
+    p.add_argument("--lr", type=float, help="learning rate")
+    p.add_argument("--batch-size", type=_positive_int)
+    p.add_argument("--size", choices=("tiny", "default"), help="benchmark size")
+    p.add_argument(
+        "--option",
+        action="append",
+        type=_option,
+        metavar="KEY=VALUE",
+        help="method option, repeatable (values read as YAML; a,b,c is a list), "
+        "e.g. --option weights=0.7,1.3",
+    )
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser(
+        "compare",
+        help="compare methods: leaderboard, Δm%%, plots",
+        description="Train each method for each seed plus single-task baselines (method ew, one "
+        "task each), then print a leaderboard and write leaderboard.md, results.json and plots. "
+        "Finished runs are reused, so an interrupted compare continues where it stopped. "
+        f"Without flags: {DEFAULT_BENCHMARK}, the standard methods, {DEFAULT_EPOCHS} epochs of "
+        f"{DEFAULT_STEPS} steps.",
+    )
+    p.add_argument("--benchmark", default=DEFAULT_BENCHMARK, help="(default: %(default)s)")
+    p.add_argument(
+        "--methods",
+        default=None,
+        help="'all' (every method usable without options) or a list m1,m2,... "
+        f"(default: {','.join(STANDARD_METHODS)})",
+    )
+    p.add_argument(
+        "--seeds",
+        type=_seeds,
+        default=[0],
+        help="number of seeds N (0..N-1) or a list 0,3,7 (default: 1)",
+    )
+    p.add_argument(
+        "--pareto",
+        default=None,
+        metavar="A,B",
+        help="two metrics task.metric,task.metric for the Pareto plot "
+        "(default: the primary metrics of the first two tasks)",
+    )
+    _add_training_flags(
+        p, defaults=defaults, out_help="output folder (default: runs/compare-<benchmark>)"
+    )
+    p.set_defaults(func=_cmd_compare)
+
+    p = sub.add_parser(
+        "tune",
+        help="tune static task weights with Optuna",
+        description="Optuna search of static task weights (log-uniform per task, normalised to "
+        "sum to the number of tasks) minimising validation Δm% against single-task baselines "
+        "(trained once, cached in the output folder). The study is stored (default "
+        "sqlite:///OUT/tune.db), so calling tune again continues it.",
+    )
+    p.add_argument("--benchmark", required=True, help="benchmark name")
+    p.add_argument(
+        "--trials",
+        type=_positive_int,
+        default=20,
+        help="finished trials the study should have; a rerun adds only the missing "
+        "ones (default: %(default)s)",
+    )
+    p.add_argument(
+        "--storage", default=None, help="Optuna storage URL (default: sqlite:///OUT/tune.db)"
+    )
+    p.add_argument("--study", default=None, help="study name (default: <benchmark>-static-weights)")
+    p.add_argument("--seed", type=int, default=0, help="training and sampler seed (default: 0)")
+    _add_training_flags(
+        p, defaults=defaults, out_help="output folder (default: runs/tune-<benchmark>)"
+    )
+    p.set_defaults(func=_cmd_tune)
+    return parser
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip() or type(err).__name__
+    if isinstance(err, KeyError):
+        text = str(err.args[0]) if err.args else text
+    return " ".join(text.split())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``taskbalance`` command line; returns the exit status."""
+    parser = _build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help, --version, argparse errors
+        code = exit_.code
+        return code if isinstance(code, int) else (0 if code is None else EXIT_USER_ERROR)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USER_ERROR
+    func: Callable[[argparse.Namespace], int] = args.func
+    debug = os.environ.get("TASKBALANCE_DEBUG", "") not in ("", "0")
+    try:
+        return func(args)
+    except KeyboardInterrupt:
+        print("taskbalance: interrupted; run the same command again to continue", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (UserError, ValueError, OSError) as err:
+        if debug:
+            raise
+        print(f"taskbalance {args.command}: error: {_one_line(err)}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

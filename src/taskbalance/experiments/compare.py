@@ -1,0 +1,360 @@
+"""``compare``: train several balancing methods (and single-task baselines) and rank them.
+
+Layout of the output folder ``DIR``::
+
+    DIR/runs/<method>/seed<k>/        one training run per method and seed (``results.json`` last)
+    DIR/baselines/<task>/seed<k>/     single-task baselines: method ``ew``, ``tasks=[task]``
+    DIR/leaderboard.md                the leaderboard (also printed)
+    DIR/results.json                  every run's metrics + the aggregated leaderboard
+    DIR/plots/*.png                   validation curves, task weights, Pareto front, Δm% bars
+
+A run whose ``results.json`` exists is reused, and an unfinished run resumes from its checkpoint,
+so running the same command again continues an interrupted comparison. Reusing a run trained with
+other settings (epochs, steps, size, ...) would mix incomparable numbers, so that is an error.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import plots
+from .report import build_leaderboard, to_markdown
+
+__all__ = [
+    "DEFAULT_BENCHMARK",
+    "DEFAULT_EPOCHS",
+    "DEFAULT_SIZE",
+    "DEFAULT_STEPS",
+    "STANDARD_METHODS",
+    "CompareResult",
+    "CompareSettings",
+    "TaskInfo",
+    "parse_pareto",
+    "resolve_methods",
+    "run_compare",
+    "run_or_reuse",
+    "task_info",
+]
+
+#: Methods of ``taskbalance compare`` without ``--methods`` (those registered at run time).
+STANDARD_METHODS = (
+    "ew",
+    "scaled",
+    "uw",
+    "gradnorm",
+    "mgda",
+    "dwa",
+    "pcgrad",
+    "graddrop",
+    "imtl",
+    "gradvac",
+    "rlw",
+)
+DEFAULT_BENCHMARK = "multidigits"
+# Defaults of a bare ``taskbalance compare``: chosen so that the 11 standard methods plus the two
+# single-task baselines finish within 5 minutes on a 2-core CPU (measured; see docs).
+DEFAULT_EPOCHS = 5
+DEFAULT_STEPS: int | None = 50
+DEFAULT_SIZE = "default"
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """What the leaderboard needs to know about a benchmark's tasks."""
+
+    names: list[str]
+    primary: dict[str, str]
+    higher_is_better: dict[str, dict[str, bool]]
+
+
+def task_info(benchmark: str, size: Any = "default") -> TaskInfo:
+    """Task names, primary metrics and metric directions of ``benchmark`` (no data generated)."""
+    from taskbalance.data.benchmark import get_spec
+
+    spec = get_spec(benchmark)
+    tasks = spec.make_tasks(spec.resolve_size(size))
+    return TaskInfo(
+        names=[t.name for t in tasks],
+        primary={t.name: t.primary_metric for t in tasks},
+        higher_is_better={t.name: dict(t.higher_is_better) for t in tasks},
+    )
+
+
+def resolve_methods(
+    spec: str | Sequence[str] | None, num_tasks: int, log: Log = print
+) -> list[str]:
+    """Method names from ``"all"``, ``"m1,m2"``, a list, or ``None`` (the standard methods).
+
+    ``all`` is every registered method that can be created without options (``static`` needs
+    weights). ``None`` keeps the standard methods that are registered and notes the others. An
+    explicitly named unknown method is a ``ValueError`` listing the available ones.
+    """
+    import taskbalance
+
+    available = taskbalance.available_methods()
+    if spec is None:
+        missing = [m for m in STANDARD_METHODS if m not in available]
+        if missing:
+            log(f"note: standard method(s) not available in this version: {', '.join(missing)}")
+        methods = [m for m in STANDARD_METHODS if m in available]
+    elif isinstance(spec, str) and spec.strip() == "all":
+        methods = []
+        for name in available:
+            try:
+                taskbalance.create(name, num_tasks)
+            except (ValueError, TypeError):
+                continue  # needs options (e.g. static weights)
+            methods.append(name)
+    else:
+        names = spec.split(",") if isinstance(spec, str) else list(spec)
+        methods = [n.strip() for n in names if n.strip()]
+        unknown = [m for m in methods if m not in available]
+        if unknown:
+            raise ValueError(
+                f"unknown method(s) {', '.join(unknown)}; available: {', '.join(available)} "
+                "(or 'all')"
+            )
+        if len(set(methods)) != len(methods):
+            raise ValueError(f"method listed twice in {','.join(methods)}")
+    if not methods:
+        raise ValueError("no methods to compare")
+    return methods
+
+
+def parse_pareto(
+    spec: str | None, info: TaskInfo
+) -> tuple[tuple[str, str], tuple[str, str]] | None:
+    """Two ``(task, metric)`` pairs from ``"taskA.metric,taskB.metric"`` (a bare task name means
+    its primary metric). ``None`` gives the primary metrics of the first two tasks (or the first
+    two metrics of a single task; ``None`` when there are not two metrics)."""
+    if spec is None:
+        if len(info.names) >= 2:
+            a, b = info.names[:2]
+            return (a, info.primary[a]), (b, info.primary[b])
+        pairs = [(t, m) for t in info.names for m in info.higher_is_better[t]]
+        return (pairs[0], pairs[1]) if len(pairs) >= 2 else None
+    parts = [p.strip() for p in spec.split(",")]
+    valid = [f"{t}.{m}" for t in info.names for m in info.higher_is_better[t]]
+    if len(parts) != 2:
+        raise ValueError(f"--pareto needs two metrics 'task.metric,task.metric'; valid: {valid}")
+    out = []
+    for part in parts:
+        task, _, metric = part.partition(".")
+        metric = metric or info.primary.get(task, "")
+        if task not in info.higher_is_better or metric not in info.higher_is_better[task]:
+            raise ValueError(f"unknown Pareto metric {part!r}; valid: {', '.join(valid)}")
+        out.append((task, metric))
+    return out[0], out[1]
+
+
+def run_or_reuse(config: Mapping[str, Any], *, label: str = "", log: Log = print) -> dict[str, Any]:
+    """Train ``config`` (a ``TrainConfig`` dict with ``out_dir``) unless its run is finished.
+
+    A finished run (``results.json`` exists) is read back; an unfinished one with a checkpoint is
+    resumed. ``ValueError`` if the finished run was trained with different settings.
+    """
+    from taskbalance.training import TrainConfig, train
+    from taskbalance.training.config import RESUME_MAY_DIFFER
+
+    out = Path(config["out_dir"])
+    results_path = out / "results.json"
+    cfg = TrainConfig.from_dict(config)  # validates before anything else
+    if results_path.exists():
+        results = json.loads(results_path.read_text())
+        ignore = (RESUME_MAY_DIFFER - {"epochs"}) | {"mode"}
+        diff = cfg.differences(results.get("config", {}), ignore=ignore)
+        if diff:
+            shown = "; ".join(f"{k}: {b!r} there, {a!r} now" for k, (a, b) in diff.items())
+            raise ValueError(
+                f"{out} holds a finished run with other settings ({shown}); "
+                "use another --out folder or delete that run"
+            )
+        log(f"{label}: reused ({results_path})")
+        return results
+    resume = (out / "checkpoint.pt").exists()
+    cfg = cfg.replace(resume=resume)
+    start = time.perf_counter()
+    result = train(cfg)
+    log(f"{label}: {'resumed and ' if resume else ''}trained in {time.perf_counter() - start:.1f}s")
+    if results_path.exists():
+        return json.loads(results_path.read_text())
+    return result.to_dict()  # the trainer writes results.json; this is only a fallback
+
+
+@dataclass
+class CompareSettings:
+    """Settings of a comparison (the ``taskbalance compare`` flags)."""
+
+    benchmark: str = DEFAULT_BENCHMARK
+    methods: str | Sequence[str] | None = None  # None: the standard methods
+    seeds: Sequence[int] = (0,)
+    epochs: int = DEFAULT_EPOCHS
+    steps: int | None = DEFAULT_STEPS
+    size: str = DEFAULT_SIZE
+    device: str = "cpu"
+    out_dir: str | Path = "runs/compare"
+    lr: float | None = None
+    batch_size: int | None = None
+    pareto: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # more TrainConfig fields
+
+
+@dataclass
+class CompareResult:
+    """What :func:`run_compare` produced."""
+
+    out_dir: Path
+    leaderboard: dict[str, Any]
+    markdown: str
+    plots: dict[str, Path]
+    seconds: float
+
+
+def _base_config(s: CompareSettings) -> dict[str, Any]:
+    cfg: dict[str, Any] = {
+        "benchmark": s.benchmark,
+        "epochs": s.epochs,
+        "steps": s.steps,
+        "size": s.size,
+        "device": s.device,
+        "progress": False,
+        "tensorboard": False,
+    }
+    if s.lr is not None:
+        cfg["lr"] = s.lr
+    if s.batch_size is not None:
+        cfg["batch_size"] = s.batch_size
+    cfg.update(s.extra)
+    return cfg
+
+
+def run_compare(settings: CompareSettings, log: Log = print) -> CompareResult:
+    """Train every method for every seed plus the single-task baselines, then report.
+
+    Raises ``ValueError`` for user errors (unknown benchmark or method, bad Pareto metric,
+    reused runs with other settings).
+    """
+    start = time.perf_counter()
+    s = settings
+    info = task_info(s.benchmark, s.size)
+    methods = resolve_methods(s.methods, len(info.names), log)
+    pareto = parse_pareto(s.pareto, info)
+    seeds = list(s.seeds)
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct, got {seeds}")
+    out = Path(s.out_dir)
+    base = _base_config(s)
+    total = len(seeds) * (len(info.names) + len(methods))
+    log(
+        f"compare on {s.benchmark}: {len(methods)} methods x {len(seeds)} seed(s) + "
+        f"{len(info.names)} single-task baselines = {total} runs -> {out}"
+    )
+    # (key, label, config) of every run, baselines first; validated before anything trains.
+    plan: list[tuple[str, str, dict[str, Any]]] = []
+    for seed in seeds:
+        for task in info.names:
+            folder = out / "baselines" / task / f"seed{seed}"
+            cfg = {**base, "method": "ew", "tasks": [task], "seed": seed, "out_dir": str(folder)}
+            plan.append((f"task:{task}", f"single-task {task} seed{seed}", cfg))
+        for method in methods:
+            folder = out / "runs" / method / f"seed{seed}"
+            cfg = {**base, "method": method, "seed": seed, "out_dir": str(folder)}
+            plan.append((f"method:{method}", f"{method} seed{seed}", cfg))
+    from taskbalance.training import TrainConfig
+
+    for _, _, cfg in plan:
+        TrainConfig.from_dict(cfg)
+    baseline_runs: dict[str, list[dict[str, Any]]] = {t: [] for t in info.names}
+    method_runs: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
+    for done, (key, label, cfg) in enumerate(plan, start=1):
+        results = run_or_reuse(cfg, label=f"[{done}/{total}] {label}", log=log)
+        kind, _, name = key.partition(":")
+        (baseline_runs if kind == "task" else method_runs)[name].append(results)
+
+    board = build_leaderboard(method_runs, baseline_runs, info.higher_is_better)
+    markdown = to_markdown(board, title=f"{s.benchmark}: {len(methods)} methods")
+    figures = _write_plots(out / "plots", method_runs, board, info, pareto, len(seeds))
+    seconds = time.perf_counter() - start
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "leaderboard.md").write_text(markdown)
+    payload = {
+        "benchmark": s.benchmark,
+        "methods": methods,
+        "seeds": seeds,
+        "settings": json.loads(json.dumps(base, default=str)),
+        "leaderboard": board,
+        "runs": [
+            _run_summary(run, method=m, seed=seed)
+            for m in methods
+            for seed, run in zip(seeds, method_runs[m], strict=True)
+        ],
+        "baselines": [
+            _run_summary(run, method="ew", seed=seed, task=t)
+            for t in info.names
+            for seed, run in zip(seeds, baseline_runs[t], strict=True)
+        ],
+        "plots": {k: str(v) for k, v in figures.items()},
+        "seconds": seconds,
+    }
+    tmp = out / "results.json.tmp"
+    tmp.write_text(json.dumps(payload, indent=2))
+    tmp.replace(out / "results.json")
+    return CompareResult(out, board, markdown, figures, seconds)
+
+
+def _run_summary(run: Mapping[str, Any], **keys: Any) -> dict[str, Any]:
+    fields = ("best_epoch", "val", "test", "seconds_per_step", "num_parameters")
+    summary = {**keys, **{k: run.get(k) for k in fields if k in run}}
+    out_dir = run.get("config", {}).get("out_dir")
+    if out_dir is not None:
+        summary["out_dir"] = out_dir
+    return summary
+
+
+def _write_plots(
+    folder: Path,
+    method_runs: Mapping[str, Sequence[Mapping[str, Any]]],
+    board: Mapping[str, Any],
+    info: TaskInfo,
+    pareto: tuple[tuple[str, str], tuple[str, str]] | None,
+    seeds: int,
+) -> dict[str, Path]:
+    histories = {m: [r.get("history") or [] for r in runs] for m, runs in method_runs.items()}
+    figures = {
+        "validation_curves": plots.plot_validation_curves(
+            histories,
+            info.primary,
+            folder / "validation_curves.png",
+            higher_is_better={t: info.higher_is_better[t][m] for t, m in info.primary.items()},
+        ),
+        "task_weights": plots.plot_task_weights(histories, info.names, folder / "task_weights.png"),
+        "delta_m": plots.plot_delta_bars(
+            {r["method"]: (r["delta_m"]["mean"], r["delta_m"]["std"]) for r in board["rows"]},
+            folder / "delta_m.png",
+            seeds=seeds,
+        ),
+    }
+    if pareto is not None:
+        (ta, ma), (tb, mb) = pareto
+        points, errors = {}, {}
+        for row in board["rows"]:
+            a, b = row["metrics"][ta][ma], row["metrics"][tb][mb]
+            points[row["method"]] = (a["mean"], b["mean"])
+            errors[row["method"]] = (a["std"], b["std"])
+        ref = board["baseline"]["metrics"]
+        figures["pareto"] = plots.plot_pareto(
+            points,
+            (f"{ta} {ma}", f"{tb} {mb}"),
+            folder / "pareto.png",
+            higher_is_better=(info.higher_is_better[ta][ma], info.higher_is_better[tb][mb]),
+            errors=errors if seeds > 1 else None,
+            reference=("single-task", (ref[ta][ma], ref[tb][mb])),
+        )
+    return figures

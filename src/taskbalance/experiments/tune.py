@@ -1,0 +1,266 @@
+"""``tune``: an Optuna search of static task weights that minimises validation Δm%.
+
+Search space: one weight per task, log-uniform in ``[low, high]`` (default ``[0.1, 10]``),
+normalised to sum to the number of tasks (so ``[1, ..., 1]`` is equal weighting, and the scale of
+the loss, which the learning rate already sets, is not searched). The first trial of a new study is
+equal weighting, so the study always contains the ``ew`` reference point.
+
+Objective: Δm% on the **validation** split (at the run's best validation epoch) against
+single-task baselines (one ``ew`` run per task with ``tasks=[task]``), which are trained once and
+cached in ``OUT/baselines/<task>/seed<k>/`` (the same layout as ``compare``, so pointing ``tune``
+at a ``compare`` folder with the same settings reuses its baselines). Single-task baselines rather
+than the ``ew`` run: Δm% then means the same as in the leaderboard, and "better than equal
+weighting" is read off the first trial. The test split is never looked at.
+
+Persistence: the study lives in an Optuna storage (default ``sqlite:///OUT/tune.db``) and is
+loaded if it exists, so calling ``tune`` again continues it. ``trials`` is the number of finished
+trials the study should have: an interrupted call re-run with the same ``trials`` runs only the
+missing ones, a larger ``trials`` extends the study. A trial killed mid-run is marked failed by the
+storage heartbeat (after 30 s without a heartbeat) and retried with the same weights, resuming its
+run from the checkpoint in ``OUT/trials/w-<hash of the weights>/``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shlex
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .compare import DEFAULT_EPOCHS, DEFAULT_SIZE, DEFAULT_STEPS, Log, run_or_reuse, task_info
+from .report import delta, merge_task_metrics
+
+__all__ = ["TuneResult", "TuneSettings", "normalise_weights", "run_tune", "train_command"]
+
+# Settings that change what a trial's value means; a study reloaded with other values is refused.
+_STUDY_KEYS = ("benchmark", "epochs", "steps", "size", "seed", "lr", "batch_size", "low", "high")
+
+
+@dataclass
+class TuneSettings:
+    """Settings of a weight search (the ``taskbalance tune`` flags)."""
+
+    benchmark: str = "multidigits"
+    trials: int = 20
+    storage: str | None = None  # default sqlite:///<out_dir>/tune.db
+    study: str | None = None  # default "<benchmark>-static-weights"
+    epochs: int = DEFAULT_EPOCHS
+    steps: int | None = DEFAULT_STEPS
+    size: str = DEFAULT_SIZE
+    device: str = "cpu"
+    seed: int = 0
+    out_dir: str | Path = "runs/tune"
+    lr: float | None = None
+    batch_size: int | None = None
+    low: float = 0.1
+    high: float = 10.0
+    extra: dict[str, Any] = field(default_factory=dict)  # more TrainConfig fields
+
+
+@dataclass
+class TuneResult:
+    """Outcome of :func:`run_tune`."""
+
+    study_name: str
+    storage: str
+    trials: int  # finished trials in the study
+    best_value: float  # validation Δm% of the best trial
+    best_weights: dict[str, float]  # normalised, per task
+    command: str  # the ``taskbalance train`` command that trains with them
+
+
+def normalise_weights(raw: Sequence[float]) -> list[float]:
+    """Scale positive weights so that they sum to their count (equal weights -> all ones)."""
+    values = [float(w) for w in raw]
+    if not values or any(not math.isfinite(w) or w <= 0 for w in values):
+        raise ValueError(f"weights must be positive and finite, got {values}")
+    total = math.fsum(values)
+    return [w * len(values) / total for w in values]
+
+
+def train_command(settings: TuneSettings, weights: Sequence[float]) -> str:
+    """The ``taskbalance train`` command line that trains with ``weights`` and these settings."""
+    args = [
+        "taskbalance",
+        "train",
+        "--benchmark",
+        settings.benchmark,
+        "--method",
+        "static",
+        "--option",
+        "weights=" + ",".join(f"{w:.4g}" for w in weights),
+        "--epochs",
+        str(settings.epochs),
+    ]
+    if settings.steps is not None:
+        args += ["--steps", str(settings.steps)]
+    if settings.size != "default":
+        args += ["--size", str(settings.size)]
+    if settings.lr is not None:
+        args += ["--lr", str(settings.lr)]
+    if settings.batch_size is not None:
+        args += ["--batch-size", str(settings.batch_size)]
+    if settings.seed != 0:
+        args += ["--seed", str(settings.seed)]
+    if settings.device != "cpu":
+        args += ["--device", settings.device]
+    return " ".join(shlex.quote(a) for a in args)
+
+
+def _study_settings(s: TuneSettings) -> dict[str, Any]:
+    return {k: getattr(s, k) for k in _STUDY_KEYS}
+
+
+def run_tune(settings: TuneSettings, log: Log = print) -> TuneResult:
+    """Run (or continue) the study until it has ``settings.trials`` finished trials."""
+    import optuna
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+    from optuna.trial import TrialState
+
+    s = settings
+    if isinstance(s.trials, bool) or not isinstance(s.trials, int) or s.trials < 1:
+        raise ValueError(f"--trials must be an integer >= 1, got {s.trials!r}")
+    if not (0 < s.low < s.high and math.isfinite(s.high)):
+        raise ValueError(f"weight range must satisfy 0 < low < high, got [{s.low}, {s.high}]")
+    info = task_info(s.benchmark, s.size)
+    if len(info.names) < 2:
+        raise ValueError(f"benchmark {s.benchmark!r} has one task; there are no weights to tune")
+    out = Path(s.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    storage_url = s.storage or f"sqlite:///{out.resolve() / 'tune.db'}"
+    study_name = s.study or f"{s.benchmark}-static-weights"
+
+    base: dict[str, Any] = {
+        "benchmark": s.benchmark,
+        "epochs": s.epochs,
+        "steps": s.steps,
+        "size": s.size,
+        "device": s.device,
+        "seed": s.seed,
+        "progress": False,
+        "tensorboard": False,
+    }
+    if s.lr is not None:
+        base["lr"] = s.lr
+    if s.batch_size is not None:
+        base["batch_size"] = s.batch_size
+    base.update(s.extra)
+
+    # Single-task baselines: trained once, reused by every trial and every later call.
+    per_task = {}
+    for task in info.names:
+        cfg = {
+            **base,
+            "method": "ew",
+            "tasks": [task],
+            "out_dir": str(out / "baselines" / task / f"seed{s.seed}"),
+        }
+        per_task[task] = run_or_reuse(cfg, label=f"single-task {task}", log=log)["val"]
+    baseline = merge_task_metrics(per_task)
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            storage = RDBStorage(
+                storage_url,
+                heartbeat_interval=10,
+                grace_period=30,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
+            )
+    except Exception as err:  # bad URL, unreachable database: a user error with one line
+        raise ValueError(f"cannot open Optuna storage {storage_url!r}: {err}") from None
+    existing = optuna.study.get_all_study_names(storage)
+    finished_states = (TrialState.COMPLETE,)
+    done = 0
+    if study_name in existing:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+        stored = study.user_attrs.get("settings")
+        if stored is not None and stored != _study_settings(s):
+            diff = [
+                f"{k}: {stored.get(k)!r} there, {v!r} now"
+                for k, v in _study_settings(s).items()
+                if stored.get(k) != v
+            ]
+            raise ValueError(
+                f"study {study_name!r} in {storage_url} was run with other settings "
+                f"({'; '.join(diff)}); use another --study name"
+            )
+        done = len(study.get_trials(deepcopy=False, states=finished_states))
+    sampler = optuna.samplers.TPESampler(seed=s.seed + done, n_startup_trials=5)
+    study = optuna.create_study(
+        storage=storage,
+        study_name=study_name,
+        direction="minimize",
+        sampler=sampler,
+        load_if_exists=True,
+    )
+    if "settings" not in study.user_attrs:
+        study.set_user_attr("settings", _study_settings(s))
+        study.set_user_attr("tasks", info.names)
+    if not study.trials:
+        study.enqueue_trial({f"w_{t}": 1.0 for t in info.names})  # equal weighting first
+
+    log(
+        f"study {study_name!r} in {storage_url}: {done} finished trial(s), "
+        f"running {max(0, s.trials - done)} more"
+    )
+
+    def objective(trial: optuna.Trial) -> float:
+        raw = [trial.suggest_float(f"w_{t}", s.low, s.high, log=True) for t in info.names]
+        weights = normalise_weights(raw)
+        # Named by the weights, so a retried trial (same weights) resumes its run.
+        key = hashlib.sha1(json.dumps([round(w, 10) for w in raw]).encode()).hexdigest()[:10]
+        folder = out / "trials" / f"w-{key}"
+        cfg = {
+            **base,
+            "method": "static",
+            "method_options": {"weights": weights},
+            "out_dir": str(folder),
+        }
+        result = run_or_reuse(cfg, label=f"trial {trial.number}", log=log)
+        value = delta(result["val"], baseline, info.higher_is_better)
+        trial.set_user_attr("weights", weights)
+        trial.set_user_attr("out_dir", str(folder))
+        shown = ", ".join(f"{t}={w:.3f}" for t, w in zip(info.names, weights, strict=True))
+        log(f"trial {trial.number}: weights {shown} -> validation Δm% {value:+.2f}")
+        return value
+
+    remaining = s.trials - done
+    if remaining > 0:
+        study.optimize(objective, n_trials=remaining, catch=())
+    finished = study.get_trials(deepcopy=False, states=finished_states)
+    best = study.best_trial
+    if best.value is None:  # pragma: no cover - a COMPLETE trial always has a value
+        raise RuntimeError(f"best trial {best.number} has no value")
+    best_weights = best.user_attrs.get("weights") or normalise_weights(
+        [best.params[f"w_{t}"] for t in info.names]
+    )
+    result = TuneResult(
+        study_name=study_name,
+        storage=storage_url,
+        trials=len(finished),
+        best_value=float(best.value),
+        best_weights=dict(zip(info.names, best_weights, strict=True)),
+        command=train_command(s, best_weights),
+    )
+    (out / "best_weights.json").write_text(
+        json.dumps(
+            {
+                "study": study_name,
+                "storage": storage_url,
+                "trials": result.trials,
+                "best_trial": best.number,
+                "validation_delta_m": result.best_value,
+                "weights": result.best_weights,
+                "command": result.command,
+            },
+            indent=2,
+        )
+    )
+    return result

@@ -1,0 +1,71 @@
+"""Helpers of compare and tune that need no training."""
+
+from __future__ import annotations
+
+import shlex
+
+import pytest
+
+import taskbalance
+from taskbalance.experiments import compare, tune
+
+
+@pytest.fixture(scope="module")
+def info():
+    return compare.task_info("multidigits")
+
+
+def test_task_info_from_the_benchmark(info):
+    assert info.names == ["left", "right"]
+    assert info.primary == {"left": "accuracy", "right": "accuracy"}
+    assert info.higher_is_better == {"left": {"accuracy": True}, "right": {"accuracy": True}}
+
+
+def test_resolve_methods():
+    notes = []
+    standard = compare.resolve_methods(None, 2, notes.append)
+    registered = set(taskbalance.available_methods())
+    assert standard == [m for m in compare.STANDARD_METHODS if m in registered]
+    assert bool(notes) == (len(standard) < len(compare.STANDARD_METHODS))
+    everything = compare.resolve_methods("all", 2)
+    assert "static" not in everything  # needs weights
+    assert set(everything) == registered - {"static"}
+    assert compare.resolve_methods(" ew, pcgrad ", 2) == ["ew", "pcgrad"]
+    with pytest.raises(ValueError, match="nosuch.*available: .*ew"):
+        compare.resolve_methods("ew,nosuch", 2)
+    with pytest.raises(ValueError, match="twice"):
+        compare.resolve_methods("ew,ew", 2)
+
+
+def test_parse_pareto(info):
+    assert compare.parse_pareto(None, info) == (("left", "accuracy"), ("right", "accuracy"))
+    assert compare.parse_pareto("right,left.accuracy", info) == (
+        ("right", "accuracy"),
+        ("left", "accuracy"),
+    )
+    with pytest.raises(ValueError, match="two metrics"):
+        compare.parse_pareto("left", info)
+    with pytest.raises(ValueError, match="'left.rmse'.*left.accuracy"):
+        compare.parse_pareto("left.rmse,right", info)
+    single = compare.TaskInfo(["d"], {"d": "abs"}, {"d": {"abs": False, "rel": False}})
+    assert compare.parse_pareto(None, single) == (("d", "abs"), ("d", "rel"))
+    lonely = compare.TaskInfo(["c"], {"c": "acc"}, {"c": {"acc": True}})
+    assert compare.parse_pareto(None, lonely) is None
+
+
+def test_normalise_weights():
+    assert tune.normalise_weights([2.0, 2.0]) == [1.0, 1.0]
+    assert tune.normalise_weights([1.0, 3.0, 2.0]) == pytest.approx([0.5, 1.5, 1.0])
+    for bad in ([], [1.0, 0.0], [1.0, float("nan")]):
+        with pytest.raises(ValueError):
+            tune.normalise_weights(bad)
+
+
+def test_train_command_round_trips():
+    settings = tune.TuneSettings(benchmark="multidigits", epochs=3, steps=None, size="tiny")
+    command = tune.train_command(settings, [0.25, 1.75])
+    assert command == (
+        "taskbalance train --benchmark multidigits --method static "
+        "--option weights=0.25,1.75 --epochs 3 --size tiny"
+    )
+    assert shlex.split(command)[7] == "weights=0.25,1.75"

@@ -1,0 +1,126 @@
+"""Leaderboard arithmetic on hand-made inputs, against numbers computed by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from taskbalance.experiments import report
+
+HIB = {"a": {"acc": True}, "b": {"err": False}}
+
+
+def _run(acc: float, err: float, seconds: float) -> dict:
+    return {"test": {"a": {"acc": acc}, "b": {"err": err}}, "seconds_per_step": seconds}
+
+
+def _single(task: str, metric: str, value: float, seconds: float) -> dict:
+    return {"test": {task: {metric: value}}, "seconds_per_step": seconds}
+
+
+# Single-task baselines: a.acc = 0.5 (both seeds), b.err = mean(1.5, 2.5) = 2.0.
+BASELINES = {
+    "a": [_single("a", "acc", 0.5, 0.004), _single("a", "acc", 0.5, 0.006)],
+    "b": [_single("b", "err", 1.5, 0.006), _single("b", "err", 2.5, 0.006)],
+}
+METHODS = {
+    "ew": [_run(0.625, 2.5, 0.010), _run(0.875, 1.5, 0.012)],
+    "mgda": [_run(0.75, 3.0, 0.033), _run(0.75, 3.0, 0.033)],
+    "pcgrad": [_run(0.5, 1.0, 0.022), _run(0.5, 1.0, 0.022)],
+}
+
+
+def test_mean_std_uses_sample_std():
+    assert report.mean_std([2.0]) == (2.0, 0.0)
+    mean, std = report.mean_std([1.0, 2.0, 3.0, 4.0])
+    assert mean == 2.5
+    assert std == pytest.approx(math.sqrt(5 / 3))  # sum of squares 5, ddof=1
+    with pytest.raises(ValueError):
+        report.mean_std([])
+
+
+def test_delta_counts_every_metric_with_its_direction():
+    metrics = {"a": {"acc": 0.9}, "b": {"rmse": 1.1, "mae": 0.5}}
+    baseline = {"a": {"acc": 0.8}, "b": {"rmse": 1.0, "mae": 0.4}}
+    hib = {"a": {"acc": True}, "b": {"rmse": False, "mae": False}}
+    # acc: -(0.9-0.8)/0.8 = -12.5 %, rmse: +10 %, mae: +25 %  -> mean 7.5 %
+    assert report.delta(metrics, baseline, hib) == pytest.approx(7.5)
+    assert report.delta(baseline, baseline, hib) == 0.0
+
+
+def test_aggregate_and_merge():
+    agg = report.aggregate_metrics([{"a": {"acc": 0.625}}, {"a": {"acc": 0.875}}])
+    assert agg["a"]["acc"]["mean"] == 0.75
+    assert agg["a"]["acc"]["std"] == pytest.approx(0.25 / math.sqrt(2))
+    merged = report.merge_task_metrics({"a": {"a": {"acc": 1.0}}, "b": {"b": {"err": 2.0}}})
+    assert merged == {"a": {"acc": 1.0}, "b": {"err": 2.0}}
+    with pytest.raises(ValueError, match="'b'"):
+        report.merge_task_metrics({"b": {"a": {"acc": 1.0}}})
+
+
+def test_mean_ranks_share_ties():
+    table = {
+        "ew": {"a": {"acc": 0.75}, "b": {"err": 2.0}},
+        "mgda": {"a": {"acc": 0.75}, "b": {"err": 3.0}},
+        "pcgrad": {"a": {"acc": 0.5}, "b": {"err": 1.0}},
+    }
+    # acc: ew, mgda tie for 1-2 -> 1.5 each, pcgrad 3; err: pcgrad 1, ew 2, mgda 3
+    assert report.mean_ranks(table, HIB) == {"ew": 1.75, "mgda": 2.25, "pcgrad": 2.0}
+
+
+def test_time_ratios():
+    assert report.time_ratios({"ew": 0.01, "pcgrad": 0.03}) == pytest.approx(
+        {"ew": 1.0, "pcgrad": 3.0}
+    )
+    assert report.time_ratios({"pcgrad": 0.03}) == {"pcgrad": None}
+
+
+def test_pareto_front_respects_directions():
+    points = {"A": (1.0, 1.0), "B": (2.0, 0.5), "C": (0.5, 0.5), "D": (2.0, 0.5)}
+    assert report.pareto_front(points) == ["A", "B", "D"]  # equal points do not dominate
+    assert report.pareto_front(points, (False, True)) == ["C", "A"]
+
+
+def test_leaderboard_hand_computed():
+    board = report.build_leaderboard(METHODS, BASELINES, HIB)
+    assert board["baseline"]["metrics"] == {"a": {"acc": 0.5}, "b": {"err": 2.0}}
+    rows = {r["method"]: r for r in board["rows"]}
+    # ew seed0: acc -25 %, err +25 % -> 0; seed1: acc -75 %, err -25 % -> -50
+    assert rows["ew"]["delta_m"]["values"] == pytest.approx([0.0, -50.0])
+    assert rows["ew"]["delta_m"]["mean"] == pytest.approx(-25.0)
+    assert rows["ew"]["delta_m"]["std"] == pytest.approx(50 / math.sqrt(2))
+    # mgda: acc -50 %, err +50 % -> 0; pcgrad: acc 0, err -50 % -> -25
+    assert rows["mgda"]["delta_m"]["mean"] == pytest.approx(0.0)
+    assert rows["pcgrad"]["delta_m"]["mean"] == pytest.approx(-25.0)
+    assert rows["pcgrad"]["delta_m"]["std"] == 0.0
+    assert {m: r["mean_rank"] for m, r in rows.items()} == {
+        "ew": 1.75,
+        "mgda": 2.25,
+        "pcgrad": 2.0,
+    }
+    assert rows["ew"]["time_ratio"] == pytest.approx(1.0)
+    assert rows["mgda"]["time_ratio"] == pytest.approx(3.0)
+    assert rows["pcgrad"]["time_ratio"] == pytest.approx(2.0)
+    assert rows["ew"]["metrics"]["a"]["acc"]["mean"] == 0.75
+    # single-task: 0.005 + 0.006 s per step, the same as ew
+    assert board["baseline"]["seconds_per_step"] == pytest.approx(0.011)
+    assert board["baseline"]["time_ratio"] == pytest.approx(1.0)
+
+
+def test_leaderboard_needs_every_baseline():
+    with pytest.raises(ValueError, match="'b'"):
+        report.build_leaderboard(METHODS, {"a": BASELINES["a"]}, HIB)
+
+
+def test_markdown_rows_sorted_by_delta():
+    text = report.to_markdown(report.build_leaderboard(METHODS, BASELINES, HIB), title="toy")
+    lines = [line for line in text.splitlines() if line.startswith("| ")]
+    header, *rows = lines
+    assert "Δm% ↓" in header and "a acc ↑" in header and "b err ↓" in header
+    names = [row.split("|")[1].strip() for row in rows]
+    assert names[0] == "single-task"
+    assert sorted(names[1:3]) == ["ew", "pcgrad"] and names[3] == "mgda"
+    ew = next(r for r in rows if r.startswith("| ew "))
+    assert "-25.00 ± 35.36" in ew and "0.7500 ± 0.1768" in ew and "1.75" in ew
+    assert "2 seeds" in text

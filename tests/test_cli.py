@@ -1,0 +1,275 @@
+"""The ``taskbalance`` command line, end to end through ``main([...])`` on tiny benchmarks."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+from pathlib import Path
+
+import matplotlib.image as mpimg
+import pytest
+
+import taskbalance
+from taskbalance.cli import main
+from taskbalance.experiments import report
+
+TINY = ["--size", "tiny", "--epochs", "1", "--steps", "2"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _benchmark_cache(tmp_path_factory):
+    """Generated benchmarks go to a temporary cache, not the user's."""
+    old = os.environ.get("TASKBALANCE_CACHE")
+    os.environ["TASKBALANCE_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if old is None:
+        os.environ.pop("TASKBALANCE_CACHE", None)
+    else:
+        os.environ["TASKBALANCE_CACHE"] = old
+
+
+def _user_error(capsys, argv, *needles):
+    """``argv`` fails with status 2 and one stderr line that names every needle."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+# ---------------------------------------------------------------------------------- help, methods
+@pytest.mark.parametrize("command", [[], ["methods"], ["train"], ["compare"], ["tune"]])
+def test_help_on_every_command(capsys, command):
+    assert main([*command, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: taskbalance")
+    if command:
+        assert command[0] in out.splitlines()[0]
+
+
+def test_no_command_prints_help_and_fails(capsys):
+    assert main([]) == 2
+    assert "COMMAND" in capsys.readouterr().out
+
+
+def test_methods_lists_every_registered_method(capsys):
+    assert main(["methods"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = {line.split()[0]: line for line in lines[1:]}
+    assert set(rows) == set(taskbalance.available_methods())
+    for name, line in rows.items():
+        info = taskbalance.method_info(name)
+        assert line.split()[1] == info.kind
+        if info.paper:
+            assert info.paper in line
+
+
+# ---------------------------------------------------------------------------------- train
+def test_train_one_run(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", "--benchmark", "multidigits", "--method", "pcgrad", *TINY, "--out", str(out)]
+    assert main(argv) == 0
+    assert f"results: {out / 'results.json'}" in capsys.readouterr().out
+    results = json.loads((out / "results.json").read_text())
+    assert results["config"]["method"] == "pcgrad"
+    assert results["config"]["steps"] == 2 and results["config"]["size"] == "tiny"
+    assert set(results["test"]) == {"left", "right"}
+
+
+def test_train_config_file_flags_override_and_resume(tmp_path):
+    out = tmp_path / "run"
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"benchmark: multidigits\nmethod: pcgrad\nepochs: 5\nsteps: 1\nsize: tiny\n"
+        f"lr: 0.002\nbatch_size: 16\nout_dir: {out}\n"
+    )
+    # flags override the file: method, epochs
+    assert main(["train", "--config", str(config), "--method", "ew", "--epochs", "1"]) == 0
+    cfg = json.loads((out / "results.json").read_text())["config"]
+    assert (cfg["method"], cfg["epochs"], cfg["lr"], cfg["batch_size"]) == ("ew", 1, 0.002, 16)
+    # --resume continues the same run for one more epoch
+    argv = ["train", "--config", str(config), "--method", "ew", "--epochs", "2", "--resume"]
+    assert main(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert [h["epoch"] for h in results["history"]] == [1, 2]
+
+
+def test_train_method_options(tmp_path):
+    out = tmp_path / "run"
+    argv = ["train", "--method", "static", "--option", "weights=0.5,1.5", *TINY, "--out", str(out)]
+    assert main(argv) == 0
+    cfg = json.loads((out / "results.json").read_text())["config"]
+    assert cfg["method_options"] == {"weights": [0.5, 1.5]}
+
+
+def test_train_user_errors(tmp_path, capsys):
+    out = ["--out", str(tmp_path / "never")]
+    _user_error(capsys, ["train", "--method", "nosuch", *TINY, *out], "'method'", "nosuch", "ew")
+    _user_error(capsys, ["train", "--benchmark", "nosuch", *TINY, *out], "benchmark", "scenes")
+    _user_error(capsys, ["train", "--method", "ew", "--option", "foo=1", *out], "foo")
+    _user_error(capsys, ["train", "--method", "static", *TINY, *out], "weights")
+    _user_error(capsys, ["train", "--epochs", "0"], "--epochs", ">= 1")
+    _user_error(capsys, ["train", "--size", "huge"], "--size", "tiny")
+    _user_error(capsys, ["train", "--config", str(tmp_path / "missing.yaml")], "missing.yaml")
+
+    bad_key = tmp_path / "bad_key.yaml"
+    bad_key.write_text("method: ew\nlearning_rate: 0.1\n")
+    line = _user_error(capsys, ["train", "--config", str(bad_key)], "'learning_rate'", "lr")
+    assert "valid keys" in line
+    bad_value = tmp_path / "bad_value.yaml"
+    bad_value.write_text("optimizer: rmsprop\n")
+    _user_error(capsys, ["train", "--config", str(bad_value)], "'optimizer'", "rmsprop", "'adam'")
+    not_mapping = tmp_path / "list.yaml"
+    not_mapping.write_text("- 1\n- 2\n")
+    _user_error(capsys, ["train", "--config", str(not_mapping)], "mapping")
+    assert not (tmp_path / "never").exists()
+
+
+# ---------------------------------------------------------------------------------- compare
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory):
+    out = tmp_path_factory.mktemp("compare")
+    argv = ["compare", "--methods", "ew,pcgrad", "--seeds", "2", *TINY, "--out", str(out)]
+    assert main(argv) == 0
+    return out
+
+
+def _load(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def test_compare_writes_report(compared):
+    out = compared
+    for method in ("ew", "pcgrad"):
+        for seed in (0, 1):
+            assert (out / "runs" / method / f"seed{seed}" / "results.json").exists()
+    for task in ("left", "right"):
+        run = _load(out / "baselines" / task / "seed0" / "results.json")
+        assert run["config"]["tasks"] == [task] and run["config"]["method"] == "ew"
+    summary = _load(out / "results.json")
+    assert len(summary["runs"]) == 4 and len(summary["baselines"]) == 4
+    assert {r["method"] for r in summary["leaderboard"]["rows"]} == {"ew", "pcgrad"}
+    assert set(summary["plots"]) == {"validation_curves", "task_weights", "pareto", "delta_m"}
+    for path in summary["plots"].values():
+        image = mpimg.imread(path)
+        assert image.shape[0] > 100 and image.shape[1] > 100 and image[..., :3].std() > 0.02
+
+
+def test_compare_delta_column_matches_stored_runs(compared):
+    """Δm% recomputed from the stored run files equals the leaderboard's (json and markdown)."""
+    out = compared
+    hib = {"left": {"accuracy": True}, "right": {"accuracy": True}}
+    baseline = {
+        task: {
+            "accuracy": sum(
+                _load(out / "baselines" / task / f"seed{k}" / "results.json")["test"][task][
+                    "accuracy"
+                ]
+                for k in (0, 1)
+            )
+            / 2
+        }
+        for task in ("left", "right")
+    }
+    rows = {r["method"]: r for r in _load(out / "results.json")["leaderboard"]["rows"]}
+    table = {
+        line.split("|")[1].strip(): [c.strip() for c in line.split("|")[1:-1]]
+        for line in (out / "leaderboard.md").read_text().splitlines()
+        if line.startswith("| ") and "Δm%" not in line
+    }
+    assert set(table) == {"single-task", "ew", "pcgrad"}
+    for method in ("ew", "pcgrad"):
+        deltas = [
+            report.delta(
+                _load(out / "runs" / method / f"seed{k}" / "results.json")["test"], baseline, hib
+            )
+            for k in (0, 1)
+        ]
+        mean, std = report.mean_std(deltas)
+        assert rows[method]["delta_m"]["mean"] == pytest.approx(mean)
+        assert rows[method]["delta_m"]["std"] == pytest.approx(std)
+        assert table[method][3] == f"{mean:.2f} ± {std:.2f}"
+    assert table["ew"][-1] == "1.00x"
+
+
+def test_compare_reuses_finished_runs(compared, capsys):
+    out = compared
+    argv = ["compare", "--methods", "ew,pcgrad", "--seeds", "2", *TINY, "--out", str(out)]
+    stamp = (out / "runs" / "ew" / "seed0" / "results.json").stat().st_mtime_ns
+    (out / "runs" / "pcgrad" / "seed1" / "results.json").unlink()  # as if interrupted
+    assert main(argv) == 0
+    log = capsys.readouterr().out
+    assert log.count(": reused (") == 7
+    assert "pcgrad seed1: trained" in log or "pcgrad seed1: resumed and trained" in log
+    assert (out / "runs" / "ew" / "seed0" / "results.json").stat().st_mtime_ns == stamp
+    # other settings into the same folder: refused, nothing mixed
+    changed = ["compare", "--methods", "ew", "--seeds", "1", "--size", "tiny", "--epochs", "1"]
+    _user_error(capsys, [*changed, "--steps", "3", "--out", str(out)], "other settings", "steps")
+
+
+def test_compare_user_errors(tmp_path, capsys):
+    out = ["--out", str(tmp_path / "never")]
+    _user_error(capsys, ["compare", "--methods", "ew,nosuch", *TINY, *out], "nosuch", "pcgrad")
+    _user_error(capsys, ["compare", "--benchmark", "nosuch", *TINY, *out], "nosuch", "multidigits")
+    _user_error(capsys, ["compare", "--pareto", "left.nosuch,right", *TINY, *out], "left.nosuch")
+    _user_error(capsys, ["compare", "--seeds", "x"], "--seeds")
+    _user_error(capsys, ["compare", "--methods", "ew", "--device", "tpu", *TINY, *out], "'device'")
+    assert not (tmp_path / "never").exists()
+
+
+# ---------------------------------------------------------------------------------- tune
+def test_tune_continues_the_stored_study(tmp_path, capsys):
+    import optuna
+
+    out = tmp_path / "tune"
+    argv = ["tune", "--benchmark", "multidigits", *TINY, "--out", str(out)]
+    assert main([*argv, "--trials", "2"]) == 0
+    first = capsys.readouterr().out
+    storage = f"sqlite:///{out.resolve() / 'tune.db'}"
+    assert (out / "tune.db").exists()
+    assert optuna.study.get_all_study_names(storage) == ["multidigits-static-weights"]
+    study = optuna.load_study(study_name="multidigits-static-weights", storage=storage)
+    assert len(study.trials) == 2
+    assert study.trials[0].params == {"w_left": 1.0, "w_right": 1.0}  # equal weights first
+
+    assert main([*argv, "--trials", "3"]) == 0  # continues: one more trial
+    second = capsys.readouterr().out
+    assert "2 finished trial(s), running 1 more" in second
+    assert "single-task left: reused" in second  # baselines trained once
+    assert optuna.study.get_all_study_names(storage) == ["multidigits-static-weights"]
+    study = optuna.load_study(study_name="multidigits-static-weights", storage=storage)
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
+    assert main([*argv, "--trials", "3"]) == 0  # nothing left to do
+    assert len(optuna.load_study(study_name=study.study_name, storage=storage).trials) == 3
+
+    # the printed command trains with the best weights
+    command = next(
+        line.strip() for line in capsys.readouterr().out.splitlines() if "taskbalance train" in line
+    )
+    assert "--method static --option weights=" in command
+    assert "taskbalance train" in first
+    best = _load(out / "best_weights.json")
+    assert best["trials"] == 3 and best["command"] == command
+    weights = best["weights"]
+    assert sum(weights.values()) == pytest.approx(2.0)
+    run = tmp_path / "best"
+    assert main([*shlex.split(command)[1:], "--out", str(run)]) == 0
+    cfg = _load(run / "results.json")["config"]
+    assert cfg["method"] == "static"
+    assert cfg["method_options"]["weights"] == pytest.approx(list(weights.values()), rel=1e-3)
+
+
+def test_tune_user_errors(tmp_path, capsys):
+    _user_error(capsys, ["tune"], "--benchmark")
+    _user_error(capsys, ["tune", "--benchmark", "multidigits", "--trials", "0"], "--trials")
+    out = ["--out", str(tmp_path / "t")]
+    _user_error(capsys, ["tune", "--benchmark", "nosuch", *TINY, *out], "nosuch")
+    # a study reloaded with other settings is refused
+    assert main(["tune", "--benchmark", "multidigits", *TINY, *out, "--trials", "1"]) == 0
+    capsys.readouterr()
+    changed = ["tune", "--benchmark", "multidigits", "--size", "tiny", "--epochs", "1"]
+    _user_error(capsys, [*changed, "--steps", "1", *out, "--trials", "2"], "other settings")
