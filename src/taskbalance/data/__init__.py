@@ -9,6 +9,9 @@ Built-in benchmarks (generated from a seed, cached as ``.npz``; nothing is downl
 * ``scenes``: NYUv2-like ray-cast indoor scenes; tasks ``segmentation``, ``depth``, ``normals``.
 * ``pingpong``: TTNet-like table-tennis clips; tasks ``ball``, ``table``, ``events``.
 
+Real datasets already on disk: :class:`NYUv2`, :class:`Cityscapes` (preprocessed ``.npy`` layout
+of MTAN / Nash-MTL / LibMTL) and :class:`Fingers` (Kaggle Fingers PNGs).
+
 >>> bench = load_benchmark("scenes", size="tiny", labels={"depth": 0.2})  # doctest: +SKIP
 >>> model = bench.build_model()  # doctest: +SKIP
 """
@@ -25,12 +28,16 @@ from taskbalance.data.benchmark import (
     register_benchmark,
 )
 from taskbalance.data.partial import apply_partial_labels, labelled_subset
+from taskbalance.data.real import Cityscapes, Fingers, NYUv2
 
 __all__ = [
     "Batch",
     "Benchmark",
     "BenchmarkSpec",
+    "Cityscapes",
+    "Fingers",
     "MultiTaskDataset",
+    "NYUv2",
     "SplitArrays",
     "apply_partial_labels",
     "available_benchmarks",

@@ -59,6 +59,7 @@ __all__ = [
 Batch = tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]
 
 SPLITS = ("train", "val", "test")
+_CACHE_FORMAT = 2  # bump when the .npz layout changes
 
 
 class MultiTaskDataset(Dataset):
@@ -215,7 +216,9 @@ class BenchmarkSpec:
         params.update(overrides)
         for split in SPLITS:
             if split in params and (not isinstance(params[split], int) or params[split] < 1):
-                raise ValueError(f"size option {split!r} must be a positive int, got {params[split]!r}")
+                raise ValueError(
+                    f"size option {split!r} must be a positive int, got {params[split]!r}"
+                )
         return params
 
 
@@ -328,7 +331,9 @@ class Benchmark:
 
 
 def _cache_path(cache_dir: Path, spec: BenchmarkSpec, seed: int, params: dict[str, Any]) -> Path:
-    key = json.dumps({"v": spec.version, "seed": seed, "params": params}, sort_keys=True)
+    key = json.dumps(
+        {"v": spec.version, "format": _CACHE_FORMAT, "seed": seed, "params": params}, sort_keys=True
+    )
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     return cache_dir / f"{spec.name}-v{spec.version}-seed{seed}-{digest}.npz"
 
@@ -337,20 +342,28 @@ def _save(path: Path, splits: Mapping[str, SplitArrays]) -> None:
     arrays: dict[str, np.ndarray] = {}
     for split, data in splits.items():
         arrays[f"{split}/inputs"] = data.inputs
-        arrays.update({f"{split}/target/{k}": v for k, v in data.targets.items()})
+        arrays.update({f"{split}/target/{k}": _compact(v) for k, v in data.targets.items()})
         arrays.update({f"{split}/extra/{k}": v for k, v in data.extras.items()})
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp.npz")
     try:
         with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **arrays)
+            np.savez(handle, **arrays)  # type: ignore[arg-type]
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def _load(path: Path) -> dict[str, SplitArrays]:
+def _compact(array: np.ndarray) -> np.ndarray:
+    """Integer arrays whose values fit in ``uint8`` are stored as ``uint8``."""
+    if np.issubdtype(array.dtype, np.integer) and array.size:
+        if int(array.min()) >= 0 and int(array.max()) <= 255:
+            return array.astype(np.uint8)
+    return array
+
+
+def _load(path: Path, task_names: tuple[str, ...]) -> dict[str, SplitArrays]:
     splits = {s: SplitArrays(np.empty(0), {}, {}) for s in SPLITS}
     with np.load(path, allow_pickle=False) as data:
         for key in data.files:
@@ -359,9 +372,16 @@ def _load(path: Path) -> dict[str, SplitArrays]:
             if kind == "inputs":
                 splits[split].inputs = data[key]
             elif kind == "target":
-                splits[split].targets[name] = data[key]
+                array = data[key]
+                # integer targets are class indices: int64 in memory, compact on disk
+                is_int = np.issubdtype(array.dtype, np.integer)
+                splits[split].targets[name] = array.astype(np.int64) if is_int else array
             else:
                 splits[split].extras[name] = data[key]
+    for split, arrays in splits.items():
+        lengths = {len(arrays.inputs), *(len(t) for t in arrays.targets.values())}
+        if set(arrays.targets) != set(task_names) or arrays.inputs.ndim < 2 or len(lengths) != 1:
+            raise KeyError(f"cache file {str(path)!r} is incomplete (split {split!r})")
     return splits
 
 
@@ -404,7 +424,7 @@ def load_benchmark(
     arrays: dict[str, SplitArrays] | None = None
     if path.exists():
         try:
-            arrays = _load(path)
+            arrays = _load(path, spec.task_names)
         except (OSError, ValueError, KeyError, zlib.error):
             arrays = None  # corrupt or partial cache file: regenerate
     if arrays is None:
@@ -426,7 +446,9 @@ def split_seeds(seed: int, name: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(name.encode())])
 
 
-def check_options(options: Mapping[str, Any], valid: Mapping[str, Any], what: str) -> dict:
+def check_options(
+    options: Mapping[str, Any], valid: Mapping[str, Any], what: str
+) -> dict[str, Any]:
     """Merge ``options`` into ``valid`` defaults; ``ValueError`` naming unknown options."""
     unknown = sorted(set(options) - set(valid))
     if unknown:

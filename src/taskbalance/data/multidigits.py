@@ -42,7 +42,14 @@ DEFAULT_SIZE: dict[str, Any] = {
     "digit_size": 12,
     "max_shift": 2,
 }
-TINY_SIZE: dict[str, Any] = {"train": 96, "val": 48, "test": 48, "image_size": 16, "digit_size": 10}
+TINY_SIZE: dict[str, Any] = {
+    "train": 96,
+    "val": 48,
+    "test": 48,
+    "image_size": 16,
+    "digit_size": 10,
+    "max_shift": 1,
+}
 
 
 def _load_source() -> tuple[np.ndarray, np.ndarray]:
