@@ -105,14 +105,13 @@ class UncertaintyWeighting(LossMethod):
                 self.sigmas.fill_(1.0)
 
     def _terms(self, losses: Tensor, present: Tensor | None) -> Tensor:
-        like = dict(device=losses.device, dtype=losses.dtype)
         p = present_mask(losses, present)
         if self.form == "log_variance":
-            s = self.log_vars.to(**like)
-            w = self.factors.to(**like) * torch.exp(-s)
+            s = self.log_vars.to(losses)
+            w = self.factors.to(losses) * torch.exp(-s)
             terms = w * losses + 0.5 * s
         else:
-            sigma = self.sigmas.to(**like).abs()
+            sigma = self.sigmas.to(losses).abs()
             w = 1.0 / (sigma * sigma + self.eps)
             if self.form == "sigma":
                 terms = w * losses + torch.log(sigma + self.eps)
