@@ -1,0 +1,104 @@
+"""Workflows for partial labels: argument parsing and an end-to-end comparison on a tiny size."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from taskbalance.data import load_benchmark
+from taskbalance.experiments.workflows import (
+    REFERENCE,
+    WORKFLOWS,
+    compare_workflows,
+    parse_labels,
+    parse_workflows,
+)
+
+TINY = {"base": "tiny", "train": 24, "val": 8, "test": 8}
+
+
+def test_parse_labels() -> None:
+    assert parse_labels("depth=0.2,segmentation=0.5") == {"depth": 0.2, "segmentation": 0.5}
+    assert parse_labels(" depth = 20% , ") == {"depth": 0.2}
+    assert parse_labels("depth=1") == {"depth": 1.0}
+    assert parse_labels(None) is None and parse_labels("") is None and parse_labels("none") is None
+    assert parse_labels({"a": 0.5}) == {"a": 0.5}
+    for bad, match in [
+        ("depth", "TASK=FRACTION"),
+        ("=0.2", "TASK=FRACTION"),
+        ("depth=abc", "number"),
+        ("depth=0", r"\(0, 1\]"),
+        ("depth=1.5", r"\(0, 1\]"),
+        ("depth=nan", r"\(0, 1\]"),
+        ("depth=0.2,depth=0.3", "twice"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            parse_labels(bad)
+
+
+def test_parse_workflows() -> None:
+    assert parse_workflows("masked,staged,annotated") == WORKFLOWS
+    assert parse_workflows("staged") == ("staged",)
+    assert parse_workflows(None) == WORKFLOWS == parse_workflows("all")
+    assert parse_workflows(["annotated", "masked"]) == ("annotated", "masked")
+    with pytest.raises(ValueError, match="unknown workflow"):
+        parse_workflows("masked,semi")
+    with pytest.raises(ValueError, match="twice"):
+        parse_workflows("masked,masked")
+    with pytest.raises(ValueError, match="no workflow"):
+        parse_workflows(",")
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    return load_benchmark("scenes", size=TINY, cache_dir=tmp_path_factory.mktemp("cache"))
+
+
+def test_compare_workflows_end_to_end(bench, tmp_path) -> None:
+    lines: list[str] = []
+    result = compare_workflows(
+        bench,
+        "depth=0.25",
+        epochs=1,
+        steps=1,
+        batch_size=8,
+        teacher_epochs=1,
+        threshold=0.5,
+        out_dir=tmp_path,
+        log=lines.append,
+    )
+    names = [r["workflow"] for r in result.rows]
+    assert names == [REFERENCE, "masked", "staged", "annotated"]
+    table = result.markdown
+    for name in ("masked", "staged", "annotated", REFERENCE, "Δm%"):
+        assert name in table
+    assert len([ln for ln in table.splitlines() if ln.startswith("| ")]) == 5  # header + 4 rows
+    ref = result.row(REFERENCE)
+    assert ref["delta_m"] == pytest.approx(0.0)
+    for row in result.rows:
+        assert set(row["test"]) == {"segmentation", "depth", "normals"}
+        assert row["delta_m"] is None or math.isfinite(row["delta_m"])
+        assert set(row["delta_per_task"]) == {"segmentation", "depth", "normals"}
+    # files: table, results, the pseudo-labels of the annotated workflow, every run's folder
+    assert (tmp_path / "workflows.md").read_text() == table
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["labels"] == {"depth": 0.25}
+    assert [r["workflow"] for r in saved["rows"]] == names
+    assert "depth" in saved["annotation"]
+    assert (tmp_path / "runs" / "annotated" / "pseudo_labels.pt").is_file()
+    for run in ("full", "masked", "staged", "annotated"):
+        assert (tmp_path / "runs" / run).is_dir()
+    assert any("staged" in ln for ln in lines)
+
+
+def test_compare_workflows_bad_input(bench) -> None:
+    with pytest.raises(ValueError, match="partially labelled"):
+        compare_workflows(bench, "", epochs=1, log=None)
+    with pytest.raises(ValueError, match="keep every label"):
+        compare_workflows(bench, {"depth": 1.0}, epochs=1, log=None)
+    with pytest.raises(ValueError, match="unknown task"):
+        compare_workflows(bench, {"height": 0.5}, epochs=1, log=None)
+    with pytest.raises(ValueError, match="unknown workflow"):
+        compare_workflows(bench, {"depth": 0.5}, workflows="masked,magic", epochs=1, log=None)
