@@ -42,7 +42,9 @@ def _user_error(capsys, argv, *needles):
 
 
 # ---------------------------------------------------------------------------------- help, methods
-@pytest.mark.parametrize("command", [[], ["methods"], ["train"], ["compare"], ["tune"]])
+@pytest.mark.parametrize(
+    "command", [[], ["methods"], ["train"], ["compare"], ["tune"], ["annotate"]]
+)
 def test_help_on_every_command(capsys, command):
     assert main([*command, "--help"]) == 0
     out = capsys.readouterr().out
@@ -273,3 +275,46 @@ def test_tune_user_errors(tmp_path, capsys):
     capsys.readouterr()
     changed = ["tune", "--benchmark", "multidigits", "--size", "tiny", "--epochs", "1"]
     _user_error(capsys, [*changed, "--steps", "1", *out, "--trials", "2"], "other settings")
+
+
+# ---------------------------------------------------------------------------------- partial labels
+def test_annotate_then_train_with_pseudo_labels(tmp_path, capsys):
+    from taskbalance.data import load_benchmark
+    from taskbalance.experiments.annotate import PseudoLabelStore
+
+    out = tmp_path / "ann"
+    argv = ["annotate", "--benchmark", "multidigits", "--labels", "left=0.3", *TINY]
+    assert main([*argv, "--threshold", "0.0", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    store_path = out / "pseudo_labels.pt"
+    assert f"pseudo-labels: {store_path}" in printed
+    store = PseudoLabelStore.load(store_path)
+    bench = load_benchmark("multidigits", size="tiny", labels={"left": 0.3})
+    labelled = {i for i in range(len(bench.train)) if bool(bench.train[i][2]["left"])}
+    kept = set(store.labels["left"].indices.tolist())
+    # threshold 0 keeps a pseudo-label for every unlabelled sample, and only for those.
+    assert kept == set(range(len(bench.train))) - labelled
+
+    run = tmp_path / "run"
+    argv = ["train", "--benchmark", "multidigits", "--labels", "left=0.3", *TINY]
+    assert main([*argv, "--pseudo-labels", str(store_path), "--out", str(run)]) == 0
+    saved = json.loads((run / "results.json").read_text())
+    assert saved["config"]["pseudo_labels"] == str(store_path)
+    assert saved["config"]["labels"] == {"left": 0.3}
+
+
+def test_compare_labels_runs_the_workflows(tmp_path, capsys):
+    out = tmp_path / "wf"
+    argv = ["compare", "--benchmark", "multidigits", "--labels", "left=0.5", *TINY]
+    assert main([*argv, "--workflows", "masked,staged", "--out", str(out)]) == 0
+    table = (out / "workflows.md").read_text()
+    for row in ("full labels", "masked", "staged"):
+        assert f"| {row}" in table
+    assert "annotated" not in table
+
+
+def test_partial_label_user_errors(tmp_path, capsys):
+    base = ["train", "--benchmark", "multidigits", *TINY, "--out", str(tmp_path / "x")]
+    _user_error(capsys, [*base, "--labels", "left=1.5"], "left", "(0, 1]")
+    _user_error(capsys, [*base, "--labels", "nose=0.5"], "nose")
+    _user_error(capsys, ["compare", "--workflows", "masked", *TINY], "--labels")

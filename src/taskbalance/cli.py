@@ -121,6 +121,8 @@ _TRAIN_FLAGS = {
     "lr": "lr",
     "batch_size": "batch_size",
     "size": "size",
+    "labels": "labels",
+    "pseudo_labels": "pseudo_labels",
 }
 
 
@@ -183,6 +185,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from taskbalance.experiments.compare import CompareSettings, run_compare
 
     benchmark = args.benchmark
+    if args.labels is not None or args.workflows is not None:
+        return _compare_workflows(args)
     settings = CompareSettings(
         benchmark=benchmark,
         methods=args.methods,
@@ -205,6 +209,74 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     for name, path in result.plots.items():
         print(f"plot {name}: {path}")
     print(f"took {result.seconds:.1f}s")
+    return 0
+
+
+def _optional_training_options(args: argparse.Namespace) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    if args.lr is not None:
+        options["lr"] = args.lr
+    if args.batch_size is not None:
+        options["batch_size"] = args.batch_size
+    return options
+
+
+def _compare_workflows(args: argparse.Namespace) -> int:
+    from taskbalance.experiments.workflows import WORKFLOWS, compare_workflows
+
+    if args.labels is None:
+        raise UserError("--workflows compares partial-label workflows: give --labels TASK=FRACTION")
+    result = compare_workflows(
+        args.benchmark,
+        args.labels,
+        args.workflows or WORKFLOWS,
+        epochs=args.epochs,
+        steps=args.steps,
+        seed=args.seeds[0],
+        size=args.size,
+        device=args.device,
+        out_dir=args.out or str(Path("runs") / f"workflows-{args.benchmark}"),
+        finetune_rounds=args.finetune_rounds,
+        log=_log,
+        **_optional_training_options(args),
+    )
+    print()
+    print(result.markdown, end="")
+    print()
+    if result.out_dir is not None:
+        print(f"report:  {result.out_dir / 'workflows.md'}")
+    return 0
+
+
+def _cmd_annotate(args: argparse.Namespace) -> int:
+    from taskbalance.experiments.annotate import STORE_NAME, annotate_benchmark, format_summary
+
+    out = args.out or str(Path("runs") / f"annotate-{args.benchmark}")
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
+    store = annotate_benchmark(
+        args.benchmark,
+        args.labels,
+        tasks,
+        seed=args.seed,
+        size=args.size,
+        out_dir=out,
+        teacher_width=args.teacher_width,
+        epochs=args.epochs,
+        steps=args.steps,
+        threshold=args.threshold,
+        device=args.device,
+        log=_log,
+        **_optional_training_options(args),
+    )
+    print(format_summary(store))
+    path = Path(out) / STORE_NAME
+    print(f"pseudo-labels: {path}")
+    print(
+        f"train with them: taskbalance train --benchmark {args.benchmark} --labels "
+        f"{','.join(f'{k}={v:g}' for k, v in args.labels.items())} --pseudo-labels {path}"
+        + (f" --size {args.size}" if args.size != "default" else "")
+        + (f" --seed {args.seed}" if args.seed else "")
+    )
     return 0
 
 
@@ -280,6 +352,7 @@ def _build_parser() -> argparse.ArgumentParser:
         DEFAULT_STEPS,
         STANDARD_METHODS,
     )
+    from taskbalance.experiments.workflows import WORKFLOWS, labels_argument, workflows_argument
 
     defaults = {"epochs": DEFAULT_EPOCHS, "steps": DEFAULT_STEPS, "size": DEFAULT_SIZE}
     parser = _Parser(
@@ -332,6 +405,17 @@ def _build_parser() -> argparse.ArgumentParser:
         help="method option, repeatable (values read as YAML; a,b,c is a list), "
         "e.g. --option weights=0.7,1.3",
     )
+    p.add_argument(
+        "--labels",
+        type=labels_argument,
+        metavar="TASK=FRACTION,...",
+        help="keep each task's labels on this fraction of the training samples, e.g. depth=0.2",
+    )
+    p.add_argument(
+        "--pseudo-labels",
+        metavar="PATH",
+        help="pseudo_labels.pt written by 'taskbalance annotate' (fills missing labels)",
+    )
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser(
@@ -363,10 +447,66 @@ def _build_parser() -> argparse.ArgumentParser:
         help="two metrics task.metric,task.metric for the Pareto plot "
         "(default: the primary metrics of the first two tasks)",
     )
+    p.add_argument(
+        "--labels",
+        type=labels_argument,
+        default=None,
+        metavar="TASK=FRACTION,...",
+        help="compare the partial-label workflows (masked, staged, annotated) against fully "
+        "labelled training, with these label fractions, e.g. depth=0.2",
+    )
+    p.add_argument(
+        "--workflows",
+        type=workflows_argument,
+        default=None,
+        help=f"with --labels: which workflows (default: {','.join(WORKFLOWS)})",
+    )
+    p.add_argument(
+        "--finetune-rounds",
+        type=int,
+        default=0,
+        help="with --labels: fine-tuning rounds after the staged schedule (default: 0)",
+    )
     _add_training_flags(
         p, defaults=defaults, out_help="output folder (default: runs/compare-<benchmark>)"
     )
     p.set_defaults(func=_cmd_compare)
+
+    p = sub.add_parser(
+        "annotate",
+        help="train single-task teachers and write pseudo-labels",
+        description="Train a single-task teacher per task on its labelled training samples, "
+        "predict the samples that lack a label, keep pseudo-labels whose confidence reaches "
+        "--threshold, and write OUT/pseudo_labels.pt for 'taskbalance train --pseudo-labels'. "
+        "Real labels are never overwritten.",
+    )
+    p.add_argument("--benchmark", required=True, help="benchmark name")
+    p.add_argument(
+        "--labels",
+        type=labels_argument,
+        required=True,
+        metavar="TASK=FRACTION,...",
+        help="label fractions of the partially labelled training set, e.g. depth=0.2",
+    )
+    p.add_argument(
+        "--tasks", default=None, help="tasks to annotate, t1,t2 (default: the partial ones)"
+    )
+    p.add_argument(
+        "--teacher-width",
+        type=_positive_int,
+        default=None,
+        help="width of the teachers' backbones (default: the benchmark model's)",
+    )
+    p.add_argument(
+        "--threshold", type=float, default=0.9, help="confidence to keep (default: %(default)s)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="data and training seed (default: 0)")
+    _add_training_flags(
+        p,
+        defaults={"epochs": 5, "steps": None, "size": "default"},
+        out_help="output folder (default: runs/annotate-<benchmark>)",
+    )
+    p.set_defaults(func=_cmd_annotate)
 
     p = sub.add_parser(
         "tune",

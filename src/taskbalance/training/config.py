@@ -77,6 +77,8 @@ class TrainConfig:
             adds a ``GradScaler``. ``amp=True`` with another device is an error.
         size: benchmark size, ``"default"``, ``"tiny"`` or a dict of overrides.
         labels: ``{task: fraction}`` of training samples that keep their label.
+        pseudo_labels: path of a ``pseudo_labels.pt`` written by ``taskbalance annotate``; its
+            kept pseudo-labels fill training samples that lack a real label.
         model_options: keyword options of ``benchmark.build_model(**model_options)``.
         cache_dir: where generated benchmarks are cached (default: the data package's default).
         num_workers: DataLoader workers (0 = load in the main process, exact repeatability).
@@ -110,6 +112,7 @@ class TrainConfig:
     amp_dtype: str = "bfloat16"
     size: str | dict[str, Any] = "default"
     labels: dict[str, float] | None = None
+    pseudo_labels: str | None = None
     model_options: dict[str, Any] = field(default_factory=dict)
     cache_dir: str | None = None
     num_workers: int = 0
@@ -217,15 +220,20 @@ class TrainConfig:
             if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
                 raise self._bad(key, "a mapping of option names to values", value)
             setattr(self, key, dict(value))
+        if self.pseudo_labels is not None:
+            if not isinstance(self.pseudo_labels, str) or not self.pseudo_labels:
+                raise self._bad(
+                    "pseudo_labels", "None or the path of a pseudo_labels.pt", self.pseudo_labels
+                )
         if self.labels is not None:
             if not isinstance(self.labels, Mapping) or not self.labels:
                 raise self._bad(
                     "labels", "None or a non-empty mapping {task: fraction}", self.labels
                 )
             for task, fraction in self.labels.items():
-                if not isinstance(task, str) or not _is_real(fraction) or not 0 <= fraction <= 1:
+                if not isinstance(task, str) or not _is_real(fraction) or not 0 < fraction <= 1:
                     raise ValueError(
-                        f"config key 'labels' must map task names to fractions in [0, 1], got "
+                        f"config key 'labels' must map task names to fractions in (0, 1], got "
                         f"{task!r}: {fraction!r}"
                     )
             self.labels = {k: float(v) for k, v in self.labels.items()}

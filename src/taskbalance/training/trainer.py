@@ -1057,6 +1057,10 @@ def train(
         cache_dir=config.cache_dir,
         labels=config.labels,
     )
+    if config.pseudo_labels is not None:
+        from taskbalance.experiments.annotate import with_pseudo_labels
+
+        bench = with_pseudo_labels(bench, config.pseudo_labels)
     all_tasks = {t.name: t for t in bench.tasks}
     names = config.tasks if config.tasks is not None else list(all_tasks)
     tasks = [all_tasks[n] for n in names]
