@@ -215,3 +215,25 @@ def test_fingers_missing_folder(fingers_root: Path, tmp_path: Path) -> None:
         Fingers(tmp_path / "empty", "train")
     with pytest.raises(ValueError, match="image_size"):
         Fingers(fingers_root, "train", image_size=0)
+
+
+def test_npy_values_and_non_finite_depth_and_normals(nyu_root: Path) -> None:
+    # depth and normals come through unchanged; a non-finite depth becomes 0 and a normal with any
+    # non-finite component becomes the zero vector (both = invalid pixel), never a half-zeroed one
+    depth = np.load(nyu_root / "train" / "depth" / "2.npy")
+    normal = np.load(nyu_root / "train" / "normal" / "2.npy")
+    depth[0, 0, 0] = np.nan
+    depth[1, 2, 0] = np.inf
+    normal[3, 4, 1] = np.nan  # one component only
+    normal[5, 7] = np.inf
+    np.save(nyu_root / "train" / "depth" / "2.npy", depth)
+    np.save(nyu_root / "train" / "normal" / "2.npy", normal)
+    _, targets, _ = NYUv2(nyu_root)[2]
+    got_depth, got_normal = targets["depth"].numpy(), targets["normals"].numpy()
+    expected_depth = depth[..., 0].copy()
+    expected_depth[0, 0] = expected_depth[1, 2] = 0.0
+    np.testing.assert_array_equal(got_depth[0], expected_depth)
+    expected_normal = normal.copy()
+    expected_normal[3, 4] = expected_normal[5, 7] = 0.0
+    np.testing.assert_array_equal(got_normal, expected_normal.transpose(2, 0, 1))
+    assert np.isfinite(got_normal).all() and np.isfinite(got_depth).all()

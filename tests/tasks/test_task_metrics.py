@@ -149,6 +149,21 @@ def test_depth_errors_accumulate_over_pixels_not_batches() -> None:
     assert _feed(metric, pred, target, [1] * 6)["abs_err"] == pytest.approx(expected_abs, rel=1e-12)
 
 
+def test_depth_errors_half_precision_prediction_keeps_float32_targets() -> None:
+    # a target of 1e-8 is valid (> 0) although it underflows to 0 in float16; errors are taken
+    # in float64 against the float32 target, not against a target rounded to float16
+    pred = torch.tensor([[[[1.0, 2.0, 0.5]]]], dtype=torch.float16)
+    target = torch.tensor([[[[1e-8, 2.001, 0.0]]]], dtype=torch.float32)
+    t = target.double().numpy().reshape(-1)[:2]
+    p = pred.double().numpy().reshape(-1)[:2]
+    err = np.abs(p - t)
+    metric = M.DepthErrors()
+    metric.update(pred, target)
+    out = metric.compute()
+    assert out["abs_err"] == pytest.approx(err.mean(), rel=1e-12)
+    assert out["rel_err"] == pytest.approx((err / t).mean(), rel=1e-12)
+
+
 def test_depth_no_valid_pixel_raises() -> None:
     metric = M.DepthErrors()
     metric.update(torch.ones(2, 1, 3, 3), torch.zeros(2, 1, 3, 3))

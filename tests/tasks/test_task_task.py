@@ -68,6 +68,32 @@ def test_nan_at_labelled_position_raises_with_fix() -> None:
         task.new_metrics().update(torch.ones(2), torch.tensor([math.nan, 1.0]))
 
 
+def test_nan_count_covers_labelled_samples_of_dense_targets_only() -> None:
+    depth = depth_task("depth")
+    target = torch.ones(3, 1, 2, 2)
+    target[0, 0, 0, :] = math.nan  # 2 NaNs in a labelled sample
+    target[1] = math.nan  # 4 NaNs in an unlabelled sample: ignored
+    target[2, 0, 1, 1] = math.nan  # 1 more in a labelled sample
+    mask = torch.tensor([True, False, True])
+    with pytest.raises(ValueError, match="NaN at 3 labelled position"):
+        depth.loss(torch.ones(3, 1, 2, 2), target, mask)
+    target[0] = target[2] = 2.0
+    loss = depth.loss(torch.ones(3, 1, 2, 2), target, mask)
+    assert float(loss) == pytest.approx(1.0)
+
+
+def test_all_true_mask_equals_no_mask_and_integer_target_needs_no_mask() -> None:
+    task = classification_task("digit", 3)
+    z = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.1, 3.0]])
+    y = torch.tensor([0, 1])
+    expected = -torch.log_softmax(z, dim=1)[torch.arange(2), y].mean()
+    for mask in (None, torch.tensor([True, True]), torch.tensor([1, 1])):
+        assert float(task.loss(z, y, mask)) == pytest.approx(float(expected), rel=1e-6)
+    assert float(task.loss(z, y, torch.tensor([False, True]))) == pytest.approx(
+        float(-torch.log_softmax(z[1], dim=0)[1]), rel=1e-6
+    )
+
+
 @pytest.mark.parametrize(
     ("task", "pred_shape", "target_shape"),
     [

@@ -55,19 +55,28 @@ def select_labelled(
     """
     if mask is None:
         return prediction, target
-    if not isinstance(mask, Tensor):
-        mask = torch.as_tensor(mask)
     batch = prediction.shape[0] if prediction.dim() > 0 else 1
+    mask = sample_mask(mask, batch, prediction.device)
+    return prediction[mask], target[mask.to(target.device)]
+
+
+def sample_mask(mask: Tensor, batch: int, device: torch.device, *, prefix: str = "") -> Tensor:
+    """``mask`` checked to be one entry per sample (``[batch]``), as a bool tensor on ``device``.
+
+    Non-bool masks are converted with ``mask != 0``. Shared by :func:`select_labelled` and
+    :meth:`taskbalance.tasks.Task.validate` (which passes ``prefix="task 'name': "``).
+
+    Raises:
+        ValueError: ``mask`` is not of shape ``[batch]``; the message starts with ``prefix``.
+    """
+    mask = torch.as_tensor(mask, device=device)
     if mask.dim() != 1 or mask.shape[0] != batch:
         raise ValueError(
-            f"the label mask must hold one bool per sample, shape [{batch}]; got shape "
-            f"{list(mask.shape)}. Mark missing per-pixel labels inside the target instead "
-            "(ignore index, zero depth, zero normal)."
+            f"{prefix}the label mask must hold one bool per sample, shape [{batch}], got shape "
+            f"{list(mask.shape)}; mark missing per-pixel labels inside the target instead "
+            "(ignore index, zero depth, zero normal)"
         )
-    if mask.dtype != torch.bool:
-        mask = mask != 0
-    mask = mask.to(prediction.device)
-    return prediction[mask], target[mask.to(target.device)]
+    return mask if mask.dtype == torch.bool else mask != 0
 
 
 def _masked_mean(values: Tensor, valid: Tensor | None = None) -> Tensor | None:
@@ -264,13 +273,16 @@ def dice_loss(
         return None
     target = target.long()
     valid = target != ignore_index
-    if int(valid.sum()) == 0:
+    if not bool(valid.any()):  # the one host sync: "no valid pixel" must return None
         return None
     num_classes = prediction.shape[1]
-    probs = prediction.softmax(dim=1).movedim(1, -1)[valid]  # [N, C]
-    onehot = F.one_hot(target[valid], num_classes).to(probs.dtype)  # [N, C]
-    intersection = (probs * onehot).sum(dim=0)
-    denominator = probs.sum(dim=0) + onehot.sum(dim=0)
+    # zero the ignored pixels instead of boolean indexing (which would sync again and copy)
+    keep = valid.unsqueeze(-1)  # [B, *S, 1]
+    probs = torch.where(keep, prediction.softmax(dim=1).movedim(1, -1), 0.0)  # [B, *S, C]
+    onehot = F.one_hot(torch.where(valid, target, 0), num_classes).to(probs.dtype) * keep
+    dims = tuple(range(probs.dim() - 1))
+    intersection = (probs * onehot).sum(dim=dims)
+    denominator = probs.sum(dim=dims) + onehot.sum(dim=dims)
     dice = (2.0 * intersection + smooth) / (denominator + smooth)
     return 1.0 - dice.mean()
 

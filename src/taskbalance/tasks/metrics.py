@@ -291,14 +291,16 @@ class DepthErrors(Metric):
         self._rel = torch.zeros((), dtype=torch.float64)
 
     def _update(self, prediction: Tensor, target: Tensor) -> None:
-        target = target.to(prediction.dtype)
+        # validity and errors in float64: a half-precision prediction (AMP) must not round the
+        # target (tiny depths to 0 = "invalid") or the difference before it is accumulated
         valid = target > 0
         n = int(valid.sum())
         if n == 0:
             return
-        err = (prediction[valid] - target[valid]).abs().double()
+        truth = target[valid].double()
+        err = (prediction[valid].double() - truth).abs()
         self._abs = self._abs.to(err.device) + err.sum()
-        self._rel = self._rel.to(err.device) + (err / target[valid].double()).sum()
+        self._rel = self._rel.to(err.device) + (err / truth).sum()
         self._count += n
 
     def compute(self) -> dict[str, float]:

@@ -22,6 +22,7 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor
 
+from taskbalance.tasks.losses import sample_mask
 from taskbalance.tasks.metrics import EmptyMetricError, Metric
 
 __all__ = ["LossFn", "Task", "TaskKind", "TaskMetrics"]
@@ -191,34 +192,46 @@ class Task:
             ValueError: prediction/target shapes do not fit the task's kind (naming both shapes);
                 a mask that is not one bool per sample; NaN in the target at a labelled position.
         """
+        return self._validate(prediction, target, mask)[0]
+
+    def _validate(
+        self, prediction: Tensor, target: Tensor, mask: Tensor | None
+    ) -> tuple[Tensor | None, int]:
+        """:meth:`validate`, also returning the number of labelled samples.
+
+        The labelled count and the NaN check are reduced on the device and read back together:
+        one host sync per call (none for an integer target without a mask).
+        """
         self._check_shapes(prediction, target)
         batch = target.shape[0]
         if mask is not None:
-            mask = torch.as_tensor(mask, device=target.device)
-            if mask.dim() != 1 or mask.shape[0] != batch:
-                raise ValueError(
-                    f"task {self.name!r}: the label mask must hold one bool per sample, shape "
-                    f"[{batch}], got shape {list(mask.shape)}; mark missing pixels inside the "
-                    "target instead"
-                )
-            if mask.dtype != torch.bool:
-                mask = mask != 0
-            mask = mask.to(target.device)
-        if target.is_floating_point():
-            labelled = target if mask is None else target[mask]
-            nan_count = int(torch.isnan(labelled).sum())
-            if nan_count:
-                ignore = (
-                    f"or the ignore value {self.ignore_value!r} "
-                    if self.ignore_value is not None
-                    else ""
-                )
-                raise ValueError(
-                    f"task {self.name!r}: the target holds NaN at {nan_count} labelled "
-                    f"position(s); mark missing labels with the per-sample mask "
-                    f"(masks[{self.name!r}] = False) {ignore}instead of NaN"
-                )
-        return mask
+            mask = sample_mask(mask, batch, target.device, prefix=f"task {self.name!r}: ")
+        check_nan = target.is_floating_point()
+        counts: list[Tensor] = []
+        if mask is not None:
+            counts.append(mask.sum())
+        if check_nan:
+            nan = torch.isnan(target)
+            if mask is not None:
+                nan = nan & mask.view(-1, *([1] * (target.dim() - 1)))
+            counts.append(nan.sum())
+        if not counts:
+            return mask, batch
+        values = torch.stack(counts).tolist()
+        labelled = int(values[0]) if mask is not None else batch
+        nan_count = int(values[-1]) if check_nan else 0
+        if nan_count:
+            ignore = (
+                f"or the ignore value {self.ignore_value!r} "
+                if self.ignore_value is not None
+                else ""
+            )
+            raise ValueError(
+                f"task {self.name!r}: the target holds NaN at {nan_count} labelled "
+                f"position(s); mark missing labels with the per-sample mask "
+                f"(masks[{self.name!r}] = False) {ignore}instead of NaN"
+            )
+        return mask, labelled
 
     def _check_shapes(self, prediction: Tensor, target: Tensor) -> None:
         p, t = tuple(prediction.shape), tuple(target.shape)
@@ -258,12 +271,11 @@ class Task:
         Raises:
             ValueError: see :meth:`validate`; a loss function returning a non-scalar.
         """
-        mask = self.validate(prediction, target, mask)
-        if mask is not None:
-            if not bool(mask.any()):
-                return None
-            if bool(mask.all()):
-                mask = None
+        mask, labelled = self._validate(prediction, target, mask)
+        if labelled == 0:
+            return None
+        if labelled == target.shape[0]:
+            mask = None
         value = self.loss_fn(prediction, target, mask)
         if value is None:
             return None

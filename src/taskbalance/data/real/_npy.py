@@ -35,9 +35,10 @@ class NpyLayoutDataset(Dataset):
 
     Items are ``(image [3, H, W] float32, targets, masks)`` with label maps as ``int64 [H, W]``
     (``-1`` converted to the ignore index 255), depth ``float32 [1, H, W]`` (non-finite values
-    become 0 = invalid) and normals ``float32 [3, H, W]``. Files are read lazily; the folder
-    structure, the file names and the first sample are checked on construction, every sample on
-    :meth:`validate` or when it is read.
+    become 0 = invalid) and normals ``float32 [3, H, W]`` (a pixel with a non-finite component
+    becomes the zero vector = invalid). Files are read lazily; the folder structure, the file
+    names and the first sample are checked on construction, every sample on :meth:`validate` or
+    when it is read.
     """
 
     dataset_name = "dataset"
@@ -169,7 +170,10 @@ class NpyLayoutDataset(Dataset):
             else:  # normal
                 if array.shape != (height, width, 3):
                     raise self._shape_error(path, array, f"{height} x {width} x 3")
-                normal = np.where(np.isfinite(array), array, 0.0).astype(np.float32)
+                # a pixel with any non-finite component has no normal: zero the whole vector
+                # (zeroing only the bad component would leave a wrong, still "valid" normal)
+                finite = np.isfinite(array).all(axis=2, keepdims=True)
+                normal = np.where(finite, array, 0.0).astype(np.float32)
                 targets[task] = torch.from_numpy(np.ascontiguousarray(normal.transpose(2, 0, 1)))
         masks = {task: torch.tensor(True) for task in self.modalities}
         return inputs, targets, masks
