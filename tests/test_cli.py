@@ -318,3 +318,31 @@ def test_partial_label_user_errors(tmp_path, capsys):
     _user_error(capsys, [*base, "--labels", "left=1.5"], "left", "(0, 1]")
     _user_error(capsys, [*base, "--labels", "nose=0.5"], "nose")
     _user_error(capsys, ["compare", "--workflows", "masked", *TINY], "--labels")
+    # flags of the method comparison are refused with --labels instead of silently ignored
+    wf = ["compare", "--labels", "left=0.5", *TINY, "--out", str(tmp_path / "wf")]
+    _user_error(capsys, [*wf, "--pareto", "left,right"], "--pareto")
+    _user_error(capsys, [*wf, "--seeds", "2"], "--seeds")
+    _user_error(capsys, [*wf, "--methods", "ew,pcgrad"], "--methods")
+    _user_error(capsys, [*wf, "--finetune-rounds", "-1"], "--finetune-rounds", ">= 0")
+    out = ["--out", str(tmp_path / "cmp")]
+    _user_error(capsys, ["compare", "--finetune-rounds", "1", *TINY, *out], "--labels")
+    assert not (tmp_path / "wf").exists() and not (tmp_path / "cmp").exists()
+
+
+def test_compare_labels_uses_the_given_method(tmp_path):
+    out = tmp_path / "wf"
+    argv = ["compare", "--benchmark", "multidigits", "--labels", "left=0.5", *TINY]
+    assert main([*argv, "--workflows", "masked", "--methods", "pcgrad", "--out", str(out)]) == 0
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["settings"]["method"] == "pcgrad"
+    assert "method pcgrad" in (out / "workflows.md").read_text()
+
+
+def test_compare_refuses_an_uncreatable_method_before_training(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    _user_error(capsys, ["compare", "--methods", "static", *TINY, "--out", str(out)], "weights")
+    assert not out.exists()  # not even the single-task baselines were trained
+
+
+def test_train_steps_and_all_steps_conflict(capsys):
+    _user_error(capsys, ["train", "--steps", "2", "--all-steps"], "--all-steps")

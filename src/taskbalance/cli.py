@@ -48,6 +48,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
 def _steps(text: str) -> int | None:
     if text.strip().lower() in ("all", "none"):
         return None
@@ -127,26 +137,11 @@ _TRAIN_FLAGS = {
 
 
 def _train_config_dict(args: argparse.Namespace) -> dict[str, Any]:
-    import yaml
+    from taskbalance.training.config import read_config_file
 
     data: dict[str, Any] = {}
     if args.config is not None:
-        path = Path(args.config)
-        if not path.is_file():
-            raise UserError(f"config file {str(path)!r} does not exist")
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as err:
-            first = str(err).splitlines()[0] if str(err) else type(err).__name__
-            raise UserError(f"config file {str(path)!r} is not valid YAML: {first}") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise UserError(
-                f"config file {str(path)!r} must hold a mapping of config keys, "
-                f"got {type(loaded).__name__}"
-            )
-        data.update(loaded)
+        data.update(read_config_file(args.config))
     for flag, key in _TRAIN_FLAGS.items():
         value = getattr(args, flag)
         if value is not None:
@@ -187,6 +182,10 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     benchmark = args.benchmark
     if args.labels is not None or args.workflows is not None:
         return _compare_workflows(args)
+    if args.finetune_rounds:
+        raise UserError(
+            "--finetune-rounds applies to the partial-label workflows: give --labels TASK=FRACTION"
+        )
     settings = CompareSettings(
         benchmark=benchmark,
         methods=args.methods,
@@ -226,6 +225,23 @@ def _compare_workflows(args: argparse.Namespace) -> int:
 
     if args.labels is None:
         raise UserError("--workflows compares partial-label workflows: give --labels TASK=FRACTION")
+    # Flags of the method comparison that the workflow comparison has no use for are refused
+    # rather than silently ignored.
+    if args.pareto is not None:
+        raise UserError("--pareto applies to the method comparison, not to --labels workflows")
+    if len(args.seeds) != 1:
+        raise UserError(
+            f"--labels workflows run one seed; give --seeds with one value (got {args.seeds})"
+        )
+    method = "ew"
+    if args.methods is not None:
+        names = [m.strip() for m in args.methods.split(",") if m.strip()]
+        if len(names) != 1 or names[0] == "all":
+            raise UserError(
+                "--labels workflows train with one balancing method; give --methods with one "
+                f"name (got {args.methods!r})"
+            )
+        method = names[0]
     result = compare_workflows(
         args.benchmark,
         args.labels,
@@ -233,6 +249,7 @@ def _compare_workflows(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         steps=args.steps,
         seed=args.seeds[0],
+        method=method,
         size=args.size,
         device=args.device,
         out_dir=args.out or str(Path("runs") / f"workflows-{args.benchmark}"),
@@ -383,8 +400,9 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--benchmark", help="benchmark name (default: multidigits)")
     p.add_argument("--method", help="balancing method (see 'taskbalance methods'; default: ew)")
     p.add_argument("--epochs", type=_positive_int)
-    p.add_argument("--steps", type=_positive_int, help="cap on training steps per epoch")
-    p.add_argument(
+    steps = p.add_mutually_exclusive_group()
+    steps.add_argument("--steps", type=_positive_int, help="cap on training steps per epoch")
+    steps.add_argument(
         "--all-steps",
         dest="steps_all",
         action="store_true",
@@ -463,7 +481,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--finetune-rounds",
-        type=int,
+        type=_non_negative_int,
         default=0,
         help="with --labels: fine-tuning rounds after the staged schedule (default: 0)",
     )

@@ -69,3 +69,26 @@ def test_train_command_round_trips():
         "--option weights=0.25,1.75 --epochs 3 --size tiny"
     )
     assert shlex.split(command)[7] == "weights=0.25,1.75"
+
+
+def test_run_or_reuse_refuses_a_finished_run_with_another_mode(tmp_path):
+    config = {
+        "benchmark": "multidigits",
+        "size": "tiny",
+        "method": "pcgrad",
+        "mode": "param",
+        "epochs": 1,
+        "steps": 1,
+        "batch_size": 16,
+        "model_options": {"width": 8, "hidden": 16},
+        "cache_dir": str(tmp_path / "cache"),
+        "out_dir": str(tmp_path / "run"),
+        "progress": False,
+        "tensorboard": False,
+    }
+    first = compare.run_or_reuse(config, log=lambda _: None)
+    lines = []
+    again = compare.run_or_reuse(config, log=lines.append)
+    assert again == first and "reused" in lines[0]
+    with pytest.raises(ValueError, match="other settings.*mode: 'param' there, 'rep' now"):
+        compare.run_or_reuse({**config, "mode": "rep"}, log=lambda _: None)

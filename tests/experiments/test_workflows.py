@@ -77,6 +77,26 @@ def test_compare_workflows_end_to_end(bench, tmp_path) -> None:
     assert len([ln for ln in table.splitlines() if ln.startswith("| ")]) == 5  # header + 4 rows
     ref = result.row(REFERENCE)
     assert ref["delta_m"] == pytest.approx(0.0)
+    # Δm% of each workflow recomputed by hand from the stored metrics: the mean over every
+    # metric with a non-zero reference of ±(value - reference) / reference * 100.
+    hib = {t.name: t.higher_is_better for t in bench.tasks}
+    for row in result.rows:
+        changes: dict[str, list[float]] = {}
+        for task, metrics in hib.items():
+            for metric, higher in metrics.items():
+                value, base = row["test"][task][metric], ref["test"][task][metric]
+                if base == 0 or not (math.isfinite(base) and math.isfinite(value)):
+                    continue
+                sign = -1.0 if higher else 1.0
+                changes.setdefault(task, []).append(sign * (value - base) / base * 100.0)
+        every = [c for values in changes.values() for c in values]
+        assert row["delta_m"] == pytest.approx(sum(every) / len(every))
+        for task in hib:
+            if task in changes:
+                mean = sum(changes[task]) / len(changes[task])
+                assert row["delta_per_task"][task] == pytest.approx(mean)
+            else:
+                assert row["delta_per_task"][task] is None
     for row in result.rows:
         assert set(row["test"]) == {"segmentation", "depth", "normals"}
         assert row["delta_m"] is None or math.isfinite(row["delta_m"])

@@ -256,3 +256,91 @@ def test_single_task_baseline_trains_only_that_task(make_config):
     assert set(result.history[0]["train_loss"]) == {"right"}
     full = train(make_config("both", epochs=1, steps=1))
     assert result.num_parameters < full.num_parameters
+
+
+def test_best_pt_holds_the_weights_of_the_best_validation_epoch(make_config):
+    states = {}
+
+    def keep(trainer, record):
+        states[record["epoch"]] = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+    config = make_config("best", epochs=3)
+    result = train(config, callbacks=[keep])
+    from pathlib import Path
+
+    best = torch.load(Path(config.out_dir) / "best.pt", weights_only=True)
+    expected = states[result.best_epoch]
+    assert set(best) == set(expected)
+    assert all(torch.equal(best[k], expected[k]) for k in expected)
+    assert not [p.name for p in Path(config.out_dir).iterdir() if p.name.startswith(".")]
+
+
+def test_kill_between_best_weights_and_checkpoint_keeps_best_pt_consistent(
+    make_config, monkeypatch
+):
+    """A kill after an epoch's best weights are written but before its checkpoint must not leave
+    best.pt ahead of the checkpoint; the resumed run ends with the uninterrupted run's best.pt."""
+    from pathlib import Path
+
+    real_evaluate = Trainer.evaluate
+    val_acc = {1: 0.3, 2: 0.8, 3: 0.5}  # validation makes epoch 2 the best
+
+    def evaluate(self, loader, desc="eval"):
+        metrics = real_evaluate(self, loader, desc)
+        if desc == "val":
+            metrics["left"]["accuracy"] = val_acc[self.epoch]
+        return metrics
+
+    monkeypatch.setattr(Trainer, "evaluate", evaluate)
+    reference = make_config("reference", epochs=3)
+    assert train(reference).best_epoch == 2
+    killed = make_config("killed", epochs=3)
+    real_save = Trainer.save_checkpoint
+
+    def save_or_die(self, path):
+        if self.epoch == 2:
+            raise _Killed("killed before the checkpoint of epoch 2")
+        return real_save(self, path)
+
+    monkeypatch.setattr(Trainer, "save_checkpoint", save_or_die)
+    with pytest.raises(_Killed):
+        train(killed)
+    monkeypatch.setattr(Trainer, "save_checkpoint", real_save)
+    out = Path(killed.out_dir)
+    saved = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert saved["epoch"] == 1
+    first = torch.load(out / "best.pt", weights_only=True)
+    assert all(torch.equal(first[k], saved["model"][k]) for k in saved["model"])  # epoch 1's
+
+    train(killed.replace(resume=True))
+    a = torch.load(Path(reference.out_dir) / "best.pt", weights_only=True)
+    b = torch.load(out / "best.pt", weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".best")]
+
+
+def test_resume_of_finished_run_rewrites_stale_history_files(make_config, monkeypatch):
+    from pathlib import Path
+
+    from taskbalance.training.logging import HistoryWriter
+
+    config = make_config("stale", epochs=2)
+    real_write = HistoryWriter.write
+
+    def write_or_die(self, history, **kwargs):
+        if len(history) == 2:
+            raise _Killed("killed after the last checkpoint, before the history files")
+        return real_write(self, history, **kwargs)
+
+    monkeypatch.setattr(HistoryWriter, "write", write_or_die)
+    with pytest.raises(_Killed):
+        train(config)
+    monkeypatch.undo()
+    out = Path(config.out_dir)
+    assert len((out / "history.jsonl").read_text().splitlines()) == 1
+    result = train(config.replace(resume=True))
+    lines = [json.loads(x) for x in (out / "history.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2]
+    assert lines == _results(out)["history"] == json.loads(json.dumps(result.history))
+    with open(out / "history.csv") as handle:
+        assert [row["epoch"] for row in csv.DictReader(handle)] == ["1", "2"]

@@ -448,7 +448,7 @@ def train_teacher(
         ValueError: an unknown task, or a task with no labelled training sample (nothing to learn
             from).
     """
-    from taskbalance.training import Trainer, seed_everything
+    from taskbalance.training import Trainer, make_loaders, seed_everything
 
     tasks = {t.name: t for t in benchmark.tasks}
     if task not in tasks:
@@ -462,16 +462,14 @@ def train_teacher(
         )
     seed_everything(seed)
     model = _build_teacher(benchmark, task, width, model_options or {})
-    generator = torch.Generator().manual_seed(seed)
     subset = Subset(benchmark.train, torch.nonzero(labelled).flatten().tolist())
-    loader = DataLoader(
+    loader, val_loader, _ = make_loaders(
         subset,
+        benchmark.val,
         batch_size=min(batch_size, count),
-        shuffle=True,
-        generator=generator,
-        drop_last=count > batch_size and count % batch_size == 1,
+        eval_batch_size=batch_size,
+        seed=seed,
     )
-    val_loader = DataLoader(benchmark.val, batch_size=batch_size)
     best: dict[str, Any] = {}
 
     def keep_best(trainer: Any, record: Mapping[str, Any]) -> None:
@@ -800,8 +798,11 @@ def annotate(
     store = PseudoLabelStore(entries, len(benchmark.train), meta)
     if root is not None:
         store.save(root / STORE_NAME)
-        (root / "annotate.json").write_text(
-            json.dumps({"meta": meta, "tasks": store.summary()}, indent=2, default=str) + "\n"
+        from taskbalance.training.checkpoint import atomic_write_text
+
+        atomic_write_text(
+            root / "annotate.json",
+            json.dumps({"meta": meta, "tasks": store.summary()}, indent=2, default=str) + "\n",
         )
     return store
 

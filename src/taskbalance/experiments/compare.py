@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from taskbalance.training.checkpoint import atomic_write_text
+
 from . import plots
 from .report import build_leaderboard, to_markdown
 
@@ -34,6 +36,7 @@ __all__ = [
     "CompareResult",
     "CompareSettings",
     "TaskInfo",
+    "base_config",
     "parse_pareto",
     "resolve_methods",
     "run_compare",
@@ -168,7 +171,7 @@ def run_or_reuse(config: Mapping[str, Any], *, label: str = "", log: Log = print
     cfg = TrainConfig.from_dict(config)  # validates before anything else
     if results_path.exists():
         results = json.loads(results_path.read_text())
-        ignore = (RESUME_MAY_DIFFER - {"epochs"}) | {"mode"}
+        ignore = RESUME_MAY_DIFFER - {"epochs"}
         diff = cfg.differences(results.get("config", {}), ignore=ignore)
         if diff:
             shown = "; ".join(f"{k}: {b!r} there, {a!r} now" for k, (a, b) in diff.items())
@@ -217,13 +220,18 @@ class CompareResult:
     seconds: float
 
 
-def _base_config(s: CompareSettings) -> dict[str, Any]:
+def base_config(s: CompareSettings | Any, **fixed: Any) -> dict[str, Any]:
+    """The ``TrainConfig`` keys every run of a comparison or a tuning study shares, from settings
+    with ``benchmark``, ``epochs``, ``steps``, ``size``, ``device``, ``lr``, ``batch_size`` and
+    ``extra`` (``lr`` / ``batch_size`` left out when ``None``: the trainer's defaults); ``fixed``
+    adds keys (e.g. ``seed``) before ``extra``."""
     cfg: dict[str, Any] = {
         "benchmark": s.benchmark,
         "epochs": s.epochs,
         "steps": s.steps,
         "size": s.size,
         "device": s.device,
+        **fixed,
         "progress": False,
         "tensorboard": False,
     }
@@ -250,7 +258,7 @@ def run_compare(settings: CompareSettings, log: Log = print) -> CompareResult:
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must be distinct, got {seeds}")
     out = Path(s.out_dir)
-    base = _base_config(s)
+    base = base_config(s)
     total = len(seeds) * (len(info.names) + len(methods))
     log(
         f"compare on {s.benchmark}: {len(methods)} methods x {len(seeds)} seed(s) + "
@@ -267,10 +275,15 @@ def run_compare(settings: CompareSettings, log: Log = print) -> CompareResult:
             folder = out / "runs" / method / f"seed{seed}"
             cfg = {**base, "method": method, "seed": seed, "out_dir": str(folder)}
             plan.append((f"method:{method}", f"{method} seed{seed}", cfg))
+    import taskbalance
     from taskbalance.training import TrainConfig
 
     for _, _, cfg in plan:
-        TrainConfig.from_dict(cfg)
+        config = TrainConfig.from_dict(cfg)
+        # A method that cannot be created (e.g. static without weights) fails now, not after
+        # the baselines have trained.
+        num_tasks = len(config.tasks) if config.tasks is not None else len(info.names)
+        taskbalance.create(config.method, num_tasks, **config.method_options)
     baseline_runs: dict[str, list[dict[str, Any]]] = {t: [] for t in info.names}
     method_runs: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
     for done, (key, label, cfg) in enumerate(plan, start=1):
@@ -283,7 +296,7 @@ def run_compare(settings: CompareSettings, log: Log = print) -> CompareResult:
     figures = _write_plots(out / "plots", method_runs, board, info, pareto, len(seeds))
     seconds = time.perf_counter() - start
     out.mkdir(parents=True, exist_ok=True)
-    (out / "leaderboard.md").write_text(markdown)
+    atomic_write_text(out / "leaderboard.md", markdown)
     payload = {
         "benchmark": s.benchmark,
         "methods": methods,
@@ -303,9 +316,7 @@ def run_compare(settings: CompareSettings, log: Log = print) -> CompareResult:
         "plots": {k: str(v) for k, v in figures.items()},
         "seconds": seconds,
     }
-    tmp = out / "results.json.tmp"
-    tmp.write_text(json.dumps(payload, indent=2))
-    tmp.replace(out / "results.json")
+    atomic_write_text(out / "results.json", json.dumps(payload, indent=2))
     return CompareResult(out, board, markdown, figures, seconds)
 
 

@@ -32,7 +32,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .compare import DEFAULT_EPOCHS, DEFAULT_SIZE, DEFAULT_STEPS, Log, run_or_reuse, task_info
+from taskbalance.training.checkpoint import atomic_write_text
+
+from .compare import (
+    DEFAULT_EPOCHS,
+    DEFAULT_SIZE,
+    DEFAULT_STEPS,
+    Log,
+    base_config,
+    run_or_reuse,
+    task_info,
+)
 from .report import delta, merge_task_metrics
 
 __all__ = ["TuneResult", "TuneSettings", "normalise_weights", "run_tune", "train_command"]
@@ -135,21 +145,7 @@ def run_tune(settings: TuneSettings, log: Log = print) -> TuneResult:
     storage_url = s.storage or f"sqlite:///{out.resolve() / 'tune.db'}"
     study_name = s.study or f"{s.benchmark}-static-weights"
 
-    base: dict[str, Any] = {
-        "benchmark": s.benchmark,
-        "epochs": s.epochs,
-        "steps": s.steps,
-        "size": s.size,
-        "device": s.device,
-        "seed": s.seed,
-        "progress": False,
-        "tensorboard": False,
-    }
-    if s.lr is not None:
-        base["lr"] = s.lr
-    if s.batch_size is not None:
-        base["batch_size"] = s.batch_size
-    base.update(s.extra)
+    base = base_config(s, seed=s.seed)
 
     # Single-task baselines: trained once, reused by every trial and every later call.
     per_task = {}
@@ -249,7 +245,8 @@ def run_tune(settings: TuneSettings, log: Log = print) -> TuneResult:
         best_weights=dict(zip(info.names, best_weights, strict=True)),
         command=train_command(s, best_weights),
     )
-    (out / "best_weights.json").write_text(
+    atomic_write_text(
+        out / "best_weights.json",
         json.dumps(
             {
                 "study": study_name,
@@ -261,6 +258,6 @@ def run_tune(settings: TuneSettings, log: Log = print) -> TuneResult:
                 "command": result.command,
             },
             indent=2,
-        )
+        ),
     )
     return result

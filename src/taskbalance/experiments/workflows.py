@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch.utils.data import DataLoader
 
 __all__ = [
@@ -177,20 +176,35 @@ def workflows_argument(text: str) -> tuple[str, ...]:
 def make_loaders(
     train: Any, val: Any, test: Any, *, batch_size: int = 64, seed: int = 0
 ) -> tuple[DataLoader, DataLoader, DataLoader | None]:
-    """Loaders as :func:`taskbalance.training.train` builds them: a seeded shuffled train loader
-    (a last batch of one sample dropped, for BatchNorm), unshuffled validation and test."""
-    generator = torch.Generator().manual_seed(seed)
-    n = len(train)
-    train_loader = DataLoader(
-        train,
-        batch_size=batch_size,
-        shuffle=True,
-        generator=generator,
-        drop_last=n > batch_size and n % batch_size == 1,
+    """Loaders as :func:`taskbalance.training.train` builds them
+    (:func:`taskbalance.training.make_loaders`): a seeded shuffled train loader (a last batch of
+    one sample dropped, for BatchNorm), unshuffled validation and test."""
+    from taskbalance.training import make_loaders as build
+
+    train_loader, val_loader, test_loader = build(
+        train, val, test, batch_size=batch_size, seed=seed
     )
-    val_loader = DataLoader(val, batch_size=batch_size)
-    test_loader = DataLoader(test, batch_size=batch_size) if test is not None else None
+    assert val_loader is not None
     return train_loader, val_loader, test_loader
+
+
+def _model_and_loaders(
+    benchmark: Any,
+    train_set: Any,
+    *,
+    seed: int,
+    batch_size: int,
+    model_options: Mapping[str, Any] | None,
+) -> tuple[Any, tuple[DataLoader, DataLoader, DataLoader | None]]:
+    """Seed everything, build ``benchmark``'s default model and the run's loaders."""
+    from taskbalance.training import seed_everything
+
+    seed_everything(seed)
+    model = benchmark.build_model(**dict(model_options or {}))
+    loaders = make_loaders(
+        train_set, benchmark.val, benchmark.test, batch_size=batch_size, seed=seed
+    )
+    return model, loaders
 
 
 def _final(history: Sequence[Mapping[str, Any]]) -> tuple[dict, dict | None]:
@@ -215,16 +229,14 @@ def train_masked(
     """Masked multi-task training of ``benchmark``'s default model on ``train_set`` (default
     ``benchmark.train``). Returns ``{"val", "test", "seconds", "history", "best_epoch"}`` with the
     metrics after the last epoch."""
-    from taskbalance.training import Trainer, seed_everything
+    from taskbalance.training import Trainer
 
-    seed_everything(seed)
-    model = benchmark.build_model(**dict(model_options or {}))
-    loaders = make_loaders(
+    model, loaders = _model_and_loaders(
+        benchmark,
         benchmark.train if train_set is None else train_set,
-        benchmark.val,
-        benchmark.test,
-        batch_size=batch_size,
         seed=seed,
+        batch_size=batch_size,
+        model_options=model_options,
     )
     start = time.perf_counter()
     trainer = Trainer(
@@ -270,8 +282,6 @@ def train_staged(
     log: Log | None = None,
 ) -> dict[str, Any]:
     """The default staged schedule (:func:`~.staged.default_schedule`) on ``benchmark``."""
-    from taskbalance.training import seed_everything
-
     from .staged import default_schedule, run_stages
 
     fractions = benchmark.train.label_fractions()
@@ -283,10 +293,8 @@ def train_staged(
         finetune_epochs=finetune_epochs,
         lr=lr,
     )
-    seed_everything(seed)
-    model = benchmark.build_model(**dict(model_options or {}))
-    loaders = make_loaders(
-        benchmark.train, benchmark.val, benchmark.test, batch_size=batch_size, seed=seed
+    model, loaders = _model_and_loaders(
+        benchmark, benchmark.train, seed=seed, batch_size=batch_size, model_options=model_options
     )
     result = run_stages(
         model,
@@ -337,28 +345,15 @@ def _deltas(
     """Δm% over every metric of every task (and per task) against ``reference``; metrics whose
     reference value is 0 or not finite are left out (their relative change is undefined)."""
     from taskbalance.tasks import delta_m
+    from taskbalance.training import comparable_metrics
 
-    results: dict[str, float] = {}
-    base: dict[str, float] = {}
-    directions: dict[str, bool] = {}
-    groups: dict[str, list[str]] = {}
-    skipped: list[str] = []
-    for task in tasks:
-        for metric, higher in task.higher_is_better.items():
-            key = f"{task.name}/{metric}"
-            b = float(reference[task.name][metric])
-            v = float(metrics[task.name][metric])
-            if b == 0 or not math.isfinite(b) or not math.isfinite(v):
-                skipped.append(key)
-                continue
-            results[key], base[key], directions[key] = v, b, higher
-            groups.setdefault(task.name, []).append(key)
+    results, base, directions, skipped = comparable_metrics(metrics, reference, tasks)
     if not results:
         return None, {t.name: None for t in tasks}, skipped
     overall = float(delta_m(results, base, directions))
     per_task: dict[str, float | None] = {}
     for task in tasks:
-        keys = groups.get(task.name)
+        keys = [k for m in task.higher_is_better if (k := f"{task.name}/{m}") in results]
         per_task[task.name] = (
             float(delta_m({k: results[k] for k in keys}, base, directions)) if keys else None
         )
@@ -458,6 +453,7 @@ def compare_workflows(
     """
     from taskbalance.data import load_benchmark
     from taskbalance.data.partial import apply_partial_labels, validate_fractions
+    from taskbalance.training.checkpoint import atomic_write_text
 
     from .annotate import STORE_NAME, WithPseudoLabels, annotate
 
@@ -565,7 +561,7 @@ def compare_workflows(
     markdown = workflow_table(rows, bench.tasks, title=title)
     if root is not None:
         root.mkdir(parents=True, exist_ok=True)
-        (root / "workflows.md").write_text(markdown)
+        atomic_write_text(root / "workflows.md", markdown)
         payload = {
             "benchmark": bench.name,
             "labels": fractions,
@@ -577,9 +573,7 @@ def compare_workflows(
             "seconds": seconds,
             **extra,
         }
-        tmp = root / "results.json.tmp"
-        tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-        tmp.replace(root / "results.json")
+        atomic_write_text(root / "results.json", json.dumps(payload, indent=2, default=str) + "\n")
     return WorkflowComparison(rows, markdown, root, seconds, dict(fractions))
 
 

@@ -21,6 +21,7 @@ import torch
 
 __all__ = [
     "CHECKPOINT_NAME",
+    "atomic_replace",
     "atomic_write",
     "atomic_write_bytes",
     "atomic_write_json",
@@ -56,6 +57,14 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], obje
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def atomic_replace(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Path:
+    """Move a finished file ``src`` over ``dst`` (same directory) and persist the rename."""
+    dst = Path(dst)
+    os.replace(src, dst)
+    _fsync_dir(dst.parent)
+    return dst
 
 
 def _fsync_dir(directory: Path) -> None:

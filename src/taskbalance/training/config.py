@@ -23,6 +23,7 @@ __all__ = [
     "RESUME_MAY_DIFFER",
     "SCHEDULERS",
     "TrainConfig",
+    "read_config_file",
 ]
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -316,24 +317,7 @@ class TrainConfig:
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str]) -> TrainConfig:
         """Read a config from a YAML file (a mapping of config keys)."""
-        import yaml
-
-        path = Path(path)
-        try:
-            text = path.read_text()
-        except FileNotFoundError:
-            raise FileNotFoundError(f"config file {str(path)!r} does not exist") from None
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as err:
-            raise ValueError(f"config file {str(path)!r} is not valid YAML: {err}") from err
-        if data is None:
-            data = {}
-        if not isinstance(data, Mapping):
-            raise ValueError(
-                f"config file {str(path)!r} must hold a mapping of config keys, got "
-                f"{type(data).__name__}"
-            )
+        data = read_config_file(path)
         try:
             return cls.from_dict(data)
         except ValueError as err:
@@ -358,6 +342,36 @@ class TrainConfig:
         mine = self.to_dict()
         keys = [k for k in dict.fromkeys([*mine, *other]) if k not in ignore]
         return {k: (mine.get(k), other.get(k)) for k in keys if mine.get(k) != other.get(k)}
+
+
+def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The mapping of config keys in the YAML file ``path`` (not yet validated; an empty file
+    gives ``{}``).
+
+    Raises:
+        FileNotFoundError: ``path`` is not an existing file.
+        ValueError: the file is not valid YAML or does not hold a mapping.
+    """
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        what = "is not a file" if path.exists() else "does not exist"
+        raise FileNotFoundError(f"config file {str(path)!r} {what}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ValueError(
+            f"config file {str(path)!r} is not valid YAML: {' '.join(str(err).split())}"
+        ) from err
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ValueError(
+            f"config file {str(path)!r} must hold a mapping of config keys, got "
+            f"{type(data).__name__}"
+        )
+    return dict(data)
 
 
 def _plain(value: Any) -> Any:

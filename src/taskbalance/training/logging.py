@@ -67,8 +67,9 @@ class HistoryWriter:
     def tensorboard_enabled(self) -> bool:
         return self._tb is not None
 
-    def write(self, history: Sequence[Mapping[str, Any]]) -> None:
-        """Rewrite ``history.jsonl`` and ``history.csv``; add the last record to TensorBoard."""
+    def write(self, history: Sequence[Mapping[str, Any]], *, tensorboard: bool = True) -> None:
+        """Rewrite ``history.jsonl`` and ``history.csv``; add the last record to TensorBoard
+        (unless ``tensorboard`` is false: the record is already there)."""
         lines = "".join(json.dumps(_json_safe(r)) + "\n" for r in history)
         atomic_write_text(self.out_dir / "history.jsonl", lines)
         rows = [flatten_record(r) for r in history]
@@ -78,7 +79,7 @@ class HistoryWriter:
         writer.writeheader()
         writer.writerows(rows)
         atomic_write_text(self.out_dir / "history.csv", buffer.getvalue())
-        if self._tb is not None and history:
+        if tensorboard and self._tb is not None and history:
             last = history[-1]
             step = int(last["epoch"])
             for key, value in flatten_record(last).items():

@@ -40,6 +40,7 @@ from taskbalance.balancing.base import LossMethod, Method
 
 from .checkpoint import (
     CHECKPOINT_NAME,
+    atomic_replace,
     atomic_write,
     atomic_write_json,
     atomic_write_text,
@@ -55,6 +56,8 @@ __all__ = [
     "Callback",
     "RunResult",
     "Trainer",
+    "comparable_metrics",
+    "make_loaders",
     "resolve_device",
     "seed_everything",
     "selection_score",
@@ -64,6 +67,13 @@ __all__ = [
 #: ``callback(trainer, record)`` after every epoch (after the checkpoint is written). Raising
 #: stops training; the run can be resumed from the checkpoint.
 Callback = Callable[["Trainer", dict[str, Any]], None]
+
+BEST_NAME = "best.pt"
+
+
+def _staged_best(epoch: int | str) -> str:
+    return f".best-epoch{epoch}.pt"
+
 
 SELECTION_RULE = (
     "lowest validation Δm% (taskbalance.tasks.delta_m over every metric of the trained tasks) "
@@ -194,6 +204,33 @@ def _count_parameters(model: nn.Module, task_names: Sequence[str]) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def comparable_metrics(
+    metrics: Mapping[str, Mapping[str, float]],
+    baseline: Mapping[str, Mapping[str, float]],
+    tasks: Sequence[Any],
+) -> tuple[dict[str, float], dict[str, float], dict[str, bool], list[str]]:
+    """The metrics of ``tasks`` whose relative change against ``baseline`` is defined.
+
+    Returns ``(results, base, directions, skipped)``: the first three keyed by ``"task/metric"``
+    (the arguments of :func:`taskbalance.tasks.delta_m`); ``skipped`` lists the metrics left out
+    because their baseline is 0, missing or not finite, or their value is not finite.
+    """
+    results: dict[str, float] = {}
+    base: dict[str, float] = {}
+    directions: dict[str, bool] = {}
+    skipped: list[str] = []
+    for task in tasks:
+        for metric, higher in task.higher_is_better.items():
+            key = f"{task.name}/{metric}"
+            value = float(metrics.get(task.name, {}).get(metric, math.nan))
+            b = float(baseline.get(task.name, {}).get(metric, math.nan))
+            if b == 0 or not math.isfinite(b) or not math.isfinite(value):
+                skipped.append(key)
+                continue
+            results[key], base[key], directions[key] = value, b, bool(higher)
+    return results, base, directions, skipped
+
+
 def selection_score(
     val: Mapping[str, Mapping[str, float]],
     baseline: Mapping[str, Mapping[str, float]],
@@ -214,26 +251,56 @@ def selection_score(
         if not math.isfinite(value):
             return math.inf
         return -value if task.higher_is_better[task.primary_metric] else value
-    results: dict[str, float] = {}
-    base: dict[str, float] = {}
-    directions: dict[str, bool] = {}
     primary: dict[str, float] = {}
     for task in tasks:
-        higher = task.higher_is_better
-        for metric, value in val[task.name].items():
-            value = float(value)
-            if not math.isfinite(value):
-                return math.inf
-            b = float(baseline.get(task.name, {}).get(metric, math.nan))
-            if metric == task.primary_metric:
-                primary[task.name] = -value if higher[metric] else value
-            if b == 0 or not math.isfinite(b):
-                continue
-            key = f"{task.name}/{metric}"
-            results[key], base[key], directions[key] = value, b, higher[metric]
+        if not all(math.isfinite(float(v)) for v in val[task.name].values()):
+            return math.inf
+        if task.primary_metric in val[task.name]:
+            value = float(val[task.name][task.primary_metric])
+            primary[task.name] = -value if task.higher_is_better[task.primary_metric] else value
+    results, base, directions, _ = comparable_metrics(val, baseline, tasks)
     if not results:  # every baseline is 0: fall back to the signed primary metrics
         return sum(primary.values())
     return float(delta_m(results, base, directions))
+
+
+def make_loaders(
+    train_set: Any,
+    val_set: Any,
+    test_set: Any = None,
+    *,
+    batch_size: int = 64,
+    eval_batch_size: int | None = None,
+    seed: int = 0,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+) -> tuple[DataLoader, DataLoader | None, DataLoader | None]:
+    """The loaders of a run: training shuffled by a generator seeded with ``seed`` (a last batch
+    of a single sample is dropped, for BatchNorm), validation and test in order with
+    ``eval_batch_size`` (default ``batch_size``); ``None`` sets give ``None`` loaders. The
+    training loader's ``generator`` is the shuffling state a checkpoint saves."""
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    n_train = len(train_set)
+    train_loader = DataLoader(
+        train_set,
+        batch_size=batch_size,
+        shuffle=True,
+        generator=generator,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        drop_last=n_train > batch_size and n_train % batch_size == 1,
+    )
+    eval_bs = eval_batch_size or batch_size
+
+    def ordered(dataset: Any) -> DataLoader | None:
+        if dataset is None:
+            return None
+        return DataLoader(
+            dataset, batch_size=eval_bs, num_workers=num_workers, pin_memory=pin_memory
+        )
+
+    return train_loader, ordered(val_set), ordered(test_set)
 
 
 # ---------------------------------------------------------------------------------- results
@@ -863,11 +930,16 @@ class Trainer:
             writer = HistoryWriter(
                 self.out_dir, tensorboard=self.tensorboard, purge_step=self.epoch + 1
             )
+        self._commit_best()  # a resumed run may have been killed between checkpoint and best.pt
         try:
+            if writer is not None and self.history and self.epoch >= self.epochs:
+                # a finished run killed before its history files were rewritten
+                writer.write(self.history, tensorboard=False)
             while self.epoch < self.epochs:
                 record = self._run_epoch()
                 if self.out_dir is not None:
                     self.save_checkpoint(self.out_dir / CHECKPOINT_NAME)
+                    self._commit_best()
                     assert writer is not None
                     writer.write(self.history)
                 for callback in self.callbacks:
@@ -911,9 +983,27 @@ class Trainer:
         }
         self.history.append(record)
         if improved and self.save_best and self.out_dir is not None:
+            # Staged: it becomes best.pt only once the checkpoint naming this epoch is written
+            # (see _commit_best), so a kill in between never leaves best.pt ahead of the run.
             state = self.model.state_dict()
-            atomic_write(self.out_dir / "best.pt", lambda h: torch.save(state, h))
+            atomic_write(self.out_dir / _staged_best(self.epoch), lambda h: torch.save(state, h))
         return record
+
+    def _commit_best(self) -> None:
+        """Promote the staged best weights of the checkpoint's best epoch to ``best.pt``; drop
+        staged weights of epochs the checkpoint does not hold (a kill before it was written)."""
+        if self.out_dir is None or not self.out_dir.is_dir():
+            return
+        best_epoch = self.best["epoch"] if self.best is not None else None
+        for path in self.out_dir.glob(_staged_best("*")):
+            try:
+                epoch = int(path.name.removeprefix(".best-epoch").removesuffix(".pt"))
+            except ValueError:
+                continue
+            if epoch == best_epoch and epoch <= self.epoch:
+                atomic_replace(path, self.out_dir / BEST_NAME)
+            else:
+                path.unlink(missing_ok=True)
 
     def result(self) -> RunResult:
         """The current result (best epoch so far)."""
@@ -1069,25 +1159,15 @@ def train(
     model = bench.build_model(**config.model_options)
     method = create(config.method, len(tasks), **config.method_options)
 
-    generator = torch.Generator()
-    generator.manual_seed(config.seed)
-    pin = device.type == "cuda"
-    n_train = len(bench.train)
-    train_loader = DataLoader(
+    train_loader, val_loader, test_loader = make_loaders(
         bench.train,
+        bench.val,
+        bench.test,
         batch_size=config.batch_size,
-        shuffle=True,
-        generator=generator,
+        eval_batch_size=config.eval_batch_size,
+        seed=config.seed,
         num_workers=config.num_workers,
-        pin_memory=pin,
-        drop_last=n_train > config.batch_size and n_train % config.batch_size == 1,
-    )
-    eval_bs = config.eval_batch_size or config.batch_size
-    val_loader = DataLoader(
-        bench.val, batch_size=eval_bs, num_workers=config.num_workers, pin_memory=pin
-    )
-    test_loader = DataLoader(
-        bench.test, batch_size=eval_bs, num_workers=config.num_workers, pin_memory=pin
+        pin_memory=device.type == "cuda",
     )
 
     trainer = Trainer(
@@ -1112,7 +1192,7 @@ def train(
         amp_dtype=config.amp_dtype,
         out_dir=out_dir,
         run_config=config.to_dict(),
-        loader_generator=generator,
+        loader_generator=train_loader.generator,
         progress=config.progress,
         tensorboard=config.tensorboard,
         save_best=config.save_best,
