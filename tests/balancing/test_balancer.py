@@ -143,6 +143,16 @@ def test_absent_task_gets_no_gradient_and_zero_weight():
     assert info.grad_norms[1] == 0 and torch.isfinite(info.cosines).all()
 
 
+def test_gradient_stats_finite_for_float32_gradients_whose_squares_overflow():
+    shared = nn.Parameter(torch.ones(4))
+    balancer = tb.Balancer(FixedCombination(2, [1.0, 1.0]), [shared])
+    # g_a = 1e20·1, g_b = -3e20·1: ‖g‖² ~ 1e41 overflows float32
+    info = balancer.backward({"a": (shared * 1e20).sum(), "b": (shared * -3e20).sum()})
+    torch.testing.assert_close(info.grad_norms, torch.tensor([2e20, 6e20]))
+    torch.testing.assert_close(info.cosines, torch.tensor([[1.0, -1.0], [-1.0, 1.0]]))
+    torch.testing.assert_close(shared.grad, torch.full((4,), -2e20))
+
+
 def test_loss_method_one_backward_equals_weighted_sum():
     net = TwoHeadNet()
     losses = make_losses(net, X)

@@ -226,6 +226,46 @@ def test_scale_behaviour(name):
         assert rel_err(ds, expected) < 1e-8, s
 
 
+REFERENCES = {
+    "cagrad": lambda J: ref_cagrad(J, 0.4, 1),
+    "nash_mtl": ref_nash,
+    "aligned_mtl": ref_aligned,
+    "upgrad": ref_upgrad,
+}
+
+
+@pytest.mark.parametrize("scale", [1e-25, 1e-15, 1e15, 1e22, 1e30])
+@pytest.mark.parametrize("name", GRADIENT_METHODS)
+def test_float32_gradients_far_from_one_match_the_golden_direction(name, scale):
+    """float32 gradients whose squares under- or overflow float32 (|g| ~ 1e-25 or 1e22..1e30):
+    d(sJ) = s·d(J) (Nash-MTL: d(J)) against the independent numpy reference."""
+    J = GOLDEN_J[1]
+    options = {"max_norm": 0.0} if name == "nash_mtl" else {}
+    Js = torch.tensor(J * scale, dtype=torch.float32)
+    assert torch.isfinite(Js).all()
+    d, w = aggregate(name, Js.double().numpy(), torch.float32, **options)
+    expected = REFERENCES[name](J) * (1.0 if name == "nash_mtl" else scale)
+    assert np.isfinite(d).all() and np.isfinite(w).all()
+    assert rel_err(d, expected) < TOL[torch.float32], (name, scale)
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", GRADIENT_METHODS)
+def test_output_dtype_and_device(name, dtype, device):
+    J = torch.tensor(GOLDEN_J[2], dtype=dtype, device=device)
+    m = tb.create(name, J.shape[0])
+    d = m.aggregate(J)
+    assert d.dtype == dtype and d.device == J.device and d.shape == (J.shape[1],)
+    assert m.last_weights is not None
+    assert m.last_weights.dtype == dtype and m.last_weights.device == J.device
+    # the weights are those of the direction: d = Σ_t w_t g_t
+    torch.testing.assert_close(m.last_weights @ J, d)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name", GRADIENT_METHODS)
 def test_permutation_equivariance(name, dtype):

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import GradientMethod, LossMethod, Method, check_choice
+from .solvers import gramian
 
 __all__ = ["Balancer", "StepInfo"]
 
@@ -163,7 +164,7 @@ class Balancer:
             d = method._aggregate(J, losses_arg, mask)
             direction_writer(d)
             if self.track_gradients:
-                info.grad_norms, info.cosines = self._gradient_stats(J, present)
+                info.grad_norms, info.cosines = self._gradient_stats(J, present, all_present)
         else:  # pragma: no cover - Method subclasses are one of the two kinds
             raise TypeError(f"unsupported method kind {method.kind!r}")
 
@@ -318,16 +319,27 @@ class Balancer:
                 norms[t] = torch.stack(sq).sum().sqrt()
         return norms
 
-    def _gradient_stats(self, J: Tensor, present: Tensor) -> tuple[Tensor, Tensor]:
-        T = len(present)
-        G = (J @ J.T).detach()
-        sub_norms = G.diagonal().clamp_min(0).sqrt()
+    def _gradient_stats(
+        self, J: Tensor, present: Tensor, all_present: bool
+    ) -> tuple[Tensor, Tensor]:
+        # float64 Gramian, robust to the scale of the rows (a float32 ``J Jᵀ`` overflows for
+        # gradients beyond ~1e19 and gave infinite norms and NaN cosines).
+        G = gramian(J.detach())
+        sq = G.diagonal().clamp_min(0)
+        sub_norms = sq.sqrt()
         denom = torch.outer(sub_norms, sub_norms)
-        sub_cos = torch.where(denom > 0, G / denom.clamp_min(torch.finfo(G.dtype).tiny), 0.0)
+        sub_cos = torch.where(denom > 0, G / torch.where(denom > 0, denom, 1.0), 0.0)
+        sub_cos = sub_cos.clamp(-1.0, 1.0).to(device=J.device, dtype=J.dtype)
+        big = torch.finfo(J.dtype).max
+        sub_norms = sub_norms.clamp_max(big).to(device=J.device, dtype=J.dtype)
+        if all_present:
+            return sub_norms, sub_cos
+        T = len(present)
+        idx = present.nonzero().flatten()
         norms = J.new_zeros(T)
         cos = J.new_zeros(T, T)
-        norms[present] = sub_norms
-        cos[present.nonzero().flatten()[:, None], present.nonzero().flatten()[None, :]] = sub_cos
+        norms[idx] = sub_norms
+        cos[idx[:, None], idx[None, :]] = sub_cos
         return norms, cos
 
     def _full_weights(self, weights: Tensor | None, present: Tensor, all_present: bool):

@@ -29,6 +29,7 @@ __all__ = [
     "check_jacobian",
     "check_losses",
     "check_positive",
+    "check_task_weights",
     "make_generator",
 ]
 
@@ -203,6 +204,17 @@ def check_positive(name: str, value: float, *, allow_zero: bool = False) -> floa
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
     return float(value)
+
+
+def check_task_weights(name: str, weights: Sequence[float] | Tensor, num_tasks: int) -> Tensor:
+    """Validate one finite weight ``>= 0`` per task; returns them as a float64 CPU tensor."""
+    raw = weights.tolist() if isinstance(weights, Tensor) else list(weights)
+    values = [float(w) for w in raw]
+    if len(values) != num_tasks or not all(0 <= w < math.inf for w in values):
+        raise ValueError(
+            f"{name} must be {num_tasks} finite numbers >= 0 (one per task), got {values}"
+        )
+    return torch.tensor(values, dtype=torch.float64)
 
 
 def check_choice(name: str, value: str, choices: Sequence[str]) -> str:

@@ -6,6 +6,7 @@ tiny, and float64 keeps gradients of very different scales (``1e-15`` next to ``
 
 * :func:`gramian` - ``G`` in float64, robust to the scale of the rows; :func:`normalized` -
   ``G`` divided by its largest diagonal entry (the methods here are scale-invariant);
+  :func:`normalized_gramian` and :func:`unit_gramian` - both straight from ``J``;
 * :func:`min_norm_weights` - the exact min-norm point of the convex hull of the rows (MGDA);
 * :func:`combine` - ``d = wᵀ J`` back in ``J``'s dtype;
 * :func:`random_orders` - reproducible random task orders (PCGrad, GradVac);
@@ -27,8 +28,10 @@ __all__ = [
     "gramian",
     "min_norm_weights",
     "normalized",
+    "normalized_gramian",
     "random_orders",
     "solve_device",
+    "unit_gramian",
 ]
 
 #: Largest ``n`` for which :func:`min_norm_weights` enumerates every support (``2^n - 1`` faces,
@@ -65,6 +68,35 @@ def normalized(G: Tensor) -> Tensor:
     """``G`` divided by its largest diagonal entry (unchanged when that is 0)."""
     top = G.diagonal().amax() if G.numel() else G.new_ones(())
     return G / torch.where(top > 0, top, torch.ones_like(top))
+
+
+def normalized_gramian(J: Tensor) -> tuple[Tensor, Tensor]:
+    """``(G / m, m)`` with ``G = J Jᵀ`` from :func:`gramian` (float64) and ``m = max_t G_tt``.
+
+    Every solver of this package that works on the Gramian is invariant to a common scale of the
+    gradients, so it runs on the normalised Gramian (largest diagonal entry 1): gradients scaled
+    from 1e-15 to 1e15 give the same weights. ``m`` is 0 when every gradient is zero (then the
+    normalised Gramian is all zeros).
+    """
+    G = gramian(J)
+    G = 0.5 * (G + G.T)
+    m = G.diagonal().amax().clamp_min(0)
+    return normalized(G), m
+
+
+def unit_gramian(J: Tensor) -> tuple[Tensor, Tensor]:
+    """``(D⁻¹ G D⁻¹, D)`` with ``G = J Jᵀ`` from :func:`gramian` and ``D = (‖g_t‖)_t`` (1 for zero
+    rows), both float64.
+
+    The unit-diagonal (correlation) form of the Gramian: for solvers whose solution transforms
+    simply under a diagonal rescaling of the tasks (UPGrad's projections, Nash-MTL) it removes
+    the spread of gradient norms (tasks 1e-6 and 1e6 apart) from the numerics.
+    """
+    G = gramian(J)
+    G = 0.5 * (G + G.T)
+    D = G.diagonal().clamp_min(0).sqrt()
+    D = torch.where(D > 0, D, torch.ones_like(D))
+    return G / (D[:, None] * D[None, :]), D
 
 
 def combine(w: Tensor, J: Tensor) -> Tensor:

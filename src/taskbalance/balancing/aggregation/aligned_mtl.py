@@ -7,9 +7,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ..base import GradientMethod
+from ..base import GradientMethod, check_task_weights
 from ..registry import register
-from .upgrad import normalized_gramian
+from ..solvers import combine, normalized_gramian
 
 __all__ = ["AlignedMTL", "aligned_balance_matrix"]
 
@@ -66,18 +66,7 @@ class AlignedMTL(GradientMethod):
         super().__init__(num_tasks)
         self.task_weights: Tensor | None = None
         if task_weights is not None:
-            values = [
-                float(w)
-                for w in (
-                    task_weights.tolist() if isinstance(task_weights, Tensor) else task_weights
-                )
-            ]
-            if len(values) != num_tasks or any(not (0 <= w < float("inf")) for w in values):
-                raise ValueError(
-                    f"task_weights must be {num_tasks} finite numbers >= 0 (one per task), "
-                    f"got {values}"
-                )
-            self.task_weights = torch.tensor(values, dtype=torch.float64)
+            self.task_weights = check_task_weights("task_weights", task_weights, num_tasks)
         if eps is not None and (
             isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (0 < eps < 1)
         ):
@@ -89,12 +78,13 @@ class AlignedMTL(GradientMethod):
         Gn, _ = normalized_gramian(J)
         eps = self.eps if self.eps is not None else 10 * torch.finfo(J.dtype).eps
         B = aligned_balance_matrix(Gn, eps)
+        dev = B.device  # J's device (CPU for MPS: float64)
         if self.task_weights is None:
-            pre = torch.full((n,), 1.0 / n, dtype=torch.float64, device=J.device)
+            pre = torch.full((n,), 1.0 / n, dtype=torch.float64, device=dev)
         else:
-            pre = self.task_weights.to(J.device)
+            pre = self.task_weights.to(dev)
             if present is not None:
-                pre = pre[present.to(J.device)]
-        w = (B @ pre).to(J.dtype)
-        self.last_weights = w.detach()
-        return w @ J
+                pre = pre[present.to(dev)]
+        w = B @ pre
+        self.last_weights = w.to(device=J.device, dtype=J.dtype).detach()
+        return combine(w, J)

@@ -9,7 +9,8 @@ from torch import Tensor
 
 from ..base import GradientMethod, check_positive
 from ..registry import register
-from .upgrad import dual_cone_weights, normalized_gramian
+from ..solvers import combine, normalized_gramian
+from .upgrad import dual_cone_weights
 
 __all__ = ["CAGrad", "cagrad_weights", "project_simplex"]
 
@@ -221,6 +222,5 @@ class CAGrad(GradientMethod):
             coef = coef / (1.0 + self.c**2)
         elif self.rescale == 2:
             coef = coef / (1.0 + self.c)
-        w = coef.to(J.dtype)
-        self.last_weights = w.detach()
-        return w @ J
+        self.last_weights = coef.to(device=J.device, dtype=J.dtype).detach()
+        return combine(coef, J)

@@ -7,7 +7,7 @@ from torch import Tensor
 
 from ..base import GradientMethod, check_positive
 from ..registry import register
-from .upgrad import unit_gramian
+from ..solvers import combine, unit_gramian
 
 __all__ = ["NashMTL", "nash_weights"]
 
@@ -148,8 +148,8 @@ class NashMTL(GradientMethod):
             alpha = nash_weights(Gu, max_iter=self.max_iter) / D
             self._alpha = alpha.detach()
             self._alpha_present = mask
-        w = alpha.to(J.dtype)
-        d = w @ J
+        w = alpha.to(device=J.device, dtype=J.dtype)
+        d = combine(w, J)
         if self.max_norm > 0:
             norm = d.norm()
             factor = torch.where(

@@ -3,9 +3,9 @@
 Quinton & Rey, "Jacobian descent for multi-objective optimization", 2024
 (https://arxiv.org/abs/2406.16232; the method of TorchJD).
 
-This module also holds two small helpers the other Gramian-based methods of this package use:
-:func:`normalized_gramian` and :func:`dual_cone_weights` (an exact, batched Lawson-Hanson
-non-negative least-squares solver that works on the Gramian only).
+This module also holds :func:`dual_cone_weights` (an exact, batched Lawson-Hanson non-negative
+least-squares solver that works on the Gramian only), which CAGrad uses too. The Gramian helpers
+:func:`normalized_gramian` and :func:`unit_gramian` live in ``solvers`` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -15,39 +15,11 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ..base import GradientMethod
+from ..base import GradientMethod, check_task_weights
 from ..registry import register
+from ..solvers import combine, normalized_gramian, unit_gramian
 
 __all__ = ["UPGrad", "dual_cone_weights", "normalized_gramian", "unit_gramian"]
-
-
-def normalized_gramian(J: Tensor) -> tuple[Tensor, Tensor]:
-    """``(G / m, m)`` with ``G = J Jᵀ`` in float64 on J's device and ``m = max_t G_tt``.
-
-    Every solver of this package that works on the Gramian is invariant to a common scale of the
-    gradients, so it runs on the normalised Gramian (largest diagonal entry 1): gradients scaled
-    from 1e-15 to 1e15 give the same weights. ``m`` is 0 when every gradient is zero (then the
-    normalised Gramian is all zeros).
-    """
-    G = (J @ J.T).to(torch.float64)
-    G = 0.5 * (G + G.T)
-    m = G.diagonal().max().clamp_min(0)
-    scale = torch.where(m > 0, m, torch.ones_like(m))
-    return G / scale, m
-
-
-def unit_gramian(J: Tensor) -> tuple[Tensor, Tensor]:
-    """``(D⁻¹ G D⁻¹, D)`` with ``G = J Jᵀ`` in float64 and ``D = (‖g_t‖)_t`` (1 for zero rows).
-
-    The unit-diagonal (correlation) form of the Gramian: for solvers whose solution transforms
-    simply under a diagonal rescaling of the tasks (UPGrad's projections, Nash-MTL) it removes
-    the spread of gradient norms (tasks 1e-6 and 1e6 apart) from the numerics.
-    """
-    G = (J @ J.T).to(torch.float64)
-    G = 0.5 * (G + G.T)
-    D = G.diagonal().clamp_min(0).sqrt()
-    D = torch.where(D > 0, D, torch.ones_like(D))
-    return G / (D[:, None] * D[None, :]), D
 
 
 def _masked_solve(G: Tensor, free: Tensor, rhs: Tensor, ridge: float) -> Tensor:
@@ -140,36 +112,27 @@ class UPGrad(GradientMethod):
         super().__init__(num_tasks)
         self.pref_weights: Tensor | None = None
         if pref_weights is not None:
-            values = [
-                float(w)
-                for w in (
-                    pref_weights.tolist() if isinstance(pref_weights, Tensor) else pref_weights
-                )
-            ]
-            if len(values) != num_tasks or any(not (w >= 0 and w < float("inf")) for w in values):
-                raise ValueError(
-                    f"pref_weights must be {num_tasks} finite numbers >= 0 (one per task), "
-                    f"got {values}"
-                )
-            if sum(values) <= 0:
-                raise ValueError(f"pref_weights must not be all zero, got {values}")
-            self.pref_weights = torch.tensor(values, dtype=torch.float64)
+            p = check_task_weights("pref_weights", pref_weights, num_tasks)
+            if not bool(p.any()):
+                raise ValueError(f"pref_weights must not be all zero, got {p.tolist()}")
+            self.pref_weights = p
 
     def _aggregate(self, J: Tensor, losses: Tensor | None, present: Tensor | None) -> Tensor:
         n = J.shape[0]
         # With v = D⁻¹u the problem min_{v ≥ e_i} vᵀGv becomes min_{u ≥ D_i e_i} uᵀĜu
         # (Ĝ = D⁻¹GD⁻¹), homogeneous in D_i: solve min_{u ≥ e_i} uᵀĜu, v_i = D_i D⁻¹ u_i.
         Gu, D = unit_gramian(J)
+        dev = Gu.device  # J's device (CPU for MPS: float64)
         if self.pref_weights is None:
-            p = torch.full((n,), 1.0 / n, dtype=torch.float64, device=J.device)
+            p = torch.full((n,), 1.0 / n, dtype=torch.float64, device=dev)
         else:
-            p = self.pref_weights.to(J.device)
+            p = self.pref_weights.to(dev)
             if present is not None:
-                p = p[present.to(J.device)]
+                p = p[present.to(dev)]
             total = p.sum()
             p = torch.where(total > 0, p / torch.where(total > 0, total, 1.0), 1.0 / n)
-        U = dual_cone_weights(Gu, torch.eye(n, dtype=torch.float64, device=J.device))
+        U = dual_cone_weights(Gu, torch.eye(n, dtype=torch.float64, device=dev))
         V = D[:, None] * U / D[None, :]
-        w = (p[:, None] * V).sum(0).to(J.dtype)
-        self.last_weights = w.detach()
-        return w @ J
+        w = (p[:, None] * V).sum(0)
+        self.last_weights = w.to(device=J.device, dtype=J.dtype).detach()
+        return combine(w, J)
