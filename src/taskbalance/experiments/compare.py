@@ -61,7 +61,7 @@ STANDARD_METHODS = (
 DEFAULT_BENCHMARK = "multidigits"
 # Defaults of a bare ``taskbalance compare``: chosen so that the 11 standard methods plus the two
 # single-task baselines finish within 5 minutes on a 2-core CPU (measured; see docs).
-DEFAULT_EPOCHS = 5
+DEFAULT_EPOCHS = 8
 DEFAULT_STEPS: int | None = 50
 DEFAULT_SIZE = "default"
 
