@@ -91,6 +91,11 @@ class NashMTL(GradientMethod):
             (default 1, every step; the paper uses larger values to save time). α is also
             recomputed when the set of tasks present changes.
         max_iter: iteration cap of Newton's method.
+        normalize_gramian: ``False`` (default) follows the paper's equation, ``‖d‖ = √n``
+            whatever the gradients' scale. ``True`` follows the authors' released code, which
+            divides ``G`` by its Frobenius norm before solving: α grows by ``√‖G‖_F``, so
+            ``‖d‖ = √(n ‖G‖_F)`` follows the scale of the gradients (before clipping) and
+            plain SGD slows down as gradients shrink.
     """
 
     def __init__(
@@ -99,8 +104,12 @@ class NashMTL(GradientMethod):
         max_norm: float = 1.0,
         update_weights_every: int = 1,
         max_iter: int = 100,
+        normalize_gramian: bool = False,
     ) -> None:
         super().__init__(num_tasks)
+        if not isinstance(normalize_gramian, bool):
+            raise ValueError(f"normalize_gramian must be True or False, got {normalize_gramian!r}")
+        self.normalize_gramian = normalize_gramian
         self.max_norm = check_positive("max_norm", max_norm, allow_zero=True)
         for name, value in (("update_weights_every", update_weights_every), ("max_iter", max_iter)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -146,6 +155,9 @@ class NashMTL(GradientMethod):
             # spread of gradient norms leaves the numerics (zero gradients: D_t = 1).
             Gu, D = unit_gramian(J)
             alpha = nash_weights(Gu, max_iter=self.max_iter) / D
+            if self.normalize_gramian:
+                # Solving for G/s gives √s·α (s = ‖G‖_F), as the authors' code does.
+                alpha = alpha * (Gu * D[:, None] * D[None, :]).norm().sqrt()
             self._alpha = alpha.detach()
             self._alpha_present = mask
         w = alpha.to(device=J.device, dtype=J.dtype)
