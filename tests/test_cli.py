@@ -198,6 +198,51 @@ def test_compare_delta_column_matches_stored_runs(compared):
     assert table["ew"][-1] == "1.00x"
 
 
+def test_compare_params_column_and_sharing_line_match_stored_runs(compared):
+    """The params column is each run's ``num_parameters`` (single-task: the sum over its
+    networks), and the sharing line's saved fraction is 1 - multi-task / sum of single-task."""
+    out = compared
+    lines = (out / "leaderboard.md").read_text().splitlines()
+    header = next(line for line in lines if line.startswith("| ") and "Δm%" in line)
+    col = [c.strip() for c in header.split("|")[1:-1]].index("params")
+    table = {
+        line.split("|")[1].strip(): [c.strip() for c in line.split("|")[1:-1]]
+        for line in lines
+        if line.startswith("| ") and "Δm%" not in line
+    }
+    stored = {
+        method: {
+            _load(out / "runs" / method / f"seed{k}" / "results.json")["num_parameters"]
+            for k in (0, 1)
+        }
+        for method in ("ew", "pcgrad")
+    }
+    for method, counts in stored.items():
+        assert len(counts) == 1
+        assert int(table[method][col].replace(",", "")) == next(iter(counts))
+    singles = sum(
+        _load(out / "baselines" / task / "seed0" / "results.json")["num_parameters"]
+        for task in ("left", "right")
+    )
+    assert int(table["single-task"][col].replace(",", "")) == singles
+    mtl = next(iter(stored["ew"]))
+    saved = 1 - mtl / singles
+    sharing_lines = [line for line in lines if line.startswith("Sharing saves ")]
+    assert len(sharing_lines) == 1
+    line = sharing_lines[0]
+    assert line.startswith(f"Sharing saves {100 * saved:.1f}% of the parameters ")
+    assert f"({mtl:,} in the multi-task model vs {singles:,} in 2 single-task models)" in line
+    assert "of the inference time" in line and "per batch of" in line
+    sharing = _load(out / "results.json")["sharing"]
+    assert sharing["multitask_parameters"] == mtl
+    assert sharing["single_task_parameters"] == singles
+    assert sharing["parameters_saved_fraction"] == pytest.approx(saved)
+    assert sharing["multitask_seconds"] > 0 and sharing["single_task_seconds"] > 0
+    assert sharing["time_saved_fraction"] == pytest.approx(
+        1 - sharing["multitask_seconds"] / sharing["single_task_seconds"]
+    )
+
+
 def test_compare_reuses_finished_runs(compared, capsys):
     out = compared
     argv = ["compare", "--methods", "ew,pcgrad", "--seeds", "2", *TINY, "--out", str(out)]

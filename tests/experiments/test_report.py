@@ -124,3 +124,66 @@ def test_markdown_rows_sorted_by_delta():
     ew = next(r for r in rows if r.startswith("| ew "))
     assert "-25.00 ± 35.36" in ew and "0.7500 ± 0.1768" in ew and "1.75" in ew
     assert "2 seeds" in text
+
+
+def _with_params(runs: dict, counts: dict) -> dict:
+    return {
+        name: [{**run, "num_parameters": counts[name]} for run in rs] for name, rs in runs.items()
+    }
+
+
+def test_parameter_count():
+    assert report.parameter_count([{"num_parameters": 7}, {"num_parameters": 7}]) == 7
+    assert report.parameter_count([{"num_parameters": 7}, {}]) is None
+    assert report.parameter_count([]) is None
+
+
+def test_leaderboard_parameters_single_task_is_the_sum():
+    methods = _with_params(METHODS, {"ew": 1000, "mgda": 1000, "pcgrad": 1000})
+    baselines = _with_params(BASELINES, {"a": 700, "b": 650})
+    board = report.build_leaderboard(methods, baselines, HIB)
+    assert {r["method"]: r["num_parameters"] for r in board["rows"]} == {
+        "ew": 1000,
+        "mgda": 1000,
+        "pcgrad": 1000,
+    }
+    assert board["baseline"]["num_parameters"] == 1350  # 700 + 650
+    lines = [ln for ln in report.to_markdown(board).splitlines() if ln.startswith("| ")]
+    header = [c.strip() for c in lines[0].split("|")[1:-1]]
+    col = header.index("params")
+    assert header[col + 1] == "ms/step"
+    cells = {ln.split("|")[1].strip(): [c.strip() for c in ln.split("|")[1:-1]] for ln in lines}
+    assert cells["single-task"][col] == "1,350"
+    assert cells["ew"][col] == "1,000"
+    # runs without num_parameters: no count, a dash in the table
+    plain = report.build_leaderboard(METHODS, BASELINES, HIB)
+    assert plain["baseline"]["num_parameters"] is None
+    assert all(r["num_parameters"] is None for r in plain["rows"])
+    row = next(ln for ln in report.to_markdown(plain).splitlines() if ln.startswith("| ew "))
+    assert row.split("|")[1:-1][col].strip() == "-"
+
+
+def test_sharing_summary_hand_computed():
+    s = report.sharing_summary(1000, 1600, 0.002, 0.005)
+    assert s["parameters_saved"] == 600
+    assert s["parameters_saved_fraction"] == pytest.approx(0.375)  # 1 - 1000/1600
+    assert s["time_saved_fraction"] == pytest.approx(0.6)  # 1 - 2/5
+    assert s["speedup"] == pytest.approx(2.5)  # 5/2
+    empty = report.sharing_summary(0, 0, 0.0, 0.0)
+    assert empty["parameters_saved_fraction"] is None
+    assert empty["time_saved_fraction"] is None and empty["speedup"] is None
+
+
+def test_sharing_line_under_the_table():
+    sharing = {**report.sharing_summary(1000, 1600, 0.002, 0.005), "tasks": ["a", "b"]}
+    sharing["batch_size"] = 64
+    line = report.sharing_line(sharing)
+    assert line == (
+        "Sharing saves 37.5% of the parameters (1,000 in the multi-task model vs 1,600 in "
+        "2 single-task models) and 60.0% of the inference time (2.00 ms vs 5.00 ms per batch "
+        "of 64, forward without grad; 2.50x faster)."
+    )
+    board = report.build_leaderboard(METHODS, BASELINES, HIB)
+    text = report.to_markdown(board, sharing=sharing)
+    assert text.rstrip("\n").splitlines()[-1] == line
+    assert "Sharing saves" not in report.to_markdown(board)

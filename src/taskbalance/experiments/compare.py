@@ -4,8 +4,10 @@ Layout of the output folder ``DIR``::
 
     DIR/runs/<method>/seed<k>/        one training run per method and seed (``results.json`` last)
     DIR/baselines/<task>/seed<k>/     single-task baselines: method ``ew``, ``tasks=[task]``
-    DIR/leaderboard.md                the leaderboard (also printed)
-    DIR/results.json                  every run's metrics + the aggregated leaderboard
+    DIR/leaderboard.md                the leaderboard (also printed) and what sharing saves
+    DIR/results.json                  every run's metrics, the aggregated leaderboard and
+                                      ``sharing`` (parameters and inference time of the
+                                      multi-task model against the single-task stack)
     DIR/plots/*.png                   validation curves, task weights, Pareto front, Δm% bars
 
 A run whose ``results.json`` exists is reused, and an unfinished run resumes from its checkpoint,
@@ -25,7 +27,7 @@ from typing import Any
 from taskbalance.training.checkpoint import atomic_write_text
 
 from . import plots
-from .report import build_leaderboard, to_markdown
+from .report import build_leaderboard, sharing_summary, to_markdown
 
 __all__ = [
     "DEFAULT_BENCHMARK",
@@ -64,6 +66,9 @@ DEFAULT_BENCHMARK = "multidigits"
 DEFAULT_EPOCHS = 8
 DEFAULT_STEPS: int | None = 50
 DEFAULT_SIZE = "default"
+# What sharing saves is timed once per compare on one validation batch: a few forward passes.
+SHARING_REPEATS = 3
+SHARING_WARMUP = 1
 
 Log = Callable[[str], None]
 
@@ -292,7 +297,8 @@ def run_compare(settings: CompareSettings, log: Log = print) -> CompareResult:
         (baseline_runs if kind == "task" else method_runs)[name].append(results)
 
     board = build_leaderboard(method_runs, baseline_runs, info.higher_is_better)
-    markdown = to_markdown(board, title=f"{s.benchmark}: {len(methods)} methods")
+    sharing = _measure_sharing({**base, "method": "ew", "seed": seeds[0], "out_dir": str(out)})
+    markdown = to_markdown(board, title=f"{s.benchmark}: {len(methods)} methods", sharing=sharing)
     figures = _write_plots(out / "plots", method_runs, board, info, pareto, len(seeds))
     seconds = time.perf_counter() - start
     out.mkdir(parents=True, exist_ok=True)
@@ -303,6 +309,7 @@ def run_compare(settings: CompareSettings, log: Log = print) -> CompareResult:
         "seeds": seeds,
         "settings": json.loads(json.dumps(base, default=str)),
         "leaderboard": board,
+        "sharing": sharing,
         "runs": [
             _run_summary(run, method=m, seed=seed)
             for m in methods
@@ -318,6 +325,58 @@ def run_compare(settings: CompareSettings, log: Log = print) -> CompareResult:
     }
     atomic_write_text(out / "results.json", json.dumps(payload, indent=2))
     return CompareResult(out, board, markdown, figures, seconds)
+
+
+def _measure_sharing(
+    config: Mapping[str, Any], repeats: int = SHARING_REPEATS, warmup: int = SHARING_WARMUP
+) -> dict[str, Any] | None:
+    """What sharing saves, measured on the model the runs of ``config`` train.
+
+    Builds the benchmark's model (``model_options`` of ``config``) and its single-task copies,
+    counts their parameters and times their forward pass (eval mode, no grad) on the first
+    validation batch on ``config``'s device with :func:`taskbalance.models.sharing_report`.
+    Returns :func:`~taskbalance.experiments.report.sharing_summary`'s dict plus ``tasks``,
+    ``per_task_parameters``, ``per_task_seconds``, ``batch_size``, ``repeats`` and ``device``;
+    ``None`` for a model without single-task copies.
+    """
+    import torch
+    from torch.utils.data import DataLoader
+
+    from taskbalance.data import load_benchmark
+    from taskbalance.models.report import sharing_report
+    from taskbalance.training import TrainConfig
+    from taskbalance.training.trainer import resolve_device
+
+    cfg = TrainConfig.from_dict(config)
+    device = resolve_device(cfg.device)
+    data_seed = cfg.seed if cfg.data_seed is None else cfg.data_seed
+    bench = load_benchmark(cfg.benchmark, seed=data_seed, size=cfg.size, cache_dir=cfg.cache_dir)
+    with torch.random.fork_rng(devices=[]):  # leave the global generator as it was
+        torch.manual_seed(cfg.seed)
+        model = bench.build_model(**cfg.model_options)
+    copies = getattr(model, "single_task_copies", None)
+    if not callable(copies):
+        return None
+    singles = {task: net.to(device) for task, net in copies().items()}
+    model.to(device)
+    split = bench.val if bench.val is not None and len(bench.val) else bench.test
+    loader = DataLoader(split, batch_size=cfg.eval_batch_size or cfg.batch_size)
+    inputs = next(iter(loader))[0].to(device)
+    measured = sharing_report(model, singles, inputs, repeats=repeats, warmup=warmup)
+    return {
+        **sharing_summary(
+            measured["multitask_parameters"],
+            measured["single_task_parameters"],
+            measured["multitask_time_s"],
+            measured["single_task_time_s"],
+        ),
+        "tasks": measured["tasks"],
+        "per_task_parameters": measured["per_task_parameters"],
+        "per_task_seconds": measured["per_task_time_s"],
+        "batch_size": int(inputs.shape[0]),
+        "repeats": repeats,
+        "device": str(device),
+    }
 
 
 def _run_summary(run: Mapping[str, Any], **keys: Any) -> dict[str, Any]:

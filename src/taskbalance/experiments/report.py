@@ -1,4 +1,5 @@
-"""Leaderboard arithmetic: aggregation over seeds, Δm%, mean ranks, time ratios, Pareto fronts.
+"""Leaderboard arithmetic: aggregation over seeds, Δm%, mean ranks, time ratios, Pareto fronts,
+parameter counts and what sharing saves against the single-task stack.
 
 Everything here is a pure function of plain Python data (nested dicts of floats, as stored in
 ``results.json``), so it can be tested on hand-made inputs and reused outside ``compare``.
@@ -15,6 +16,8 @@ Conventions
 - ``std`` is the sample standard deviation over seeds (``ddof=1``); 0 for a single seed.
 - Mean rank: methods are ranked on each metric (of every task) by their mean over seeds, best = 1,
   ties share the average of their ranks; the mean rank is the average over metrics.
+- Parameters: a method's count is its runs' ``num_parameters`` (every seed trains the same
+  architecture); the single-task row's is the sum over its networks (one per task).
 """
 
 from __future__ import annotations
@@ -33,7 +36,10 @@ __all__ = [
     "mean_std",
     "merge_task_metrics",
     "metric_columns",
+    "parameter_count",
     "pareto_front",
+    "sharing_line",
+    "sharing_summary",
     "time_ratios",
     "to_markdown",
 ]
@@ -164,6 +170,78 @@ def time_ratios(
     return {m: float(s) / ref for m, s in seconds_per_step.items()}
 
 
+def parameter_count(runs: Sequence[Mapping[str, Any]]) -> int | None:
+    """The ``num_parameters`` of ``runs`` (the seeds of one method): ``None`` when a run lacks it.
+
+    Seeds train the same architecture, so the counts agree; should they not, their mean (rounded)
+    is returned.
+    """
+    counts = [run.get("num_parameters") for run in runs]
+    values = [float(c) for c in counts if c is not None]
+    if not counts or len(values) < len(counts):
+        return None
+    return round(math.fsum(values) / len(values))
+
+
+def sharing_summary(
+    multitask_parameters: int,
+    single_task_parameters: int,
+    multitask_seconds: float,
+    single_task_seconds: float,
+) -> dict[str, Any]:
+    """What sharing saves: one multi-task model against the stack of single-task models.
+
+    Args:
+        multitask_parameters: parameters of the multi-task model.
+        single_task_parameters: parameters of the single-task models, summed.
+        multitask_seconds: inference time of the multi-task model on one batch.
+        single_task_seconds: inference time of the stack on that batch (the sum over its models:
+            they run one after another).
+
+    Returns:
+        The four inputs plus ``parameters_saved`` (difference), ``parameters_saved_fraction``
+        (``1 - multitask / single``), ``time_saved_fraction`` (``1 - multitask / single``) and
+        ``speedup`` (``single / multitask``); a fraction or ratio whose denominator is not
+        positive is ``None``.
+    """
+    mtl_p, single_p = int(multitask_parameters), int(single_task_parameters)
+    mtl_s, single_s = float(multitask_seconds), float(single_task_seconds)
+    return {
+        "multitask_parameters": mtl_p,
+        "single_task_parameters": single_p,
+        "parameters_saved": single_p - mtl_p,
+        "parameters_saved_fraction": 1.0 - mtl_p / single_p if single_p > 0 else None,
+        "multitask_seconds": mtl_s,
+        "single_task_seconds": single_s,
+        "time_saved_fraction": 1.0 - mtl_s / single_s if single_s > 0 else None,
+        "speedup": single_s / mtl_s if mtl_s > 0 else None,
+    }
+
+
+def _percent(fraction: float | None) -> str:
+    return "n/a" if fraction is None else f"{100 * fraction:.1f}%"
+
+
+def sharing_line(sharing: Mapping[str, Any]) -> str:
+    """One sentence from :func:`sharing_summary`'s dict (``tasks`` and ``batch_size`` optional:
+    the number of single-task models and the batch the time was measured on)."""
+    tasks = sharing.get("tasks")
+    stack = f"{len(tasks)} single-task models" if tasks else "the single-task models"
+    batch = sharing.get("batch_size")
+    per_batch = f"per batch of {batch}" if batch else "per batch"
+    speedup = sharing.get("speedup")
+    return (
+        f"Sharing saves {_percent(sharing['parameters_saved_fraction'])} of the parameters "
+        f"({sharing['multitask_parameters']:,} in the multi-task model vs "
+        f"{sharing['single_task_parameters']:,} in {stack}) and "
+        f"{_percent(sharing['time_saved_fraction'])} of the inference time "
+        f"({1000 * sharing['multitask_seconds']:.2f} ms vs "
+        f"{1000 * sharing['single_task_seconds']:.2f} ms {per_batch}, forward without grad"
+        + ("" if speedup is None else f"; {speedup:.2f}x faster")
+        + ")."
+    )
+
+
 def pareto_front(
     points: Mapping[str, tuple[float, float]], higher_is_better: tuple[bool, bool] = (True, True)
 ) -> list[str]:
@@ -208,9 +286,11 @@ def build_leaderboard(
     Returns:
         ``{"split", "columns", "baseline", "rows"}``; each row has ``method``, ``seeds``,
         ``metrics`` (``{task: {metric: {mean, std}}}``), ``delta_m`` (``{mean, std, values}``),
-        ``mean_rank``, ``seconds_per_step`` (``{mean, std}``), ``time_ratio``. ``baseline`` has
-        the single-task reference: ``metrics`` (mean over seeds), ``seconds_per_step`` (the sum
-        over tasks: training every task separately) and its ``time_ratio``.
+        ``mean_rank``, ``seconds_per_step`` (``{mean, std}``), ``time_ratio``, ``num_parameters``
+        (:func:`parameter_count`; ``None`` when the runs lack it). ``baseline`` has the single-task
+        reference: ``metrics`` (mean over seeds), ``seconds_per_step`` (the sum over tasks:
+        training every task separately), its ``time_ratio`` and ``num_parameters`` (the sum over
+        the single-task networks).
     """
     if not method_runs:
         raise ValueError("no method runs to put on a leaderboard")
@@ -241,6 +321,7 @@ def build_leaderboard(
                 "metrics": aggregate_metrics(per_seed),
                 "delta_m": {"mean": d_mean, "std": d_std, "values": deltas},
                 "seconds_per_step": {"mean": s_mean, "std": s_std},
+                "num_parameters": parameter_count(runs),
             }
         )
     ranks = mean_ranks(
@@ -255,6 +336,8 @@ def build_leaderboard(
     base_seconds = math.fsum(
         mean_std([float(run["seconds_per_step"]) for run in baseline_runs[t]])[0] for t in tasks
     )
+    base_counts = [parameter_count(baseline_runs[t]) for t in tasks]
+    base_params = None if None in base_counts else sum(c for c in base_counts if c is not None)
     seconds = {r["method"]: r["seconds_per_step"]["mean"] for r in rows}
     ratios = time_ratios({**seconds, "\0single-task": base_seconds}, reference)
     for row in rows:
@@ -270,6 +353,7 @@ def build_leaderboard(
             "seeds": min(n_base),
             "seconds_per_step": base_seconds,
             "time_ratio": ratios["\0single-task"],
+            "num_parameters": base_params,
         },
         "rows": rows,
     }
@@ -281,15 +365,31 @@ def _fmt(mean: float, std: float | None, seeds: int, digits: int = 4) -> str:
     return f"{mean:.{digits}f}"
 
 
-def to_markdown(board: Mapping[str, Any], *, title: str | None = None) -> str:
-    """The leaderboard as a Markdown table (rows sorted by Δm%, best first)."""
+def _params(count: Any) -> str:
+    return "-" if count is None else f"{int(count):,}"
+
+
+def to_markdown(
+    board: Mapping[str, Any],
+    *,
+    title: str | None = None,
+    sharing: Mapping[str, Any] | None = None,
+) -> str:
+    """The leaderboard as a Markdown table (rows sorted by Δm%, best first); ``sharing`` (from
+    :func:`sharing_summary`) adds the line of :func:`sharing_line` below the table."""
     columns = [tuple(c) for c in board["columns"]]
     hib = board["higher_is_better"]
     arrow = {True: "↑", False: "↓"}
     header = (
         ["method"]
         + [f"{t} {m} {arrow[hib[t][m]]}" for t, m in columns]
-        + ["Δm% ↓", "mean rank ↓", "ms/step", "time vs " + board.get("reference", "ew")]
+        + [
+            "Δm% ↓",
+            "mean rank ↓",
+            "params",
+            "ms/step",
+            "time vs " + board.get("reference", "ew"),
+        ]
     )
     lines = []
     if title:
@@ -301,6 +401,7 @@ def to_markdown(board: Mapping[str, Any], *, title: str | None = None) -> str:
     cells += [
         "0.00",
         "-",
+        _params(base.get("num_parameters")),
         f"{1000 * base['seconds_per_step']:.1f}",
         "-" if ratio is None else f"{ratio:.2f}x",
     ]
@@ -315,6 +416,7 @@ def to_markdown(board: Mapping[str, Any], *, title: str | None = None) -> str:
         sps = row["seconds_per_step"]
         cells.append(_fmt(d["mean"], d["std"], n, 2))
         cells.append(f"{row['mean_rank']:.2f}")
+        cells.append(_params(row.get("num_parameters")))
         cells.append(_fmt(1000 * sps["mean"], 1000 * sps["std"], n, 1))
         cells.append("-" if row["time_ratio"] is None else f"{row['time_ratio']:.2f}x")
         lines.append("| " + " | ".join(cells) + " |")
@@ -325,6 +427,9 @@ def to_markdown(board: Mapping[str, Any], *, title: str | None = None) -> str:
         + (f"; mean ± std over {seeds} seeds." if seeds > 1 else "; 1 seed.")
         + " Δm%: mean relative change of every metric against the single-task baselines"
         " (one network per task), lower is better. Mean rank over all metrics (1 = best)."
-        " Time: training seconds per step; single-task = the sum over its networks.",
+        " Params: parameters of the model. Time: training seconds per step."
+        " Single-task params and time: the sum over its networks.",
     ]
+    if sharing is not None:
+        lines += ["", sharing_line(sharing)]
     return "\n".join(lines) + "\n"
