@@ -8,7 +8,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 
 def small_cnn_classifier(
@@ -51,17 +52,59 @@ def segnet_dense(
     return MultiTaskModel(backbone, modules, task_names=list(heads))
 
 
-def _event_head(in_channels: int, num_classes: int, hidden: int) -> nn.Module:
-    """conv -> ReLU -> global max-pool -> MLP: an event is a local pattern anywhere in the clip."""
-    return nn.Sequential(
-        nn.Conv2d(in_channels, hidden, kernel_size=3, padding=1),
-        nn.ReLU(inplace=True),
-        nn.AdaptiveMaxPool2d(1),
-        nn.Flatten(),
-        nn.Linear(hidden, hidden),
-        nn.ReLU(inplace=True),
-        nn.Linear(hidden, num_classes),
-    )
+class _FramesAndFeatures(nn.Module):
+    """A SegNet over the stacked frames whose dense features are concatenated with the frames
+    themselves (a U-Net-style input skip): heads see both the learned features and the raw
+    frame-to-frame motion of the ball, which the event head needs."""
+
+    def __init__(self, segnet: Any, in_channels: int) -> None:
+        super().__init__()
+        self.segnet = segnet
+        self.in_channels = in_channels
+        self.out_channels = int(segnet.out_channels) + in_channels
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.cat([self.segnet(x), x], dim=1)
+
+
+class _EventHead(nn.Module):
+    """Event classifier over dense clip features: three conv-BN-ReLU layers (dilations 1, 2, 4,
+    so each position sees the ball's motion across the stacked frames, about +-7 pixels), then a
+    learned spatial attention pooling (softmax over positions of a 1x1 score) next to a global
+    max-pool, then an MLP.
+
+    An event is a small, local motion pattern of a ball a few pixels wide: a plain global max-pool
+    of unnormalised features is dominated by the static scene (table edges, net) and passes its
+    gradient to those positions only, so the head never finds the ball and predicts the class
+    prior. The attention pooling lets it learn where to look (the ball region), as TTNet's event
+    stage looks at a crop around the detected ball.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, hidden: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        c_in = in_channels
+        for dilation in (1, 2, 4):
+            layers += [
+                nn.Conv2d(c_in, hidden, kernel_size=3, padding=dilation, dilation=dilation),
+                nn.BatchNorm2d(hidden),
+                nn.ReLU(inplace=True),
+            ]
+            c_in = hidden
+        self.local = nn.Sequential(*layers)
+        self.score = nn.Conv2d(hidden, 1, kernel_size=1)
+        self.classifier = nn.Sequential(
+            nn.Linear(2 * hidden, hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, num_classes),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.local(x)
+        attention = torch.softmax(self.score(h).flatten(2), dim=-1)  # [B, 1, H*W]
+        attended = (h.flatten(2) * attention).sum(-1)
+        peak = h.amax(dim=(2, 3))
+        return self.classifier(torch.cat([attended, peak], dim=1))
 
 
 def clip_model(
@@ -72,16 +115,17 @@ def clip_model(
     width: int = 24,
 ) -> Any:
     """TTNet-like model over stacked frames: a SegNet-style encoder-decoder (full-resolution
-    features) shared by a :class:`~taskbalance.models.CoordinateHead` (``ball``), a
+    features, concatenated with the input frames) shared by a
+    :class:`~taskbalance.models.CoordinateHead` (``ball``), a
     :class:`~taskbalance.models.DenseHead` (``table``) and an event classifier (``events``)."""
     from taskbalance.models import CoordinateHead, DenseHead, MultiTaskModel, SegNetBackbone
 
     height, img_width = image_size
-    backbone = SegNetBackbone(in_channels, width=width, depth=3)
+    backbone = _FramesAndFeatures(SegNetBackbone(in_channels, width=width, depth=3), in_channels)
     c = backbone.out_channels
     heads = {
         "ball": CoordinateHead(c, img_width, height, hidden=32, from_map=True),
         "table": DenseHead(c, num_segments),
-        "events": _event_head(c, num_events, hidden=32),
+        "events": _EventHead(c, num_events, hidden=32),
     }
     return MultiTaskModel(backbone, heads, task_names=list(heads))
