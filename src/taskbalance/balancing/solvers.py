@@ -106,6 +106,18 @@ def combine(w: Tensor, J: Tensor) -> Tensor:
     return torch.nan_to_num(w @ J, nan=0.0, posinf=big, neginf=-big)
 
 
+def present_weights(
+    weights: Tensor | None, n: int, present: Tensor | None, device: torch.device
+) -> Tensor:
+    """Per-task preference weights of the ``n`` tasks present, float64 on ``device``: uniform
+    ``1/n`` when ``weights`` is None, else the user's weights of the present tasks (unnormalised).
+    """
+    if weights is None:
+        return torch.full((n,), 1.0 / n, dtype=torch.float64, device=device)
+    w = weights.to(device=device, dtype=torch.float64)
+    return w if present is None else w[present.to(device)]
+
+
 def random_orders(n: int, generator: torch.Generator | None, device: torch.device) -> Tensor:
     """For each task ``i`` a random order of the other tasks: a long tensor ``[n, n - 1]``.
 

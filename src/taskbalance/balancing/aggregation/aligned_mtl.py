@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ..base import GradientMethod, check_task_weights
 from ..registry import register
-from ..solvers import combine, normalized_gramian
+from ..solvers import combine, normalized_gramian, present_weights
 
 __all__ = ["AlignedMTL", "aligned_balance_matrix"]
 
@@ -79,12 +79,6 @@ class AlignedMTL(GradientMethod):
         eps = self.eps if self.eps is not None else 10 * torch.finfo(J.dtype).eps
         B = aligned_balance_matrix(Gn, eps)
         dev = B.device  # J's device (CPU for MPS: float64)
-        if self.task_weights is None:
-            pre = torch.full((n,), 1.0 / n, dtype=torch.float64, device=dev)
-        else:
-            pre = self.task_weights.to(dev)
-            if present is not None:
-                pre = pre[present.to(dev)]
-        w = B @ pre
+        w = B @ present_weights(self.task_weights, n, present, dev)
         self.last_weights = w.to(device=J.device, dtype=J.dtype).detach()
         return combine(w, J)

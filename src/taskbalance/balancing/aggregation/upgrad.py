@@ -17,7 +17,7 @@ from torch import Tensor
 
 from ..base import GradientMethod, check_task_weights
 from ..registry import register
-from ..solvers import combine, normalized_gramian, unit_gramian
+from ..solvers import combine, normalized_gramian, present_weights, unit_gramian
 
 __all__ = ["UPGrad", "dual_cone_weights", "normalized_gramian", "unit_gramian"]
 
@@ -123,12 +123,8 @@ class UPGrad(GradientMethod):
         # (Ĝ = D⁻¹GD⁻¹), homogeneous in D_i: solve min_{u ≥ e_i} uᵀĜu, v_i = D_i D⁻¹ u_i.
         Gu, D = unit_gramian(J)
         dev = Gu.device  # J's device (CPU for MPS: float64)
-        if self.pref_weights is None:
-            p = torch.full((n,), 1.0 / n, dtype=torch.float64, device=dev)
-        else:
-            p = self.pref_weights.to(dev)
-            if present is not None:
-                p = p[present.to(dev)]
+        p = present_weights(self.pref_weights, n, present, dev)
+        if self.pref_weights is not None:
             total = p.sum()
             p = torch.where(total > 0, p / torch.where(total > 0, total, 1.0), 1.0 / n)
         U = dual_cone_weights(Gu, torch.eye(n, dtype=torch.float64, device=dev))
