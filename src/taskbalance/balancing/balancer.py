@@ -119,6 +119,7 @@ class Balancer:
         self.task_names: tuple[str, ...] | None = None
         if task_names is not None:
             self._set_task_names(task_names)
+        self._all_present: dict[torch.device, Tensor] = {}
         self.track_gradients = track_gradients
         self.check_finite = check_finite
 
@@ -229,9 +230,19 @@ class Balancer:
                 )
             if not x.is_floating_point():
                 raise TypeError(f"the loss of task {n!r} must be floating point, got {x.dtype}")
-        zero = ref.new_zeros(())
-        stacked = torch.stack([zero if x is None else x for x in items])
-        present = torch.tensor([x is not None for x in items], device=stacked.device)
+        flags = [x is not None for x in items]
+        all_present = all(flags)
+        if all_present:
+            stacked = torch.stack(items)  # type: ignore[arg-type]
+            # The usual case: reuse one all-True mask per device (no host-to-device copy a step).
+            present = self._all_present.get(stacked.device)
+            if present is None:
+                present = torch.ones(T, dtype=torch.bool, device=stacked.device)
+                self._all_present[stacked.device] = present
+        else:
+            zero = ref.new_zeros(())
+            stacked = torch.stack([zero if x is None else x for x in items])
+            present = torch.tensor(flags, device=stacked.device)
         if self.check_finite:
             finite = torch.isfinite(stacked.detach())
             if not bool(finite.all()):
@@ -241,7 +252,7 @@ class Balancer:
                     "infinite loss cannot be balanced - check that task's predictions, targets "
                     "and learning rate"
                 )
-        return stacked, present, all(x is not None for x in items)
+        return stacked, present, all_present
 
     def _param_jacobian(self, losses: Tensor, idx: list[int]):
         shared = self.shared
