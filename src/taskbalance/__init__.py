@@ -10,6 +10,7 @@ from .balancing import (
     create,
     method_info,
 )
+from .tasks import Task, delta_m
 
 __version__ = "0.1.0"
 
@@ -19,8 +20,10 @@ __all__ = [
     "LossMethod",
     "Method",
     "StepInfo",
+    "Task",
     "__version__",
     "available_methods",
     "create",
+    "delta_m",
     "method_info",
 ]

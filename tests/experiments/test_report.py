@@ -187,3 +187,52 @@ def test_sharing_line_under_the_table():
     text = report.to_markdown(board, sharing=sharing)
     assert text.rstrip("\n").splitlines()[-1] == line
     assert "Sharing saves" not in report.to_markdown(board)
+
+
+def test_leaderboard_leaves_out_a_zero_baseline_and_names_it():
+    """Issue 16, item 1: pingpong's event accuracy is 0 for the single-task baseline after a short
+    run; the leaderboard used to raise ("the baseline of metric 'events/event_acc' is 0") after
+    every run had trained. Now the metric is left out of Δm by the documented rule, and named."""
+    hib = {"a": {"acc": True, "hit": True}, "b": {"err": False}}
+
+    def run(acc: float, hit: float, err: float) -> dict:
+        return {
+            "test": {"a": {"acc": acc, "hit": hit}, "b": {"err": err}},
+            "seconds_per_step": 0.01,
+        }
+
+    baselines = {
+        "a": [{"test": {"a": {"acc": 0.5, "hit": 0.0}}, "seconds_per_step": 0.01}],
+        "b": [{"test": {"b": {"err": 2.0}}, "seconds_per_step": 0.01}],
+    }
+    board = report.build_leaderboard({"ew": [run(0.6, 0.3, 1.0)]}, baselines, hib)
+    assert board["excluded"] == {"a/hit": "baseline is 0"}
+    # acc: -(0.6 - 0.5)/0.5 = -20 %, err: (1 - 2)/2 = -50 % -> -35 (hit left out)
+    assert board["rows"][0]["delta_m"]["mean"] == pytest.approx(-35.0)
+    text = report.to_markdown(board)
+    assert "a hit ↑ (not in Δm)" in text and "Not in Δm: a/hit (baseline is 0)" in text
+
+
+def test_paired_tests_match_scipy_and_mark_rows():
+    from scipy import stats
+
+    board = report.build_leaderboard(METHODS, BASELINES, HIB)
+    rows = {r["method"]: r for r in board["rows"]}
+    # pcgrad vs ew, per seed: Δm pcgrad (-25, -25) minus ew (0, -50) = (-25, +25)
+    vs_ew = rows["pcgrad"]["vs_reference"]
+    assert vs_ew["values"] == pytest.approx([-25.0, 25.0])
+    expected = stats.ttest_rel([-25.0, -25.0], [0.0, -50.0])
+    assert vs_ew["t"] == pytest.approx(expected.statistic)
+    assert vs_ew["p"] == pytest.approx(expected.pvalue)
+    assert rows["ew"]["vs_reference"] is None
+    # mgda vs single-task of the same seed: seed0 base (0.5, 1.5): acc -50 %, err +100 % -> 25;
+    # seed1 base (0.5, 2.5): acc -50 %, err +20 % -> -15
+    single = rows["mgda"]["vs_single_task"]
+    assert single["values"] == pytest.approx([25.0, -15.0])
+    assert single["p"] == pytest.approx(stats.ttest_1samp([25.0, -15.0], 0.0).pvalue)
+    assert report.paired_t_test([1.0]) is None
+    assert report.paired_t_test([2.0, 2.0])["p"] == 0.0
+    assert report.paired_t_test([0.0, 0.0])["p"] == 1.0
+    assert report.critical_t(3) == pytest.approx(stats.t.ppf(0.975, 2))
+    row = {"vs_reference": {"p": 0.01}, "vs_single_task": {"p": 0.2}}
+    assert report.significance_marks(row) == "*"

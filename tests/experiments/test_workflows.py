@@ -11,10 +11,13 @@ from taskbalance.data import load_benchmark
 from taskbalance.experiments.workflows import (
     REFERENCE,
     WORKFLOWS,
+    _deltas,
     compare_workflows,
     parse_labels,
     parse_workflows,
+    workflow_table,
 )
+from taskbalance.tasks import MIN_HIGHER_BASELINE, depth_task, normal_task, segmentation_task
 
 TINY = {"base": "tiny", "train": 24, "val": 8, "test": 8}
 
@@ -75,6 +78,7 @@ def test_compare_workflows_end_to_end(bench, tmp_path) -> None:
     for name in ("masked", "staged", "annotated", REFERENCE, "Δm%"):
         assert name in table
     assert len([ln for ln in table.splitlines() if ln.startswith("| ")]) == 5  # header + 4 rows
+    assert_table_recomputes(table, bench.tasks)
     ref = result.row(REFERENCE)
     assert ref["delta_m"] == pytest.approx(0.0)
     # Δm% of each workflow recomputed by hand from the stored metrics: the mean over every
@@ -85,8 +89,8 @@ def test_compare_workflows_end_to_end(bench, tmp_path) -> None:
         for task, metrics in hib.items():
             for metric, higher in metrics.items():
                 value, base = row["test"][task][metric], ref["test"][task][metric]
-                if base == 0 or not (math.isfinite(base) and math.isfinite(value)):
-                    continue
+                if base == 0 or not math.isfinite(base) or (higher and base < MIN_HIGHER_BASELINE):
+                    continue  # the documented rule (taskbalance.tasks.DELTA_RULE)
                 sign = -1.0 if higher else 1.0
                 changes.setdefault(task, []).append(sign * (value - base) / base * 100.0)
         every = [c for values in changes.values() for c in values]
@@ -122,3 +126,88 @@ def test_compare_workflows_bad_input(bench) -> None:
         compare_workflows(bench, {"height": 0.5}, epochs=1, log=None)
     with pytest.raises(ValueError, match="unknown workflow"):
         compare_workflows(bench, {"depth": 0.5}, workflows="masked,magic", epochs=1, log=None)
+
+
+def _table(markdown: str) -> tuple[list[str], list[list[str]]]:
+    rows = [
+        [c.strip() for c in ln.strip().strip("|").split("|")]
+        for ln in markdown.splitlines()
+        if ln.startswith("| ")
+    ]
+    return rows[0], rows[1:]
+
+
+def assert_table_recomputes(markdown: str, tasks, rows=None) -> None:
+    """Every Δ the table prints is the mean of the relative changes of exactly the metric columns
+    it shows for that task (those marked ° excluded), recomputed from the printed cells against
+    the reference row (first row), to the precision printed."""
+    header, body = _table(markdown)
+    reference = body[0]
+    for task in tasks:
+        cols = [i for i, h in enumerate(header) if h.split(" ")[0] == task.name and "Δ" not in h]
+        entering = [i for i in cols if not header[i].endswith("°")]
+        assert {header[i].split(" ")[1] for i in cols} == set(task.higher_is_better)
+        delta_col = header.index(f"Δ {task.name} %")
+        for row in body:
+            changes = []
+            for i in entering:
+                metric = header[i].split(" ")[1]
+                value, base = float(row[i]), float(reference[i])
+                sign = -1.0 if task.higher_is_better[metric] else 1.0
+                changes.append(sign * (value - base) / base * 100.0)
+            if not changes:
+                assert row[delta_col] == "-"
+                continue
+            # cells carry 4 significant digits: allow the rounding that implies
+            assert float(row[delta_col]) == pytest.approx(sum(changes) / len(changes), abs=0.05)
+
+
+def test_contradictory_workflow_row_is_explained_by_its_table() -> None:
+    """Issue 9, defect 3: the staged row printed normals mean angle 56.99 vs 55.61 (worse) with
+    'Δ normals %' = -55.64 because the Δ averaged five metrics, among them 'within 22.5°' going
+    from an untrained 0.0218 to 0.0721 (+230 %), while the table showed only the mean angle."""
+    tasks = [segmentation_task("segmentation", 5), depth_task("depth"), normal_task("normals")]
+    full = {
+        "segmentation": {"miou": 0.06238, "pixel_acc": 0.31},
+        "depth": {"abs_err": 0.52, "rel_err": 0.30},
+        "normals": {
+            "mean_angle": 55.61,
+            "median_angle": 54.2,
+            "within_11.25": 0.0043,
+            "within_22.5": 0.0218,
+            "within_30": 0.061,
+        },
+    }
+    staged = {
+        "segmentation": {"miou": 0.06238, "pixel_acc": 0.31},
+        "depth": {"abs_err": 0.55, "rel_err": 0.33},
+        "normals": {
+            "mean_angle": 56.99,
+            "median_angle": 52.0,
+            "within_11.25": 0.0151,
+            "within_22.5": 0.0721,
+            "within_30": 0.14,
+        },
+    }
+    rows = []
+    for name, metrics in ((REFERENCE, full), ("staged", staged)):
+        overall, per_task, skipped = _deltas(metrics, full, tasks)
+        rows.append(
+            {
+                "workflow": name,
+                "test": metrics,
+                "delta_m": overall,
+                "delta_per_task": per_task,
+                "delta_skipped": skipped,
+                "seconds": 1.0,
+            }
+        )
+    table = workflow_table(rows, tasks)
+    assert_table_recomputes(table, tasks)
+    # the near-zero fractions are left out by the documented rule, and named
+    within = {"normals/within_11.25", "normals/within_22.5", "normals/within_30"}
+    assert set(rows[1]["delta_skipped"]) == within | {"segmentation/miou"}
+    assert "normals/within_22.5" in table and "not in Δm" in table
+    # what is left of normals: mean angle +2.48 % (worse), median -4.06 %
+    expected = [(56.99 - 55.61) / 55.61 * 100, (52.0 - 54.2) / 54.2 * 100]
+    assert rows[1]["delta_per_task"]["normals"] == pytest.approx(sum(expected) / 2)

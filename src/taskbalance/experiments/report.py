@@ -8,9 +8,17 @@ Conventions
 -----------
 - ``metrics`` means ``{task: {metric: value}}``; ``higher_is_better`` has the same layout with
   booleans.
-- Δm% (:func:`delta`) is :func:`taskbalance.tasks.delta_m`: the mean over every metric of the
-  relative change against the single-task baseline, sign-flipped for higher-is-better metrics, in
-  percent. Lower is better; 0 means "as good as training each task alone".
+- Δm% (:func:`delta`) is :func:`taskbalance.tasks.task_delta`, the one definition: the mean over
+  every metric that enters (:data:`taskbalance.tasks.DELTA_RULE`) of the relative change against
+  the single-task baseline, sign-flipped for higher-is-better metrics, in percent. Lower is better;
+  0 means "as good as training each task alone". Metrics the rule leaves out are decided from the
+  baseline (the same for every row) and named in the report.
+- Significance: a paired t-test over seeds (:func:`paired_t_test`, two-sided): each method's
+  per-seed Δm% minus ``ew``'s of the same seed, and each method's per-seed Δm% against the
+  single-task baseline of the same seed; a mark when ``p <`` :data:`ALPHA`.
+- Time per step: from an interleaved timing pass (:func:`summarise_timing`, median and range
+  over rounds, every method measured under the same conditions) when one is given, else the
+  training runs' own measurement (mean ± std over seeds).
 - The single-task baseline of a leaderboard is the mean of the baseline runs over seeds, so the
   spread of a method's Δm% over seeds is that method's own spread.
 - ``std`` is the sample standard deviation over seeds (``ddof=1``); 0 for a single seed.
@@ -27,6 +35,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 __all__ = [
+    "ALPHA",
     "Metrics",
     "aggregate_metrics",
     "build_leaderboard",
@@ -36,16 +45,23 @@ __all__ = [
     "mean_std",
     "merge_task_metrics",
     "metric_columns",
+    "critical_t",
+    "paired_t_test",
     "parameter_count",
     "pareto_front",
     "sharing_line",
     "sharing_summary",
+    "significance_marks",
+    "summarise_timing",
     "time_ratios",
     "to_markdown",
 ]
 
 #: ``{task: {metric: value}}``
 Metrics = Mapping[str, Mapping[str, float]]
+
+#: Significance level of the paired tests that mark a method in the leaderboard (two-sided).
+ALPHA = 0.05
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -105,18 +121,49 @@ def delta(
     baseline: Metrics,
     higher_is_better: Mapping[str, Mapping[str, bool]],
 ) -> float:
-    """Δm% of ``metrics`` against ``baseline`` (see :func:`taskbalance.tasks.delta_m`).
+    """Δm% of ``metrics`` against ``baseline`` over every metric of ``higher_is_better`` that
+    enters by :data:`taskbalance.tasks.DELTA_RULE` (:func:`taskbalance.tasks.task_delta`);
+    ``nan`` when a value is not finite or no metric enters."""
+    from taskbalance.tasks import task_delta
 
-    Every metric of ``metrics`` counts (each task's metrics are qualified as ``"task/metric"``);
-    ``baseline`` and ``higher_is_better`` must cover them.
+    return float(task_delta(metrics, baseline, higher_is_better).overall)
+
+
+def paired_t_test(differences: Sequence[float]) -> dict[str, Any] | None:
+    """Two-sided one-sample t-test of ``mean(differences) == 0`` (a paired t-test when each
+    difference is between two runs of the same seed). ``None`` for fewer than two values or a
+    non-finite one.
+
+    Returns ``{"n", "mean", "std", "t", "p"}``; with zero spread, ``p`` is 1 for a zero mean and
+    0 otherwise (``t`` infinite).
     """
-    from taskbalance.tasks import delta_m, flatten_results
+    values = [float(v) for v in differences]
+    if len(values) < 2 or not all(math.isfinite(v) for v in values):
+        return None
+    mean, std = mean_std(values)
+    n = len(values)
+    if std == 0:
+        t, p = (0.0, 1.0) if mean == 0 else (math.copysign(math.inf, mean), 0.0)
+    else:
+        from scipy import stats
 
-    return float(
-        delta_m(
-            flatten_results(metrics), flatten_results(baseline), flatten_results(higher_is_better)
-        )
-    )
+        t = mean / (std / math.sqrt(n))
+        p = float(2 * stats.t.sf(abs(t), df=n - 1))
+    return {"n": n, "mean": mean, "std": std, "t": t, "p": p}
+
+
+def summarise_timing(samples: Mapping[str, Sequence[float]]) -> dict[str, dict[str, float]]:
+    """``{name: seconds per step of each round}`` ->
+    ``{name: {"median", "min", "max", "rounds"}}``."""
+    out: dict[str, dict[str, float]] = {}
+    for name, values in samples.items():
+        vals = sorted(float(v) for v in values)
+        if not vals:
+            raise ValueError(f"timing of {name!r} holds no round")
+        mid = len(vals) // 2
+        median = vals[mid] if len(vals) % 2 else (vals[mid - 1] + vals[mid]) / 2
+        out[name] = {"median": median, "min": vals[0], "max": vals[-1], "rounds": len(vals)}
+    return out
 
 
 def _average_ranks(scores: Sequence[float], higher_is_better: bool) -> list[float]:
@@ -264,6 +311,10 @@ def pareto_front(
     return sorted(front, key=lambda n: points[n][0])
 
 
+def _seed_of(run: Mapping[str, Any], index: int) -> Any:
+    return (run.get("config") or {}).get("seed", index)
+
+
 def build_leaderboard(
     method_runs: Mapping[str, Sequence[Mapping[str, Any]]],
     baseline_runs: Mapping[str, Sequence[Mapping[str, Any]]],
@@ -271,59 +322,84 @@ def build_leaderboard(
     *,
     split: str = "test",
     reference: str = "ew",
+    timing: Mapping[str, Sequence[float]] | None = None,
 ) -> dict[str, Any]:
     """The leaderboard of a comparison, as JSON-ready data.
 
     Args:
         method_runs: method -> one ``results.json`` dict per seed (needs ``split`` metrics and
-            ``seconds_per_step``).
+            ``seconds_per_step``), in seed order.
         baseline_runs: task -> one ``results.json`` dict per seed of the run trained on that task
-            alone (same seeds as the methods, or any number).
+            alone, in the same seed order (run ``k`` of a method is paired with run ``k`` of
+            every baseline and of ``reference``).
         higher_is_better: ``{task: {metric: bool}}``; its order is the column order.
         split: which metrics to report (``"test"``: measured at the epoch chosen on validation).
-        reference: method whose time per step is 1.0.
+        reference: the method the paired test and the time ratio compare against.
+        timing: seconds per step of each round of an interleaved timing pass: method ->
+            values, and ``"single-task/<task>"`` -> values for each baseline network. When given,
+            times and time ratios come from it (medians), not from the training runs.
 
     Returns:
-        ``{"split", "columns", "baseline", "rows"}``; each row has ``method``, ``seeds``,
-        ``metrics`` (``{task: {metric: {mean, std}}}``), ``delta_m`` (``{mean, std, values}``),
-        ``mean_rank``, ``seconds_per_step`` (``{mean, std}``), ``time_ratio``, ``num_parameters``
-        (:func:`parameter_count`; ``None`` when the runs lack it). ``baseline`` has the single-task
-        reference: ``metrics`` (mean over seeds), ``seconds_per_step`` (the sum over tasks:
-        training every task separately), its ``time_ratio`` and ``num_parameters`` (the sum over
-        the single-task networks).
+        ``{"split", "reference", "columns", "higher_is_better", "delta_rule", "excluded",
+        "alpha", "baseline", "rows", "timing_source"}``; each row has ``method``, ``seeds``,
+        ``metrics`` (``{task: {metric: {mean, std}}}``), ``delta_m`` (``{mean, std, values}``:
+        per seed against the mean baseline), ``vs_reference`` and ``vs_single_task`` (the
+        :func:`paired_t_test` dicts plus the per-seed ``values`` tested; ``None`` with one seed),
+        ``mean_rank``, ``seconds_per_step`` (training, ``{mean, std}``), ``timing`` (the
+        :func:`summarise_timing` entry or ``None``), ``time_ratio``, ``num_parameters``.
     """
     if not method_runs:
         raise ValueError("no method runs to put on a leaderboard")
     missing = [t for t in higher_is_better if not baseline_runs.get(t)]
     if missing:
         raise ValueError(f"no single-task baseline run for task(s) {missing}")
+    from taskbalance.tasks import DELTA_RULE, excluded_metrics, flatten_results
+
     tasks = list(higher_is_better)
-    n_base = {len(baseline_runs[t]) for t in tasks}
+    n_base = min(len(baseline_runs[t]) for t in tasks)
     # Per seed: the single-task runs of all tasks merged into one metrics dict; then the mean.
     base_seeds = [
-        merge_task_metrics({t: baseline_runs[t][k][split] for t in tasks})
-        for k in range(min(n_base))
+        merge_task_metrics({t: baseline_runs[t][k][split] for t in tasks}) for k in range(n_base)
     ]
     baseline = mean_metrics(base_seeds)
+    excluded = excluded_metrics(flatten_results(baseline), flatten_results(higher_is_better))
 
     rows: list[dict[str, Any]] = []
+    per_seed_delta: dict[str, list[float]] = {}
     for method, runs in method_runs.items():
         if not runs:
             raise ValueError(f"method {method!r} has no runs")
         per_seed = [run[split] for run in runs]
         deltas = [delta(m, baseline, higher_is_better) for m in per_seed]
+        per_seed_delta[method] = deltas
         d_mean, d_std = mean_std(deltas)
         s_mean, s_std = mean_std([float(run["seconds_per_step"]) for run in runs])
+        paired = min(len(runs), n_base)
+        vs_single = [delta(per_seed[k], base_seeds[k], higher_is_better) for k in range(paired)]
+        single_test = paired_t_test(vs_single)
         rows.append(
             {
                 "method": method,
                 "seeds": len(runs),
+                "seed_ids": [_seed_of(run, k) for k, run in enumerate(runs)],
                 "metrics": aggregate_metrics(per_seed),
                 "delta_m": {"mean": d_mean, "std": d_std, "values": deltas},
+                "vs_single_task": None
+                if single_test is None
+                else {**single_test, "values": vs_single},
                 "seconds_per_step": {"mean": s_mean, "std": s_std},
                 "num_parameters": parameter_count(runs),
             }
         )
+    for row in rows:
+        ref = per_seed_delta.get(reference)
+        test = None
+        if ref is not None and row["method"] != reference:
+            n = min(len(ref), len(per_seed_delta[row["method"]]))
+            diffs = [per_seed_delta[row["method"]][k] - ref[k] for k in range(n)]
+            result = paired_t_test(diffs)
+            test = None if result is None else {**result, "values": diffs}
+        row["vs_reference"] = test
     ranks = mean_ranks(
         {
             r["method"]: {
@@ -333,25 +409,41 @@ def build_leaderboard(
         },
         higher_is_better,
     )
-    base_seconds = math.fsum(
-        mean_std([float(run["seconds_per_step"]) for run in baseline_runs[t]])[0] for t in tasks
-    )
+    summary = summarise_timing(timing) if timing is not None else None
+    if summary is not None:
+        absent = [r["method"] for r in rows if r["method"] not in summary]
+        absent += [t for t in tasks if f"single-task/{t}" not in summary]
+        if absent:
+            raise ValueError(f"the timing pass has no measurement of {absent}")
+        seconds = {r["method"]: summary[r["method"]]["median"] for r in rows}
+        base_seconds = math.fsum(summary[f"single-task/{t}"]["median"] for t in tasks)
+    else:
+        seconds = {r["method"]: r["seconds_per_step"]["mean"] for r in rows}
+        base_seconds = math.fsum(
+            mean_std([float(run["seconds_per_step"]) for run in baseline_runs[t]])[0] for t in tasks
+        )
     base_counts = [parameter_count(baseline_runs[t]) for t in tasks]
     base_params = None if None in base_counts else sum(c for c in base_counts if c is not None)
-    seconds = {r["method"]: r["seconds_per_step"]["mean"] for r in rows}
     ratios = time_ratios({**seconds, "\0single-task": base_seconds}, reference)
     for row in rows:
         row["mean_rank"] = ranks[row["method"]]
+        row["timing"] = None if summary is None else summary[row["method"]]
         row["time_ratio"] = ratios[row["method"]]
     return {
         "split": split,
         "reference": reference,
         "columns": [list(c) for c in metric_columns(higher_is_better)],
         "higher_is_better": {t: dict(m) for t, m in higher_is_better.items()},
+        "delta_rule": DELTA_RULE,
+        "excluded": excluded,
+        "alpha": ALPHA,
+        "timing_source": "interleaved" if summary is not None else "training",
         "baseline": {
             "metrics": baseline,
-            "seeds": min(n_base),
+            "seeds": n_base,
+            "per_seed": base_seeds,
             "seconds_per_step": base_seconds,
+            "timing": None if summary is None else {t: summary[f"single-task/{t}"] for t in tasks},
             "time_ratio": ratios["\0single-task"],
             "num_parameters": base_params,
         },
@@ -360,6 +452,8 @@ def build_leaderboard(
 
 
 def _fmt(mean: float, std: float | None, seeds: int, digits: int = 4) -> str:
+    if not math.isfinite(mean):
+        return "nan"
     if seeds > 1 and std is not None:
         return f"{mean:.{digits}f} ± {std:.{digits}f}"
     return f"{mean:.{digits}f}"
@@ -369,67 +463,137 @@ def _params(count: Any) -> str:
     return "-" if count is None else f"{int(count):,}"
 
 
+def _p_value(test: Mapping[str, Any] | None) -> str:
+    return "-" if test is None else f"{test['p']:.3f}"
+
+
+def significance_marks(row: Mapping[str, Any], alpha: float = ALPHA) -> str:
+    """``"*"`` when the row differs from the reference (paired test ``p < alpha``), ``"†"`` when
+    it differs from single-task; both, one or ``""``."""
+    marks = ""
+    ref, single = row.get("vs_reference"), row.get("vs_single_task")
+    if ref is not None and ref["p"] < alpha:
+        marks += "*"
+    if single is not None and single["p"] < alpha:
+        marks += "†"
+    return marks
+
+
+def _time_cell(row: Mapping[str, Any], seeds: int) -> str:
+    t = row.get("timing")
+    if t is not None:
+        return f"{1000 * t['median']:.1f} [{1000 * t['min']:.1f}–{1000 * t['max']:.1f}]"
+    sps = row["seconds_per_step"]
+    return _fmt(1000 * sps["mean"], 1000 * sps["std"], seeds, 1)
+
+
+def critical_t(n: int, alpha: float = ALPHA) -> float:
+    """|t| above which a two-sided paired t-test over ``n`` seeds gives ``p < alpha``."""
+    from scipy import stats
+
+    return float(stats.t.ppf(1 - alpha / 2, df=n - 1))
+
+
 def to_markdown(
     board: Mapping[str, Any],
     *,
     title: str | None = None,
     sharing: Mapping[str, Any] | None = None,
 ) -> str:
-    """The leaderboard as a Markdown table (rows sorted by Δm%, best first); ``sharing`` (from
-    :func:`sharing_summary`) adds the line of :func:`sharing_line` below the table."""
+    """The leaderboard as a Markdown table (rows sorted by Δm%, best first) and the notes that
+    say how every number was obtained; ``sharing`` (from :func:`sharing_summary`) adds the line
+    of :func:`sharing_line` below."""
     columns = [tuple(c) for c in board["columns"]]
     hib = board["higher_is_better"]
+    ref_name = board.get("reference", "ew")
+    excluded = board.get("excluded") or {}
+    alpha = board.get("alpha", ALPHA)
     arrow = {True: "↑", False: "↓"}
-    header = (
-        ["method"]
-        + [f"{t} {m} {arrow[hib[t][m]]}" for t, m in columns]
-        + [
-            "Δm% ↓",
-            "mean rank ↓",
-            "params",
-            "ms/step",
-            "time vs " + board.get("reference", "ew"),
-        ]
-    )
+    seeds = max(r["seeds"] for r in board["rows"])
+    tested = seeds > 1
+    header = ["method"]
+    for t, m in columns:
+        header.append(
+            f"{t} {m} {arrow[hib[t][m]]}" + (" (not in Δm)" if f"{t}/{m}" in excluded else "")
+        )
+    header.append("Δm% ↓")
+    if tested:
+        header += [f"p vs {ref_name}", "p vs single-task"]
+    header += ["mean rank ↓", "params", "ms/step", "time vs " + ref_name]
     lines = []
     if title:
         lines += [f"## {title}", ""]
     lines += ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
     base = board["baseline"]
     cells = ["single-task"] + [f"{base['metrics'][t][m]:.4f}" for t, m in columns]
+    cells.append("0.00")
+    if tested:
+        cells += ["-", "-"]
     ratio = base.get("time_ratio")
+    base_time = f"{1000 * base['seconds_per_step']:.1f}"
     cells += [
-        "0.00",
         "-",
         _params(base.get("num_parameters")),
-        f"{1000 * base['seconds_per_step']:.1f}",
+        base_time,
         "-" if ratio is None else f"{ratio:.2f}x",
     ]
     lines.append("| " + " | ".join(cells) + " |")
-    for row in sorted(board["rows"], key=lambda r: r["delta_m"]["mean"]):
+    order = sorted(
+        board["rows"],
+        key=lambda r: (not math.isfinite(r["delta_m"]["mean"]), r["delta_m"]["mean"]),
+    )
+    for row in order:
         n = row["seeds"]
         cells = [row["method"]]
         for t, m in columns:
             stats = row["metrics"].get(t, {}).get(m)
             cells.append("-" if stats is None else _fmt(stats["mean"], stats["std"], n))
         d = row["delta_m"]
-        sps = row["seconds_per_step"]
-        cells.append(_fmt(d["mean"], d["std"], n, 2))
+        cells.append(_fmt(d["mean"], d["std"], n, 2) + significance_marks(row, alpha))
+        if tested:
+            cells += [_p_value(row.get("vs_reference")), _p_value(row.get("vs_single_task"))]
         cells.append(f"{row['mean_rank']:.2f}")
         cells.append(_params(row.get("num_parameters")))
-        cells.append(_fmt(1000 * sps["mean"], 1000 * sps["std"], n, 1))
+        cells.append(_time_cell(row, n))
         cells.append("-" if row["time_ratio"] is None else f"{row['time_ratio']:.2f}x")
         lines.append("| " + " | ".join(cells) + " |")
-    seeds = max(r["seeds"] for r in board["rows"])
-    lines += [
-        "",
+    notes = [
         f"Metrics on the {board['split']} split at the epoch selected on validation"
-        + (f"; mean ± std over {seeds} seeds." if seeds > 1 else "; 1 seed.")
-        + " Δm%: mean relative change of every metric against the single-task baselines"
-        " (one network per task), lower is better. Mean rank over all metrics (1 = best)."
-        " Params: parameters of the model. Time: training seconds per step."
-        " Single-task params and time: the sum over its networks.",
+        + (f"; mean ± std over {seeds} seeds." if seeds > 1 else "; 1 seed."),
+        "Δm%: mean over the metrics that enter of the relative change against the single-task "
+        "baselines (one network per task, mean over seeds), lower is better. Rule: "
+        + board.get("delta_rule", "every metric enters")
+        + ".",
     ]
+    if excluded:
+        notes.append("Not in Δm: " + "; ".join(f"{m} ({why})" for m, why in excluded.items()) + ".")
+    if tested:
+        crit = critical_t(seeds, alpha)
+        notes.append(
+            f"Test: paired t-test over seeds, two-sided, α = {alpha:g}. p vs {ref_name}: each "
+            f"seed's Δm% minus {ref_name}'s Δm% of the same seed; p vs single-task: each seed's "
+            "Δm% against the single-task networks of the same seed. "
+            f"* = differs from {ref_name}, † = differs from single-task (p < {alpha:g}). "
+            f"With {seeds} seeds a difference is flagged only when it exceeds {crit:.2f} times "
+            "its standard error, so small real differences go unflagged: no mark means "
+            "'not shown different', not 'equal'."
+        )
+    notes.append("Mean rank over all metrics (1 = best). Params: parameters of the model.")
+    if board.get("timing_source") == "interleaved":
+        rounds = min(r["timing"]["rounds"] for r in board["rows"])
+        notes.append(
+            "ms/step: median [min–max] over "
+            f"{rounds} rounds of a timing pass after training in which every method (and each "
+            "single-task network) took a few training steps in turn, in one process under the "
+            "same conditions; single-task: the sum of its networks' medians."
+        )
+    else:
+        notes.append(
+            "ms/step: training seconds per step of each run (runs measured at different times "
+            "on a shared machine are only roughly comparable). Single-task: the sum over its "
+            "networks."
+        )
+    lines += ["", " ".join(notes)]
     if sharing is not None:
         lines += ["", sharing_line(sharing)]
     return "\n".join(lines) + "\n"

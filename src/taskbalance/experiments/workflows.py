@@ -341,23 +341,15 @@ def _deltas(
     metrics: Mapping[str, Mapping[str, float]],
     reference: Mapping[str, Mapping[str, float]],
     tasks: Sequence[Any],
-) -> tuple[float | None, dict[str, float | None], list[str]]:
-    """Δm% over every metric of every task (and per task) against ``reference``; metrics whose
-    reference value is 0 or not finite are left out (their relative change is undefined)."""
-    from taskbalance.tasks import delta_m
-    from taskbalance.training import comparable_metrics
+) -> tuple[float | None, dict[str, float | None], dict[str, str]]:
+    """Δm% over every metric of every task (and per task) against ``reference``, by the one
+    definition (:func:`taskbalance.tasks.task_delta`); also the metrics its rule leaves out
+    (metric -> reason)."""
+    from taskbalance.tasks import task_delta
 
-    results, base, directions, skipped = comparable_metrics(metrics, reference, tasks)
-    if not results:
-        return None, {t.name: None for t in tasks}, skipped
-    overall = float(delta_m(results, base, directions))
-    per_task: dict[str, float | None] = {}
-    for task in tasks:
-        keys = [k for m in task.higher_is_better if (k := f"{task.name}/{m}") in results]
-        per_task[task.name] = (
-            float(delta_m({k: results[k] for k in keys}, base, directions)) if keys else None
-        )
-    return overall, per_task, skipped
+    out = task_delta(metrics, reference, {t.name: dict(t.higher_is_better) for t in tasks})
+    overall = None if not out.changes else float(out.overall)
+    return overall, dict(out.per_task), dict(out.excluded)
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:
@@ -373,14 +365,22 @@ def workflow_table(
     title: str | None = None,
     split: str = "test",
 ) -> str:
-    """Markdown table: one row per run, each task's primary metric, each task's Δ% and Δm%."""
+    """Markdown table: one row per run, EVERY metric of every task (those left out of Δm marked
+    and named below), each task's Δ% (the mean of its metrics that enter) and Δm%."""
+    from taskbalance.tasks import DELTA_RULE
+
+    excluded: dict[str, str] = {}
+    for row in rows:
+        excluded.update(row.get("delta_skipped") or {})
     lines = []
     if title:
         lines += [f"### {title}", ""]
     head = ["workflow"]
     for t in tasks:
-        arrow = "↑" if t.higher_is_better[t.primary_metric] else "↓"
-        head.append(f"{t.name} {t.primary_metric} {arrow}")
+        for m, higher in t.higher_is_better.items():
+            arrow = "↑" if higher else "↓"
+            mark = "°" if f"{t.name}/{m}" in excluded else ""
+            head.append(f"{t.name} {m} {arrow}{mark}")
     head += [f"Δ {t.name} %" for t in tasks]
     head += ["Δm% ↓", "time s"]
     lines.append("| " + " | ".join(head) + " |")
@@ -388,11 +388,20 @@ def workflow_table(
     for row in rows:
         metrics = row[split]
         cells = [row["workflow"]]
-        cells += [_fmt(metrics[t.name][t.primary_metric]) for t in tasks]
+        cells += [_fmt(metrics[t.name][m]) for t in tasks for m in t.higher_is_better]
         per_task = row.get("delta_per_task") or {}
         cells += [_signed(per_task.get(t.name)) for t in tasks]
         cells += [_signed(row.get("delta_m")), f"{row['seconds']:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append(
+        f"Δ: relative change in % against the first row ({REFERENCE}), sign-flipped for ↑ metrics "
+        "(negative = better); Δ task = mean over that task's metrics in the table that enter Δm; "
+        f"Δm = mean over all of them. Rule: {DELTA_RULE}."
+    )
+    if excluded:
+        shown = "; ".join(f"{m} ({why})" for m, why in excluded.items())
+        lines.append(f"° not in Δm: {shown}.")
     lines.append("")
     return "\n".join(lines)
 

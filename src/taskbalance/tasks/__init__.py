@@ -1,6 +1,17 @@
 """Tasks: what each head predicts, its masked loss, its accumulated metrics, and Δm%."""
 
-from taskbalance.tasks.delta import delta_m, flatten_results, metric_directions, metric_groups
+from taskbalance.tasks.delta import (
+    DELTA_RULE,
+    MIN_HIGHER_BASELINE,
+    DeltaBreakdown,
+    delta_breakdown,
+    delta_m,
+    excluded_metrics,
+    flatten_results,
+    metric_directions,
+    metric_groups,
+    task_delta,
+)
 from taskbalance.tasks.losses import (
     ball_position_loss,
     binary_cross_entropy,
@@ -40,9 +51,12 @@ from taskbalance.tasks.presets import (
 from taskbalance.tasks.task import LossFn, Task, TaskKind, TaskMetrics
 
 __all__ = [
+    "DELTA_RULE",
+    "MIN_HIGHER_BASELINE",
     "Accuracy",
     "BallPositionError",
     "BinaryAccuracyMetric",
+    "DeltaBreakdown",
     "DepthErrors",
     "EmptyMetricError",
     "EventSpotting",
@@ -60,11 +74,13 @@ __all__ = [
     "binary_task",
     "classification_task",
     "cross_entropy",
+    "delta_breakdown",
     "delta_m",
     "depth_l1_loss",
     "depth_task",
     "dice_loss",
     "event_task",
+    "excluded_metrics",
     "flatten_results",
     "gaussian_1d_target",
     "l1_loss",
@@ -78,4 +94,5 @@ __all__ = [
     "regression_task",
     "segmentation_task",
     "select_labelled",
+    "task_delta",
 ]

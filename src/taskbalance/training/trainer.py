@@ -76,9 +76,10 @@ def _staged_best(epoch: int | str) -> str:
 
 
 SELECTION_RULE = (
-    "lowest validation Δm% (taskbalance.tasks.delta_m over every metric of the trained tasks) "
+    "lowest validation Δm% (taskbalance.tasks.task_delta over every metric of the trained tasks) "
     "against the first epoch's validation metrics; with one trained task, its primary metric. "
-    "Metrics whose first-epoch value is 0 or not finite are left out; ties keep the earlier epoch."
+    "Metrics are left out by the rule of taskbalance.tasks.DELTA_RULE (first-epoch value 0, not "
+    "finite, or a higher-is-better value below 0.05); ties keep the earlier epoch."
 )
 
 
@@ -209,12 +210,15 @@ def comparable_metrics(
     baseline: Mapping[str, Mapping[str, float]],
     tasks: Sequence[Any],
 ) -> tuple[dict[str, float], dict[str, float], dict[str, bool], list[str]]:
-    """The metrics of ``tasks`` whose relative change against ``baseline`` is defined.
+    """The metrics of ``tasks`` that enter Δm% against ``baseline``
+    (:data:`taskbalance.tasks.DELTA_RULE`, decided from the baseline alone).
 
     Returns ``(results, base, directions, skipped)``: the first three keyed by ``"task/metric"``
     (the arguments of :func:`taskbalance.tasks.delta_m`); ``skipped`` lists the metrics left out
-    because their baseline is 0, missing or not finite, or their value is not finite.
+    because their baseline is missing or the rule excludes them, or their value is not finite.
     """
+    from taskbalance.tasks import excluded_metrics
+
     results: dict[str, float] = {}
     base: dict[str, float] = {}
     directions: dict[str, bool] = {}
@@ -224,7 +228,7 @@ def comparable_metrics(
             key = f"{task.name}/{metric}"
             value = float(metrics.get(task.name, {}).get(metric, math.nan))
             b = float(baseline.get(task.name, {}).get(metric, math.nan))
-            if b == 0 or not math.isfinite(b) or not math.isfinite(value):
+            if excluded_metrics({key: b}, {key: bool(higher)}) or not math.isfinite(value):
                 skipped.append(key)
                 continue
             results[key], base[key], directions[key] = value, b, bool(higher)
@@ -239,11 +243,12 @@ def selection_score(
     """Model-selection score of validation metrics ``val`` (lower is better).
 
     One task: its primary metric (negated when higher is better). Several tasks: Δm% of ``val``
-    against ``baseline`` (the first epoch's validation metrics) over every metric of ``tasks``;
-    metrics with a zero or non-finite baseline are left out (relative change undefined). A
-    non-finite validation metric gives ``inf`` (never selected over a finite epoch).
+    against ``baseline`` (the first epoch's validation metrics) over every metric of ``tasks``
+    that enters by the one rule of :data:`taskbalance.tasks.DELTA_RULE`
+    (:func:`taskbalance.tasks.task_delta`). A non-finite validation metric gives ``inf`` (never
+    selected over a finite epoch).
     """
-    from taskbalance.tasks import delta_m
+    from taskbalance.tasks import task_delta
 
     if len(tasks) == 1:
         task = tasks[0]
@@ -258,10 +263,10 @@ def selection_score(
         if task.primary_metric in val[task.name]:
             value = float(val[task.name][task.primary_metric])
             primary[task.name] = -value if task.higher_is_better[task.primary_metric] else value
-    results, base, directions, _ = comparable_metrics(val, baseline, tasks)
-    if not results:  # every baseline is 0: fall back to the signed primary metrics
+    breakdown = task_delta(val, baseline, {t.name: dict(t.higher_is_better) for t in tasks})
+    if not breakdown.changes:  # no metric enters: fall back to the signed primary metrics
         return sum(primary.values())
-    return float(delta_m(results, base, directions))
+    return float(breakdown.overall)
 
 
 def make_loaders(
