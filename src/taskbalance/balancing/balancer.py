@@ -16,14 +16,15 @@ Cost of a step (see ``docs/architecture.md``):
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
-from .base import GradientMethod, LossMethod, Method, check_choice
-from .solvers import gramian
+from .base import GradientMethod, LossMethod, Method, check_choice, raise_nonfinite_gradient
+from .solvers import combine, first_nonfinite_row, gramian
 
 __all__ = ["Balancer", "StepInfo"]
 
@@ -41,6 +42,8 @@ class StepInfo:
     grad_norms: Tensor | None = None  # ‖g_t‖ [T] when per-task gradients were computed
     cosines: Tensor | None = None  # cos(g_i, g_j) [T, T] when per-task gradients were computed
     extras: dict[str, Tensor] = field(default_factory=dict)
+    #: True when the step was skipped (``nonfinite="skip"``): no shared gradient was written.
+    skipped: bool = False
 
     def to_dict(self) -> dict[str, object]:
         """Plain numbers for logging (synchronises with the device: call off the hot path)."""
@@ -79,6 +82,12 @@ class Balancer:
             exist (one ``T x T`` Gramian, cheap).
         check_finite: raise a clear error naming the task when a loss is NaN or infinite
             (costs one device synchronisation per step).
+        nonfinite: what to do when a task's gradient holds NaN or Inf (checked on the step's
+            Gramian; for methods that need J itself without ``track_gradients``, only with
+            ``check_finite``): ``"raise"`` (default) an error naming the task; ``"skip"`` warn,
+            count the step in ``skipped_steps``, write no shared gradient and return a
+            :class:`StepInfo` with ``skipped=True`` - the caller must then skip the optimizer
+            step and zero the gradients (task heads may already hold this step's gradients).
     """
 
     def __init__(
@@ -91,6 +100,7 @@ class Balancer:
         task_names: Sequence[str] | None = None,
         track_gradients: bool = True,
         check_finite: bool = True,
+        nonfinite: str = "raise",
     ) -> None:
         if not isinstance(method, Method):
             raise TypeError(
@@ -122,6 +132,9 @@ class Balancer:
         self._all_present: dict[torch.device, Tensor] = {}
         self.track_gradients = track_gradients
         self.check_finite = check_finite
+        self.nonfinite = check_choice("nonfinite", nonfinite, ("raise", "skip"))
+        #: Steps skipped because a task gradient held NaN or Inf (``nonfinite="skip"``).
+        self.skipped_steps = 0
 
     # ------------------------------------------------------------------ public API
     def parameters(self) -> Iterator[nn.Parameter]:
@@ -137,39 +150,52 @@ class Balancer:
         batch), a sequence of scalars, or a tensor of shape ``[T]``. In rep mode, ``features`` are
         the shared features the task heads consumed.
         """
-        stacked, present, all_present = self._stack(losses)
+        items, stacked, present, all_present = self._stack(losses)
         names = self.task_names
         assert names is not None
         method = self.method
         mask = None if all_present else present
         info = StepInfo(task_names=names, losses=stacked.detach(), present=present)
+        idx = [t for t, x in enumerate(items) if x is not None]
+        own: list[Tensor] = [items[t] for t in idx]  # type: ignore[misc]
 
         if isinstance(method, LossMethod):
             if method.needs_last_layer_grad_norms:
-                norms = self._last_layer_grad_norms(stacked, present)
+                norms = self._last_layer_grad_norms(own, idx, stacked)
                 method.observe_grad_norms(norms)
                 info.grad_norms = norms
             total = method._combine(stacked, mask)
             if total.requires_grad:
                 total.backward()
         elif isinstance(method, GradientMethod):
-            transformed = method.transform_losses(stacked)
-            idx = (
-                present.nonzero().flatten().tolist() if not all_present else list(range(len(names)))
-            )
+            seeds = self._loss_seeds(method, stacked, idx)
             if self.mode == "param":
-                J, direction_writer = self._param_jacobian(transformed, idx)
+                J = self._param_jacobian(own, seeds)
+                write = self._param_writer()
             else:
-                J, direction_writer = self._rep_jacobian(transformed, idx, features)
-            losses_arg = stacked.detach()[present].to(J.dtype) if method.needs_losses else None
-            d = method._aggregate(J, losses_arg, mask)
-            direction_writer(d)
-            if self.track_gradients:
-                info.grad_norms, info.cosines = self._gradient_stats(J, present, all_present)
+                J, write = self._rep_jacobian(own, seeds, idx, features)
+            G = gramian(J, device="cpu") if method.uses_gramian or self.track_gradients else None
+            bad = self._nonfinite_row(J, G)
+            if bad is not None:
+                self._refuse_nonfinite(names[idx[bad]], info)
+            else:
+                losses_arg = stacked.detach()[present].to(J.dtype) if method.needs_losses else None
+                if method.uses_gramian:
+                    assert G is not None
+                    flags = [x is not None for x in items]
+                    host_mask = None if all_present else torch.tensor(flags)
+                    w = method.solve(G, losses_arg, host_mask, dtype=J.dtype, device=J.device)
+                    d = combine(w, J)
+                else:
+                    d = method._aggregate(J, losses_arg, mask)
+                write(d)
+            if G is not None and self.track_gradients:
+                info.grad_norms, info.cosines = self._gradient_stats(G, J, present, all_present)
         else:  # pragma: no cover - Method subclasses are one of the two kinds
             raise TypeError(f"unsupported method kind {method.kind!r}")
 
-        info.weights = self._full_weights(method.last_weights, present, all_present)
+        if not info.skipped:
+            info.weights = self._full_weights(method.last_weights, present, all_present)
         return info
 
     # ------------------------------------------------------------------ helpers
@@ -184,7 +210,7 @@ class Balancer:
             raise ValueError(f"task names must be unique, got {list(names)}")
         self.task_names = names
 
-    def _stack(self, losses: LossInput) -> tuple[Tensor, Tensor, bool]:
+    def _stack(self, losses: LossInput) -> tuple[list[Tensor | None], Tensor, Tensor, bool]:
         T = self.method.num_tasks
         if isinstance(losses, Mapping):
             if self.task_names is None:
@@ -252,34 +278,72 @@ class Balancer:
                     "infinite loss cannot be balanced - check that task's predictions, targets "
                     "and learning rate"
                 )
-        return stacked, present, all_present
+        for n, x in zip(names, items):
+            if x is not None and not x.requires_grad:
+                raise ValueError(
+                    f"the loss of task {n!r} does not require grad, so nothing can be "
+                    "backpropagated from it: compute it outside torch.no_grad() from the model's "
+                    "outputs (not from detached tensors or .item() values), or pass None for a "
+                    "task without labels in this batch"
+                )
+        return items, stacked, present, all_present
 
-    def _param_jacobian(self, losses: Tensor, idx: list[int]):
+    def _loss_seeds(
+        self, method: GradientMethod, stacked: Tensor, idx: list[int]
+    ) -> list[Tensor] | None:
+        """``∂L̃_t/∂L_t`` per task present when the method transforms its losses, else None.
+
+        Each task's backward starts from its own loss tensor with this seed (the chain rule
+        through the element-wise transform), so no backward goes through another task's head.
+        The transform's own parameters (e.g. IMTL's loss scales) receive ``∂(Σ_t L̃_t)/∂s`` here.
+        """
+        if type(method).transform_losses is Method.transform_losses:
+            return None
+        raw = stacked.detach().requires_grad_(True)
+        transformed = method.transform_losses(raw)
+        transformed[idx].sum().backward()
+        assert raw.grad is not None
+        return list(raw.grad[idx].unbind())
+
+    def _param_jacobian(self, own: list[Tensor], seeds: list[Tensor] | None) -> Tensor:
         shared = self.shared
         first = shared[0]
-        J = torch.zeros(len(idx), self._num_shared, dtype=first.dtype, device=first.device)
+        J = torch.zeros(len(own), self._num_shared, dtype=first.dtype, device=first.device)
         saved = [p.grad for p in shared]
         try:
-            for row, t in enumerate(idx):
+            for row, loss in enumerate(own):
                 views = J[row].split(self._numels)
                 for p, v in zip(shared, views):
                     p.grad = v.view_as(p)
-                # Autograd adds task t's gradient in place into the views of J[row].
-                loss = losses[t]
-                if loss.requires_grad:
-                    loss.backward(retain_graph=row < len(idx) - 1)
+                # Autograd adds task t's gradient in place into the views of J[row]; starting
+                # from task t's own loss, the backward runs through task t's head only.
+                seed = None if seeds is None else seeds[row]
+                loss.backward(seed, retain_graph=row < len(own) - 1)
         finally:
             for p, g in zip(shared, saved):
                 p.grad = g
+        return J
+
+    def _param_writer(self) -> Callable[[Tensor], None]:
+        shared = self.shared
 
         def write(d: Tensor) -> None:
             for p, g in zip(shared, d.split(self._numels)):
                 g = g.view_as(p).to(p.dtype)
-                p.grad = g.clone() if p.grad is None else p.grad + g
+                if p.grad is None:
+                    p.grad = g  # a view of d, which nothing else holds: no copy
+                else:
+                    p.grad.add_(g)
 
-        return J, write
+        return write
 
-    def _rep_jacobian(self, losses: Tensor, idx: list[int], features):
+    def _rep_jacobian(
+        self,
+        own: list[Tensor],
+        seeds: list[Tensor] | None,
+        idx: list[int],
+        features: Tensor | Sequence[Tensor] | None,
+    ) -> tuple[Tensor, Callable[[Tensor], None]]:
         if features is None:
             raise ValueError(
                 "rep mode needs the shared features: call backward(losses, features=model.features)"
@@ -290,10 +354,22 @@ class Balancer:
                 "features must be the tensor(s) of shared features the task heads consumed, "
                 "attached to the autograd graph (requires_grad)"
             )
+        names = self.task_names
+        assert names is not None
         numels = [f.numel() for f in feats]
         rows = []
-        for t in idx:
-            grads = torch.autograd.grad(losses[t], feats, retain_graph=True, allow_unused=True)
+        for row, loss in enumerate(own):
+            seed = None if seeds is None else seeds[row]
+            grads = torch.autograd.grad(
+                loss, feats, grad_outputs=seed, retain_graph=True, allow_unused=True
+            )
+            if all(g is None for g in grads):
+                raise ValueError(
+                    f"the loss of task {names[idx[row]]!r} does not depend on the features "
+                    "passed to backward(): pass the shared features of this same forward pass "
+                    "(e.g. model.features right after model(x)); features kept from an earlier "
+                    "forward would balance nothing"
+                )
             rows.append(
                 torch.cat(
                     [
@@ -303,7 +379,6 @@ class Balancer:
                 )
             )
         J = torch.stack(rows)
-        total = losses[idx].sum()
 
         def write(d: Tensor) -> None:
             parts = d.split(numels)
@@ -312,37 +387,62 @@ class Balancer:
                 for f, part in zip(feats, parts)
             ]
             try:
-                total.backward()
+                # One backward of Σ_t L̃_t from the tasks' own losses: every head once, the
+                # shared part once, with the aggregated direction at the features.
+                torch.autograd.backward(own, grad_tensors=seeds)
             finally:
                 for h in handles:
                     h.remove()
 
         return J, write
 
-    def _last_layer_grad_norms(self, losses: Tensor, present: Tensor) -> Tensor:
-        norms = losses.new_zeros(len(losses)).detach()
-        for t in present.nonzero().flatten().tolist():
+    def _last_layer_grad_norms(self, own: list[Tensor], idx: list[int], stacked: Tensor) -> Tensor:
+        norms = stacked.new_zeros(len(stacked)).detach()
+        for t, loss in zip(idx, own):
             grads = torch.autograd.grad(
-                losses[t], self.last_shared, retain_graph=True, allow_unused=True
+                loss, self.last_shared, retain_graph=True, allow_unused=True
             )
             sq = [g.pow(2).sum() for g in grads if g is not None]
             if sq:
                 norms[t] = torch.stack(sq).sum().sqrt()
         return norms
 
+    def _nonfinite_row(self, J: Tensor, G: Tensor | None) -> int | None:
+        """The first row of J holding NaN or Inf (read from the host Gramian when there is one)."""
+        if G is not None:
+            return first_nonfinite_row(G)
+        if not self.check_finite or bool(torch.isfinite(J).all()):
+            return None
+        return int((~torch.isfinite(J)).any(dim=1).nonzero()[0, 0])
+
+    def _refuse_nonfinite(self, task: str, info: StepInfo) -> None:
+        if self.nonfinite == "raise":
+            raise_nonfinite_gradient(
+                f"task {task!r}", "; or pass nonfinite='skip' to Balancer to skip such steps"
+            )
+        self.skipped_steps += 1
+        info.skipped = True
+        warnings.warn(
+            f"skipped a step: the gradient of task {task!r} holds NaN or Inf; no gradient was "
+            f"written to the shared parameters ({self.skipped_steps} step(s) skipped so far)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
     def _gradient_stats(
-        self, J: Tensor, present: Tensor, all_present: bool
+        self, G: Tensor, J: Tensor, present: Tensor, all_present: bool
     ) -> tuple[Tensor, Tensor]:
-        # float64 Gramian, robust to the scale of the rows (a float32 ``J Jᵀ`` overflows for
-        # gradients beyond ~1e19 and gave infinite norms and NaN cosines).
-        G = gramian(J.detach())
+        # From the float64 host Gramian of the step (the same the method used; robust to the
+        # scale of the rows): one [n, n] transfer back to the device.
         sq = G.diagonal().clamp_min(0)
         sub_norms = sq.sqrt()
         denom = torch.outer(sub_norms, sub_norms)
         sub_cos = torch.where(denom > 0, G / torch.where(denom > 0, denom, 1.0), 0.0)
-        sub_cos = sub_cos.clamp(-1.0, 1.0).to(device=J.device, dtype=J.dtype)
+        sub_cos = sub_cos.clamp(-1.0, 1.0)
         big = torch.finfo(J.dtype).max
-        sub_norms = sub_norms.clamp_max(big).to(device=J.device, dtype=J.dtype)
+        sub_norms = sub_norms.clamp_max(big)
+        both = torch.cat([sub_norms[:, None], sub_cos], dim=1).to(device=J.device, dtype=J.dtype)
+        sub_norms, sub_cos = both[:, 0], both[:, 1:]
         if all_present:
             return sub_norms, sub_cos
         T = len(present)

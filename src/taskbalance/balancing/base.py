@@ -21,10 +21,13 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from .solvers import combine, first_nonfinite_row, gramian
+
 __all__ = [
     "GradientMethod",
     "LossMethod",
     "Method",
+    "NonFiniteGradientError",
     "check_choice",
     "check_jacobian",
     "check_losses",
@@ -124,28 +127,129 @@ class LossMethod(Method):
 class GradientMethod(Method):
     """A method that aggregates per-task gradients: ``aggregate(J) -> d``.
 
-    Subclasses implement :meth:`_aggregate`, which works for any number of rows (the tasks
-    present); stateful ones use ``present`` to index their per-task state.
+    Two ways to implement one:
+
+    * **Weights from the Gramian** (most methods): the direction is ``d = Σ_t w_t g_t`` with
+      weights that depend only on ``G = J Jᵀ`` (and the losses). Set ``uses_gramian = True`` and
+      implement :meth:`_weights`, which receives ``G`` as a float64 CPU tensor (the Balancer
+      computes it once per step, shares it with its statistics, and can accumulate it without
+      ever holding ``J``: ``Balancer(..., memory="gramian")``). Solvers then run on the host:
+      one device-to-host transfer of ``n²`` numbers per step, no synchronisation inside loops.
+    * **Needs J itself** (e.g. GradDrop, which works coordinate by coordinate): implement
+      :meth:`_aggregate`.
+
+    Both work for any number of rows (the tasks present); stateful methods use ``present``
+    (a CPU bool mask over the ``T`` tasks, ``None`` when all are present) to index their state.
     """
 
     kind: ClassVar[str] = "gradient"
     #: Set by methods whose aggregation uses the loss values too (e.g. MGDA's loss normalisation).
     needs_losses: bool = False
+    #: ``True`` when the direction is ``Σ_t w_t g_t`` with ``w = _weights(G, ...)``.
+    uses_gramian: ClassVar[bool] = False
 
     def aggregate(self, J: Tensor, losses: Tensor | None = None) -> Tensor:
-        """The update direction ``d`` (shape ``[P]``, dtype and device of ``J``)."""
+        """The update direction ``d`` (shape ``[P]``, dtype and device of ``J``).
+
+        A row of ``J`` holding NaN or Inf raises ``ValueError`` naming the row.
+        """
         check_jacobian(J, self.num_tasks)
+        losses = self._check_losses_arg(losses, J.dtype)
+        if not self.uses_gramian:
+            if not bool(torch.isfinite(J).all()):
+                bad = int((~torch.isfinite(J)).any(dim=1).nonzero()[0, 0])
+                raise_nonfinite_gradient(f"row {bad} (task {bad})")
+            return self._aggregate(J, losses, None)
+        G = gramian(J, device="cpu")
+        bad_row = first_nonfinite_row(G)
+        if bad_row is not None:
+            raise_nonfinite_gradient(f"row {bad_row} (task {bad_row})")
+        w = self.solve(G, losses, None, dtype=J.dtype, device=J.device)
+        return combine(w, J)
+
+    def weights(self, G: Tensor, losses: Tensor | None = None) -> Tensor:
+        """The weights ``w`` (``d = Σ_t w_t g_t``) for a Gramian ``G = J Jᵀ`` of shape [T, T].
+
+        Only for methods with ``uses_gramian``; returns float64 weights on the CPU.
+        """
+        if not self.uses_gramian:
+            raise ValueError(
+                f"method {self.name!r} needs the per-task gradients themselves, not only their "
+                "Gramian: call aggregate(J)"
+            )
+        T = self.num_tasks
+        if not isinstance(G, Tensor) or G.shape != (T, T) or not G.is_floating_point():
+            shape = list(G.shape) if isinstance(G, Tensor) else type(G).__name__
+            raise ValueError(f"G must be a floating-point tensor of shape [{T}, {T}], got {shape}")
+        G = G.detach().to("cpu", torch.float64)
+        bad_row = first_nonfinite_row(G)
+        if bad_row is not None:
+            raise_nonfinite_gradient(f"row {bad_row} (task {bad_row})")
+        losses = self._check_losses_arg(losses, torch.float64)
+        return self.solve(0.5 * (G + G.T), losses, None, dtype=torch.float64, device=G.device)
+
+    def solve(
+        self,
+        G: Tensor,
+        losses: Tensor | None,
+        present: Tensor | None,
+        *,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> Tensor:
+        """Weights from a finite, symmetric float64 host Gramian of the ``n`` tasks present.
+
+        Used by :meth:`aggregate` and the Balancer (no validation here). Returns float64 CPU
+        weights and sets ``last_weights`` (``dtype``/``device``: those of the gradients).
+        """
+        if losses is not None:
+            losses = losses.detach().to("cpu", torch.float64)
+        w = self._weights(G, losses, present, grad_dtype=dtype)
+        self.last_weights = self._reported_weights(w.to(device=device, dtype=dtype), present)
+        return w
+
+    def _weights(
+        self, G: Tensor, losses: Tensor | None, present: Tensor | None, *, grad_dtype: torch.dtype
+    ) -> Tensor:
+        """float64 weights ``[n]`` from the float64 CPU Gramian ``[n, n]`` of the tasks present.
+
+        ``grad_dtype``: the dtype the gradients had (for tolerances tied to their precision).
+        """
+        raise NotImplementedError
+
+    def _reported_weights(self, w: Tensor, present: Tensor | None) -> Tensor:
+        """``last_weights`` for combination weights ``w`` (on the gradients' device)."""
+        del present
+        return w.detach()
+
+    def _aggregate(self, J: Tensor, losses: Tensor | None, present: Tensor | None) -> Tensor:
+        """``d`` for the ``n`` rows present (methods that need J; others use the Gramian)."""
+        if not self.uses_gramian:
+            raise NotImplementedError
+        w = self.solve(gramian(J, "cpu"), losses, present, dtype=J.dtype, device=J.device)
+        return combine(w, J)
+
+    def _check_losses_arg(self, losses: Tensor | None, dtype: torch.dtype) -> Tensor | None:
         if losses is not None:
             check_losses(losses, self.num_tasks)
-            losses = losses.detach().to(J.dtype)
-        elif self.needs_losses:
+            return losses.detach().to(dtype)
+        if self.needs_losses:
             raise ValueError(
                 f"method {self.name!r} needs the task losses: call aggregate(J, losses)"
             )
-        return self._aggregate(J, losses, None)
+        return None
 
-    def _aggregate(self, J: Tensor, losses: Tensor | None, present: Tensor | None) -> Tensor:
-        raise NotImplementedError
+
+class NonFiniteGradientError(ValueError):
+    """A per-task gradient holds NaN or Inf: no method can balance it."""
+
+
+def raise_nonfinite_gradient(task: str, hint: str = "") -> None:
+    raise NonFiniteGradientError(
+        f"the gradient of {task} holds NaN or Inf; it cannot be balanced - check that task's "
+        "loss for a NaN-producing operation (log or sqrt of 0, division by 0) or lower the "
+        f"learning rate{hint}"
+    )
 
 
 def check_losses(losses: Tensor, num_tasks: int, names: Sequence[str] | None = None) -> Tensor:

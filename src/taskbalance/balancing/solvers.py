@@ -31,7 +31,9 @@ __all__ = [
     "normalized_gramian",
     "random_orders",
     "solve_device",
+    "unit_form",
     "unit_gramian",
+    "first_nonfinite_row",
 ]
 
 #: Largest ``n`` for which :func:`min_norm_weights` enumerates every support (``2^n - 1`` faces,
@@ -44,24 +46,108 @@ def solve_device(device: torch.device) -> torch.device:
     return torch.device("cpu") if device.type == "mps" else device
 
 
-def gramian(J: Tensor) -> Tensor:
-    """``G = J Jᵀ`` as a float64 ``[n, n]`` tensor.
+#: Columns of ``J`` per chunk of :func:`gramian`: small on the CPU (a chunk stays in cache),
+#: large on accelerators (few kernel launches).
+CHUNK_COLUMNS_CPU = 1 << 14
+CHUNK_COLUMNS_ACCELERATOR = 1 << 22
+#: A float32 chunk product is trusted when every diagonal entry of the result lies in
+#: ``[TINY_DIAGONAL, inf)``; below, squares of float32 entries may have lost digits (subnormal).
+TINY_DIAGONAL = 1e-28
 
-    A float64 ``J`` is multiplied as is. Lower precisions are multiplied row-normalised
-    (``J_t / max|J_t|``, one temporary copy of ``J``) and rescaled in float64, so rows of any
-    magnitude representable in ``J``'s dtype give a finite, accurate Gramian (no overflow of
-    ``‖g‖²`` in float32, no underflow of tiny rows).
+
+def _chunk_columns(device: torch.device) -> int:
+    return CHUNK_COLUMNS_CPU if device.type == "cpu" else CHUNK_COLUMNS_ACCELERATOR
+
+
+def _chunked_gramian(J: Tensor, exact: bool, scale: Tensor | None = None) -> Tensor:
+    """``Σ_chunks J_c J_cᵀ`` accumulated in float64 on ``J``'s device, never copying all of J.
+
+    ``exact=False``: each chunk product in float32 (fast; J's precision is float32 at best);
+    ``exact=True``: chunks converted to float64 first. ``scale``: divide row t by ``scale[t]``
+    chunk by chunk (rows too large or too small for float64 squares).
+    """
+    n, P = J.shape
+    G = torch.zeros(n, n, dtype=torch.float64, device=J.device)
+    step = _chunk_columns(J.device)
+    work = torch.float64 if exact else torch.float32
+    for start in range(0, P, step):
+        Jc = J[:, start : start + step]
+        if Jc.dtype != work:
+            Jc = Jc.to(work)
+        if scale is not None:
+            Jc = Jc / scale.to(work)[:, None]
+        if exact:
+            G.addmm_(Jc, Jc.T)
+        else:
+            G += Jc @ Jc.T
+    return G
+
+
+def _needs_exact(G: Tensor) -> bool:
+    diag = G.diagonal()
+    return not bool(torch.isfinite(G).all()) or bool((diag < TINY_DIAGONAL).any())
+
+
+def _row_scales(J: Tensor) -> Tensor:
+    """Power-of-two ``≈ max_k |J_tk|`` per row (1 for zero rows), chunk by chunk, float64."""
+    n, P = J.shape
+    top = torch.zeros(n, dtype=torch.float64, device=J.device)
+    step = _chunk_columns(J.device)
+    for start in range(0, P, step):
+        chunk = J[:, start : start + step].abs().amax(dim=1).to(torch.float64)
+        top = torch.maximum(top, torch.nan_to_num(chunk, nan=0.0, posinf=0.0))
+    top = torch.where(top > 0, top, torch.ones_like(top))
+    return torch.exp2(torch.round(torch.log2(top)))  # exact rescaling: a power of two
+
+
+def gramian(J: Tensor, device: torch.device | str | None = None) -> Tensor:
+    """``G = J Jᵀ`` as a float64 ``[n, n]`` tensor, without copying ``J``.
+
+    Built from column chunks of ``J`` and accumulated in float64. A float32 (or lower
+    precision) ``J`` is multiplied chunk by chunk in float32 — as accurate as J itself — and
+    redone with float64 products when that result is not trustworthy (a diagonal entry
+    non-finite or below ``TINY_DIAGONAL``: squares that overflow or lose digits in float32).
+    Float64 products of float32 numbers never overflow or underflow; only a float64 ``J``
+    with rows beyond ~1e±150 needs its rows rescaled (by a power of two, chunk by chunk).
+
+    The decision is taken on a CPU copy of ``G`` (one device-to-host transfer on an
+    accelerator). Rows holding NaN or Inf give a non-finite row of ``G``; see
+    :func:`first_nonfinite_row`. ``G`` is returned on ``device`` (default: :func:`solve_device`
+    of J's device), symmetric.
     """
     if J.dim() != 2:
         raise ValueError(f"J must have shape [n, P], got shape {list(J.shape)}")
-    dev = solve_device(J.device)
-    if J.dtype == torch.float64:
-        return (J @ J.T).to(dev)
-    r = J.detach().abs().amax(dim=1) if J.shape[1] > 0 else J.new_zeros(J.shape[0])
-    safe = torch.where(r > 0, r, torch.ones_like(r))
-    Jn = J / safe[:, None]
-    r64 = safe.to(device=dev, dtype=torch.float64)
-    return (Jn @ Jn.T).to(device=dev, dtype=torch.float64) * torch.outer(r64, r64)
+    J = J.detach()
+    out = solve_device(J.device) if device is None else torch.device(device)
+    G = _chunked_gramian(J, exact=J.dtype == torch.float64)
+    host = G.to("cpu")
+    if _needs_exact(host):
+        if J.dtype != torch.float64:
+            G = _chunked_gramian(J, exact=True)
+            host = G.to("cpu")
+        if not bool(torch.isfinite(host).all()) or bool(
+            ((host.diagonal() < 1e-290) & (host.diagonal() != 0)).any()
+        ):
+            scale = _row_scales(J)
+            G = _chunked_gramian(J, exact=True, scale=scale) * torch.outer(scale, scale)
+            host = G.to("cpu")
+    host = 0.5 * (host + host.T)
+    return host if out.type == "cpu" else host.to(out)
+
+
+def first_nonfinite_row(G: Tensor) -> int | None:
+    """Index of the first row of ``G`` holding NaN or Inf (a non-finite task gradient), or None.
+
+    Reads the device: call it on a host copy.
+    """
+    # A row of J with NaN or Inf makes its own diagonal entry non-finite (and pollutes the
+    # off-diagonal entries of every other row), so the diagonal names the culprit.
+    bad = ~torch.isfinite(G.diagonal())
+    if not bool(bad.any()):
+        bad = ~torch.isfinite(G).all(dim=1)
+    if not bool(bad.any()):
+        return None
+    return int(bad.nonzero()[0, 0])
 
 
 def normalized(G: Tensor) -> Tensor:
@@ -79,9 +165,16 @@ def normalized_gramian(J: Tensor) -> tuple[Tensor, Tensor]:
     normalised Gramian is all zeros).
     """
     G = gramian(J)
-    G = 0.5 * (G + G.T)
     m = G.diagonal().amax().clamp_min(0)
     return normalized(G), m
+
+
+def unit_form(G: Tensor) -> tuple[Tensor, Tensor]:
+    """``(D⁻¹ G D⁻¹, D)`` of a float64 Gramian, ``D = (√G_tt)_t`` (1 for zero rows)."""
+    G = 0.5 * (G + G.T)
+    D = G.diagonal().clamp_min(0).sqrt()
+    D = torch.where(D > 0, D, torch.ones_like(D))
+    return G / (D[:, None] * D[None, :]), D
 
 
 def unit_gramian(J: Tensor) -> tuple[Tensor, Tensor]:
@@ -92,18 +185,15 @@ def unit_gramian(J: Tensor) -> tuple[Tensor, Tensor]:
     simply under a diagonal rescaling of the tasks (UPGrad's projections, Nash-MTL) it removes
     the spread of gradient norms (tasks 1e-6 and 1e6 apart) from the numerics.
     """
-    G = gramian(J)
-    G = 0.5 * (G + G.T)
-    D = G.diagonal().clamp_min(0).sqrt()
-    D = torch.where(D > 0, D, torch.ones_like(D))
-    return G / (D[:, None] * D[None, :]), D
+    return unit_form(gramian(J))
 
 
 def combine(w: Tensor, J: Tensor) -> Tensor:
     """``d = Σ_t w_t g_t`` in ``J``'s dtype and device, never NaN or Inf for finite ``J``."""
     w = w.to(device=J.device, dtype=J.dtype)
     big = torch.finfo(J.dtype).max
-    return torch.nan_to_num(w @ J, nan=0.0, posinf=big, neginf=-big)
+    # In place: a second [P] tensor would raise the step's peak memory.
+    return (w @ J).nan_to_num_(nan=0.0, posinf=big, neginf=-big)
 
 
 def present_weights(

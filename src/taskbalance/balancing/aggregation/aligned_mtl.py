@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ..base import GradientMethod, check_task_weights
 from ..registry import register
-from ..solvers import combine, normalized_gramian, present_weights
+from ..solvers import normalized, present_weights
 
 __all__ = ["AlignedMTL", "aligned_balance_matrix"]
 
@@ -57,6 +57,8 @@ class AlignedMTL(GradientMethod):
             machine epsilon of J's dtype (float32 gradients carry that much rounding).
     """
 
+    uses_gramian = True
+
     def __init__(
         self,
         num_tasks: int,
@@ -73,12 +75,10 @@ class AlignedMTL(GradientMethod):
             raise ValueError(f"eps must be a number in (0, 1) or None, got {eps!r}")
         self.eps = None if eps is None else float(eps)
 
-    def _aggregate(self, J: Tensor, losses: Tensor | None, present: Tensor | None) -> Tensor:
-        n = J.shape[0]
-        Gn, _ = normalized_gramian(J)
-        eps = self.eps if self.eps is not None else 10 * torch.finfo(J.dtype).eps
-        B = aligned_balance_matrix(Gn, eps)
-        dev = B.device  # J's device (CPU for MPS: float64)
-        w = B @ present_weights(self.task_weights, n, present, dev)
-        self.last_weights = w.to(device=J.device, dtype=J.dtype).detach()
-        return combine(w, J)
+    def _weights(
+        self, G: Tensor, losses: Tensor | None, present: Tensor | None, *, grad_dtype: torch.dtype
+    ) -> Tensor:
+        n = G.shape[0]
+        eps = self.eps if self.eps is not None else 10 * torch.finfo(grad_dtype).eps
+        B = aligned_balance_matrix(normalized(G), eps)
+        return B @ present_weights(self.task_weights, n, present, B.device)

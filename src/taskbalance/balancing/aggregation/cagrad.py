@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ..base import GradientMethod, check_positive
 from ..registry import register
-from ..solvers import combine, normalized_gramian
+from ..solvers import normalized
 from .upgrad import dual_cone_weights
 
 __all__ = ["CAGrad", "cagrad_weights", "project_simplex"]
@@ -191,6 +191,8 @@ class CAGrad(GradientMethod):
         tol: duality-gap tolerance of the dual solver (relative to the largest ‖g_t‖²).
     """
 
+    uses_gramian = True
+
     def __init__(
         self,
         num_tasks: int,
@@ -215,12 +217,13 @@ class CAGrad(GradientMethod):
     def extra_repr(self) -> str:
         return f"num_tasks={self.num_tasks}, c={self.c}, rescale={self.rescale}"
 
-    def _aggregate(self, J: Tensor, losses: Tensor | None, present: Tensor | None) -> Tensor:
-        Gn, _ = normalized_gramian(J)
+    def _weights(
+        self, G: Tensor, losses: Tensor | None, present: Tensor | None, *, grad_dtype: torch.dtype
+    ) -> Tensor:
+        Gn = normalized(G)
         coef = cagrad_weights(Gn, self.c, max_iter=self.max_iter, tol=self.tol)
         if self.rescale == 1:
             coef = coef / (1.0 + self.c**2)
         elif self.rescale == 2:
             coef = coef / (1.0 + self.c)
-        self.last_weights = coef.to(device=J.device, dtype=J.dtype).detach()
-        return combine(coef, J)
+        return coef

@@ -7,7 +7,7 @@ from torch import Tensor
 
 from ..base import GradientMethod, make_generator
 from ..registry import register
-from ..solvers import combine, gramian, normalized, random_orders
+from ..solvers import normalized, random_orders
 
 __all__ = ["GradVac"]
 
@@ -44,6 +44,7 @@ class GradVac(GradientMethod):
     """
 
     targets: Tensor
+    uses_gramian = True
 
     def __init__(
         self, num_tasks: int, beta: float = 0.01, seed: int | torch.Generator | None = None
@@ -65,8 +66,10 @@ class GradVac(GradientMethod):
     def extra_repr(self) -> str:
         return f"num_tasks={self.num_tasks}, beta={self.beta}"
 
-    def _aggregate(self, J: Tensor, losses: Tensor | None, present: Tensor | None) -> Tensor:
-        G = normalized(gramian(J))
+    def _weights(
+        self, G: Tensor, losses: Tensor | None, present: Tensor | None, *, grad_dtype: torch.dtype
+    ) -> Tensor:
+        G = normalized(G)
         n = G.shape[0]
         dev = G.device
         if self.targets.device != dev:
@@ -103,6 +106,4 @@ class GradVac(GradientMethod):
                 C[rows, j] = C[rows, j] + torch.where(adapt, a, 0.0)
                 targets[rows, j] = torch.where(valid, (1 - beta) * target + beta * phi, target)
         self.targets[idx[:, None], idx[None, :]] = targets.to(self.targets.dtype)
-        w = C.sum(dim=0)
-        self.last_weights = w.to(device=J.device, dtype=J.dtype).detach()
-        return combine(w, J)
+        return C.sum(dim=0)

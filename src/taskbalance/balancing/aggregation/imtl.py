@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 from ..base import GradientMethod
 from ..registry import register
-from ..solvers import combine, gramian, normalized
+from ..solvers import normalized
 from ..weighting.imtl_l import imtl_l_transform
 
 __all__ = ["IMTL", "IMTLG", "imtl_g_weights"]
@@ -93,10 +93,12 @@ class IMTLG(GradientMethod):
     Paper: https://openreview.net/forum?id=IMPnRXEWpvr
     """
 
-    def _aggregate(self, J: Tensor, losses: Tensor | None, present: Tensor | None) -> Tensor:
-        alpha = imtl_g_weights(gramian(J))
-        self.last_weights = alpha.to(device=J.device, dtype=J.dtype).detach()
-        return combine(alpha, J)
+    uses_gramian = True
+
+    def _weights(
+        self, G: Tensor, losses: Tensor | None, present: Tensor | None, *, grad_dtype: torch.dtype
+    ) -> Tensor:
+        return imtl_g_weights(G)
 
 
 @register("imtl", paper=PAPER)
@@ -124,11 +126,8 @@ class IMTL(IMTLG):
     def transform_losses(self, losses: Tensor) -> Tensor:
         return imtl_l_transform(losses, self.log_scales)
 
-    def _aggregate(self, J: Tensor, losses: Tensor | None, present: Tensor | None) -> Tensor:
-        d = super()._aggregate(J, losses, present)
-        scales = torch.exp(self.log_scales.detach()).to(device=J.device, dtype=J.dtype)
+    def _reported_weights(self, w: Tensor, present: Tensor | None) -> Tensor:
+        scales = torch.exp(self.log_scales.detach()).to(device=w.device, dtype=w.dtype)
         if present is not None:
-            scales = scales[present.to(J.device)]
-        assert self.last_weights is not None
-        self.last_weights = self.last_weights * scales
-        return d
+            scales = scales[present.to(w.device)]
+        return (w * scales).detach()

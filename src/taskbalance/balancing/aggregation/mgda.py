@@ -7,7 +7,7 @@ from torch import Tensor
 
 from ..base import GradientMethod, check_choice
 from ..registry import register
-from ..solvers import combine, gramian, min_norm_weights
+from ..solvers import min_norm_weights
 
 __all__ = ["MGDA"]
 
@@ -46,6 +46,8 @@ class MGDA(GradientMethod):
     Paper: https://arxiv.org/abs/1810.04650
     """
 
+    uses_gramian = True
+
     def __init__(self, num_tasks: int, normalization: str = "none", scale: str = "none") -> None:
         super().__init__(num_tasks)
         self.normalization = check_choice("normalization", normalization, NORMALIZATIONS)
@@ -53,8 +55,9 @@ class MGDA(GradientMethod):
         # Instance attribute: the Balancer passes the losses only to methods that need them.
         self.needs_losses = normalization in ("loss", "loss+")
 
-    def _aggregate(self, J: Tensor, losses: Tensor | None, present: Tensor | None) -> Tensor:
-        G = gramian(J)
+    def _weights(
+        self, G: Tensor, losses: Tensor | None, present: Tensor | None, *, grad_dtype: torch.dtype
+    ) -> Tensor:
         scale = None
         if self.normalization in ("l2", "loss+"):
             norms = G.diagonal().clamp_min(0).sqrt()
@@ -72,6 +75,5 @@ class MGDA(GradientMethod):
             G = G / torch.outer(scale, scale)
         w = min_norm_weights(G)
         if self.scale == "num_tasks":
-            w = w * J.shape[0]
-        self.last_weights = w.to(device=J.device, dtype=J.dtype).detach()
-        return combine(w, J)
+            w = w * G.shape[0]
+        return w

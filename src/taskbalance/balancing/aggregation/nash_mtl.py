@@ -7,7 +7,7 @@ from torch import Tensor
 
 from ..base import GradientMethod, check_positive
 from ..registry import register
-from ..solvers import combine, unit_gramian
+from ..solvers import unit_form
 
 __all__ = ["NashMTL", "nash_weights"]
 
@@ -98,6 +98,8 @@ class NashMTL(GradientMethod):
             plain SGD slows down as gradients shrink.
     """
 
+    uses_gramian = True
+
     def __init__(
         self,
         num_tasks: int,
@@ -132,13 +134,11 @@ class NashMTL(GradientMethod):
             f"update_weights_every={self.update_weights_every}"
         )
 
-    def _aggregate(self, J: Tensor, losses: Tensor | None, present: Tensor | None) -> Tensor:
-        n = J.shape[0]
-        mask = (
-            torch.ones(self.num_tasks, dtype=torch.bool)
-            if present is None
-            else present.detach().to("cpu", torch.bool)
-        )
+    def _weights(
+        self, G: Tensor, losses: Tensor | None, present: Tensor | None, *, grad_dtype: torch.dtype
+    ) -> Tensor:
+        n = G.shape[0]
+        mask = torch.ones(self.num_tasks, dtype=torch.bool) if present is None else present.cpu()
         reuse = (
             self._alpha is not None
             and self._step % self.update_weights_every != 0
@@ -149,25 +149,22 @@ class NashMTL(GradientMethod):
         self._step += 1
         if reuse:
             assert self._alpha is not None
-            alpha = self._alpha.to(J.device)
+            alpha = self._alpha.to(G.device)
         else:
             # G α = 1/α with α = β / D is Ĝ β = 1/β for Ĝ = D⁻¹GD⁻¹ (unit diagonal), so the
             # spread of gradient norms leaves the numerics (zero gradients: D_t = 1).
-            Gu, D = unit_gramian(J)
+            Gu, D = unit_form(G)
             alpha = nash_weights(Gu, max_iter=self.max_iter) / D
             if self.normalize_gramian:
                 # Solving for G/s gives √s·α (s = ‖G‖_F), as the authors' code does.
-                alpha = alpha * (Gu * D[:, None] * D[None, :]).norm().sqrt()
+                alpha = alpha * G.norm().sqrt()
             self._alpha = alpha.detach()
             self._alpha_present = mask
-        w = alpha.to(device=J.device, dtype=J.dtype)
-        d = combine(w, J)
         if self.max_norm > 0:
-            norm = d.norm()
+            # ‖d‖² = αᵀGα: the clipping factor comes from the Gramian too.
+            norm = (alpha @ (G @ alpha)).clamp_min(0).sqrt()
             factor = torch.where(
-                norm > self.max_norm, self.max_norm / norm.clamp_min(1e-38), torch.ones_like(norm)
+                norm > self.max_norm, self.max_norm / norm.clamp_min(1e-300), torch.ones_like(norm)
             )
-            d = d * factor
-            w = w * factor
-        self.last_weights = w.detach()
-        return d
+            alpha = alpha * factor
+        return alpha

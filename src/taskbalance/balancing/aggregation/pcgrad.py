@@ -7,7 +7,7 @@ from torch import Tensor
 
 from ..base import GradientMethod, make_generator
 from ..registry import register
-from ..solvers import combine, gramian, normalized, random_orders
+from ..solvers import normalized, random_orders
 
 __all__ = ["PCGrad"]
 
@@ -36,6 +36,8 @@ class PCGrad(GradientMethod):
     Paper: https://arxiv.org/abs/2001.06782
     """
 
+    uses_gramian = True
+
     def __init__(self, num_tasks: int, seed: int | torch.Generator | None = None) -> None:
         super().__init__(num_tasks)
         self.seed = seed
@@ -45,8 +47,10 @@ class PCGrad(GradientMethod):
         super().reset()
         self.generator = make_generator(self.seed)
 
-    def _aggregate(self, J: Tensor, losses: Tensor | None, present: Tensor | None) -> Tensor:
-        G = normalized(gramian(J))
+    def _weights(
+        self, G: Tensor, losses: Tensor | None, present: Tensor | None, *, grad_dtype: torch.dtype
+    ) -> Tensor:
+        G = normalized(G)
         n = G.shape[0]
         C = torch.eye(n, dtype=G.dtype, device=G.device)
         if n > 1:
@@ -60,6 +64,4 @@ class PCGrad(GradientMethod):
                 conflict = (dots < 0) & (gjj > 0)
                 coef = torch.where(conflict, dots / torch.where(gjj > 0, gjj, 1.0), 0.0)
                 C[rows, j] = C[rows, j] - coef
-        w = C.sum(dim=0)
-        self.last_weights = w.to(device=J.device, dtype=J.dtype).detach()
-        return combine(w, J)
+        return C.sum(dim=0)

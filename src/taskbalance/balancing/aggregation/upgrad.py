@@ -17,7 +17,7 @@ from torch import Tensor
 
 from ..base import GradientMethod, check_task_weights
 from ..registry import register
-from ..solvers import combine, normalized_gramian, present_weights, unit_gramian
+from ..solvers import normalized_gramian, present_weights, unit_form, unit_gramian
 
 __all__ = ["UPGrad", "dual_cone_weights", "normalized_gramian", "unit_gramian"]
 
@@ -106,6 +106,8 @@ class UPGrad(GradientMethod):
             sum to 1; the tasks present are renormalised). Default: uniform, the paper's UPGrad.
     """
 
+    uses_gramian = True
+
     def __init__(
         self, num_tasks: int, pref_weights: Sequence[float] | Tensor | None = None
     ) -> None:
@@ -117,18 +119,18 @@ class UPGrad(GradientMethod):
                 raise ValueError(f"pref_weights must not be all zero, got {p.tolist()}")
             self.pref_weights = p
 
-    def _aggregate(self, J: Tensor, losses: Tensor | None, present: Tensor | None) -> Tensor:
-        n = J.shape[0]
+    def _weights(
+        self, G: Tensor, losses: Tensor | None, present: Tensor | None, *, grad_dtype: torch.dtype
+    ) -> Tensor:
+        n = G.shape[0]
         # With v = D⁻¹u the problem min_{v ≥ e_i} vᵀGv becomes min_{u ≥ D_i e_i} uᵀĜu
         # (Ĝ = D⁻¹GD⁻¹), homogeneous in D_i: solve min_{u ≥ e_i} uᵀĜu, v_i = D_i D⁻¹ u_i.
-        Gu, D = unit_gramian(J)
-        dev = Gu.device  # J's device (CPU for MPS: float64)
+        Gu, D = unit_form(G)
+        dev = Gu.device
         p = present_weights(self.pref_weights, n, present, dev)
         if self.pref_weights is not None:
             total = p.sum()
             p = torch.where(total > 0, p / torch.where(total > 0, total, 1.0), 1.0 / n)
         U = dual_cone_weights(Gu, torch.eye(n, dtype=torch.float64, device=dev))
         V = D[:, None] * U / D[None, :]
-        w = (p[:, None] * V).sum(0)
-        self.last_weights = w.to(device=J.device, dtype=J.dtype).detach()
-        return combine(w, J)
+        return (p[:, None] * V).sum(0)
