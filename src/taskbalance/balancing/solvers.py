@@ -222,6 +222,23 @@ def random_orders(n: int, generator: torch.Generator | None, device: torch.devic
 
 # --------------------------------------------------------------------------- min-norm point
 
+#
+# Everything below works on the unit-diagonal form of the Gramian: with D = diag(‖g_t‖) and
+# unit rows u_t = g_t/‖g_t‖, the point d = Σ w_t g_t = Σ y_t u_t with y_t = w_t‖g_t‖, so the
+# problem  min ‖d‖², w ≥ 0, Σ w = 1  becomes  min yᵀCy, y ≥ 0, bᵀy = 1  with C = D⁻¹GD⁻¹ (entries
+# in [-1, 1]) and b = 1/D. Row norms spread over 12 orders of magnitude then only enter through
+# the vector b, never through the conditioning of the systems solved, and a row's weight comes
+# out as w_t = y_t b_t, directly (no 1 − Σ others that cancels).
+
+#: Ridge added to C (i.e. ``RIDGE·‖g_t‖²`` to each row's own diagonal entry of G): it makes the
+#: regularised problem strictly convex (identical rows get equal weights, a zero Gramian uniform
+#: weights) without drowning small rows, and is removed again on the chosen face.
+RIDGE = 1e-10
+
+#: Rounding allowance of the KKT measure, per row of C: residuals of ``C y`` are accurate to
+#: about ``n · eps · Σ|y|`` (|C| ≤ 1), and violations below that are not counted.
+_EPS = float(torch.finfo(torch.float64).eps)
+
 
 @lru_cache(maxsize=32)
 def _supports(n: int, device: torch.device) -> Tensor:
@@ -230,127 +247,223 @@ def _supports(n: int, device: torch.device) -> Tensor:
     return torch.tensor(rows, dtype=torch.bool, device=device)
 
 
-def _face_systems(G: Tensor, masks: Tensor) -> Tensor:
-    """KKT matrices ``[[G_S, -1], [1ᵀ, 0]]`` of every face, embedded in ``(n+1) x (n+1)``.
+def _unit_form(G: Tensor) -> tuple[Tensor, Tensor]:
+    """``(C, b)``: the unit-diagonal Gramian and ``b = 1/‖g_t‖`` scaled to ``max b = 1``.
 
-    Coordinates outside the face get the row ``w_t = 0``.
+    A zero row gets ``u_t = 0`` (zero row and column of C) and ``b_t = 1`` (any value works: its
+    weight does not move d). Scaling b by a constant only scales y.
     """
-    n = G.shape[0]
+    D = G.diagonal().clamp_min(0).sqrt()
+    zero = D <= 0
+    Ds = torch.where(zero, torch.ones_like(D), D)
+    C = G / (Ds[:, None] * Ds[None, :])
+    C = torch.where(zero[:, None] | zero[None, :], torch.zeros_like(C), C)
+    C.diagonal().copy_(torch.where(zero, 0.0, 1.0))
+    b = 1.0 / Ds
+    return C, b / b.amax()
+
+
+def _face_systems(C: Tensor, b: Tensor, masks: Tensor) -> Tensor:
+    """KKT matrices ``[[C_S, -b_S], [b_Sᵀ, 0]]`` of every face, embedded in ``(n+1) x (n+1)``.
+
+    Coordinates outside the face get the row ``y_t = 0``.
+    """
+    n = C.shape[0]
     both = masks[:, :, None] & masks[:, None, :]
-    eye = torch.eye(n, dtype=G.dtype, device=G.device)
-    K = G.new_zeros(masks.shape[0], n + 1, n + 1)
-    K[:, :n, :n] = torch.where(both, G, eye * (~masks[:, :, None]))
-    m = masks.to(G.dtype)
-    K[:, :n, n] = -m
-    K[:, n, :n] = m
+    eye = torch.eye(n, dtype=C.dtype, device=C.device)
+    K = C.new_zeros(masks.shape[0], n + 1, n + 1)
+    K[:, :n, :n] = torch.where(both, C, eye * (~masks[:, :, None]))
+    mb = masks.to(C.dtype) * b
+    K[:, :n, n] = -mb
+    K[:, n, :n] = mb
     return K
 
 
-def _refine(G: Tensor, K_reg: Tensor, masks: Tensor, x: Tensor, steps: int) -> Tensor:
-    """Iterative refinement of regularised face solutions towards the unregularised ones."""
-    K = _face_systems(G, masks)
-    b = torch.zeros_like(x)
-    b[..., -1] = 1.0
-    LU, piv, _ = torch.linalg.lu_factor_ex(K_reg)
-    for _ in range(steps):
-        r = b - (K @ x.unsqueeze(-1)).squeeze(-1)
-        x = x + torch.linalg.lu_solve(LU, piv, r.unsqueeze(-1)).squeeze(-1)
-    return x
+def _kkt_score(C: Tensor, b: Tensor, y: Tensor) -> Tensor:
+    """Relative KKT residual of candidate points ``y`` ``[m, n]`` (``inf`` where infeasible).
+
+    With ``λ = yᵀCy`` (``= ‖d‖²`` when ``bᵀy = 1``) the conditions are ``r = Cy − λb ≥ 0`` and
+    ``r_t = 0`` where ``y_t > 0``. In the original units ``r_t/‖d‖ = (g_t·d − ‖d‖²)/(‖g_t‖‖d‖)``,
+    so the score is the largest violation of ``g_t·d ≥ ‖d‖²`` relative to ``‖g_t‖‖d‖``, and of
+    ``r_t = 0`` on the support, where ``min(|r_t|, y_t)/‖d‖`` counts (``y_t = w_t‖g_t‖`` is row
+    t's share of d). Violations below the rounding allowance do not count.
+    """
+    total = y.abs().sum(-1)
+    s = (y * b).sum(-1)
+    feasible = torch.isfinite(y).all(-1) & (y >= -1e-12 * total[:, None]).all(-1) & (s > 0)
+    y = y.clamp_min(0) / torch.where(s > 0, s, torch.ones_like(s))[:, None]
+    Cy = y @ C
+    lam = (y * Cy).sum(-1)
+    r = Cy - lam[:, None] * b
+    allowance = 4 * C.shape[0] * _EPS * y.sum(-1, keepdim=True)
+    dual = (-r - allowance).clamp_min(0).amax(-1)
+    # Complementarity: r_t = 0 where y_t > 0, unless row t's whole share of d (y_t, as
+    # ‖u_t‖ = 1) is negligible: min(|r_t|, y_t) relative to ‖d‖.
+    slack = torch.minimum((r.abs() - allowance).clamp_min(0), y).amax(-1)
+    scale = lam.clamp_min(0).sqrt() + _EPS * y.sum(-1)
+    score = torch.maximum(dual, slack) / scale
+    return torch.where(feasible & torch.isfinite(score), score, torch.full_like(score, torch.inf))
 
 
-def _min_norm_enumerate(G: Tensor, delta: float) -> Tensor:
-    n = G.shape[0]
-    masks = _supports(n, G.device)
-    Greg = G + delta * torch.eye(n, dtype=G.dtype, device=G.device)
-    K = _face_systems(Greg, masks)
-    b = G.new_zeros(masks.shape[0], n + 1)
-    b[:, n] = 1.0
-    x, _ = torch.linalg.solve_ex(K, b)  # no host synchronisation; the KKT matrices of the
-    w = x[:, :n]  # regularised faces are non-singular
-    ok = torch.isfinite(x).all(dim=1) & (w >= -1e-12).all(dim=1)
-    wc = w.clamp_min(0)
-    obj = torch.einsum("si,ij,sj->s", wc, Greg, wc)
-    obj = torch.where(ok, obj, torch.full_like(obj, float("inf")))
-    best = obj.argmin().reshape(1)  # stays on the device: no host synchronisation
-    # Undo the regularisation on the chosen face (iterative refinement towards G's solution).
-    mask = masks.index_select(0, best)
-    x_best = x.index_select(0, best)
-    xr = _refine(G, _face_systems(Greg, mask), mask, x_best, steps=3)[0, :n]
-    return _to_simplex(torch.where(mask[0], xr, 0.0), wc.index_select(0, best)[0])
+def _solve_face(C: Tensor, b: Tensor, mask: Tensor, y0: Tensor, steps: int = 6) -> Tensor:
+    """The chosen face's regularised solution ``y0`` ``[1, n]``, freed of the ridge.
+
+    Two ways back to the unregularised face system: a direct solve (plus refinement) where that
+    system is regular, and iterative refinement with the regularised factorisation, which keeps
+    the regularised null-space component where it is singular (identical or affinely dependent
+    rows). Of ``y0`` and these two, the point with the smallest KKT residual is returned (no
+    host synchronisation).
+    """
+    n = C.shape[0]
+    eye = torch.eye(n, dtype=C.dtype, device=C.device)
+    K = _face_systems(C, b, mask)
+    rhs = C.new_zeros(1, n + 1, 1)
+    rhs[:, n] = 1.0
+
+    def refine(LU: Tensor, piv: Tensor, x: Tensor) -> Tensor:
+        for _ in range(steps):
+            x = x + torch.linalg.lu_solve(LU, piv, rhs - K @ x)
+        return x
+
+    LU_reg, piv_reg, _ = torch.linalg.lu_factor_ex(_face_systems(C + RIDGE * eye, b, mask))
+    lam0 = (y0 @ (C + RIDGE * eye) * y0).sum(-1, keepdim=True)
+    x_reg = refine(LU_reg, piv_reg, torch.cat([y0, lam0], dim=-1).unsqueeze(-1))
+    LU, piv, _ = torch.linalg.lu_factor_ex(K)  # singular faces give non-finite x: scored inf
+    x_dir = refine(LU, piv, torch.linalg.lu_solve(LU, piv, rhs))
+    cand = torch.cat(
+        [y0, torch.where(mask, x_reg[:, :n, 0], 0.0), torch.where(mask, x_dir[:, :n, 0], 0.0)]
+    )
+    score = _kkt_score(C, b, cand)
+    return cand.index_select(0, score.argmin().reshape(1))
 
 
-def _to_simplex(w: Tensor, fallback: Tensor) -> Tensor:
-    w = torch.nan_to_num(w, nan=-1.0).clamp_min(0)
-    s = w.sum()
-    good = torch.isfinite(s) & (s > 0.5)
-    return torch.where(good, w / torch.where(good, s, torch.ones_like(s)), fallback)
+#: A regularised answer whose KKT residual in the unregularised problem is at most this is kept
+#: (it carries the ridge's tie-break); otherwise the best unregularised candidate is used.
+_ACCEPT = 1e-11
 
 
-def _min_norm_wolfe(G: Tensor, delta: float, max_iter: int = 1000) -> Tensor:
-    """Wolfe's (1976) finite active-set method for the min-norm point, on the Gramian.
+def _pick(y_reg: Tensor, cand: Tensor, C: Tensor, b: Tensor) -> Tensor:
+    """``y_reg`` ``[1, n]`` if its KKT residual is below ``_ACCEPT``, else the best of it and
+    ``cand`` ``[m, n]`` (no host synchronisation)."""
+    all_ = torch.cat([y_reg, cand])
+    score = _kkt_score(C, b, all_)
+    best = torch.where(score[0] <= _ACCEPT, 0, score.argmin())
+    return all_.index_select(0, best.reshape(1))
+
+
+def _min_norm_enumerate(C: Tensor, b: Tensor) -> Tensor:
+    """Solve every face's KKT system in two batched calls; keep the KKT point."""
+    n = C.shape[0]
+    masks = _supports(n, C.device)
+    C_reg = C + RIDGE * torch.eye(n, dtype=C.dtype, device=C.device)
+    rhs = C.new_zeros(masks.shape[0], n + 1)
+    rhs[:, n] = 1.0
+    x, _ = torch.linalg.solve_ex(_face_systems(C_reg, b, masks), rhs)  # all regular
+    y = x[:, :n]
+    # The regularised problem is strictly convex: exactly one face's solution is feasible and
+    # satisfies the KKT conditions. Choose it by its KKT residual, not by the objective (a
+    # wrong face within rounding of the optimal objective can be 1e-8 away in d).
+    best = _kkt_score(C_reg, b, y).argmin().reshape(1)  # stays on the device
+    y_reg = _solve_face(C, b, masks.index_select(0, best), y.index_select(0, best))
+    # Where gradients nearly cancel (‖d‖ ≪ Σ y) the ridge can move the optimum to another
+    # face; then every face's unregularised solution competes (singular faces score inf).
+    x0, _ = torch.linalg.solve_ex(_face_systems(C, b, masks), rhs)
+    return _pick(y_reg, torch.where(masks, x0[:, :n], 0.0), C, b)
+
+
+def _wolfe(
+    C: Tensor, C_solve: Tensor, b: Tensor, y: Tensor, max_iter: int
+) -> tuple[Tensor, Tensor]:
+    """Wolfe's major and minor cycles from the feasible point ``y`` (``bᵀy = 1``) on ``C_solve``;
+    affine minimisations fall back to ``C`` plus the ridge where ``C_solve``'s is singular.
+    Returns the point and its support mask ``[1, n]``."""
+    n = C.shape[0]
+    C_reg = C + RIDGE * torch.eye(n, dtype=C.dtype, device=C.device)
+    S = [int(t) for t in torch.nonzero(y > 0).flatten().tolist()]
+
+    def affine_min(S: list[int]) -> Tensor:
+        k = len(S)
+        idx = torch.tensor(S, device=C.device)
+        rhs = C.new_zeros(k + 1)
+        rhs[k] = 1.0
+        for M in (C_solve, C_reg):
+            K = C.new_zeros(k + 1, k + 1)
+            K[:k, :k] = M[idx][:, idx]
+            K[:k, k] = -b[idx]
+            K[k, :k] = b[idx]
+            z, info = torch.linalg.solve_ex(K, rhs)
+            if int(info) == 0 and bool(torch.isfinite(z).all()):
+                break
+        return z[:k]
+
+    for _ in range(max_iter):
+        Cy = C_solve @ y
+        lam = y @ Cy
+        total = y.abs().sum()
+        viol = (lam * b - Cy - 4 * n * _EPS * total) / (lam.clamp_min(0).sqrt() + _EPS * total)
+        t = int(viol.argmax())
+        if float(viol[t]) <= 0 or t in S:
+            break
+        S.append(t)
+        for _ in range(n + 1):  # minor cycles: each drops at least one index
+            z = affine_min(S)
+            idx = torch.tensor(S, device=C.device)
+            ys = y[idx]
+            if bool((z > 0).all()):
+                y = torch.zeros_like(y)
+                y[idx] = z
+                break
+            neg = z <= 0
+            theta = (ys[neg] / (ys[neg] - z[neg])).min().clamp(0, 1)
+            ys = ys + theta * (z - ys)
+            y = torch.zeros_like(y)
+            y[idx] = ys.clamp_min(0)
+            keep = (ys > 1e-15 * ys.abs().sum()).tolist()
+            S = [s for s, k in zip(S, keep, strict=True) if k]
+            if not S:  # numerical safety; cannot happen in exact arithmetic
+                t0 = int((C_solve.diagonal() / b**2).argmin())
+                S = [t0]
+                y = torch.zeros_like(y)
+                y[t0] = 1.0 / b[t0]
+                break
+    mask = torch.zeros(1, n, dtype=torch.bool, device=C.device)
+    mask[0, S] = True
+    return y.unsqueeze(0), mask
+
+
+def _min_norm_wolfe(C: Tensor, b: Tensor, max_iter: int = 1000) -> Tensor:
+    """Wolfe's (1976) finite active-set method for the min-norm point, in the unit form: on the
+    regularised problem, then (where gradients nearly cancel and the ridge moved the optimum)
+    warm-started on the unregularised one.
 
     Synchronises with the host at every step (data-dependent control flow); used for large ``n``
     where enumerating supports is too costly.
     """
-    n = G.shape[0]
-    Greg = G + delta * torch.eye(n, dtype=G.dtype, device=G.device)
-    tol = 1e-13
-    S = [int(Greg.diagonal().argmin())]
-    w = torch.zeros(n, dtype=G.dtype, device=G.device)
-    w[S[0]] = 1.0
-
-    def affine_min(S: list[int]) -> Tensor:
-        k = len(S)
-        idx = torch.tensor(S, device=G.device)
-        K = G.new_zeros(k + 1, k + 1)
-        K[:k, :k] = Greg[idx][:, idx]
-        K[:k, k] = -1.0
-        K[k, :k] = 1.0
-        b = G.new_zeros(k + 1)
-        b[k] = 1.0
-        return torch.linalg.solve(K, b)[:k]
-
-    for _ in range(max_iter):
-        Gw = Greg @ w
-        obj = w @ Gw
-        t = int(Gw.argmin())
-        if float(Gw[t]) >= float(obj) - tol or t in S:
-            break
-        S.append(t)
-        for _ in range(n + 1):  # minor cycles: each drops at least one index
-            y = affine_min(S)
-            idx = torch.tensor(S, device=G.device)
-            ws = w[idx]
-            if bool((y > 0).all()):
-                w = torch.zeros_like(w)
-                w[idx] = y
-                break
-            neg = y <= 0
-            theta = (ws[neg] / (ws[neg] - y[neg])).min().clamp(0, 1)
-            ws = ws + theta * (y - ws)
-            w = torch.zeros_like(w)
-            w[idx] = ws.clamp_min(0)
-            S = [s for s, keep in zip(S, (ws > 1e-15).tolist(), strict=True) if keep]
-            if not S:  # numerical safety; cannot happen in exact arithmetic
-                S = [int(Greg.diagonal().argmin())]
-                w = torch.zeros_like(w)
-                w[S[0]] = 1.0
-                break
-    # Undo the regularisation on the final face.
-    mask = torch.zeros(1, n, dtype=torch.bool, device=G.device)
-    mask[0, S] = True
-    x = torch.cat([w, (Greg @ w).dot(w).reshape(1)]).unsqueeze(0)
-    xr = _refine(G, _face_systems(Greg, mask), mask, x, steps=3)[0, :n]
-    return _to_simplex(torch.where(mask[0], xr, 0.0), w / w.sum())
+    n = C.shape[0]
+    C_reg = C + RIDGE * torch.eye(n, dtype=C.dtype, device=C.device)
+    t0 = int((C_reg.diagonal() / b**2).argmin())  # the vertex of smallest norm
+    y = torch.zeros(n, dtype=C.dtype, device=C.device)
+    y[t0] = 1.0 / b[t0]
+    y1, mask = _wolfe(C, C_reg, b, y, max_iter)
+    y1 = _solve_face(C, b, mask, y1)
+    if float(_kkt_score(C, b, y1)[0]) <= _ACCEPT:
+        return y1
+    start = y1[0].clamp_min(0)
+    y2, mask = _wolfe(C, C, b, start / (start * b).sum(), max_iter)
+    return _pick(y1, _solve_face(C, b, mask, y2), C, b)
 
 
 def _min_norm_two(G: Tensor) -> Tensor:
+    """Closed form for two rows; each weight from its own numerator (no ``1 − w_1``)."""
     denom = G[0, 0] + G[1, 1] - 2 * G[0, 1]  # ‖g_1 − g_2‖²
-    num = G[1, 1] - G[0, 1]  # (g_2 − g_1)·g_2
+    num = torch.stack([G[1, 1] - G[0, 1], G[0, 0] - G[0, 1]])  # (g_2 − g_1)·g_2, (g_1 − g_2)·g_1
     # Below rounding level the rows are identical: any w gives the same point; split evenly.
     distinct = denom > 1e-14 * (G[0, 0] + G[1, 1])
-    w1 = torch.where(distinct, num / torch.where(distinct, denom, 1.0), 0.5).clamp(0, 1)
-    return torch.stack([w1, 1 - w1])
+    w = (num / torch.where(distinct, denom, 1.0)).clamp(0, 1)
+    w = torch.where(distinct, w, torch.full_like(w, 0.5))
+    # A clipped weight leaves the other row alone at weight 1 (exactly).
+    w = torch.where((w == 0).any(), (w > 0).to(w.dtype), w)
+    return w / w.sum()
 
 
 def min_norm_weights(G: Tensor, method: str = "auto") -> Tensor:
@@ -360,21 +473,24 @@ def min_norm_weights(G: Tensor, method: str = "auto") -> Tensor:
     2018, solve this problem approximately by Frank-Wolfe; here it is solved to float64 accuracy):
 
     * two tasks (``method="auto"``): the closed form
-      ``w_1 = clip((g_2 − g_1)·g_2 / ‖g_1 − g_2‖², 0, 1)`` (``½`` when ``g_1 = g_2``);
+      ``w_1 = clip((g_2 − g_1)·g_2 / ‖g_1 − g_2‖², 0, 1)``, ``w_2`` from its own numerator
+      ``(g_1 − g_2)·g_1`` (``½`` each when ``g_1 = g_2``);
     * ``method="enumerate"`` (default for ``3 ≤ n ≤ 8``): the optimum lies in the relative interior
-      of one face of the simplex, where it solves the face's KKT system
-      ``G_S w_S = λ·1, 1ᵀ w_S = 1``. Every face's system is solved in one batched call (no host
-      synchronisation); the feasible candidate (``w ≥ 0``) with the smallest objective wins.
+      of one face of the simplex, where it solves the face's KKT system. Every face's system is
+      solved in one batched call (no host synchronisation); the feasible candidate that satisfies
+      the KKT conditions wins.
     * ``method="wolfe"`` (default for larger ``n``): Wolfe's finite active-set algorithm
-      ("Finding the nearest point in a polytope", Math. Programming 1976), on the Gramian.
+      ("Finding the nearest point in a polytope", Math. Programming 1976).
 
-    Degenerate Gramians (zero, identical, colinear or opposite rows, rank deficiency) are handled
-    by solving with ``G + δI``, ``δ = 1e-10·max diag(G)`` - which makes the solution unique, so
-    identical tasks get equal weights and a zero Gramian gives uniform weights - and then
-    iteratively refining the chosen face's solution with the unregularised ``G``. The result
-    satisfies the KKT conditions ``(Gw)_t ≥ wᵀGw`` for all ``t`` (equality where ``w_t > 0``)
-    up to about ``1e-12·max diag(G)``. ``G`` is normalised by its largest diagonal entry first,
-    so any scale works.
+    The systems are solved in the unit-diagonal form ``C = D⁻¹GD⁻¹`` (``D = diag(‖g_t‖)``), so
+    row norms spread over many orders of magnitude (1e-6 next to 1e6) do not degrade them.
+    Degenerate Gramians (zero, identical, colinear or opposite rows) are handled by solving with
+    ``C + δI`` (``δ = 1e-10``, i.e. ``δ‖g_t‖²`` on each row's own diagonal entry, so no row is
+    drowned) - which makes the solution unique, so identical tasks get equal weights and a zero
+    Gramian gives uniform weights - and then refining the chosen face's solution with the
+    unregularised system. The result satisfies the KKT conditions
+    ``g_t·d ≥ ‖d‖²`` for every t (equality where ``w_t > 0``) to about ``1e-12 ‖g_t‖‖d‖``
+    for a well-conditioned face.
 
     Returns ``w`` with ``G``'s dtype and device (computed in float64).
     """
@@ -390,8 +506,15 @@ def min_norm_weights(G: Tensor, method: str = "auto") -> Tensor:
         w = G64.new_ones(1)
     elif n == 2 and method == "auto":
         w = _min_norm_two(G64)
-    elif method == "enumerate" or (method == "auto" and n <= ENUMERATE_MAX):
-        w = _min_norm_enumerate(G64, 1e-10)
     else:
-        w = _min_norm_wolfe(G64, 1e-10)
+        C, b = _unit_form(G64)
+        if method == "enumerate" or (method == "auto" and n <= ENUMERATE_MAX):
+            y = _min_norm_enumerate(C, b)
+        else:
+            y = _min_norm_wolfe(C, b)
+        w = (y[0] * b).clamp_min(0)
+        w = w / w.sum()
+        # A zero row makes the min-norm point 0 exactly: the weight goes to the zero rows.
+        zero = G64.diagonal() <= 0
+        w = torch.where(zero.any(), zero.to(w.dtype) / zero.sum().clamp_min(1), w)
     return w.to(device=device, dtype=dtype)
