@@ -37,7 +37,9 @@ def _arrays(bench: Benchmark) -> dict[str, torch.Tensor]:
 
 
 def test_available_benchmarks() -> None:
-    assert available_benchmarks() == sorted(BENCHMARKS)
+    from taskbalance.data.synthetic_mtl import VARIANTS
+
+    assert available_benchmarks() == sorted([*BENCHMARKS, *VARIANTS])
 
 
 def test_unknown_benchmark_lists_valid_names(tmp_path: Path) -> None:

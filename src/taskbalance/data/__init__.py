@@ -8,6 +8,8 @@ Built-in benchmarks (generated from a seed, cached as ``.npz``; nothing is downl
 * ``multidigits``: MultiMNIST-style two overlapping digits; tasks ``left``, ``right``.
 * ``scenes``: NYUv2-like ray-cast indoor scenes; tasks ``segmentation``, ``depth``, ``normals``.
 * ``pingpong``: TTNet-like table-tennis clips; tasks ``ball``, ``table``, ``events``.
+* ``synthetic-mtl`` (and ``synthetic-mtl-0.0`` / ``-0.5`` / ``-0.9`` / ``-1.0``): the MMoE paper's
+  two regression tasks with a tunable task correlation, tabular inputs; tasks ``y1``, ``y2``.
 
 Real datasets already on disk: :class:`NYUv2`, :class:`Cityscapes` (preprocessed ``.npy`` layout
 of MTAN / Nash-MTL / LibMTL) and :class:`Fingers` (Kaggle Fingers PNGs).

@@ -236,7 +236,12 @@ def _ensure_builtins() -> None:
     global _BUILTINS_LOADED
     if not _BUILTINS_LOADED:
         _BUILTINS_LOADED = True
-        from taskbalance.data import multidigits, pingpong, scenes  # noqa: F401  (registers)
+        from taskbalance.data import (  # noqa: F401  (registers)
+            multidigits,
+            pingpong,
+            scenes,
+            synthetic_mtl,  # noqa: F401  (registers)
+        )
 
 
 def available_benchmarks() -> list[str]:
