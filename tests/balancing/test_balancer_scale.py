@@ -122,33 +122,6 @@ def test_the_gramian_is_computed_once_per_step_and_shared_with_the_statistics(mo
     assert len(calls) == 1 and info.cosines is not None
 
 
-def _peak_cpu_bytes(fn) -> int:
-    """Peak bytes allocated by the CPU allocator while ``fn`` runs, above the level at its start.
-
-    Read from the profiler's allocation events (each carries the allocator's running total).
-    """
-    from torch._C._profiler import _EventType
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    allocations = []
-
-    def walk(event):
-        if event.tag == _EventType.Allocation:
-            fields = event.extra_fields
-            allocations.append((event.start_time_ns, fields.alloc_size, fields.total_allocated))
-        for child in event.children:
-            walk(child)
-
-    for root in prof.profiler.kineto_results.experimental_event_tree():
-        walk(root)
-    allocations.sort()
-    assert allocations, "the profiler recorded no allocation"
-    start = allocations[0][2] - allocations[0][1]
-    return max(total for _, _, total in allocations) - start
-
-
 class WideTrunk(nn.Module):
     def __init__(self, num_tasks: int) -> None:
         super().__init__()
@@ -161,7 +134,7 @@ class WideTrunk(nn.Module):
         return [h(z).pow(2).mean() for h in self.heads]
 
 
-def test_peak_memory_of_a_param_mode_step_is_J_plus_the_models_own_backward():
+def test_peak_memory_of_a_param_mode_step_is_J_plus_the_models_own_backward(peak_memory):
     T = 8
     net = WideTrunk(T)
     shared = list(net.shared.parameters())
@@ -171,11 +144,11 @@ def test_peak_memory_of_a_param_mode_step_is_J_plus_the_models_own_backward():
 
     losses = net(x)
     net.zero_grad(set_to_none=True)
-    floor = _peak_cpu_bytes(lambda: sum(losses).backward())  # the model's own backward
+    floor = peak_memory(lambda: sum(losses).backward())  # the model's own backward
     net.zero_grad(set_to_none=True)
     balancer = tb.Balancer(tb.create("mgda", T), shared, track_gradients=True)
     losses = net(x)
-    peak = _peak_cpu_bytes(lambda: balancer.backward(losses))
+    peak = peak_memory(lambda: balancer.backward(losses))
     assert floor >= P * 4  # the measurement sees the parameters' gradients
     assert peak <= 1.1 * J_bytes + floor, (peak / J_bytes, floor / J_bytes)
 

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from .base import GradientMethod, LossMethod, Method, check_choice, raise_nonfinite_gradient
 from .solvers import combine, first_nonfinite_row, gramian
+from .streaming import gramian_by_parameter, streaming_supported
 
 __all__ = ["Balancer", "StepInfo"]
 
@@ -101,6 +102,7 @@ class Balancer:
         track_gradients: bool = True,
         check_finite: bool = True,
         nonfinite: str = "raise",
+        memory: str = "jacobian",
     ) -> None:
         if not isinstance(method, Method):
             raise TypeError(
@@ -133,8 +135,31 @@ class Balancer:
         self.track_gradients = track_gradients
         self.check_finite = check_finite
         self.nonfinite = check_choice("nonfinite", nonfinite, ("raise", "skip"))
+        self.memory = check_choice("memory", memory, ("jacobian", "gramian"))
+        if memory == "gramian":
+            self._check_gramian_memory()
         #: Steps skipped because a task gradient held NaN or Inf (``nonfinite="skip"``).
         self.skipped_steps = 0
+
+    def _check_gramian_memory(self) -> None:
+        method = self.method
+        if isinstance(method, GradientMethod) and not method.uses_gramian:
+            raise ValueError(
+                f"method {method.name!r} needs the per-task gradients themselves (J), so it "
+                "cannot run with memory='gramian'; use memory='jacobian' (the default), or a "
+                "method whose update is a weighted sum of the task gradients (e.g. mgda, "
+                "upgrad, nash_mtl, cagrad, pcgrad)"
+            )
+        if self.mode == "rep":
+            raise ValueError(
+                "memory='gramian' is for param mode; rep mode already holds only the "
+                "gradients w.r.t. the shared features (use memory='jacobian')"
+            )
+        if not streaming_supported():
+            raise ValueError(
+                f"memory='gramian' needs batching primitives this PyTorch ({torch.__version__}) "
+                "does not have; use memory='jacobian'"
+            )
 
     # ------------------------------------------------------------------ public API
     def parameters(self) -> Iterator[nn.Parameter]:
@@ -156,47 +181,73 @@ class Balancer:
         method = self.method
         mask = None if all_present else present
         info = StepInfo(task_names=names, losses=stacked.detach(), present=present)
-        idx = [t for t, x in enumerate(items) if x is not None]
-        own: list[Tensor] = [items[t] for t in idx]  # type: ignore[misc]
 
         if isinstance(method, LossMethod):
             if method.needs_last_layer_grad_norms:
-                norms = self._last_layer_grad_norms(own, idx, stacked)
+                norms = self._last_layer_grad_norms(items, stacked)
                 method.observe_grad_norms(norms)
                 info.grad_norms = norms
             total = method._combine(stacked, mask)
             if total.requires_grad:
                 total.backward()
         elif isinstance(method, GradientMethod):
-            seeds = self._loss_seeds(method, stacked, idx)
-            if self.mode == "param":
-                J = self._param_jacobian(own, seeds)
-                write = self._param_writer()
-            else:
-                J, write = self._rep_jacobian(own, seeds, idx, features)
-            G = gramian(J, device="cpu") if method.uses_gramian or self.track_gradients else None
-            bad = self._nonfinite_row(J, G)
-            if bad is not None:
-                self._refuse_nonfinite(names[idx[bad]], info)
-            else:
-                losses_arg = stacked.detach()[present].to(J.dtype) if method.needs_losses else None
-                if method.uses_gramian:
-                    assert G is not None
-                    flags = [x is not None for x in items]
-                    host_mask = None if all_present else torch.tensor(flags)
-                    w = method.solve(G, losses_arg, host_mask, dtype=J.dtype, device=J.device)
-                    d = combine(w, J)
-                else:
-                    d = method._aggregate(J, losses_arg, mask)
-                write(d)
-            if G is not None and self.track_gradients:
-                info.grad_norms, info.cosines = self._gradient_stats(G, J, present, all_present)
+            self._gradient_step(method, items, stacked, present, all_present, features, info)
         else:  # pragma: no cover - Method subclasses are one of the two kinds
             raise TypeError(f"unsupported method kind {method.kind!r}")
 
         if not info.skipped:
             info.weights = self._full_weights(method.last_weights, present, all_present)
         return info
+
+    def _gradient_step(
+        self,
+        method: GradientMethod,
+        items: list[Tensor | None],
+        stacked: Tensor,
+        present: Tensor,
+        all_present: bool,
+        features: Tensor | Sequence[Tensor] | None,
+        info: StepInfo,
+    ) -> None:
+        names = info.task_names
+        idx = [t for t, x in enumerate(items) if x is not None]
+        own: list[Tensor] = [items[t] for t in idx]  # type: ignore[misc]
+        seeds = self._loss_seeds(method, stacked, idx)
+        J: Tensor | None = None
+        G: Tensor | None = None
+        write: Callable[[Tensor], None] | None = None
+        if self.memory == "gramian":  # G streamed parameter by parameter; J never exists
+            G = gramian_by_parameter(own, seeds, self.shared).cpu()
+        elif self.mode == "param":
+            J, write = self._param_jacobian(own, seeds), self._param_writer()
+        else:
+            J, write = self._rep_jacobian(own, seeds, idx, features)
+        if J is not None and (method.uses_gramian or self.track_gradients):
+            G = gramian(J, device="cpu")  # once per step: for the method and the statistics
+        dtype = self.shared[0].dtype if J is None else J.dtype
+        device = self.shared[0].device if J is None else J.device
+
+        bad = self._nonfinite_row(J, G)
+        if bad is not None:
+            self._refuse_nonfinite(names[idx[bad]], info)
+        else:
+            losses_arg = stacked.detach()[present].to(dtype) if method.needs_losses else None
+            if method.uses_gramian:
+                assert G is not None
+                host_mask = None if all_present else torch.tensor([x is not None for x in items])
+                w = method.solve(G, losses_arg, host_mask, dtype=dtype, device=device)
+                if J is None:
+                    self._write_weighted_backward(own, seeds, w)
+                else:
+                    assert write is not None
+                    write(combine(w, J))
+            else:
+                assert J is not None and write is not None
+                write(method._aggregate(J, losses_arg, None if all_present else present))
+        if G is not None and self.track_gradients:
+            info.grad_norms, info.cosines = self._gradient_stats(
+                G, dtype, device, present, all_present
+            )
 
     # ------------------------------------------------------------------ helpers
     def _set_task_names(self, names: Sequence[str]) -> None:
@@ -396,9 +447,11 @@ class Balancer:
 
         return J, write
 
-    def _last_layer_grad_norms(self, own: list[Tensor], idx: list[int], stacked: Tensor) -> Tensor:
+    def _last_layer_grad_norms(self, items: list[Tensor | None], stacked: Tensor) -> Tensor:
         norms = stacked.new_zeros(len(stacked)).detach()
-        for t, loss in zip(idx, own):
+        for t, loss in enumerate(items):
+            if loss is None:
+                continue
             grads = torch.autograd.grad(
                 loss, self.last_shared, retain_graph=True, allow_unused=True
             )
@@ -407,10 +460,29 @@ class Balancer:
                 norms[t] = torch.stack(sq).sum().sqrt()
         return norms
 
-    def _nonfinite_row(self, J: Tensor, G: Tensor | None) -> int | None:
+    def _write_weighted_backward(
+        self, own: list[Tensor], seeds: list[Tensor] | None, w: Tensor
+    ) -> None:
+        """memory='gramian': one more backward of ``Σ_t w_t L̃_t`` into the shared parameters."""
+        first = own[0]
+        coef = w.to(device=first.device, dtype=first.dtype)
+        if seeds is not None:
+            coef = coef * torch.stack(seeds).to(coef)
+        total = (torch.stack(own) * coef).sum()
+        grads = torch.autograd.grad(total, self.shared, allow_unused=True)
+        for p, g in zip(self.shared, grads):
+            if g is None:
+                g = torch.zeros_like(p)
+            if p.grad is None:
+                p.grad = g
+            else:
+                p.grad.add_(g)
+
+    def _nonfinite_row(self, J: Tensor | None, G: Tensor | None) -> int | None:
         """The first row of J holding NaN or Inf (read from the host Gramian when there is one)."""
         if G is not None:
             return first_nonfinite_row(G)
+        assert J is not None
         if not self.check_finite or bool(torch.isfinite(J).all()):
             return None
         return int((~torch.isfinite(J)).any(dim=1).nonzero()[0, 0])
@@ -430,7 +502,12 @@ class Balancer:
         )
 
     def _gradient_stats(
-        self, G: Tensor, J: Tensor, present: Tensor, all_present: bool
+        self,
+        G: Tensor,
+        dtype: torch.dtype,
+        device: torch.device,
+        present: Tensor,
+        all_present: bool,
     ) -> tuple[Tensor, Tensor]:
         # From the float64 host Gramian of the step (the same the method used; robust to the
         # scale of the rows): one [n, n] transfer back to the device.
@@ -439,16 +516,16 @@ class Balancer:
         denom = torch.outer(sub_norms, sub_norms)
         sub_cos = torch.where(denom > 0, G / torch.where(denom > 0, denom, 1.0), 0.0)
         sub_cos = sub_cos.clamp(-1.0, 1.0)
-        big = torch.finfo(J.dtype).max
+        big = torch.finfo(dtype).max
         sub_norms = sub_norms.clamp_max(big)
-        both = torch.cat([sub_norms[:, None], sub_cos], dim=1).to(device=J.device, dtype=J.dtype)
+        both = torch.cat([sub_norms[:, None], sub_cos], dim=1).to(device=device, dtype=dtype)
         sub_norms, sub_cos = both[:, 0], both[:, 1:]
         if all_present:
             return sub_norms, sub_cos
         T = len(present)
         idx = present.nonzero().flatten()
-        norms = J.new_zeros(T)
-        cos = J.new_zeros(T, T)
+        norms = torch.zeros(T, dtype=dtype, device=device)
+        cos = torch.zeros(T, T, dtype=dtype, device=device)
         norms[idx] = sub_norms
         cos[idx[:, None], idx[None, :]] = sub_cos
         return norms, cos
