@@ -211,3 +211,16 @@ def test_contradictory_workflow_row_is_explained_by_its_table() -> None:
     # what is left of normals: mean angle +2.48 % (worse), median -4.06 %
     expected = [(56.99 - 55.61) / 55.61 * 100, (52.0 - 54.2) / 54.2 * 100]
     assert rows[1]["delta_per_task"]["normals"] == pytest.approx(sum(expected) / 2)
+
+
+def test_workflows_whose_models_differ_report_different_segmentation(bench) -> None:
+    """Issue 9, defect 4: every workflow reported the same mIoU (to all digits) although the
+    models differed: in eval mode BatchNorm used running statistics of earlier weights, and the
+    segmentation head predicted one class for every pixel. The trainer now re-estimates them for
+    the weights it evaluates (taskbalance.training.batchnorm)."""
+    result = compare_workflows(
+        bench, "depth=0.25", "masked", epochs=1, steps=3, batch_size=8, log=None
+    )
+    full, masked = result.row(REFERENCE)["test"], result.row("masked")["test"]
+    assert full["depth"] != masked["depth"]  # the two models differ
+    assert full["segmentation"] != masked["segmentation"]

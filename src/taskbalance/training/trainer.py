@@ -548,6 +548,9 @@ class Trainer:
             (default: ``train_loader.generator``).
         progress, tensorboard, save_best, callbacks, check_finite: see :class:`TrainConfig`;
             ``check_finite`` is passed to the Balancer.
+        bn_recalibration: before each evaluation, re-estimate the BatchNorm running statistics
+            for the current weights from this many training samples (in order; 0: off); see
+            :mod:`taskbalance.training.batchnorm`.
         method_options, shared_parameters: for a method given by name; the shared parameters
             (default ``model.shared_parameters()``).
     """
@@ -585,6 +588,7 @@ class Trainer:
         check_finite: bool = True,
         method_options: Mapping[str, Any] | None = None,
         shared_parameters: Iterable[nn.Parameter] | None = None,
+        bn_recalibration: int = 1024,
     ) -> None:
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
             raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
@@ -592,6 +596,11 @@ class Trainer:
             isinstance(steps, bool) or not isinstance(steps, int) or steps < 1
         ):
             raise ValueError(f"steps must be None or an integer >= 1, got {steps!r}")
+        if isinstance(bn_recalibration, bool) or not isinstance(bn_recalibration, int) or (
+            bn_recalibration < 0
+        ):
+            raise ValueError(f"bn_recalibration must be an integer >= 0, got {bn_recalibration!r}")
+        self.bn_recalibration = bn_recalibration
         self.device = resolve_device(device)
         self.model = model.to(self.device)
         task_list = list(tasks.values()) if isinstance(tasks, Mapping) else list(tasks)
@@ -892,6 +901,26 @@ class Trainer:
         self._train_steps += stats.steps
         return summary
 
+    def recalibrate_batchnorm(self) -> int:
+        """Re-estimate BatchNorm running statistics for the current weights from the first
+        ``bn_recalibration`` training samples, in order (no RNG is consumed); see
+        :mod:`taskbalance.training.batchnorm`. Returns the number of batches used."""
+        from .batchnorm import batchnorm_layers, recalibrate_batchnorm
+
+        dataset = getattr(self.train_loader, "dataset", None)
+        if not self.bn_recalibration or dataset is None or not batchnorm_layers(self.model):
+            return 0
+        batch = getattr(self.train_loader, "batch_size", None) or 64
+        loader = DataLoader(dataset, batch_size=batch)
+        inputs = (_to_device(_unpack(b)[0], self.device) for b in loader)
+
+        def forward(x: Any) -> Any:
+            with self._autocast():
+                return self._predict(x)
+
+        max_batches = max(1, -(-self.bn_recalibration // batch))
+        return recalibrate_batchnorm(self.model, inputs, forward, max_batches=max_batches)
+
     @torch.no_grad()
     def evaluate(self, loader: Iterable, desc: str = "eval") -> dict[str, dict[str, float]]:
         """Every task's metrics over ``loader``: ``{task: {metric: value}}``."""
@@ -962,6 +991,7 @@ class Trainer:
         if self.scheduler is not None:
             self.scheduler.step()
         self.epoch += 1
+        self.recalibrate_batchnorm()
         val = self.evaluate(self.val_loader, "val")  # type: ignore[arg-type]
         test = self.evaluate(self.test_loader, "test") if self.test_loader is not None else None
         if self._first_val is None:
