@@ -81,6 +81,9 @@ def create(name: str, num_tasks: int, **options: Any) -> Method:
     Raises ``ValueError`` naming the valid choices for an unknown method or option.
     """
     info = method_info(name)
+    removed: dict[str, str] = getattr(info.cls, "removed_options", {})
+    for option in sorted(set(options) & set(removed)):
+        raise ValueError(f"option {option!r} of method {name!r} was removed: {removed[option]}")
     unknown = sorted(set(options) - set(info.options))
     if unknown:
         valid = ", ".join(info.options) if info.options else "none"

@@ -9,48 +9,32 @@ from ..base import GradientMethod, check_positive
 from ..registry import register
 from ..solvers import unit_form
 
-__all__ = ["NashMTL", "nash_weights"]
+__all__ = ["NashMTL", "nash_residual", "nash_weights"]
 
 
-def nash_weights(
-    G: Tensor, *, ridge: float = 1e-10, max_iter: int = 100, tol: float = 1e-20
-) -> Tensor:
-    """The Nash bargaining weights ``α > 0`` with ``G α = 1/α`` (float64 Gramian ``G``).
-
-    ``G α = 1/α`` is the stationarity condition of the strictly convex
-    ``φ(α) = ½ αᵀ G α − Σ_t log α_t`` on ``α > 0``, minimised by damped Newton's method
-    (Hessian ``G + diag(1/α²)``, always positive definite; the step is cut to stay inside
-    ``α > 0`` and backtracked until φ decreases), stopped when the squared Newton decrement is
-    below ``tol``. Newton needs 5-15 iterations from the start ``α_t = 1/√(n G_tt)`` (exact
-    when all gradients are equal).
-
-    ``φ`` has no minimiser when some ``α ≥ 0`` has ``Jᵀα = 0`` (a zero gradient, gradients that
-    cancel out): there is no Nash solution. The documented finite fallback: a ridge ``ρ I`` with
-    ``ρ = ridge · max_t G_tt`` is always added to ``G`` (negligible for a well-conditioned
-    ``G``), so α stays finite (the α of a zero gradient becomes ``1/√ρ`` and contributes
-    nothing to ``d = Jᵀα``), and ``‖Jᵀα‖² ≤ n`` always holds.
-    """
-    n = G.shape[0]
-    dtype, device = G.dtype, G.device
-    diag = G.diagonal()
-    scale = float(diag.max().clamp_min(0))
-    if scale <= 0:
-        scale = 1.0
-    rho = ridge * scale
-    A = G + rho * torch.eye(n, dtype=dtype, device=device)
-    alpha = 1.0 / (n * diag.clamp_min(0) + rho).sqrt()
+def _newton(A: Tensor, alpha: Tensor, max_iter: int, tol: float) -> Tensor:
+    """Damped Newton on ``φ(α) = ½ αᵀAα − Σ log α_t`` from ``α > 0``."""
 
     def phi(a: Tensor) -> Tensor:
         return 0.5 * (a @ (A @ a)) - a.log().sum()
 
     f = phi(alpha)
+    previous = float("inf")
     for _ in range(max_iter):
         grad = A @ alpha - 1.0 / alpha
         H = A + torch.diag(1.0 / alpha**2)
-        step = -torch.linalg.solve(H, grad)
+        step = -torch.linalg.solve_ex(H, grad)[0]
         decrement = float(-(grad @ step))
-        if decrement <= tol:
+        if not decrement > tol:  # converged, or H singular to rounding (α escaping to ∞)
             break
+        if decrement < 0.01:
+            # φ is self-concordant: with a Newton decrement below 0.1 the full step stays in
+            # α > 0 and converges quadratically (Boyd & Vandenberghe, §9.6), so no line search
+            # - whose test on φ would stall at φ's rounding level before α is exact.
+            if decrement >= previous:
+                break  # at rounding level
+            alpha, f, previous = alpha + step, phi(alpha + step), decrement
+            continue
         # Largest step keeping α > 0 (stay a fraction away from the boundary).
         neg = step < 0
         t = 1.0
@@ -66,6 +50,49 @@ def nash_weights(
             break
         alpha, f = cand, fc
     return alpha
+
+
+def nash_residual(G: Tensor, alpha: Tensor) -> Tensor:
+    """``max_t |α_t (Gα)_t − 1|``, the violation of the Nash condition (``inf`` if not finite)."""
+    r = (alpha * (G @ alpha) - 1).abs().amax()
+    ok = torch.isfinite(alpha).all() & (alpha > 0).all() & torch.isfinite(r)
+    return torch.where(ok, r, torch.full_like(r, torch.inf))
+
+
+def nash_weights(
+    G: Tensor, *, ridge: float = 1e-10, max_iter: int = 100, tol: float = 1e-20
+) -> Tensor:
+    """The Nash bargaining weights ``α > 0`` with ``G α = 1/α`` (float64 Gramian ``G``).
+
+    ``G α = 1/α`` is the stationarity condition of the strictly convex
+    ``φ(α) = ½ αᵀ G α − Σ_t log α_t`` on ``α > 0``, minimised by damped Newton's method
+    (Hessian ``G + diag(1/α²)``, always positive definite; the step is cut to stay inside
+    ``α > 0`` and backtracked until φ decreases), stopped when the squared Newton decrement is
+    below ``tol``. Newton needs 5-15 iterations from the start ``α_t = 1/√(n G_tt)`` (exact
+    when all gradients are equal).
+
+    ``φ`` has no minimiser when some ``α ≥ 0`` has ``Jᵀα = 0`` (a zero gradient, gradients that
+    cancel out): there is no Nash solution. So α is first found for ``G + ρI`` with
+    ``ρ = ridge · max_t G_tt``, which always has one, and Newton then continues on ``G`` itself
+    from there. The ridge-free α is kept where it solves ``α_t (Gα)_t = 1`` better than the
+    ridge's (to rounding, ``< 1e-12`` for a well-conditioned G); where no solution exists some
+    ``α_t (Gα)_t − 1`` stays ≥ 1 (for ``Jᵀv = 0``, ``v ≥ 0``: ``Σ_t v_t (Gα)_t = 0``), so
+    the documented finite fallback is the ridge's α: the α of a zero gradient is ``1/√ρ`` and
+    contributes nothing to ``d = Jᵀα``, and ``‖Jᵀα‖² ≤ n`` always holds.
+    """
+    n = G.shape[0]
+    dtype, device = G.dtype, G.device
+    diag = G.diagonal()
+    scale = float(diag.max().clamp_min(0))
+    if scale <= 0:
+        scale = 1.0
+    rho = ridge * scale
+    start = 1.0 / (n * diag.clamp_min(0) + rho).sqrt()
+    alpha_ridge = _newton(G + rho * torch.eye(n, dtype=dtype, device=device), start, max_iter, tol)
+    alpha = _newton(G, alpha_ridge, max_iter, tol)
+    res, res_ridge = nash_residual(G, alpha), nash_residual(G, alpha_ridge)
+    # ≥ 1 is the mark of a G without a Nash solution (see above): keep the ridge's α then.
+    return torch.where((res < res_ridge) & (res < 0.5), alpha, alpha_ridge)
 
 
 @register(
@@ -91,12 +118,22 @@ class NashMTL(GradientMethod):
             (default 1, every step; the paper uses larger values to save time). α is also
             recomputed when the set of tasks present changes.
         max_iter: iteration cap of Newton's method.
-        normalize_gramian: ``False`` (default) follows the paper's equation, ``‖d‖ = √n``
-            whatever the gradients' scale. ``True`` follows the authors' released code, which
-            divides ``G`` by its Frobenius norm before solving: α grows by ``√‖G‖_F``, so
-            ``‖d‖ = √(n ‖G‖_F)`` follows the scale of the gradients (before clipping) and
-            plain SGD slows down as gradients shrink.
+
+    The authors' released code divides ``G`` by ``s = ‖G‖_F`` before its convex solver, but
+    its constraint ``−log(α_t s) − log((G/s)α)_t ≤ 0`` is ``α_t (Gα)_t ≥ 1`` in raw units and
+    its objective is the raw one divided by ``s``: its α is the paper's α, which this method
+    computes. (Version 0.1's ``normalize_gramian`` option, which multiplied α by ``√‖G‖_F``
+    in the belief that it reproduced that code, is removed.)
     """
+
+    #: Options of earlier versions that no longer exist, with the reason (the registry names it).
+    removed_options = {
+        "normalize_gramian": (
+            "the authors' Frobenius normalisation of G leaves their α equal to the paper's α "
+            "(their constraint α_i·s·((G/s)α)_i >= 1 is α_i(Gα)_i >= 1), which nash_mtl "
+            "always computes; the option scaled α by √‖G‖_F instead - remove it"
+        )
+    }
 
     uses_gramian = True
 
@@ -106,12 +143,8 @@ class NashMTL(GradientMethod):
         max_norm: float = 1.0,
         update_weights_every: int = 1,
         max_iter: int = 100,
-        normalize_gramian: bool = False,
     ) -> None:
         super().__init__(num_tasks)
-        if not isinstance(normalize_gramian, bool):
-            raise ValueError(f"normalize_gramian must be True or False, got {normalize_gramian!r}")
-        self.normalize_gramian = normalize_gramian
         self.max_norm = check_positive("max_norm", max_norm, allow_zero=True)
         for name, value in (("update_weights_every", update_weights_every), ("max_iter", max_iter)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -155,9 +188,6 @@ class NashMTL(GradientMethod):
             # spread of gradient norms leaves the numerics (zero gradients: D_t = 1).
             Gu, D = unit_form(G)
             alpha = nash_weights(Gu, max_iter=self.max_iter) / D
-            if self.normalize_gramian:
-                # Solving for G/s gives √s·α (s = ‖G‖_F), as the authors' code does.
-                alpha = alpha * G.norm().sqrt()
             self._alpha = alpha.detach()
             self._alpha_present = mask
         if self.max_norm > 0:
