@@ -24,6 +24,9 @@ __all__ = ["main"]
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+#: The default thread count never exceeds this: the built-in benchmarks' small networks gain
+#: little from more threads, and a busy machine loses a lot from oversubscription.
+MAX_DEFAULT_THREADS = 4
 
 
 class UserError(Exception):
@@ -166,7 +169,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from taskbalance.training import TrainConfig, train
 
     config = TrainConfig.from_dict(_train_config_dict(args))
-    result = train(config)
+    _check_out(config.out_dir, "--out" if args.out is not None else "config key 'out_dir'")
+    if config.pseudo_labels is not None:
+        _check_pseudo_labels(
+            config.pseudo_labels,
+            "--pseudo-labels" if args.pseudo_labels is not None else "config key 'pseudo_labels'",
+        )
+    result = train(config, overwrite=args.overwrite)
     out = Path(getattr(result, "out_dir", config.out_dir))
     print(f"best epoch (validation): {result.best_epoch}")
     for task, metrics in (result.test or {}).items():
@@ -176,12 +185,62 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# What each command writes in its --out folder (deleted by --overwrite).
+_COMPARE_FILES = ("runs", "baselines", "plots", "leaderboard.md", "results.json")
+_WORKFLOW_FILES = ("runs", "teachers", "pseudo_labels.pt", "annotate.json", "workflows.md",
+                   "results.json")
+_TUNE_FILES = ("baselines", "trials", "tune.db", "best_weights.json")
+_ANNOTATE_FILES = ("teachers", "pseudo_labels.pt", "annotate.json")
+
+
+def _check_out(path: str | os.PathLike[str], option: str) -> Path:
+    """``path`` if the command can write its folder there (nothing is created yet), else a
+    ``UserError`` naming ``option``."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{option} {str(out)!r} is a file; give a folder for the results")
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(
+            f"{option} {str(out)!r}: {str(existing)!r} is a file, so the folder cannot be "
+            "created; give another folder"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(
+            f"{option} {str(out)!r}: {str(existing)!r} is not writable; give a folder you can "
+            "write to"
+        )
+    return out
+
+
+def _prepare_out(out: Path, names: Sequence[str], overwrite: bool, what: str) -> None:
+    """``--overwrite``: delete what an earlier ``what`` wrote to ``out`` (``names`` only)."""
+    from taskbalance.training.rundir import clear_run, held_results
+
+    if overwrite and held_results(out, names):
+        removed = clear_run(out, names)
+        _log(f"--overwrite: removed the earlier {what} from {out} ({', '.join(removed)})")
+
+
+def _check_pseudo_labels(path: str, option: str) -> None:
+    from taskbalance.experiments.annotate import PseudoLabelStore
+
+    try:
+        PseudoLabelStore.load(path)
+    except (OSError, ValueError) as err:
+        raise UserError(f"{option}: {_one_line(err)}") from None
+
+
 def _cmd_compare(args: argparse.Namespace) -> int:
     from taskbalance.experiments.compare import CompareSettings, run_compare
 
     benchmark = args.benchmark
     if args.labels is not None or args.workflows is not None:
         return _compare_workflows(args)
+    out_dir = _check_out(args.out or Path("runs") / f"compare-{benchmark}", "--out")
+    _prepare_out(out_dir, _COMPARE_FILES, args.overwrite, "comparison")
     if args.finetune_rounds:
         raise UserError(
             "--finetune-rounds applies to the partial-label workflows: give --labels TASK=FRACTION"
@@ -194,7 +253,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         steps=args.steps,
         size=args.size,
         device=args.device,
-        out_dir=args.out or str(Path("runs") / f"compare-{benchmark}"),
+        out_dir=str(out_dir),
         lr=args.lr,
         batch_size=args.batch_size,
         pareto=args.pareto,
@@ -242,6 +301,16 @@ def _compare_workflows(args: argparse.Namespace) -> int:
                 f"name (got {args.methods!r})"
             )
         method = names[0]
+    out_dir = _check_out(args.out or Path("runs") / f"workflows-{args.benchmark}", "--out")
+    _prepare_out(out_dir, _WORKFLOW_FILES, args.overwrite, "workflow comparison")
+    from taskbalance.training.rundir import RunFolderError, held_results
+
+    held = held_results(out_dir, ("workflows.md", "results.json", "runs"))
+    if held:  # the workflows are trained from scratch: they cannot continue an earlier call
+        raise RunFolderError(
+            f"--out {str(out_dir)!r} holds an earlier workflow comparison ({', '.join(held)}); "
+            "replace it with --overwrite or choose another --out folder"
+        )
     result = compare_workflows(
         args.benchmark,
         args.labels,
@@ -252,7 +321,7 @@ def _compare_workflows(args: argparse.Namespace) -> int:
         method=method,
         size=args.size,
         device=args.device,
-        out_dir=args.out or str(Path("runs") / f"workflows-{args.benchmark}"),
+        out_dir=str(out_dir),
         finetune_rounds=args.finetune_rounds,
         log=_log,
         **_optional_training_options(args),
@@ -268,7 +337,8 @@ def _compare_workflows(args: argparse.Namespace) -> int:
 def _cmd_annotate(args: argparse.Namespace) -> int:
     from taskbalance.experiments.annotate import STORE_NAME, annotate_benchmark, format_summary
 
-    out = args.out or str(Path("runs") / f"annotate-{args.benchmark}")
+    out = str(_check_out(args.out or Path("runs") / f"annotate-{args.benchmark}", "--out"))
+    _prepare_out(Path(out), _ANNOTATE_FILES, args.overwrite, "annotation")
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
     store = annotate_benchmark(
         args.benchmark,
@@ -300,6 +370,8 @@ def _cmd_annotate(args: argparse.Namespace) -> int:
 def _cmd_tune(args: argparse.Namespace) -> int:
     from taskbalance.experiments.tune import TuneSettings, run_tune
 
+    out_dir = _check_out(args.out or Path("runs") / f"tune-{args.benchmark}", "--out")
+    _prepare_out(out_dir, _TUNE_FILES, args.overwrite, "study")
     settings = TuneSettings(
         benchmark=args.benchmark,
         trials=args.trials,
@@ -310,7 +382,8 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         size=args.size,
         device=args.device,
         seed=args.seed,
-        out_dir=args.out or str(Path("runs") / f"tune-{args.benchmark}"),
+        out_dir=str(out_dir),
+        overwrite=args.overwrite,
         lr=args.lr,
         batch_size=args.batch_size,
     )
@@ -325,6 +398,44 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 def _log(message: str) -> None:
     print(message, flush=True)
+
+
+def default_threads() -> tuple[int, str]:
+    """The default torch thread count and why: the usable CPUs minus those busy with other work
+    (1-minute load average), between 1 and :data:`MAX_DEFAULT_THREADS`.
+
+    Measured (``benchmarks/bench_threads.py``, 2 CPUs): idle, 2 threads take 0.57x the time of
+    one; with two other busy processes, 2 threads take 3.7x the time of one (oversubscription).
+    """
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on every platform
+        cpus = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        load = 0.0
+    free = cpus - round(load)
+    threads = max(1, min(MAX_DEFAULT_THREADS, free))
+    return threads, f"{cpus} CPUs, load {load:.1f}"
+
+
+def _set_threads(requested: int | None) -> None:
+    import torch
+
+    if requested is not None:
+        torch.set_num_threads(requested)
+        _log(f"torch threads: {requested} (--threads)")
+        return
+    threads, why = default_threads()
+    torch.set_num_threads(threads)
+    _log(f"torch threads: {threads} ({why}; --threads N to change)")
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings of the command line are one line each (no source excerpt)."""
+    text = " ".join(str(message).split())
+    print(f"taskbalance: warning: {text}", file=file or sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------------------------- parser
@@ -359,6 +470,23 @@ def _add_training_flags(
         help="training batch size (default: the trainer's)",
     )
     p.add_argument("--out", default=None, help=out_help)
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete what an earlier call wrote to the --out folder, then start afresh "
+        "(without it, a call continues an earlier one with the same settings)",
+    )
+    _add_threads_flag(p)
+
+
+def _add_threads_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        help="torch CPU threads (default: the CPUs not busy with other work, at most "
+        f"{MAX_DEFAULT_THREADS}; the choice is printed)",
+    )
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -410,6 +538,13 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", help="run folder (default: runs/<benchmark>-<method>-seed<seed>)")
     p.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete the files of an earlier run in the --out folder and start afresh (without "
+        "it, a folder holding another run's results is refused)",
+    )
+    _add_threads_flag(p)
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="cpu, cuda, cuda:N or mps")
     p.add_argument("--lr", type=float, help="learning rate")
@@ -574,7 +709,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USER_ERROR
     func: Callable[[argparse.Namespace], int] = args.func
     debug = os.environ.get("TASKBALANCE_DEBUG", "") not in ("", "0")
+    import warnings
+
+    import torch
+
+    # main() may be called in-process (tests, scripts): put back what it changes.
+    saved_threads, saved_showwarning = torch.get_num_threads(), warnings.showwarning
+    warnings.showwarning = _one_line_warning
     try:
+        if hasattr(args, "threads"):
+            _set_threads(args.threads)
         return func(args)
     except KeyboardInterrupt:
         print("taskbalance: interrupted; run the same command again to continue", file=sys.stderr)
@@ -584,6 +728,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"taskbalance {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return EXIT_USER_ERROR
+    finally:
+        warnings.showwarning = saved_showwarning
+        torch.set_num_threads(saved_threads)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -192,3 +192,37 @@ def test_generation_is_not_trivially_constant(tiny: dict[str, Benchmark]) -> Non
         inputs = bench.train.inputs.float()
         assert float(inputs.std()) > 5.0  # uint8 scale: real images, not blanks
         assert np.isfinite(inputs.numpy()).all()
+
+
+def test_damaged_cache_files_are_regenerated_with_a_one_line_notice(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first = load_benchmark("scenes", size="tiny", cache_dir=tmp_path)
+    (path,) = tmp_path.glob("scenes-*.npz")
+    good = path.read_bytes()
+    with np.load(path) as data:
+        arrays = {k: data[k] for k in data.files}
+    wrong_keys = {k.replace("normals", "normal"): v for k, v in arrays.items()}
+    wrong_shape = dict(arrays, **{"train/inputs": arrays["train/inputs"][:, :, :-1]})
+    flipped = bytearray(good)
+    flipped[len(good) // 2] ^= 0x10  # inside the arrays' bytes: the zip CRC catches it
+    damages = {
+        "truncated": lambda: path.write_bytes(good[: len(good) // 3]),
+        "central directory cut": lambda: path.write_bytes(good[:-40]),
+        "bit flip": lambda: path.write_bytes(bytes(flipped)),
+        "wrong keys": lambda: np.savez(path, **wrong_keys),
+        "wrong shape": lambda: np.savez(path, **wrong_shape),
+        "empty": lambda: path.write_bytes(b""),
+    }
+    for what, damage in damages.items():
+        damage()
+        capsys.readouterr()
+        again = load_benchmark("scenes", size="tiny", cache_dir=tmp_path)
+        lines = capsys.readouterr().err.splitlines()
+        assert len(lines) == 1 and str(path) in lines[0] and "regenerating" in lines[0], what
+        assert torch.equal(again.train.inputs, first.train.inputs), what
+        assert torch.equal(again.test.targets["normals"], first.test.targets["normals"]), what
+        assert path.read_bytes() == good, what  # rewritten: the next load is silent
+    load_benchmark("scenes", size="tiny", cache_dir=tmp_path)
+    assert capsys.readouterr().err == ""
+    assert not list(tmp_path.glob("*.tmp*"))

@@ -259,3 +259,62 @@ def test_teacher_for_a_task_without_labels_is_an_error(bench) -> None:
         annotate(bench, ["nope"], epochs=1)
     with pytest.raises(ValueError, match="made for benchmark name"):
         with_pseudo_labels(bench, _store(n=len(bench.train)))
+
+
+# ------------------------------------------------------------------------ damaged or hostile files
+class _WritesMarker:
+    """Unpickling this object calls ``Path.touch(marker)``: code run by loading a file."""
+
+    def __init__(self, marker) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        from pathlib import Path
+
+        return (Path.touch, (self.marker,))
+
+
+def test_pseudo_label_file_with_a_pickle_payload_is_refused(tmp_path) -> None:
+    marker = tmp_path / "marker"
+    data = _store().to_dict()
+    data["meta"] = {"payload": _WritesMarker(marker)}
+    torch.save(data, tmp_path / "pl.pt")
+    with pytest.raises(ValueError, match="pseudo-label file.*could run code.*annotate"):
+        PseudoLabelStore.load(tmp_path / "pl.pt")
+    assert not marker.exists()
+
+
+def test_damaged_pseudo_label_files_are_one_line_errors(tmp_path) -> None:
+    path = _store().save(tmp_path / "pl.pt")
+    good = path.read_bytes()
+    data = _store().to_dict()
+    del data["tasks"]["a"]["values"]
+    torch.save(data, tmp_path / "incomplete.pt")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    (tmp_path / "truncated.pt").write_bytes(good[: len(good) // 2])
+    flipped = bytearray(good)
+    flipped[bytes(good).find(torch.tensor([0.99]).numpy().tobytes())] ^= 4  # a confidence
+    (tmp_path / "flipped.pt").write_bytes(bytes(flipped))
+    for name in ("incomplete", "empty", "truncated", "flipped"):
+        with pytest.raises(ValueError) as err:
+            PseudoLabelStore.load(tmp_path / f"{name}.pt")
+        text = str(err.value)
+        assert f"{name}.pt" in text and "annotate" in text and "\n" not in text, text
+
+
+def test_annotate_warns_when_it_keeps_no_pseudo_label(bench) -> None:
+    with pytest.warns(RuntimeWarning, match="kept 0 of .*--threshold"):
+        store = annotate(bench, "segmentation", epochs=1, steps=1, threshold=1.0, batch_size=8)
+    assert len(store["segmentation"]) == 0
+
+
+def test_annotate_again_continues_its_teachers_and_refuses_other_settings(bench, tmp_path):
+    options = {"teacher_width": 8, "epochs": 2, "steps": 1, "threshold": 0.0, "batch_size": 8}
+    first = annotate(bench, ["segmentation"], out_dir=tmp_path, **options)
+    stamp = (tmp_path / "teachers" / "segmentation" / "checkpoint.pt").stat().st_mtime_ns
+    again = annotate(bench, ["segmentation"], out_dir=tmp_path, **options)
+    # the finished teacher is reused, not retrained: same checkpoint, same labels
+    assert (tmp_path / "teachers" / "segmentation" / "checkpoint.pt").stat().st_mtime_ns == stamp
+    assert torch.equal(again["segmentation"].values, first["segmentation"].values)
+    with pytest.raises(ValueError, match="lr.*--overwrite"):
+        annotate(bench, ["segmentation"], out_dir=tmp_path, **{**options, "lr": 0.1})

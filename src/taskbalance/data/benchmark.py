@@ -25,10 +25,13 @@ them as ``uint8`` in memory and convert per item.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import sys
 import tempfile
+import zipfile
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -59,7 +62,8 @@ __all__ = [
 Batch = tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]
 
 SPLITS = ("train", "val", "test")
-_CACHE_FORMAT = 2  # bump when the .npz layout changes
+_CACHE_FORMAT = 3  # bump when the .npz layout changes (3: with a manifest)
+_MANIFEST = "__manifest__"
 
 
 class MultiTaskDataset(Dataset):
@@ -335,23 +339,34 @@ class Benchmark:
         )
 
 
-def _cache_path(cache_dir: Path, spec: BenchmarkSpec, seed: int, params: dict[str, Any]) -> Path:
-    key = json.dumps(
+def _cache_key(spec: BenchmarkSpec, seed: int, params: dict[str, Any]) -> str:
+    return json.dumps(
         {"v": spec.version, "format": _CACHE_FORMAT, "seed": seed, "params": params}, sort_keys=True
     )
-    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def _cache_path(cache_dir: Path, spec: BenchmarkSpec, seed: int, params: dict[str, Any]) -> Path:
+    digest = hashlib.sha256(_cache_key(spec, seed, params).encode()).hexdigest()[:16]
     return cache_dir / f"{spec.name}-v{spec.version}-seed{seed}-{digest}.npz"
 
 
-def _save(path: Path, splits: Mapping[str, SplitArrays]) -> None:
+def _save(path: Path, splits: Mapping[str, SplitArrays], key: str) -> None:
+    """Write the arrays with a manifest (the cache key, every array's dtype and shape) that
+    :func:`_load` checks."""
     arrays: dict[str, np.ndarray] = {}
     for split, data in splits.items():
         arrays[f"{split}/inputs"] = data.inputs
         arrays.update({f"{split}/target/{k}": _compact(v) for k, v in data.targets.items()})
         arrays.update({f"{split}/extra/{k}": v for k, v in data.extras.items()})
+    manifest = {"key": key, "arrays": {k: [v.dtype.str, list(v.shape)] for k, v in arrays.items()}}
+    arrays[_MANIFEST] = np.frombuffer(json.dumps(manifest).encode(), dtype=np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp.npz")
     try:
+        mask = os.umask(0)
+        os.umask(mask)
+        with contextlib.suppress(OSError):  # a normal file's permissions, not mkstemp's 0600
+            os.fchmod(fd, 0o666 & ~mask)
         with os.fdopen(fd, "wb") as handle:
             np.savez(handle, **arrays)  # type: ignore[arg-type]
         os.replace(tmp, path)
@@ -368,25 +383,44 @@ def _compact(array: np.ndarray) -> np.ndarray:
     return array
 
 
-def _load(path: Path, task_names: tuple[str, ...]) -> dict[str, SplitArrays]:
+class _CorruptCache(ValueError):
+    pass
+
+
+def _load(path: Path, task_names: tuple[str, ...], key: str) -> dict[str, SplitArrays]:
+    """Read a cache file written by :func:`_save`; ``_CorruptCache`` (or a zip/OS error) when
+    its manifest is missing or does not match the key, the arrays' names, dtypes or shapes."""
     splits = {s: SplitArrays(np.empty(0), {}, {}) for s in SPLITS}
     with np.load(path, allow_pickle=False) as data:
-        for key in data.files:
-            split, _, rest = key.partition("/")
+        if _MANIFEST not in data.files:
+            raise _CorruptCache("no manifest")
+        manifest = json.loads(data[_MANIFEST].tobytes().decode())
+        if not isinstance(manifest, dict) or manifest.get("key") != key:
+            raise _CorruptCache("written for other generation settings")
+        expected = manifest.get("arrays") or {}
+        names = [k for k in data.files if k != _MANIFEST]
+        if sorted(names) != sorted(expected):
+            raise _CorruptCache("its arrays are not those of the manifest")
+        for member in names:
+            array = data[member]  # reading checks the zip member's CRC
+            if [array.dtype.str, list(array.shape)] != expected[member]:
+                raise _CorruptCache(f"array {member!r} has another dtype or shape than recorded")
+            split, _, rest = member.partition("/")
             kind, _, name = rest.partition("/")
+            if split not in splits:
+                raise _CorruptCache(f"unknown split in array name {member!r}")
             if kind == "inputs":
-                splits[split].inputs = data[key]
+                splits[split].inputs = array
             elif kind == "target":
-                array = data[key]
                 # integer targets are class indices: int64 in memory, compact on disk
                 is_int = np.issubdtype(array.dtype, np.integer)
                 splits[split].targets[name] = array.astype(np.int64) if is_int else array
             else:
-                splits[split].extras[name] = data[key]
+                splits[split].extras[name] = array
     for split, arrays in splits.items():
         lengths = {len(arrays.inputs), *(len(t) for t in arrays.targets.values())}
         if set(arrays.targets) != set(task_names) or arrays.inputs.ndim < 2 or len(lengths) != 1:
-            raise KeyError(f"cache file {str(path)!r} is incomplete (split {split!r})")
+            raise _CorruptCache(f"split {split!r} is incomplete")
     return splits
 
 
@@ -426,16 +460,23 @@ def load_benchmark(
         validate_fractions(labels, spec.task_names)
     directory = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     path = _cache_path(directory, spec, seed, params)
+    key = _cache_key(spec, seed, params)
     arrays: dict[str, SplitArrays] | None = None
     if path.exists():
         try:
-            arrays = _load(path, spec.task_names)
-        except (OSError, ValueError, KeyError, zlib.error):
-            arrays = None  # corrupt or partial cache file: regenerate
+            arrays = _load(path, spec.task_names, key)
+        except (OSError, ValueError, KeyError, EOFError, zlib.error, zipfile.BadZipFile) as err:
+            reason = " ".join(str(err).split()) or type(err).__name__
+            print(
+                f"taskbalance: the cached {name} data {str(path)!r} is unreadable ({reason}); "
+                "regenerating it",
+                file=sys.stderr,
+                flush=True,
+            )
     if arrays is None:
         arrays = spec.generate(seed, dict(params))
         try:
-            _save(path, arrays)
+            _save(path, arrays, key)
         except OSError:
             pass  # read-only cache location: still usable, just not cached
     splits = {s: arrays[s].to_dataset() for s in SPLITS}

@@ -38,9 +38,11 @@ The per-sample ``confidences`` stored are those values (mean over pixels for den
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -218,16 +220,15 @@ class PseudoLabelStore:
         }
 
     def save(self, path: str | Path) -> Path:
-        """Write the store (atomically); a directory ``path`` gets ``pseudo_labels.pt``."""
-        from taskbalance.training.checkpoint import atomic_write
+        """Write the store (atomically, with a digest of its content); a directory ``path``
+        gets ``pseudo_labels.pt``."""
+        from taskbalance.training.checkpoint import save_torch_file
 
         path = Path(path)
         if path.is_dir():
             path = path / STORE_NAME
         path.parent.mkdir(parents=True, exist_ok=True)
-        data = self.to_dict()
-        atomic_write(path, lambda handle: torch.save(data, handle))
-        return path
+        return save_torch_file(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | Path) -> PseudoLabelStore:
@@ -239,19 +240,38 @@ class PseudoLabelStore:
             raise FileNotFoundError(
                 f"no pseudo-label file {str(path)!r}; create one with taskbalance annotate"
             )
-        try:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # noqa: BLE001 - any unpickling failure means a bad file
-            raise ValueError(f"{str(path)!r} is not a readable pseudo-label file: {err}") from err
+        from taskbalance.training.checkpoint import load_torch_file
+
+        fix = "create it again with taskbalance annotate"
+        # weights_only: tensors and plain values only, so a tampered file cannot run code
+        data = load_torch_file(path, what="pseudo-label file", fix=fix)
         if not isinstance(data, Mapping) or data.get("format") != _FORMAT:
-            raise ValueError(f"{str(path)!r} is not a taskbalance pseudo-label file")
+            raise ValueError(
+                f"{str(path)!r} is not a taskbalance pseudo-label file; give the "
+                f"{STORE_NAME} written by taskbalance annotate"
+            )
         if data.get("version") != _VERSION:
             raise ValueError(
                 f"{str(path)!r} has pseudo-label format version {data.get('version')!r}; this "
-                f"taskbalance reads version {_VERSION}"
+                f"taskbalance reads version {_VERSION}; {fix}"
             )
-        entries = [PseudoLabels(**entry) for entry in data["tasks"].values()]
-        return cls(entries, data["num_samples"], data.get("meta"))
+        try:
+            tasks, num_samples = data["tasks"], data["num_samples"]
+            if not isinstance(tasks, Mapping) or isinstance(num_samples, bool):
+                raise TypeError("bad layout")
+            entries = []
+            for entry in tasks.values():
+                entry = dict(entry)
+                for key in ("indices", "values", "confidences", "coverage"):
+                    if not isinstance(entry.get(key), Tensor):
+                        raise TypeError(f"{key} is not a tensor")
+                entries.append(PseudoLabels(**entry))
+            return cls(entries, int(num_samples), data.get("meta"))
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            text = " ".join(str(err).split())
+            raise ValueError(
+                f"pseudo-label file {str(path)!r} is damaged ({text}); {fix}"
+            ) from None
 
     def check_benchmark(self, benchmark: Any) -> None:
         """``ValueError`` when the store was made for another benchmark, seed or size."""
@@ -476,6 +496,25 @@ def train_teacher(
         if record["best_epoch"] == record["epoch"]:
             best["state"] = copy.deepcopy(trainer.model.state_dict())
 
+    # What makes two teachers the same run: a teacher folder with another one's files is
+    # refused on resume (the Trainer compares these) rather than silently mixed.
+    run_config = {
+        "teacher": task,
+        "benchmark": getattr(benchmark, "name", None),
+        "data_seed": getattr(benchmark, "seed", None),
+        "params": dict(getattr(benchmark, "params", {}) or {}),
+        "labelled": hashlib.sha256(labelled.numpy().tobytes()).hexdigest()[:16],
+        "width": width,
+        "model_options": dict(model_options or {}),
+        "epochs": epochs,
+        "steps": steps,
+        "batch_size": batch_size,
+        "lr": lr,
+        "seed": seed,
+    }
+    folder = Path(out_dir) if out_dir is not None else None
+    # A teacher killed (or finished) earlier continues from its checkpoint.
+    resume = folder is not None and (folder / "checkpoint.pt").is_file()
     start = time.perf_counter()
     trainer = Trainer(
         model,
@@ -488,13 +527,22 @@ def train_teacher(
         steps=steps,
         lr=lr,
         device=device,
-        out_dir=out_dir,
+        out_dir=folder,
+        run_config=run_config,
         progress=False,
         tensorboard=False,
-        save_best=False,
-        callbacks=[keep_best],
+        save_best=folder is not None,
+        callbacks=[keep_best] if folder is None else [],
     )
-    result = trainer.fit()
+    result = trainer.fit(resume=resume)
+    if folder is not None:  # best.pt outlives a kill; the in-memory copy would not
+        from taskbalance.training.checkpoint import load_torch_file
+
+        best["state"] = load_torch_file(
+            folder / "best.pt",
+            what="teacher weights",
+            fix="delete the teacher's folder so that it is trained again",
+        )
     if "state" in best:
         trainer.model.load_state_dict(best["state"])
     trainer.model.eval()
@@ -778,6 +826,14 @@ def annotate(
         )
         entry.teacher = info
         entries.append(entry)
+        if len(entry) == 0 and entry.candidates > 0:
+            warnings.warn(
+                f"annotate {t}: kept 0 of {entry.candidates} pseudo-labels at threshold "
+                f"{entry.threshold:g}; lower the threshold (--threshold) or train the teacher "
+                "longer (--epochs)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         if log is not None:
             log(
                 f"annotate {t}: teacher on {info['labelled']} labelled samples "

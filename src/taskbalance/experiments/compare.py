@@ -170,19 +170,20 @@ def run_or_reuse(config: Mapping[str, Any], *, label: str = "", log: Log = print
     """
     from taskbalance.training import TrainConfig, train
     from taskbalance.training.config import RESUME_MAY_DIFFER
+    from taskbalance.training.rundir import load_results_file
 
     out = Path(config["out_dir"])
     results_path = out / "results.json"
     cfg = TrainConfig.from_dict(config)  # validates before anything else
     if results_path.exists():
-        results = json.loads(results_path.read_text())
+        results = load_results_file(results_path)
         ignore = RESUME_MAY_DIFFER - {"epochs"}
         diff = cfg.differences(results.get("config", {}), ignore=ignore)
         if diff:
             shown = "; ".join(f"{k}: {b!r} there, {a!r} now" for k, (a, b) in diff.items())
             raise ValueError(
                 f"{out} holds a finished run with other settings ({shown}); "
-                "use another --out folder or delete that run"
+                "replace it with --overwrite or use another --out folder"
             )
         log(f"{label}: reused ({results_path})")
         return results
@@ -192,7 +193,7 @@ def run_or_reuse(config: Mapping[str, Any], *, label: str = "", log: Log = print
     result = train(cfg)
     log(f"{label}: {'resumed and ' if resume else ''}trained in {time.perf_counter() - start:.1f}s")
     if results_path.exists():
-        return json.loads(results_path.read_text())
+        return load_results_file(results_path)
     return result.to_dict()  # the trainer writes results.json; this is only a fallback
 
 

@@ -70,6 +70,7 @@ class TuneSettings:
     low: float = 0.1
     high: float = 10.0
     extra: dict[str, Any] = field(default_factory=dict)  # more TrainConfig fields
+    overwrite: bool = False  # delete an existing study of this name and start afresh
 
 
 @dataclass
@@ -147,6 +148,28 @@ def run_tune(settings: TuneSettings, log: Log = print) -> TuneResult:
 
     base = base_config(s, seed=s.seed)
 
+    # The storage is opened (and a bad URL refused) before anything trains.
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            storage = RDBStorage(
+                storage_url,
+                heartbeat_interval=10,
+                grace_period=30,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
+            )
+        existing = optuna.study.get_all_study_names(storage)
+    except Exception as err:  # bad URL, unreachable database: a user error with one line
+        text = " ".join(str(err).split())
+        raise ValueError(
+            f"--storage: cannot open Optuna storage {storage_url!r} ({text}); give a database "
+            "URL such as sqlite:///tune.db"
+        ) from None
+    if s.overwrite and study_name in existing:
+        optuna.delete_study(study_name=study_name, storage=storage)
+        existing = [n for n in existing if n != study_name]
+
     # Single-task baselines: trained once, reused by every trial and every later call.
     per_task = {}
     for task in info.names:
@@ -159,19 +182,6 @@ def run_tune(settings: TuneSettings, log: Log = print) -> TuneResult:
         per_task[task] = run_or_reuse(cfg, label=f"single-task {task}", log=log)["val"]
     baseline = merge_task_metrics(per_task)
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            storage = RDBStorage(
-                storage_url,
-                heartbeat_interval=10,
-                grace_period=30,
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
-            )
-    except Exception as err:  # bad URL, unreachable database: a user error with one line
-        raise ValueError(f"cannot open Optuna storage {storage_url!r}: {err}") from None
-    existing = optuna.study.get_all_study_names(storage)
     finished_states = (TrialState.COMPLETE,)
     done = 0
     if study_name in existing:
@@ -185,7 +195,7 @@ def run_tune(settings: TuneSettings, log: Log = print) -> TuneResult:
             ]
             raise ValueError(
                 f"study {study_name!r} in {storage_url} was run with other settings "
-                f"({'; '.join(diff)}); use another --study name"
+                f"({'; '.join(diff)}); use another --study name or replace it with --overwrite"
             )
         done = len(study.get_trials(deepcopy=False, states=finished_states))
     sampler = optuna.samplers.TPESampler(seed=s.seed + done, n_startup_trials=5)

@@ -46,11 +46,13 @@ from .checkpoint import (
     atomic_write_text,
     capture_rng_state,
     load_checkpoint,
+    remove_stale_temporaries,
     restore_rng_state,
     save_checkpoint,
 )
 from .config import RESUME_MAY_DIFFER, TrainConfig
 from .logging import HistoryWriter
+from .rundir import check_new_run, clear_run
 
 __all__ = [
     "Callback",
@@ -153,6 +155,14 @@ def _unpack(batch: Any) -> tuple[Any, Mapping[str, Tensor], Mapping[str, Tensor]
         "each batch must be (inputs, targets, masks) with targets and masks dicts keyed by task "
         f"name (or (inputs, targets)); got {type(batch).__name__}"
     )
+
+
+def _batch_len(batch: Any) -> int:
+    """Number of samples in a batch (for samples/s), read from tensor metadata only."""
+    inputs = batch[0] if isinstance(batch, (list, tuple)) and batch else batch
+    if isinstance(inputs, Mapping):
+        inputs = next(iter(inputs.values()), None)
+    return int(inputs.shape[0]) if isinstance(inputs, Tensor) and inputs.dim() else 0
 
 
 def _mask_for(
@@ -364,12 +374,9 @@ class RunResult:
     @classmethod
     def load(cls, out_dir: str | Path) -> RunResult:
         """Read ``out_dir/results.json``."""
-        import json
+        from .rundir import load_results_file
 
-        path = Path(out_dir) / "results.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"no results.json in {str(out_dir)!r}; has the run finished?")
-        data = json.loads(path.read_text())
+        data = load_results_file(Path(out_dir) / "results.json")
         known = {f for f in cls.__dataclass_fields__ if f != "out_dir"}
         return cls(out_dir=Path(out_dir), **{k: v for k, v in data.items() if k in known})
 
@@ -720,7 +727,9 @@ class Trainer:
         self.grad_clip = grad_clip
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.run_config = dict(run_config or {})
+        # A terminal gets tqdm bars (steps, loss, samples/s); anything else one line per epoch.
         self.progress = bool(progress) and sys.stderr.isatty()
+        self.epoch_lines = bool(progress) and not self.progress
         self.tensorboard = tensorboard
         self.save_best = save_best
         self.callbacks = list(callbacks)
@@ -878,10 +887,21 @@ class Trainer:
             total = self.steps if total is None else min(total, self.steps)
         start = time.perf_counter()
         bar = self._bar(self.train_loader, f"epoch {self.epoch + 1}/{self.epochs}", total, True)
+        samples = 0
+        shown = start
         for i, batch in enumerate(bar):
             if self.steps is not None and i >= self.steps:
                 break
             self.train_step(batch, stats)
+            samples += _batch_len(batch)
+            if self.progress and (i == 0 or time.perf_counter() - shown > 0.5):
+                # at most two host synchronisations a second, for the bar's loss
+                shown = time.perf_counter()
+                bar.set_postfix(  # type: ignore[attr-defined]
+                    loss=f"{float(stats.loss_sum.sum() / stats.loss_count.sum().clamp_min(1)):.4g}",
+                    samples_s=f"{samples / (shown - start):.0f}",
+                    refresh=False,
+                )
         if hasattr(bar, "close"):
             bar.close()
         if stats.steps == 0:
@@ -897,6 +917,8 @@ class Trainer:
         summary["steps"] = stats.steps
         summary["skipped_steps"] = stats.skipped
         summary["seconds_per_step"] = seconds / stats.steps
+        summary["samples_per_second"] = samples / seconds if seconds > 0 else math.nan
+        summary["seconds"] = seconds
         self._train_time += seconds
         self._train_steps += stats.steps
         return summary
@@ -958,6 +980,12 @@ class Trainer:
             self._resume()
         writer = None
         if self.out_dir is not None:
+            remove_stale_temporaries(self.out_dir)  # left by a run killed mid-write
+            if not resume:
+                clear_run(self.out_dir)  # a new run: no file of an earlier run stays
+            elif self.epoch < self.epochs:
+                # an extended run: results.json of its shorter version is out of date
+                (self.out_dir / "results.json").unlink(missing_ok=True)
             self.out_dir.mkdir(parents=True, exist_ok=True)
             for name, text in self.start_files.items():  # only once a resume is known to fit
                 atomic_write_text(self.out_dir / name, text)
@@ -1017,6 +1045,16 @@ class Trainer:
             "best_epoch": self.best["epoch"],
         }
         self.history.append(record)
+        if self.epoch_lines:
+            losses = [v for v in summary["train_loss"].values() if v is not None]
+            print(
+                f"epoch {self.epoch}/{self.epochs}: {summary['steps']} steps, mean task loss "
+                f"{sum(losses) / max(len(losses), 1):.4g}, "
+                f"{summary['samples_per_second']:.0f} samples/s, "
+                f"{summary['seconds']:.1f}s; best epoch {self.best['epoch']}",
+                file=sys.stderr,
+                flush=True,
+            )
         if improved and self.save_best and self.out_dir is not None:
             # Staged: it becomes best.pt only once the checkpoint naming this epoch is written
             # (see _commit_best), so a kill in between never leaves best.pt ahead of the run.
@@ -1140,7 +1178,8 @@ class Trainer:
                 f"cannot resume from {str(self.out_dir / CHECKPOINT_NAME)!r}: the config differs "
                 "from the checkpoint's in "
                 + "; ".join(problems)
-                + ". Resume with the original settings or start a new run (resume=False)."
+                + ". Resume with the original settings, or start the run again with --overwrite "
+                "(overwrite=True)."
             )
         self.load_state_dict(state)
 
@@ -1152,12 +1191,17 @@ def train(
     config: TrainConfig | Mapping[str, Any] | str | Path,
     *,
     callbacks: Sequence[Callback] = (),
+    overwrite: bool = False,
 ) -> RunResult:
     """Train a built-in benchmark as described by ``config`` (see ``docs/architecture.md``).
 
     ``config`` may be a :class:`TrainConfig`, a dict of its keys or a YAML file. Writes
     ``config.yaml``, ``history.jsonl``, ``history.csv``, ``checkpoint.pt``, ``best.pt`` and
     ``results.json`` to ``config.out_dir`` and returns the :class:`RunResult`.
+
+    A new run (``resume`` false) in a folder holding another run's results is refused
+    (:class:`~taskbalance.training.rundir.RunFolderError`, a ``ValueError``) unless
+    ``overwrite``, which deletes that run's files first.
     """
     if isinstance(config, (str, Path)):
         config = TrainConfig.from_yaml(config)
@@ -1169,6 +1213,7 @@ def train(
         )
     device = resolve_device(config.device)  # fail before generating data
     out_dir = Path(config.out_dir)
+    check_new_run(out_dir, resume=config.resume, overwrite=overwrite)
     if config.resume and not (out_dir / CHECKPOINT_NAME).is_file():
         load_checkpoint(out_dir / CHECKPOINT_NAME)  # raises the explanatory FileNotFoundError
 
@@ -1192,7 +1237,13 @@ def train(
 
     seed_everything(config.seed)
     model = bench.build_model(**config.model_options)
-    method = create(config.method, len(tasks), **config.method_options)
+    try:
+        method = create(config.method, len(tasks), **config.method_options)
+    except (TypeError, ValueError) as err:
+        given = ", ".join(f"{k}={v!r}" for k, v in config.method_options.items())
+        raise ValueError(
+            f"method {config.method!r} with options {given or 'none'}: {err}"
+        ) from None
 
     train_loader, val_loader, test_loader = make_loaders(
         bench.train,

@@ -25,7 +25,16 @@ class StaticWeighting(LossMethod):
                 f"method 'static' needs weights=[w_1, ..., w_{num_tasks}] (one per task); "
                 "find good ones with `taskbalance tune`"
             )
-        values = [float(w) for w in (weights.tolist() if isinstance(weights, Tensor) else weights)]
+        raw = weights.tolist() if isinstance(weights, Tensor) else weights
+        if isinstance(raw, (str, bytes)) or not isinstance(raw, Sequence):
+            raw = [raw]  # one value: the count check below says how many are needed
+        try:
+            values = [float(w) for w in raw]
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"static option 'weights' must be one number per task ({num_tasks}), e.g. "
+                f"weights=[0.7, 1.3] (command line: --option weights=0.7,1.3); got {weights!r}"
+            ) from None
         if len(values) != num_tasks:
             raise ValueError(
                 f"static weights must have one entry per task ({num_tasks}), got {len(values)}: "

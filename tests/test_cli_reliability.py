@@ -1,0 +1,175 @@
+"""The command line with stale folders, damaged files and small mistakes (issue 16, items 2, 4,
+7, 9): one line naming the problem and the fix, exit status 2, nothing lost."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytest
+
+from taskbalance.cli import default_threads, main
+
+TINY = ["--size", "tiny", "--epochs", "1", "--steps", "2"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _benchmark_cache(tmp_path_factory):
+    old = os.environ.get("TASKBALANCE_CACHE")
+    os.environ["TASKBALANCE_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if old is None:
+        os.environ.pop("TASKBALANCE_CACHE", None)
+    else:
+        os.environ["TASKBALANCE_CACHE"] = old
+
+
+def _user_error(capsys, argv, *needles):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A finished 2-epoch tiny run made by ``train``."""
+    out = tmp_path_factory.mktemp("cli") / "run"
+    argv = ["train", "--size", "tiny", "--epochs", "2", "--steps", "2", "--out", str(out)]
+    assert main(argv) == 0
+    return argv, out
+
+
+def test_second_run_into_a_finished_folder_is_refused_then_overwritten(run, tmp_path, capsys):
+    argv, out = run
+    folder = tmp_path / "r"
+    import shutil
+
+    shutil.copytree(out, folder)
+    again = [*argv[:-1], str(folder)]
+    before = (folder / "results.json").read_bytes()
+    _user_error(capsys, again, str(folder), "--resume", "--overwrite")
+    assert (folder / "results.json").read_bytes() == before
+    assert main([*again[:4], "1", *again[5:], "--overwrite"]) == 0  # 1 epoch instead of 2
+    results = json.loads((folder / "results.json").read_text())
+    assert results["epochs_completed"] == 1 and len(results["history"]) == 1
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "flipped"])
+def test_resume_from_a_damaged_checkpoint_is_one_line(run, tmp_path, capsys, damage):
+    argv, out = run
+    import shutil
+
+    folder = tmp_path / "r"
+    shutil.copytree(out, folder)
+    path = folder / "checkpoint.pt"
+    data = path.read_bytes()
+    if damage == "empty":
+        data = b""
+    elif damage == "truncated":
+        data = data[: len(data) // 3]
+    else:  # inside the first tensor's bytes (found by the digest, not by the zip reader)
+        flipped = bytearray(data)
+        flipped[len(data) // 2] ^= 0x08
+        data = bytes(flipped)
+    path.write_bytes(data)
+    resume = [*argv[:4], "3", *argv[5:-1], str(folder), "--resume"]
+    _user_error(capsys, resume, str(path), "--overwrite")
+
+
+def test_bad_option_values_and_paths_name_the_option(run, tmp_path, capsys):
+    argv, out = run
+    _user_error(
+        capsys,
+        ["train", *TINY, "--method", "static", "--option", "weights=abc", "--out", str(tmp_path)],
+        "weights",
+        "--option weights=0.7,1.3",
+    )
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    _user_error(capsys, ["train", *TINY, "--out", str(a_file)], "--out", str(a_file))
+    _user_error(capsys, ["train", *TINY, "--out", str(a_file / "sub")], "--out", "is a file")
+    for wrong in (out / "checkpoint.pt", out / "results.json", tmp_path / "missing.pt"):
+        _user_error(
+            capsys,
+            ["train", *TINY, "--pseudo-labels", str(wrong), "--out", str(tmp_path / "p")],
+            "--pseudo-labels",
+            str(wrong),
+        )
+    assert not (tmp_path / "p").exists()
+
+
+def test_tune_with_a_bad_storage_fails_before_training(tmp_path, capsys):
+    out = tmp_path / "t"
+    argv = ["tune", "--benchmark", "multidigits", *TINY, "--out", str(out)]
+    _user_error(capsys, [*argv, "--storage", "bogus://"], "--storage", "bogus://")
+    assert not (out / "baselines").exists()
+
+
+def test_threads_default_and_override(monkeypatch, capsys):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.6, 1.0, 1.0))
+    assert default_threads()[0] == 1  # two CPUs, both busy: one thread, not two
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    assert default_threads()[0] == 2
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    assert default_threads()[0] == 4  # capped
+    monkeypatch.setattr(os, "getloadavg", lambda: (62.0, 0.0, 0.0))
+    assert default_threads()[0] == 2
+    assert main(["train", "--threads", "0"]) == 2
+    assert "--threads" in capsys.readouterr().err
+
+
+def test_progress_lines_and_thread_choice_are_shown(tmp_path, capsys):
+    argv = ["train", "--size", "tiny", "--epochs", "2", "--steps", "2", "--out", str(tmp_path)]
+    assert main([*argv, "--threads", "1"]) == 0
+    captured = capsys.readouterr()
+    assert "torch threads: 1 (--threads)" in captured.out
+    epochs = [line for line in captured.err.splitlines() if line.startswith("epoch ")]
+    assert len(epochs) == 2  # not a terminal: one line per epoch
+    assert epochs[1].startswith("epoch 2/2: 2 steps, mean task loss ")
+    assert "samples/s" in epochs[1]
+
+
+def test_progress_bar_on_a_terminal_shows_loss_and_samples_per_second(
+    tmp_path, capsys, monkeypatch
+):
+    from taskbalance.training import TrainConfig, train
+
+    capsys.readouterr()
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # capsys's stream
+    config = TrainConfig.from_dict(
+        {"size": "tiny", "epochs": 1, "steps": 2, "out_dir": str(tmp_path), "tensorboard": False}
+    )
+    train(config)
+    err = capsys.readouterr().err
+    assert "epoch 1/1" in err and "loss=" in err and "samples_s=" in err
+    assert "mean task loss" not in err  # the bar, not the per-epoch line
+
+
+def test_annotate_keeping_nothing_warns_in_one_line(tmp_path, capsys):
+    argv = ["annotate", "--benchmark", "multidigits", "--labels", "left=0.5", *TINY]
+    assert main([*argv, "--threshold", "1", "--out", str(tmp_path)]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "kept 0 of" in warnings[0], warnings
+    assert warnings[0].startswith("taskbalance: warning: annotate left")
+
+
+def test_compare_with_other_settings_names_overwrite(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    argv = ["compare", "--methods", "ew", *TINY, "--out", str(out)]
+    assert main(argv) == 0
+    capsys.readouterr()
+    longer = ["compare", "--methods", "ew", "--size", "tiny", "--epochs", "2", "--steps", "2"]
+    _user_error(capsys, [*longer, "--out", str(out)], "other settings", "--overwrite")
+    assert main([*longer, "--out", str(out), "--overwrite"]) == 0
+    assert "--overwrite: removed the earlier comparison" in capsys.readouterr().out
+    board = json.loads((out / "results.json").read_text())
+    assert board["settings"]["epochs"] == 2
+    for run in board["runs"] + board["baselines"]:
+        assert json.loads((out / run["out_dir"].split(str(out) + "/")[1] / "results.json")
+                          .read_text())["epochs_completed"] == 2
