@@ -114,7 +114,8 @@ class MultiTaskDataset(Dataset):
     def __len__(self) -> int:
         return int(self.inputs.shape[0])
 
-    def __getitem__(self, index: int) -> Batch:
+    def __getitem__(self, index: int | list[int] | torch.Tensor) -> Batch:
+        # A list (or tensor) of indices gives the whole batch at once (see data/loading.py).
         x = self.inputs[index]
         x = x.float().div_(255.0) if x.dtype == torch.uint8 else x
         targets = {name: t[index] for name, t in self.targets.items()}

@@ -294,12 +294,15 @@ def make_loaders(
     of a single sample is dropped, for BatchNorm), validation and test in order with
     ``eval_batch_size`` (default ``batch_size``); ``None`` sets give ``None`` loaders. The
     training loader's ``generator`` is the shuffling state a checkpoint saves."""
+    from taskbalance.data.loading import batch_loader
+
     generator = torch.Generator()
     generator.manual_seed(seed)
     n_train = len(train_set)
-    train_loader = DataLoader(
+    # In-memory benchmarks are indexed a batch at a time (same batches as per-sample loading).
+    train_loader = batch_loader(
         train_set,
-        batch_size=batch_size,
+        batch_size,
         shuffle=True,
         generator=generator,
         num_workers=num_workers,
@@ -311,9 +314,7 @@ def make_loaders(
     def ordered(dataset: Any) -> DataLoader | None:
         if dataset is None:
             return None
-        return DataLoader(
-            dataset, batch_size=eval_bs, num_workers=num_workers, pin_memory=pin_memory
-        )
+        return batch_loader(dataset, eval_bs, num_workers=num_workers, pin_memory=pin_memory)
 
     return train_loader, ordered(val_set), ordered(test_set)
 
@@ -932,8 +933,10 @@ class Trainer:
         dataset = getattr(self.train_loader, "dataset", None)
         if not self.bn_recalibration or dataset is None or not batchnorm_layers(self.model):
             return 0
-        batch = getattr(self.train_loader, "batch_size", None) or 64
-        loader = DataLoader(dataset, batch_size=batch)
+        from taskbalance.data.loading import batch_loader, loader_batch_size
+
+        batch = loader_batch_size(self.train_loader)
+        loader = batch_loader(dataset, batch)
         inputs = (_to_device(_unpack(b)[0], self.device) for b in loader)
 
         def forward(x: Any) -> Any:
