@@ -1,15 +1,41 @@
 """Gradient-aggregation methods: each module registers one method."""
 
-from . import aligned_mtl, cagrad, graddrop, gradvac, imtl, mgda, nash_mtl, pcgrad, upgrad
+from . import (
+    aligned_mtl,
+    cagrad,
+    config,
+    db_mtl,
+    dualproj,
+    excess_mtl,
+    fairgrad,
+    graddrop,
+    gradvac,
+    imtl,
+    mgda,
+    moco,
+    modo,
+    nash_mtl,
+    pcgrad,
+    sdmgrad,
+    upgrad,
+)
 
 __all__ = [
     "aligned_mtl",
     "cagrad",
+    "config",
+    "db_mtl",
+    "dualproj",
+    "excess_mtl",
+    "fairgrad",
     "graddrop",
     "gradvac",
     "imtl",
     "mgda",
+    "moco",
+    "modo",
     "nash_mtl",
     "pcgrad",
+    "sdmgrad",
     "upgrad",
 ]

@@ -1,0 +1,49 @@
+"""Small helpers on a precomputed float64 Gramian ``G = J Jᵀ`` (new methods of issue 15).
+
+Kept apart from ``solvers`` (whose functions take ``J``) so both can evolve independently.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["unit_form"]
+
+
+def unit_form(G: Tensor) -> tuple[Tensor, Tensor]:
+    """``(Ĝ, D)``: ``G = D Ĝ D`` with ``D = (‖g_t‖)_t`` (1 for zero rows) and unit diagonal ``Ĝ``
+    (zero rows and columns for zero gradients), both float64, symmetrised."""
+    G = G.to(torch.float64)
+    G = 0.5 * (G + G.T)
+    D = G.diagonal().clamp_min(0).sqrt()
+    D = torch.where(D > 0, D, torch.ones_like(D))
+    return G / (D[:, None] * D[None, :]), D
+
+
+class PerParameterState:
+    """Mixin for methods with ``[T, P]`` state buffers created at the first call (P is known
+    only then): loading a ``state_dict`` resizes them first, and a later ``J`` with another
+    ``P`` raises (such state belongs to one set of shared parameters: param mode only)."""
+
+    _per_parameter_buffers: tuple[str, ...] = ()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
+        for name in self._per_parameter_buffers:
+            saved = state_dict.get(prefix + name)
+            if saved is not None:
+                setattr(self, name, torch.empty_like(saved))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)  # type: ignore[misc]
+
+    def _check_width(self, name: str, state: Tensor, J: Tensor) -> bool:
+        """True when the state must be created (empty); raises when ``P`` changed."""
+        if state.numel() == 0:
+            return True
+        if state.shape[1] != J.shape[1]:
+            raise ValueError(
+                f"method {getattr(self, 'name', '')!r} keeps per-parameter state ({name}) for "
+                f"P={state.shape[1]} shared values but got gradients with P={J.shape[1]}; it "
+                "works in param mode only (rep-mode features change size with the batch) - use "
+                "mode='param', or reset() the method for a new model"
+            )
+        return False
