@@ -112,6 +112,25 @@ def test_direction_is_the_weighted_sum_of_the_gradients(name):
         np.testing.assert_allclose(d, w @ J, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("name", GRAM_METHODS)
+def test_gramian_only_path_gives_the_same_weights(name):
+    """``weights(G)`` (no J held: the Balancer's Gramian-only path) equals ``aggregate(J)``."""
+    J = np.random.default_rng(3).standard_normal((3, 6))
+    _, [(d, w)] = run(name, [J])
+    w_gram = tb.create(name, 3).weights(torch.tensor(J @ J.T)).numpy()
+    np.testing.assert_allclose(w_gram, w, rtol=1e-10)
+    np.testing.assert_allclose(w_gram @ J, d, rtol=1e-10, atol=1e-14)
+    assert tb.create(name, 3).uses_gramian
+
+
+@pytest.mark.parametrize("name", STATE_METHODS)
+def test_methods_that_need_j_refuse_the_gramian_only_path(name):
+    m = tb.create(name, 2)
+    assert not m.uses_gramian
+    with pytest.raises(ValueError, match="aggregate"):
+        m.weights(torch.eye(2))
+
+
 @pytest.mark.parametrize("name", ["dualproj", "config"])
 def test_scale_equivariance(name):
     J = np.random.default_rng(4).standard_normal((3, 5))

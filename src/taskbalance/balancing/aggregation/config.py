@@ -5,10 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._gramian import unit_form
 from ..base import GradientMethod
 from ..registry import register
-from ..solvers import combine, gramian
+from ..solvers import unit_form
 
 __all__ = ["ConFIG", "config_weights"]
 
@@ -51,7 +50,9 @@ class ConFIG(GradientMethod):
     code).
     """
 
-    def _aggregate(self, J: Tensor, losses: Tensor | None, present: Tensor | None) -> Tensor:
-        w = config_weights(gramian(J))
-        self.last_weights = w.to(device=J.device, dtype=J.dtype)
-        return combine(w, J)
+    uses_gramian = True
+
+    def _weights(
+        self, G: Tensor, losses: Tensor | None, present: Tensor | None, *, grad_dtype: torch.dtype
+    ) -> Tensor:
+        return config_weights(G)

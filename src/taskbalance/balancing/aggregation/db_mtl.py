@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._gramian import PerParameterState
+from .._per_parameter_state import PerParameterState
 from ..base import GradientMethod, check_positive
 from ..registry import register
 from ..solvers import combine, gramian

@@ -7,10 +7,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .._gramian import unit_form
 from ..base import GradientMethod, check_task_weights
 from ..registry import register
-from ..solvers import combine, gramian, present_weights
+from ..solvers import present_weights, unit_form
 from .upgrad import dual_cone_weights
 
 __all__ = ["DualProj", "dualproj_weights"]
@@ -52,6 +51,8 @@ class DualProj(GradientMethod):
             tasks present). Default: uniform ``1/n`` (the mean, TorchJD's default).
     """
 
+    uses_gramian = True
+
     def __init__(
         self, num_tasks: int, pref_weights: Sequence[float] | Tensor | None = None
     ) -> None:
@@ -63,13 +64,12 @@ class DualProj(GradientMethod):
                 raise ValueError(f"pref_weights must not be all zero, got {p.tolist()}")
             self.pref_weights = p
 
-    def _aggregate(self, J: Tensor, losses: Tensor | None, present: Tensor | None) -> Tensor:
-        G = gramian(J)
+    def _weights(
+        self, G: Tensor, losses: Tensor | None, present: Tensor | None, *, grad_dtype: torch.dtype
+    ) -> Tensor:
         n = G.shape[0]
         p = present_weights(self.pref_weights, n, present, G.device)
         if self.pref_weights is not None:
             total = p.sum()
             p = torch.where(total > 0, p / torch.where(total > 0, total, 1.0), 1.0 / n)
-        w = dualproj_weights(G, p)
-        self.last_weights = w.to(device=J.device, dtype=J.dtype)
-        return combine(w, J)
+        return dualproj_weights(G, p)

@@ -7,7 +7,6 @@ from torch import Tensor
 
 from ..base import GradientMethod, check_positive
 from ..registry import register
-from ..solvers import combine, gramian
 
 __all__ = ["FairGrad", "fairgrad_weights"]
 
@@ -41,7 +40,8 @@ def fairgrad_weights(
     can never be met); it gets weight 0, which does not change ``d = Jᵀw``. Gradients that can
     cancel out (``Jᵀu = 0`` for some ``u ≥ 0``, e.g. opposite rows) leave the system without a
     solution; a ridge ``ridge·I`` on ``Ĝ`` (negligible otherwise) keeps ``w`` finite, as for
-    Nash-MTL.
+    Nash-MTL. ``Ĝ`` is first projected onto the PSD cone (negative eigenvalues from rounding,
+    e.g. of float32 gradient products, set to 0) so the problem stays convex.
     """
     n = G.shape[0]
     dtype, device = torch.float64, G.device
@@ -52,6 +52,10 @@ def fairgrad_weights(
     Ds = torch.where(live, D, 1.0)
     Gu = G / (Ds[:, None] * Ds[None, :])
     Gu = torch.where(live[:, None] & live[None, :], Gu, torch.eye(n, dtype=dtype, device=device))
+    # A Gramian of float32 gradients can be slightly indefinite (rounding of the products):
+    # project it onto the PSD cone so the problem stays convex, then add the ridge.
+    evals, evecs = torch.linalg.eigh(0.5 * (Gu + Gu.T))
+    Gu = (evecs * evals.clamp_min(0)) @ evecs.T
     Gu = 0.5 * (Gu + Gu.T) + ridge * torch.eye(n, dtype=dtype, device=device)
     Dt = torch.where(live, Ds / torch.where(M > 0, M, 1.0), 1.0)
     c = Dt.pow((1.0 - alpha) / alpha)
@@ -124,6 +128,8 @@ class FairGrad(GradientMethod):
         tol: relative residual above which the solver raises instead of returning.
     """
 
+    uses_gramian = True
+
     def __init__(
         self, num_tasks: int, alpha: float = 1.0, max_iter: int = 64, tol: float = 1e-8
     ) -> None:
@@ -137,7 +143,7 @@ class FairGrad(GradientMethod):
     def extra_repr(self) -> str:
         return f"num_tasks={self.num_tasks}, alpha={self.alpha}"
 
-    def _aggregate(self, J: Tensor, losses: Tensor | None, present: Tensor | None) -> Tensor:
-        w = fairgrad_weights(gramian(J), self.alpha, max_iter=self.max_iter, tol=self.tol)
-        self.last_weights = w.to(device=J.device, dtype=J.dtype)
-        return combine(w, J)
+    def _weights(
+        self, G: Tensor, losses: Tensor | None, present: Tensor | None, *, grad_dtype: torch.dtype
+    ) -> Tensor:
+        return fairgrad_weights(G, self.alpha, max_iter=self.max_iter, tol=self.tol)

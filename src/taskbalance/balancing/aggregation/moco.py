@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._gramian import PerParameterState
+from .._per_parameter_state import PerParameterState
 from ..base import GradientMethod, check_choice, check_positive
 from ..registry import register
 from ..solvers import combine, gramian

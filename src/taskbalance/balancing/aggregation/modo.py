@@ -7,7 +7,6 @@ from torch import Tensor
 
 from ..base import GradientMethod, check_positive
 from ..registry import register
-from ..solvers import combine, gramian
 from .cagrad import project_simplex
 
 __all__ = ["MoDo"]
@@ -40,6 +39,7 @@ class MoDo(GradientMethod):
     """
 
     lambdas: Tensor
+    uses_gramian = True
 
     def __init__(self, num_tasks: int, gamma: float = 1e-3, rho: float = 0.1) -> None:
         super().__init__(num_tasks)
@@ -56,8 +56,9 @@ class MoDo(GradientMethod):
         super().reset()
         self.lambdas.fill_(1.0 / self.num_tasks)
 
-    def _aggregate(self, J: Tensor, losses: Tensor | None, present: Tensor | None) -> Tensor:
-        G = gramian(J)
+    def _weights(
+        self, G: Tensor, losses: Tensor | None, present: Tensor | None, *, grad_dtype: torch.dtype
+    ) -> Tensor:
         lam_all = self.lambdas.to(device=G.device, dtype=torch.float64)
         idx = None if present is None else present.to(G.device).nonzero().flatten()
         lam = lam_all if idx is None else lam_all[idx]
@@ -67,5 +68,4 @@ class MoDo(GradientMethod):
         else:
             lam_all = lam_all.index_put((idx,), lam)
         self.lambdas = lam_all.to(self.lambdas.device)
-        self.last_weights = lam.to(device=J.device, dtype=J.dtype)
-        return combine(lam, J)
+        return lam

@@ -7,7 +7,6 @@ from torch import Tensor
 
 from ..base import GradientMethod, check_positive
 from ..registry import register
-from ..solvers import combine, gramian
 from .cagrad import project_simplex
 
 __all__ = ["SDMGrad"]
@@ -42,7 +41,8 @@ class SDMGrad(GradientMethod):
         momentum: inner heavy-ball momentum in ``[0, 1)`` (authors: 0.5).
     """
 
-    weights: Tensor
+    simplex_weights: Tensor
+    uses_gramian = True
 
     def __init__(
         self,
@@ -63,7 +63,7 @@ class SDMGrad(GradientMethod):
             raise ValueError(f"momentum must be a number in [0, 1), got {momentum!r}")
         self.momentum = float(momentum)
         self.register_buffer(
-            "weights", torch.full((num_tasks,), 1.0 / num_tasks, dtype=torch.float64)
+            "simplex_weights", torch.full((num_tasks,), 1.0 / num_tasks, dtype=torch.float64)
         )
 
     def extra_repr(self) -> str:
@@ -74,14 +74,15 @@ class SDMGrad(GradientMethod):
 
     def reset(self) -> None:
         super().reset()
-        self.weights.fill_(1.0 / self.num_tasks)
+        self.simplex_weights.fill_(1.0 / self.num_tasks)
 
-    def _aggregate(self, J: Tensor, losses: Tensor | None, present: Tensor | None) -> Tensor:
-        G = gramian(J)
+    def _weights(
+        self, G: Tensor, losses: Tensor | None, present: Tensor | None, *, grad_dtype: torch.dtype
+    ) -> Tensor:
         n = G.shape[0]
         s2 = G.diagonal().clamp_min(0).sqrt().mean().square()
         A = torch.where(s2 > 0, G / torch.where(s2 > 0, s2, 1.0), 0.0)
-        w_all = self.weights.to(device=G.device, dtype=torch.float64)
+        w_all = self.simplex_weights.to(device=G.device, dtype=torch.float64)
         idx = None if present is None else present.to(G.device).nonzero().flatten()
         w = w_all if idx is None else w_all[idx]
         target = torch.full((n,), 1.0 / n, dtype=torch.float64, device=G.device)
@@ -91,7 +92,5 @@ class SDMGrad(GradientMethod):
             velocity = grad if k == 0 else self.momentum * velocity + grad
             w = project_simplex(w - self.lr * velocity)
         w_all = w if idx is None else w_all.index_put((idx,), w)
-        self.weights = w_all.to(self.weights.device)
-        coef = (w + self.lamda * target) / (1.0 + self.lamda)
-        self.last_weights = coef.to(device=J.device, dtype=J.dtype)
-        return combine(coef, J)
+        self.simplex_weights = w_all.to(self.simplex_weights.device)
+        return (w + self.lamda * target) / (1.0 + self.lamda)

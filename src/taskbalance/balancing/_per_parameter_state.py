@@ -1,24 +1,12 @@
-"""Small helpers on a precomputed float64 Gramian ``G = J Jᵀ`` (new methods of issue 15).
-
-Kept apart from ``solvers`` (whose functions take ``J``) so both can evolve independently.
-"""
+"""Per-parameter (``[T, P]``) state of gradient methods that keep statistics of J itself
+(ExcessMTL, DB-MTL, MoCo)."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-__all__ = ["unit_form"]
-
-
-def unit_form(G: Tensor) -> tuple[Tensor, Tensor]:
-    """``(Ĝ, D)``: ``G = D Ĝ D`` with ``D = (‖g_t‖)_t`` (1 for zero rows) and unit diagonal ``Ĝ``
-    (zero rows and columns for zero gradients), both float64, symmetrised."""
-    G = G.to(torch.float64)
-    G = 0.5 * (G + G.T)
-    D = G.diagonal().clamp_min(0).sqrt()
-    D = torch.where(D > 0, D, torch.ones_like(D))
-    return G / (D[:, None] * D[None, :]), D
+__all__ = ["PerParameterState"]
 
 
 class PerParameterState:
