@@ -35,3 +35,20 @@ class PerParameterState:
                 "mode='param', or reset() the method for a new model"
             )
         return False
+
+
+def device_gramian(Y: Tensor) -> Tensor:
+    """``Y Yᵀ`` in float64 on ``Y``'s device, with no host synchronisation.
+
+    Each row is divided by its largest magnitude before the product (one temporary of Y's size
+    and dtype), so squares of float32 rows from 1e-30 to 1e30 neither overflow nor underflow;
+    the row scales are multiplied back in float64. For statistics of the methods' own state
+    (``solvers.gramian`` decides on the host, which costs a device-to-host copy).
+    """
+    top = Y.detach().abs().amax(dim=1) if Y.shape[1] > 0 else Y.new_zeros(Y.shape[0])
+    top = torch.where(top > 0, top, torch.ones_like(top))
+    Yn = Y.detach() / top[:, None]
+    G = (Yn @ Yn.T).to(torch.float64)
+    t64 = top.to(torch.float64)
+    G = G * (t64[:, None] * t64[None, :])
+    return 0.5 * (G + G.T)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._per_parameter_state import PerParameterState
+from .._per_parameter_state import PerParameterState, device_gramian
 from ..base import GradientMethod, check_positive
 from ..registry import register
-from ..solvers import combine, gramian
+from ..solvers import combine
 from ..weighting._log_losses import require_loss_sign
 
 __all__ = ["DBMTL"]
@@ -95,7 +95,7 @@ class DBMTL(PerParameterState, GradientMethod):
         g = J.detach()
         ema = g + beta_k * (self.grad_ema.index_select(0, idx) - g)
         self.grad_ema.index_copy_(0, idx, ema)
-        norms = gramian(ema).diagonal().clamp_min(0).sqrt()  # float64, no overflow
+        norms = device_gramian(ema).diagonal().clamp_min(0).sqrt()  # float64, no overflow
         live = norms > 0
         alpha = torch.where(live, norms.max() / torch.where(live, norms, 1.0), 0.0)
         self.last_weights = alpha.to(device=dev, dtype=J.dtype)

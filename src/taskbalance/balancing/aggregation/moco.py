@@ -7,10 +7,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._per_parameter_state import PerParameterState
+from .._per_parameter_state import PerParameterState, device_gramian
 from ..base import GradientMethod, check_choice, check_positive
 from ..registry import register
-from ..solvers import combine, gramian
+from ..solvers import combine
 from .cagrad import project_simplex
 
 __all__ = ["MoCo"]
@@ -119,7 +119,7 @@ class MoCo(PerParameterState, GradientMethod):
         h = J.detach()
         if self.normalize == "loss":
             assert losses is not None  # aggregate() raises first when needs_losses
-            norms = gramian(h).diagonal().clamp_min(0).sqrt()
+            norms = device_gramian(h).diagonal().clamp_min(0).sqrt()
             scale = torch.where(
                 norms > 0, losses.to(norms) / torch.where(norms > 0, norms, 1.0), 0.0
             )
@@ -128,7 +128,7 @@ class MoCo(PerParameterState, GradientMethod):
         y = self.tracked.index_select(0, idx)
         y = y - beta_k * (y - h)
         self.tracked.index_copy_(0, idx, y)
-        G = gramian(y)
+        G = device_gramian(y)
         lam_all = self.lambdas.to(device=G.device)
         lam = lam_all.index_select(0, idx.to(G.device))
         n = G.shape[0]
@@ -136,7 +136,7 @@ class MoCo(PerParameterState, GradientMethod):
         gamma_k = self.gamma / k**self.gamma_sigma
         z = lam - gamma_k * ((G + self.rho * eye) @ lam)
         lam = project_simplex(z) if self.simplex == "projection" else torch.softmax(z, 0)
-        self.lambdas = lam_all.index_put((idx.to(G.device),), lam).to(self.lambdas.device)
+        self.lambdas = lam_all.index_put((idx.to(G.device),), lam)  # stays on the device
         self.last_weights = lam.to(device=dev, dtype=J.dtype)
         return combine(lam, y)
 
