@@ -305,6 +305,35 @@ def _kkt_score(C: Tensor, b: Tensor, y: Tensor) -> Tensor:
     return torch.where(feasible & torch.isfinite(score), score, torch.full_like(score, torch.inf))
 
 
+def _choose(C: Tensor, b: Tensor, y: Tensor, keep_first: bool = False) -> Tensor:
+    """Index (shape ``[1]``) of the best candidate point among the rows of ``y`` ``[m, n]``.
+
+    A relative KKT residual alone cannot rank points: ``g_t·d ≥ ‖d‖²`` relative to
+    ``‖g_t‖‖d‖`` is nearly met by a point far from the optimum when ``‖g_t‖ ≫ ‖d‖``. So only
+    candidates whose objective ``‖d‖²`` is within rounding of the smallest compete, and the
+    smallest KKT residual among them wins; with ``keep_first`` the first candidate wins if it
+    competes and its residual is below ``_ACCEPT`` (it carries the ridge's tie-break).
+    """
+    score = _kkt_score(C, b, y)
+    yc = y.clamp_min(0)
+    s = (yc * b).sum(-1)
+    yc = yc / torch.where(s > 0, s, torch.ones_like(s))[:, None]
+    lam = (yc * (yc @ C)).sum(-1)
+    lam = torch.where(torch.isfinite(score), lam, torch.full_like(lam, torch.inf))
+    tol = 8 * C.shape[0] * _EPS * yc.sum(-1) ** 2  # rounding of yᵀCy (|C| ≤ 1)
+    competes = (lam - tol) <= (lam + tol).min()
+    ranked = torch.where(competes, score, torch.full_like(score, torch.inf))
+    best = ranked.argmin()
+    if keep_first:
+        best = torch.where(competes[0] & (score[0] <= _ACCEPT), 0, best)
+    return best.reshape(1)
+
+
+#: A regularised answer whose KKT residual in the unregularised problem is at most this is kept
+#: (it carries the ridge's tie-break); otherwise the best unregularised candidate is used.
+_ACCEPT = 1e-11
+
+
 def _solve_face(C: Tensor, b: Tensor, mask: Tensor, y0: Tensor, steps: int = 6) -> Tensor:
     """The chosen face's regularised solution ``y0`` ``[1, n]``, freed of the ridge.
 
@@ -333,22 +362,7 @@ def _solve_face(C: Tensor, b: Tensor, mask: Tensor, y0: Tensor, steps: int = 6) 
     cand = torch.cat(
         [y0, torch.where(mask, x_reg[:, :n, 0], 0.0), torch.where(mask, x_dir[:, :n, 0], 0.0)]
     )
-    score = _kkt_score(C, b, cand)
-    return cand.index_select(0, score.argmin().reshape(1))
-
-
-#: A regularised answer whose KKT residual in the unregularised problem is at most this is kept
-#: (it carries the ridge's tie-break); otherwise the best unregularised candidate is used.
-_ACCEPT = 1e-11
-
-
-def _pick(y_reg: Tensor, cand: Tensor, C: Tensor, b: Tensor) -> Tensor:
-    """``y_reg`` ``[1, n]`` if its KKT residual is below ``_ACCEPT``, else the best of it and
-    ``cand`` ``[m, n]`` (no host synchronisation)."""
-    all_ = torch.cat([y_reg, cand])
-    score = _kkt_score(C, b, all_)
-    best = torch.where(score[0] <= _ACCEPT, 0, score.argmin())
-    return all_.index_select(0, best.reshape(1))
+    return cand.index_select(0, _choose(C, b, cand))
 
 
 def _min_norm_enumerate(C: Tensor, b: Tensor) -> Tensor:
@@ -363,12 +377,13 @@ def _min_norm_enumerate(C: Tensor, b: Tensor) -> Tensor:
     # The regularised problem is strictly convex: exactly one face's solution is feasible and
     # satisfies the KKT conditions. Choose it by its KKT residual, not by the objective (a
     # wrong face within rounding of the optimal objective can be 1e-8 away in d).
-    best = _kkt_score(C_reg, b, y).argmin().reshape(1)  # stays on the device
+    best = _choose(C_reg, b, y)  # stays on the device
     y_reg = _solve_face(C, b, masks.index_select(0, best), y.index_select(0, best))
     # Where gradients nearly cancel (‖d‖ ≪ Σ y) the ridge can move the optimum to another
     # face; then every face's unregularised solution competes (singular faces score inf).
     x0, _ = torch.linalg.solve_ex(_face_systems(C, b, masks), rhs)
-    return _pick(y_reg, torch.where(masks, x0[:, :n], 0.0), C, b)
+    cand = torch.cat([y_reg, torch.where(masks, x0[:, :n], 0.0)])
+    return cand.index_select(0, _choose(C, b, cand, keep_first=True))
 
 
 def _wolfe(
@@ -396,23 +411,17 @@ def _wolfe(
                 break
         return z[:k]
 
-    for _ in range(max_iter):
-        Cy = C_solve @ y
-        lam = y @ Cy
-        total = y.abs().sum()
-        viol = (lam * b - Cy - 4 * n * _EPS * total) / (lam.clamp_min(0).sqrt() + _EPS * total)
-        t = int(viol.argmax())
-        if float(viol[t]) <= 0 or t in S:
-            break
-        S.append(t)
-        for _ in range(n + 1):  # minor cycles: each drops at least one index
+    def corral(S: list[int], y: Tensor) -> tuple[list[int], Tensor]:
+        """Minor cycles: move to the affine minimiser of S, dropping indices that turn
+        negative, until it is feasible (each cycle drops at least one index)."""
+        for _ in range(n + 1):
             z = affine_min(S)
             idx = torch.tensor(S, device=C.device)
             ys = y[idx]
             if bool((z > 0).all()):
                 y = torch.zeros_like(y)
                 y[idx] = z
-                break
+                return S, y
             neg = z <= 0
             theta = (ys[neg] / (ys[neg] - z[neg])).min().clamp(0, 1)
             ys = ys + theta * (z - ys)
@@ -422,10 +431,21 @@ def _wolfe(
             S = [s for s, k in zip(S, keep, strict=True) if k]
             if not S:  # numerical safety; cannot happen in exact arithmetic
                 t0 = int((C_solve.diagonal() / b**2).argmin())
-                S = [t0]
                 y = torch.zeros_like(y)
                 y[t0] = 1.0 / b[t0]
-                break
+                return [t0], y
+        return S, y
+
+    S, y = corral(S, y)  # a warm start need not be its face's minimiser
+    for _ in range(max_iter):
+        Cy = C_solve @ y
+        lam = y @ Cy
+        total = y.abs().sum()
+        viol = (lam * b - Cy - 4 * n * _EPS * total) / (lam.clamp_min(0).sqrt() + _EPS * total)
+        t = int(viol.argmax())
+        if float(viol[t]) <= 0 or t in S:
+            break
+        S, y = corral([*S, t], y)
     mask = torch.zeros(1, n, dtype=torch.bool, device=C.device)
     mask[0, S] = True
     return y.unsqueeze(0), mask
@@ -450,7 +470,8 @@ def _min_norm_wolfe(C: Tensor, b: Tensor, max_iter: int = 1000) -> Tensor:
         return y1
     start = y1[0].clamp_min(0)
     y2, mask = _wolfe(C, C, b, start / (start * b).sum(), max_iter)
-    return _pick(y1, _solve_face(C, b, mask, y2), C, b)
+    cand = torch.cat([y1, _solve_face(C, b, mask, y2)])
+    return cand.index_select(0, _choose(C, b, cand, keep_first=True))
 
 
 def _min_norm_two(G: Tensor) -> Tensor:
@@ -488,9 +509,16 @@ def min_norm_weights(G: Tensor, method: str = "auto") -> Tensor:
     ``C + δI`` (``δ = 1e-10``, i.e. ``δ‖g_t‖²`` on each row's own diagonal entry, so no row is
     drowned) - which makes the solution unique, so identical tasks get equal weights and a zero
     Gramian gives uniform weights - and then refining the chosen face's solution with the
-    unregularised system. The result satisfies the KKT conditions
+    unregularised system (where gradients nearly cancel, the ridge can move the optimum to
+    another face: then the unregularised solutions of all faces compete, or Wolfe continues
+    without the ridge). The result satisfies the KKT conditions
     ``g_t·d ≥ ‖d‖²`` for every t (equality where ``w_t > 0``) to about ``1e-12 ‖g_t‖‖d‖``
     for a well-conditioned face.
+
+    Limit: G determines ``‖g_s + g_t‖`` of nearly opposite rows only to about ``√eps`` of their
+    norms, so where d is a cancellation of huge rows (``d* = 0`` from two opposite rows 1e8
+    times longer than the smallest), ``‖d‖`` is small only to that resolution, and with
+    ``n > 8`` (Wolfe) and norm spreads near 1e12 such cancellations can be missed.
 
     Returns ``w`` with ``G``'s dtype and device (computed in float64).
     """
