@@ -42,14 +42,13 @@ class ManyHeads(nn.Module):
         return [CountBackward.apply(h(z), f"head{i}") for i, h in enumerate(self.heads)]
 
 
-def step(name: str, mode: str, T: int = 5) -> int:
+def step(name: str, mode: str, T: int = 5, features: bool = True, **options) -> int:
     net = ManyHeads(T)
-    options = {"weights": [1.0] * T} if name == "static" else {}
-    balancer = tb.Balancer(tb.create(name, T, **options), list(net.shared.parameters()), mode)
+    balancer = tb.Balancer(tb.create(name, T), list(net.shared.parameters()), mode, **options)
     x = torch.randn(8, 4, generator=torch.Generator().manual_seed(0))
     losses = [(out - 0.5).pow(2).mean() for out in net(x)]
     CountBackward.calls = {}
-    balancer.backward(losses, features=net.features)
+    balancer.backward(losses, features=net.features if features else None)
     return sum(CountBackward.calls.values())
 
 
@@ -58,13 +57,50 @@ def step(name: str, mode: str, T: int = 5) -> int:
     [
         ("mgda", "param", 1),  # T backwards, each through its own head only
         ("imtl", "param", 1),  # loss transform (IMTL-L scales): still each task's own loss
-        ("mgda", "rep", 2),  # T feature gradients + one backward of the total
-        ("gradnorm", "param", 2),  # T norm measurements + one backward of the total
+        ("mgda", "rep", 1),  # T feature (and head) gradients + one backward from the features
+        ("gradnorm", "param", 1),  # the same with the features: norms from a batched pass
     ],
 )
 def test_each_head_is_traversed_a_constant_number_of_times(name, mode, per_task):
     T = 5
     assert step(name, mode, T) == per_task * T  # not T² (an index into the stacked losses)
+
+
+def test_without_features_gradnorm_measures_norms_from_each_task_loss():
+    T = 5
+    assert step("gradnorm", "param", T, features=False) == 2 * T  # T norms + one backward
+
+
+def test_gradnorm_with_features_writes_what_the_per_task_path_writes():
+    T = 4
+    results = []
+    for features in (False, True):
+        net = ManyHeads(T)
+        method = tb.create("gradnorm", T)
+        balancer = tb.Balancer(method, list(net.shared.parameters()))
+        gen = torch.Generator().manual_seed(0)
+        for _ in range(2):  # the second step uses weights moved by the first one's norms
+            net.zero_grad(set_to_none=True)
+            method.zero_grad(set_to_none=True)
+            losses = [
+                (o - 0.5).pow(2).mean() * (t + 1)
+                for t, o in enumerate(net(torch.randn(8, 4, generator=gen)))
+            ]
+            info = balancer.backward(losses, features=net.features if features else None)
+            with torch.no_grad():
+                method.weights -= 0.1 * method.weights.grad
+        grads = [p.grad.clone() for p in net.parameters()]
+        results.append((grads, info.grad_norms, method.weights.detach().clone()))
+    (g0, n0, w0), (g1, n1, w1) = results
+    for a, b in zip(g0, g1):
+        torch.testing.assert_close(b, a)
+    torch.testing.assert_close(n1, n0)
+    torch.testing.assert_close(w1, w0)
+
+
+def test_batched_task_backward_with_features_traverses_each_head_once():
+    T = 5
+    assert step("mgda", "param", T, task_backward="batched") == T
 
 
 def test_transformed_losses_give_the_same_update_as_autograd_on_the_transform():

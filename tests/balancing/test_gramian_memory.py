@@ -13,7 +13,12 @@ GRAMIAN_METHODS = [
     for n in tb.available_methods()
     if tb.method_info(n).kind == "gradient" and tb.create(n, 2).uses_gramian
 ]
-OPTIONS = {"mgda": {"normalization": "loss+"}, "pcgrad": {"seed": 3}, "gradvac": {"seed": 3}}
+OPTIONS = {
+    "mgda": {"normalization": "loss+"},
+    "pcgrad": {"seed": 3},
+    "gradvac": {"seed": 3},
+    "graddrop": {"seed": 3},
+}
 
 
 class Net(nn.Module):
@@ -26,14 +31,23 @@ class Net(nn.Module):
 
     def forward(self, x):
         z = self.shared(x)
+        self.features = z
         return [h(z) for h in self.heads]
 
 
-def run(name: str, memory: str, drop_task: int | None = None, steps: int = 2):
+def run(
+    name: str,
+    memory: str,
+    drop_task: int | None = None,
+    steps: int = 2,
+    features: bool = False,
+    **balancer_options,
+):
     T = 3
     net = Net(T)
     method = tb.create(name, T, **OPTIONS.get(name, {}))
-    balancer = tb.Balancer(method, list(net.shared.parameters()), memory=memory)
+    shared = list(net.shared.parameters())
+    balancer = tb.Balancer(method, shared, memory=memory, **balancer_options)
     gen = torch.Generator().manual_seed(1)
     for _ in range(steps):  # stateful methods (gradvac's EMA, nash) carry state across steps
         net.zero_grad(set_to_none=True)
@@ -41,7 +55,7 @@ def run(name: str, memory: str, drop_task: int | None = None, steps: int = 2):
         losses: list = [(out - t).pow(2).mean() + 0.1 for t, out in enumerate(net(x))]
         if drop_task is not None:
             losses[drop_task] = None
-        info = balancer.backward(losses)
+        info = balancer.backward(losses, features=net.features if features else None)
     grads = [p.grad.clone() if p.grad is not None else None for p in net.parameters()]
     return grads, info
 
@@ -57,6 +71,22 @@ def test_gramian_memory_gives_the_full_jacobian_update(name):
                 torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-12)
         torch.testing.assert_close(info_streamed.weights, info_full.weights, rtol=1e-9, atol=1e-12)
         torch.testing.assert_close(info_streamed.cosines, info_full.cosines)
+
+
+@pytest.mark.parametrize("name", ["mgda", "imtl", "graddrop"])
+@pytest.mark.parametrize("features", [False, True])
+def test_batched_task_backward_gives_the_loop_update(name, features):
+    for drop in (None, 0):
+        loop, info_loop = run(name, "jacobian", drop)
+        batched, info_batched = run(
+            name, "jacobian", drop, features=features, task_backward="batched"
+        )
+        for a, b in zip(loop, batched):
+            assert (a is None) == (b is None)
+            if a is not None:
+                torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-12)
+        if info_loop.cosines is not None:
+            torch.testing.assert_close(info_batched.cosines, info_loop.cosines)
 
 
 def test_methods_that_need_J_or_rep_mode_are_refused_clearly():

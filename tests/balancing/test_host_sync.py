@@ -31,7 +31,11 @@ class OnAccelerator(torch.Tensor):
     @staticmethod
     def __new__(cls, data: torch.Tensor) -> OnAccelerator:
         out = torch.Tensor._make_wrapper_subclass(
-            cls, data.shape, strides=data.stride(), dtype=data.dtype, device=FAKE,
+            cls,
+            data.shape,
+            strides=data.stride(),
+            dtype=data.dtype,
+            device=FAKE,
             requires_grad=data.requires_grad,
         )
         out.data_ = data

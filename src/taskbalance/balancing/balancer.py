@@ -24,8 +24,14 @@ import torch
 from torch import Tensor, nn
 
 from .base import GradientMethod, LossMethod, Method, check_choice, raise_nonfinite_gradient
+from .heads import feature_list, head_pass
 from .solvers import combine, first_nonfinite_row, gramian
-from .streaming import gramian_by_parameter, streaming_supported
+from .streaming import (
+    batched_task_gradients,
+    gramian_by_parameter,
+    loss_cotangents,
+    streaming_supported,
+)
 
 __all__ = ["Balancer", "StepInfo"]
 
@@ -89,6 +95,16 @@ class Balancer:
             count the step in ``skipped_steps``, write no shared gradient and return a
             :class:`StepInfo` with ``skipped=True`` - the caller must then skip the optimizer
             step and zero the gradients (task heads may already hold this step's gradients).
+        memory: ``"jacobian"`` (default) holds the per-task gradients J (``T x P``) for one
+            step. ``"gramian"`` never holds J: one batched backward streams each shared
+            parameter's ``T`` gradients into the Gramian and frees them, the weights are solved
+            from the Gramian, then one more backward of ``Σ_t w_t L_t`` writes the update (peak
+            extra memory ``O(T² + T x`` the largest parameter)). Param mode, and methods whose
+            update is ``Σ_t w_t g_t`` (``method.uses_gramian``) only.
+        task_backward: how param mode computes the T per-task gradients: ``"loop"`` (default;
+            one backward per task, from that task's own loss) or ``"batched"`` (one batched
+            backward, ``is_grads_batched``; it also carries every task's cotangent through
+            every head). ``benchmarks/bench_step.py`` measures both.
     """
 
     def __init__(
@@ -103,6 +119,7 @@ class Balancer:
         check_finite: bool = True,
         nonfinite: str = "raise",
         memory: str = "jacobian",
+        task_backward: str = "loop",
     ) -> None:
         if not isinstance(method, Method):
             raise TypeError(
@@ -136,6 +153,12 @@ class Balancer:
         self.check_finite = check_finite
         self.nonfinite = check_choice("nonfinite", nonfinite, ("raise", "skip"))
         self.memory = check_choice("memory", memory, ("jacobian", "gramian"))
+        self.task_backward = check_choice("task_backward", task_backward, ("loop", "batched"))
+        if task_backward == "batched" and not streaming_supported():
+            raise ValueError(
+                f"task_backward='batched' needs batching primitives this PyTorch "
+                f"({torch.__version__}) does not have; use task_backward='loop'"
+            )
         if memory == "gramian":
             self._check_gramian_memory()
         #: Steps skipped because a task gradient held NaN or Inf (``nonfinite="skip"``).
@@ -183,13 +206,16 @@ class Balancer:
         info = StepInfo(task_names=names, losses=stacked.detach(), present=present)
 
         if isinstance(method, LossMethod):
-            if method.needs_last_layer_grad_norms:
-                norms = self._last_layer_grad_norms(items, stacked)
-                method.observe_grad_norms(norms)
-                info.grad_norms = norms
-            total = method._combine(stacked, mask)
-            if total.requires_grad:
-                total.backward()
+            if method.needs_last_layer_grad_norms and features is not None:
+                self._grad_norm_step(method, items, stacked, mask, features, info)
+            else:
+                if method.needs_last_layer_grad_norms:
+                    norms = self._last_layer_grad_norms(items, stacked)
+                    method.observe_grad_norms(norms)
+                    info.grad_norms = norms
+                total = method._combine(stacked, mask)
+                if total.requires_grad:
+                    total.backward()
         elif isinstance(method, GradientMethod):
             self._gradient_step(method, items, stacked, present, all_present, features, info)
         else:  # pragma: no cover - Method subclasses are one of the two kinds
@@ -218,6 +244,9 @@ class Balancer:
         write: Callable[[Tensor], None] | None = None
         if self.memory == "gramian":  # G streamed parameter by parameter; J never exists
             G = gramian_by_parameter(own, seeds, self.shared).cpu()
+        elif self.mode == "param" and self.task_backward == "batched":
+            J = self._batched_param_jacobian(own, seeds, idx, features)
+            write = self._param_writer()
         elif self.mode == "param":
             J, write = self._param_jacobian(own, seeds), self._param_writer()
         else:
@@ -356,6 +385,39 @@ class Balancer:
         assert raw.grad is not None
         return list(raw.grad[idx].unbind())
 
+    def _batched_param_jacobian(
+        self,
+        own: list[Tensor],
+        seeds: list[Tensor] | None,
+        idx: list[int],
+        features: Tensor | Sequence[Tensor] | None,
+    ) -> Tensor:
+        """J from one batched backward (``is_grads_batched``), written into J block by block.
+
+        With the features: each head once (head pass), then one T-wide backward from the
+        features through the shared part. Without: T-wide from the losses (every head sees
+        every task's cotangent, mostly zeros).
+        """
+        first = self.shared[0]
+        J = torch.zeros(len(own), self._num_shared, dtype=first.dtype, device=first.device)
+        offsets = [0]
+        for n in self._numels:
+            offsets.append(offsets[-1] + n)
+
+        def store(i: int, block: Tensor) -> None:
+            J[:, offsets[i] : offsets[i + 1]] = block
+
+        if features is None:
+            batched_task_gradients(own, loss_cotangents(own, seeds), self.shared, store)
+        else:
+            names = self.task_names
+            assert names is not None
+            feats = feature_list(features)
+            heads = head_pass(own, seeds, feats, [names[t] for t in idx])
+            heads.write_heads()
+            batched_task_gradients(feats, heads.feature_cotangents(), self.shared, store)
+        return J
+
     def _param_jacobian(self, own: list[Tensor], seeds: list[Tensor] | None) -> Tensor:
         shared = self.shared
         first = shared[0]
@@ -395,57 +457,74 @@ class Balancer:
         idx: list[int],
         features: Tensor | Sequence[Tensor] | None,
     ) -> tuple[Tensor, Callable[[Tensor], None]]:
-        if features is None:
-            raise ValueError(
-                "rep mode needs the shared features: call backward(losses, features=model.features)"
-            )
-        feats = [features] if isinstance(features, Tensor) else list(features)
-        if not feats or any(not isinstance(f, Tensor) or not f.requires_grad for f in feats):
-            raise ValueError(
-                "features must be the tensor(s) of shared features the task heads consumed, "
-                "attached to the autograd graph (requires_grad)"
-            )
+        feats = feature_list(features)
         names = self.task_names
         assert names is not None
+        heads = head_pass(own, seeds, feats, [names[t] for t in idx])
         numels = [f.numel() for f in feats]
-        rows = []
-        for row, loss in enumerate(own):
-            seed = None if seeds is None else seeds[row]
-            grads = torch.autograd.grad(
-                loss, feats, grad_outputs=seed, retain_graph=True, allow_unused=True
-            )
-            if all(g is None for g in grads):
-                raise ValueError(
-                    f"the loss of task {names[idx[row]]!r} does not depend on the features "
-                    "passed to backward(): pass the shared features of this same forward pass "
-                    "(e.g. model.features right after model(x)); features kept from an earlier "
-                    "forward would balance nothing"
-                )
-            rows.append(
-                torch.cat(
-                    [
-                        (g if g is not None else torch.zeros_like(f)).reshape(-1)
-                        for g, f in zip(grads, feats)
-                    ]
-                )
-            )
-        J = torch.stack(rows)
 
         def write(d: Tensor) -> None:
-            parts = d.split(numels)
-            handles = [
-                f.register_hook(lambda _g, part=part, f=f: part.view_as(f).to(f.dtype))
-                for f, part in zip(feats, parts)
-            ]
-            try:
-                # One backward of Σ_t L̃_t from the tasks' own losses: every head once, the
-                # shared part once, with the aggregated direction at the features.
-                torch.autograd.backward(own, grad_tensors=seeds)
-            finally:
-                for h in handles:
-                    h.remove()
+            # The heads' gradients come from the head pass (each head traversed once); the
+            # shared part is traversed once, from the aggregated direction at the features.
+            heads.write_heads()
+            parts = [part.view_as(f).to(f.dtype) for part, f in zip(d.split(numels), feats)]
+            torch.autograd.backward(feats, grad_tensors=parts)
 
-        return J, write
+        return heads.rows, write
+
+    def _grad_norm_step(
+        self,
+        method: LossMethod,
+        items: list[Tensor | None],
+        stacked: Tensor,
+        mask: Tensor | None,
+        features: Tensor | Sequence[Tensor],
+        info: StepInfo,
+    ) -> None:
+        """GradNorm's step with the features: every head and the shared part traversed once.
+
+        The head pass gives each task's feature gradient and head gradients; one batched
+        backward from the features to the last shared layer gives the T norms; then the heads
+        receive ``c_t ·`` their gradients (``c = ∂combine(L)/∂L``) and one backward from the
+        features carries ``Σ_t c_t ∂L_t/∂z`` through the shared part.
+        """
+        names = self.task_names
+        assert names is not None
+        idx = [t for t, x in enumerate(items) if x is not None]
+        own: list[Tensor] = [items[t] for t in idx]  # type: ignore[misc]
+        feats = feature_list(features)
+        heads = head_pass(own, None, feats, [names[t] for t in idx])
+        cotangents = heads.feature_cotangents()
+        grads = torch.autograd.grad(
+            feats,
+            self.last_shared,
+            grad_outputs=cotangents,
+            retain_graph=True,
+            allow_unused=True,
+            is_grads_batched=True,
+        )
+        found = [g.reshape(len(own), -1) for g in grads if g is not None]
+        if not found:
+            raise ValueError(
+                "the last shared layer does not lie below the features passed to backward(); "
+                "pass last_shared_parameters=... from the shared part, or no features"
+            )
+        norms = stacked.new_zeros(len(stacked)).detach()
+        squares = torch.stack([g.pow(2).sum(dim=1) for g in found]).sum(dim=0)
+        norms[idx] = squares.sqrt().to(norms.dtype)
+        method.observe_grad_norms(norms)
+        info.grad_norms = norms
+        raw = stacked.detach().requires_grad_(True)
+        total = method._combine(raw, mask)
+        total.backward()  # c = ∂total/∂L, and the gradients of the method's own parameters
+        assert raw.grad is not None
+        c = raw.grad[idx]
+        heads.write_heads(c)
+        direction = [
+            (c.to(part.dtype).view(-1, *[1] * (part.dim() - 1)) * part).sum(dim=0)
+            for part in cotangents
+        ]
+        torch.autograd.backward(feats, grad_tensors=direction)
 
     def _last_layer_grad_norms(self, items: list[Tensor | None], stacked: Tensor) -> Tensor:
         norms = stacked.new_zeros(len(stacked)).detach()

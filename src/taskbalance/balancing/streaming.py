@@ -23,7 +23,13 @@ from torch import Tensor, nn
 
 from .solvers import _chunked_gramian
 
-__all__ = ["gramian_by_parameter", "reachable_leaves", "streaming_supported"]
+__all__ = [
+    "batched_task_gradients",
+    "gramian_by_parameter",
+    "loss_cotangents",
+    "reachable_leaves",
+    "streaming_supported",
+]
 
 
 def streaming_supported() -> bool:
@@ -69,27 +75,41 @@ def _placeholder(g: Tensor) -> Tensor:
     return torch.zeros((), dtype=g.dtype, device=g.device).expand(g.shape)
 
 
-def gramian_by_parameter(
-    losses: Sequence[Tensor], seeds: Sequence[Tensor] | None, shared: Sequence[nn.Parameter]
-) -> Tensor:
-    """``G = J Jᵀ`` (float64, on the parameters' device) of ``d losses[t] / d shared``.
-
-    ``seeds``: the scalar cotangent of each loss (``None``: 1). Side effect: every other leaf
-    the losses reach gets the sum of its per-task gradients added to ``.grad`` (each task-specific
-    parameter: its own task's gradient). The graph is retained for the caller's next backward.
-    """
+def loss_cotangents(losses: Sequence[Tensor], seeds: Sequence[Tensor] | None) -> list[Tensor]:
+    """Batched cotangents of T scalar losses: task t's batch entry is ``seeds[t]`` on loss t."""
     T = len(losses)
-    device = shared[0].device
-    G = torch.zeros(T, T, dtype=torch.float64, device=device)
-    shared_ids = {id(p) for p in shared}
-    others = [
-        p for p in reachable_leaves(losses) if id(p) not in shared_ids and p.requires_grad
-    ]
+    first = losses[0]
+    eye = torch.eye(T, dtype=first.dtype, device=first.device)
+    if seeds is None:
+        return [eye[:, t] for t in range(T)]
+    return [eye[:, t] * seeds[t].to(first.dtype) for t in range(T)]
 
-    def shared_hook(g: Tensor) -> Tensor:
-        block = _unbatched(g, T).reshape(T, -1)
-        G.add_(_chunked_gramian(block, exact=True))
-        return _placeholder(g)
+
+def batched_task_gradients(
+    roots: Sequence[Tensor],
+    cotangents: Sequence[Tensor],
+    shared: Sequence[nn.Parameter],
+    on_block: Callable[[int, Tensor], None],
+    *,
+    retain_graph: bool = True,
+) -> None:
+    """One batched backward from ``roots`` (cotangents ``[T, *root.shape]``, one per task):
+    ``on_block(i, block)`` receives the ``[T, n_i]`` per-task gradients of ``shared[i]`` as
+    they arrive; autograd keeps none of them.
+
+    Every other leaf the roots reach gets the sum of its per-task gradients added to ``.grad``
+    (a task-specific parameter: its own task's gradient, as with one backward per task).
+    """
+    T = cotangents[0].shape[0]
+    shared_ids = {id(p) for p in shared}
+    others = [p for p in reachable_leaves(roots) if id(p) not in shared_ids and p.requires_grad]
+
+    def shared_hook(i: int) -> Callable[[Tensor], Tensor]:
+        def hook(g: Tensor) -> Tensor:
+            on_block(i, _unbatched(g, T).reshape(T, -1))
+            return _placeholder(g)
+
+        return hook
 
     def other_hook(p: Tensor) -> Callable[[Tensor], Tensor]:
         def hook(g: Tensor) -> Tensor:
@@ -99,24 +119,33 @@ def gramian_by_parameter(
 
         return hook
 
-    handles = [p.register_hook(shared_hook) for p in shared]
+    handles = [p.register_hook(shared_hook(i)) for i, p in enumerate(shared)]
     handles += [p.register_hook(other_hook(p)) for p in others]
     try:
-        first = losses[0]
-        eye = torch.eye(T, dtype=first.dtype, device=first.device)
-        cotangents = [
-            eye[:, t] if seeds is None else eye[:, t] * seeds[t].to(first.dtype)
-            for t in range(T)
-        ]
         torch.autograd.grad(
-            list(losses),
+            list(roots),
             [*shared, *others],
-            grad_outputs=cotangents,
-            retain_graph=True,
+            grad_outputs=list(cotangents),
+            retain_graph=retain_graph,
             allow_unused=True,
             is_grads_batched=True,
         )
     finally:
         for h in handles:
             h.remove()
+
+
+def gramian_by_parameter(
+    losses: Sequence[Tensor], seeds: Sequence[Tensor] | None, shared: Sequence[nn.Parameter]
+) -> Tensor:
+    """``G = J Jᵀ`` (float64, on the parameters' device) of ``d losses[t] / d shared``, from
+    :func:`batched_task_gradients` (each block's Gramian added, the block freed). The graph is
+    retained for the caller's next backward.
+    """
+    G = torch.zeros(len(losses), len(losses), dtype=torch.float64, device=shared[0].device)
+
+    def add(_: int, block: Tensor) -> None:
+        G.add_(_chunked_gramian(block, exact=True))
+
+    batched_task_gradients(losses, loss_cotangents(losses, seeds), shared, add)
     return G
