@@ -234,7 +234,12 @@ def _check_pseudo_labels(path: str, option: str) -> None:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from taskbalance.experiments.compare import CompareSettings, run_compare
+    from taskbalance.experiments.compare import (
+        DEFAULT_SCHEDULER,
+        DEFAULT_SEEDS,
+        CompareSettings,
+        run_compare,
+    )
 
     benchmark = args.benchmark
     if args.labels is not None or args.workflows is not None:
@@ -248,15 +253,18 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     settings = CompareSettings(
         benchmark=benchmark,
         methods=args.methods,
-        seeds=args.seeds,
+        seeds=args.seeds if args.seeds is not None else list(DEFAULT_SEEDS),
         epochs=args.epochs,
         steps=args.steps,
+        scheduler=args.scheduler or DEFAULT_SCHEDULER,
         size=args.size,
         device=args.device,
         out_dir=str(out_dir),
         lr=args.lr,
         batch_size=args.batch_size,
         pareto=args.pareto,
+        jobs=args.jobs,
+        timing=not args.no_timing,
     )
     result = run_compare(settings, log=_log)
     print()
@@ -288,6 +296,15 @@ def _compare_workflows(args: argparse.Namespace) -> int:
     # rather than silently ignored.
     if args.pareto is not None:
         raise UserError("--pareto applies to the method comparison, not to --labels workflows")
+    for flag, value in (
+        ("--scheduler", args.scheduler),
+        ("--jobs", args.jobs),
+        ("--no-timing", args.no_timing or None),
+    ):
+        if value is not None:
+            raise UserError(f"{flag} applies to the method comparison, not to --labels workflows")
+    if args.seeds is None:
+        args.seeds = [0]
     if len(args.seeds) != 1:
         raise UserError(
             f"--labels workflows run one seed; give --seeds with one value (got {args.seeds})"
@@ -493,11 +510,14 @@ def _build_parser() -> argparse.ArgumentParser:
     from taskbalance.experiments.compare import (
         DEFAULT_BENCHMARK,
         DEFAULT_EPOCHS,
+        DEFAULT_SCHEDULER,
+        DEFAULT_SEEDS,
         DEFAULT_SIZE,
         DEFAULT_STEPS,
         STANDARD_METHODS,
     )
     from taskbalance.experiments.workflows import WORKFLOWS, labels_argument, workflows_argument
+    from taskbalance.training.config import SCHEDULERS
 
     defaults = {"epochs": DEFAULT_EPOCHS, "steps": DEFAULT_STEPS, "size": DEFAULT_SIZE}
     parser = _Parser(
@@ -577,8 +597,11 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Train each method for each seed plus single-task baselines (method ew, one "
         "task each), then print a leaderboard and write leaderboard.md, results.json and plots. "
         "Finished runs are reused, so an interrupted compare continues where it stopped. "
-        f"Without flags: {DEFAULT_BENCHMARK}, the standard methods, {DEFAULT_EPOCHS} epochs of "
-        f"{DEFAULT_STEPS} steps.",
+        f"Without flags: {DEFAULT_BENCHMARK}, the standard methods, {len(DEFAULT_SEEDS)} seeds, "
+        f"{DEFAULT_EPOCHS} "
+        + ("full epochs" if DEFAULT_STEPS is None else f"epochs of {DEFAULT_STEPS} steps")
+        + f", {DEFAULT_SCHEDULER} learning-rate decay; runs train side by side (--jobs), then "
+        "an interleaved timing pass measures every method's time per step.",
     )
     p.add_argument("--benchmark", default=DEFAULT_BENCHMARK, help="(default: %(default)s)")
     p.add_argument(
@@ -590,8 +613,27 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--seeds",
         type=_seeds,
-        default=[0],
-        help="number of seeds N (0..N-1) or a list 0,3,7 (default: 1)",
+        default=None,
+        help=f"number of seeds N (0..N-1) or a list 0,3,7 (default: {len(DEFAULT_SEEDS)}; "
+        "1 with --labels)",
+    )
+    p.add_argument(
+        "--scheduler",
+        choices=SCHEDULERS,
+        default=None,
+        help=f"learning-rate schedule of every run (default: {DEFAULT_SCHEDULER})",
+    )
+    p.add_argument(
+        "--jobs",
+        type=_positive_int,
+        default=None,
+        help="runs trained side by side, one process each (default: one per torch thread on a "
+        "CPU, each with one thread; 1 on an accelerator)",
+    )
+    p.add_argument(
+        "--no-timing",
+        action="store_true",
+        help="skip the interleaved timing pass (times then come from the runs themselves)",
     )
     p.add_argument(
         "--pareto",

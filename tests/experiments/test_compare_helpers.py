@@ -92,3 +92,17 @@ def test_run_or_reuse_refuses_a_finished_run_with_another_mode(tmp_path):
     assert again == first and "reused" in lines[0]
     with pytest.raises(ValueError, match="other settings.*mode: 'param' there, 'rep' now"):
         compare.run_or_reuse({**config, "mode": "rep"}, log=lambda _: None)
+
+
+def test_resolve_jobs_one_thread_each_on_cpu(monkeypatch):
+    import torch
+
+    from taskbalance.experiments.compare import resolve_jobs
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    assert resolve_jobs(None, "cpu", 39) == (4, 1)
+    assert resolve_jobs(None, "cpu", 3) == (3, 1)  # never more jobs than runs
+    assert resolve_jobs(2, "cpu", 39) == (2, 2)
+    assert resolve_jobs(None, "cuda", 39) == (1, 4)
+    with pytest.raises(ValueError, match="jobs"):
+        resolve_jobs(0, "cpu", 3)

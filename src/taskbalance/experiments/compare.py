@@ -32,6 +32,8 @@ from .report import build_leaderboard, sharing_summary, to_markdown
 __all__ = [
     "DEFAULT_BENCHMARK",
     "DEFAULT_EPOCHS",
+    "DEFAULT_SCHEDULER",
+    "DEFAULT_SEEDS",
     "DEFAULT_SIZE",
     "DEFAULT_STEPS",
     "STANDARD_METHODS",
@@ -40,6 +42,7 @@ __all__ = [
     "TaskInfo",
     "base_config",
     "parse_pareto",
+    "resolve_jobs",
     "resolve_methods",
     "run_compare",
     "run_or_reuse",
@@ -61,11 +64,19 @@ STANDARD_METHODS = (
     "rlw",
 )
 DEFAULT_BENCHMARK = "multidigits"
-# Defaults of a bare ``taskbalance compare``: chosen so that the 11 standard methods plus the two
-# single-task baselines finish within 5 minutes on a 2-core CPU (measured; see docs).
+# Defaults of a bare ``taskbalance compare``: 3 seeds, so that the leaderboard can say which
+# differences exceed the seed noise (paired tests); full epochs with cosine learning-rate decay,
+# so that the networks end close to converged; sized so that the 11 standard methods plus the
+# two single-task baselines (39 runs) finish in about 6 minutes on 2 CPU cores (2 jobs of one
+# thread each; measured, see README).
+DEFAULT_SEEDS = (0, 1, 2)
 DEFAULT_EPOCHS = 8
-DEFAULT_STEPS: int | None = 50
+DEFAULT_STEPS: int | None = None
+DEFAULT_SCHEDULER = "cosine"
 DEFAULT_SIZE = "default"
+# The timing pass after training: rounds x steps per configuration, interleaved (timing.py).
+TIMING_ROUNDS = 5
+TIMING_STEPS = 4
 # What sharing saves is timed once per compare on one validation batch: a few forward passes.
 SHARING_REPEATS = 3
 SHARING_WARMUP = 1
@@ -203,15 +214,20 @@ class CompareSettings:
 
     benchmark: str = DEFAULT_BENCHMARK
     methods: str | Sequence[str] | None = None  # None: the standard methods
-    seeds: Sequence[int] = (0,)
+    seeds: Sequence[int] = DEFAULT_SEEDS
     epochs: int = DEFAULT_EPOCHS
     steps: int | None = DEFAULT_STEPS
+    scheduler: str = DEFAULT_SCHEDULER
     size: str = DEFAULT_SIZE
     device: str = "cpu"
     out_dir: str | Path = "runs/compare"
     lr: float | None = None
     batch_size: int | None = None
     pareto: str | None = None
+    jobs: int | None = None  # runs trained side by side; None: see resolve_jobs
+    timing: bool = True  # interleaved timing pass after training (timing.py)
+    timing_rounds: int = TIMING_ROUNDS
+    timing_steps: int = TIMING_STEPS
     extra: dict[str, Any] = field(default_factory=dict)  # more TrainConfig fields
 
 
@@ -228,9 +244,9 @@ class CompareResult:
 
 def base_config(s: CompareSettings | Any, **fixed: Any) -> dict[str, Any]:
     """The ``TrainConfig`` keys every run of a comparison or a tuning study shares, from settings
-    with ``benchmark``, ``epochs``, ``steps``, ``size``, ``device``, ``lr``, ``batch_size`` and
-    ``extra`` (``lr`` / ``batch_size`` left out when ``None``: the trainer's defaults); ``fixed``
-    adds keys (e.g. ``seed``) before ``extra``."""
+    with ``benchmark``, ``epochs``, ``steps``, ``size``, ``device``, ``lr``, ``batch_size``,
+    optionally ``scheduler``, and ``extra`` (``lr`` / ``batch_size`` left out when ``None``: the
+    trainer's defaults); ``fixed`` adds keys (e.g. ``seed``) before ``extra``."""
     cfg: dict[str, Any] = {
         "benchmark": s.benchmark,
         "epochs": s.epochs,
@@ -241,6 +257,8 @@ def base_config(s: CompareSettings | Any, **fixed: Any) -> dict[str, Any]:
         "progress": False,
         "tensorboard": False,
     }
+    if getattr(s, "scheduler", None) is not None:
+        cfg["scheduler"] = s.scheduler
     if s.lr is not None:
         cfg["lr"] = s.lr
     if s.batch_size is not None:
@@ -290,16 +308,38 @@ def run_compare(settings: CompareSettings, log: Log = print) -> CompareResult:
         # the baselines have trained.
         num_tasks = len(config.tasks) if config.tasks is not None else len(info.names)
         taskbalance.create(config.method, num_tasks, **config.method_options)
+    jobs, threads = resolve_jobs(s.jobs, s.device, len(plan))
+    if jobs > 1:
+        log(f"training {jobs} runs at a time, {threads} torch thread(s) each")
+    results_list = _run_plan(plan, jobs, threads, log)
     baseline_runs: dict[str, list[dict[str, Any]]] = {t: [] for t in info.names}
     method_runs: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
-    for done, (key, label, cfg) in enumerate(plan, start=1):
-        results = run_or_reuse(cfg, label=f"[{done}/{total}] {label}", log=log)
+    for (key, _, _), results in zip(plan, results_list, strict=True):
         kind, _, name = key.partition(":")
         (baseline_runs if kind == "task" else method_runs)[name].append(results)
 
-    board = build_leaderboard(method_runs, baseline_runs, info.higher_is_better)
+    timing = None
+    if s.timing:
+        timing = _timing_pass(
+            base, seeds[0], methods, info.names, threads, log, s.timing_rounds, s.timing_steps
+        )
+    board = build_leaderboard(
+        method_runs,
+        baseline_runs,
+        info.higher_is_better,
+        timing=None if timing is None else timing["seconds"],
+    )
     sharing = _measure_sharing({**base, "method": "ew", "seed": seeds[0], "out_dir": str(out)})
-    markdown = to_markdown(board, title=f"{s.benchmark}: {len(methods)} methods", sharing=sharing)
+    steps_text = "full epochs" if s.steps is None else f"epochs of {s.steps} steps"
+    title = (
+        f"{s.benchmark}: {len(methods)} methods, {len(seeds)} seed(s), {s.epochs} {steps_text}"
+        + (
+            f", {base['scheduler']} learning rate"
+            if base.get("scheduler", "none") != "none"
+            else ""
+        )
+    )
+    markdown = to_markdown(board, title=title, sharing=sharing)
     figures = _write_plots(out / "plots", method_runs, board, info, pareto, len(seeds))
     seconds = time.perf_counter() - start
     out.mkdir(parents=True, exist_ok=True)
@@ -311,6 +351,9 @@ def run_compare(settings: CompareSettings, log: Log = print) -> CompareResult:
         "settings": json.loads(json.dumps(base, default=str)),
         "leaderboard": board,
         "sharing": sharing,
+        "timing": timing,
+        "jobs": jobs,
+        "threads_per_job": threads,
         "runs": [
             _run_summary(run, method=m, seed=seed)
             for m in methods
@@ -326,6 +369,110 @@ def run_compare(settings: CompareSettings, log: Log = print) -> CompareResult:
     }
     atomic_write_text(out / "results.json", json.dumps(payload, indent=2))
     return CompareResult(out, board, markdown, figures, seconds)
+
+
+def resolve_jobs(jobs: int | None, device: str, runs: int) -> tuple[int, int]:
+    """``(jobs, threads per job)``: how many runs train side by side, each in its own process.
+
+    ``None`` on a CPU: one job per torch thread of this process (the command line sets that from
+    the CPUs not busy with other work, or ``--threads``), one thread each: the small built-in
+    networks use one core each far better than two threads share one network. On an accelerator
+    one job. Never more jobs than runs.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    if jobs is None:
+        jobs = threads if str(device).startswith("cpu") else 1
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs must be an integer >= 1, got {jobs!r}")
+    jobs = max(1, min(jobs, runs))
+    return jobs, max(1, threads // jobs)
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _train_job(cfg: dict[str, Any], label: str) -> tuple[dict[str, Any], list[str]]:
+    lines: list[str] = []
+    results = run_or_reuse(cfg, label=label, log=lines.append)
+    return results, lines
+
+
+def _run_plan(
+    plan: Sequence[tuple[str, str, dict[str, Any]]], jobs: int, threads: int, log: Log
+) -> list[dict[str, Any]]:
+    """Train (or reuse) every run of ``plan``; results in plan order. With ``jobs > 1`` the runs
+    train in that many worker processes (spawned, ``threads`` torch threads each); each run's
+    folder is its own, so an interrupted comparison continues from its checkpoints either way."""
+    total = len(plan)
+    if jobs == 1:
+        return [
+            run_or_reuse(cfg, label=f"[{k}/{total}] {label}", log=log)
+            for k, (_, label, cfg) in enumerate(plan, start=1)
+        ]
+    import multiprocessing
+    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+
+    results: list[dict[str, Any] | None] = [None] * total
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(
+        jobs, mp_context=context, initializer=_init_worker, initargs=(threads,)
+    ) as pool:
+        futures = {pool.submit(_train_job, cfg, label): k for k, (_, label, cfg) in enumerate(plan)}
+        pending = set(futures)
+        done_count = 0
+        try:
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                for future in done:
+                    run, lines = future.result()  # re-raises a run's error here
+                    results[futures[future]] = run
+                    done_count += 1
+                    for line in lines:
+                        log(f"[{done_count}/{total}] {line}")
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            raise
+    return [r for r in results if r is not None]
+
+
+def _timing_pass(
+    base: Mapping[str, Any],
+    seed: int,
+    methods: Sequence[str],
+    tasks: Sequence[str],
+    threads: int,
+    log: Log,
+    rounds: int = TIMING_ROUNDS,
+    steps: int = TIMING_STEPS,
+) -> dict[str, Any]:
+    """:func:`~taskbalance.experiments.timing.measure_step_times` of every method and every
+    single-task network (``"single-task/<task>"``) with ``threads`` torch threads, the setting
+    each run trained with."""
+    import torch
+
+    from .timing import measure_step_times
+
+    configs: dict[str, dict[str, Any]] = {m: {**base, "method": m, "seed": seed} for m in methods}
+    for task in tasks:
+        configs[f"single-task/{task}"] = {**base, "method": "ew", "tasks": [task], "seed": seed}
+    for cfg in configs.values():
+        cfg.pop("out_dir", None)
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        log(
+            f"timing pass: {len(configs)} configurations x {rounds} rounds of {steps} steps, "
+            f"interleaved, {threads} thread(s)"
+        )
+        return measure_step_times(configs, rounds=rounds, steps=steps)
+    finally:
+        torch.set_num_threads(saved)
 
 
 def _measure_sharing(
