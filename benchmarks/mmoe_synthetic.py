@@ -10,7 +10,7 @@ mean ± standard deviation over seeds, and the paired difference hard − MMoE p
 Usage::
 
     python benchmarks/mmoe_synthetic.py [--correlations 0.0,0.5,0.9,1.0] [--seeds 3]
-        [--archs hard,mmoe] [--epochs 40] [--out runs/mmoe-synthetic]
+        [--archs hard,mmoe,mmoe-nobias] [--epochs 100] [--lr 1e-3] [--out DIR]
 """
 
 from __future__ import annotations
@@ -26,16 +26,29 @@ import torch
 
 from taskbalance.training import train
 
+#: architecture names of this script -> model options of the benchmark
+ARCHS = {
+    "hard": {"arch": "hard"},
+    "mmoe": {"arch": "mmoe"},
+    "mmoe-nobias": {"arch": "mmoe", "gate_bias": False},  # the gate exactly as in eq. 8
+    "cgc": {"arch": "cgc"},
+    "ple": {"arch": "ple"},
+    "dselect_k": {"arch": "dselect_k"},
+    "ltb": {"arch": "ltb"},
+}
 
-def run(arch: str, correlation: float, seed: int, epochs: int, out: Path, device: str) -> float:
+
+def run(
+    arch: str, correlation: float, seed: int, epochs: int, lr: float, out: Path, device: str
+) -> float:
     config = {
         "benchmark": "synthetic-mtl",
         "size": {"correlation": correlation},
-        "model_options": {"arch": arch},
+        "model_options": ARCHS[arch],
         "method": "ew",
         "epochs": epochs,
         "batch_size": 128,
-        "lr": 1e-3,
+        "lr": lr,
         "seed": seed,
         "device": device,
         "out_dir": str(out / f"{arch}-p{correlation:g}-seed{seed}"),
@@ -52,21 +65,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--correlations", default="0.0,0.5,0.9,1.0")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--archs", default="hard,mmoe")
-    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--archs", default="hard,mmoe", help=f"from {', '.join(ARCHS)}")
+    parser.add_argument("--epochs", type=int, default=100)
+    parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default=None, help="run folder (default: a temporary one)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     correlations = [float(p) for p in args.correlations.split(",")]
     archs = args.archs.split(",")
+    unknown = [a for a in archs if a not in ARCHS]
+    if unknown:
+        parser.error(f"unknown architecture(s) {unknown}; choose from {', '.join(ARCHS)}")
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="mmoe-synthetic-"))
     results: dict[str, dict[str, list[float]]] = {}
     start = time.perf_counter()
     for p in correlations:
         for seed in range(args.seeds):
             for arch in archs:  # interleaved: the same data seed for every architecture
-                mse = run(arch, p, seed, args.epochs, out, args.device)
+                mse = run(arch, p, seed, args.epochs, args.lr, out, args.device)
                 results.setdefault(f"{p:g}", {}).setdefault(arch, []).append(mse)
                 print(f"p={p:g} seed={seed} {arch}: test MSE {mse:.4f}", flush=True)
     print(

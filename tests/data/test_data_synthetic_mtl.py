@@ -28,6 +28,8 @@ def test_task_weights_have_the_requested_cosine_and_scale(p: float) -> None:
     other = task_parameters(7, params(correlation=0.2, scale=2.0))
     np.testing.assert_array_equal(other["u"], u)  # the knob changes w2 only
     np.testing.assert_array_equal(other["alpha"], tp["alpha"])
+    # the sines are fixed: the label correlation of a given p does not depend on the seed
+    np.testing.assert_array_equal(task_parameters(8, params())["beta"], tp["beta"])
 
 
 def test_closed_form_label_correlation_matches_monte_carlo() -> None:
@@ -99,6 +101,8 @@ def test_registered_names_items_and_models(tmp_path: Path) -> None:
     diff = bench.train.targets["y1"] - bench.train.targets["y2"]
     assert float(diff.std()) == pytest.approx(0.1 * 2**0.5, rel=0.3)
     assert [t.name for t in bench.tasks] == ["y1", "y2"]
+    assert bench.build_model().gates["y1"].linear.bias is not None  # gate_bias=True default
+    assert bench.build_model(gate_bias=False).gates["y1"].linear.bias is None
     for arch in ("mmoe", "hard", "cgc", "ple", "dselect_k", "ltb"):
         out = bench.build_model(arch=arch)(bench.train.inputs[:4])
         assert {t: tuple(v.shape) for t, v in out.items()} == {"y1": (4, 1), "y2": (4, 1)}

@@ -30,6 +30,10 @@ def make_mmoe(tasks=TASKS3) -> MMoE:
     return MMoE(D_IN, towers(tasks), num_experts=3, expert_dim=D_EXP)
 
 
+def make_mmoe_bias(tasks=TASKS3) -> MMoE:
+    return MMoE(D_IN, towers(tasks), num_experts=3, expert_dim=D_EXP, gate_bias=True)
+
+
 def make_dselect(tasks=TASKS3) -> DSelectK:
     return DSelectK(D_IN, towers(tasks), num_experts=4, k=2, expert_dim=D_EXP)
 
@@ -55,6 +59,7 @@ def make_ltb(tasks=TASKS3) -> LTB:
 
 MAKERS: dict[str, Callable[..., nn.Module]] = {
     "mmoe": make_mmoe,
+    "mmoe_bias": make_mmoe_bias,
     "dselect_k": make_dselect,
     "cgc": make_cgc,
     "ple3": make_ple,
@@ -131,9 +136,13 @@ def test_ple_split_by_level() -> None:
 
 
 # ------------------------------------------------------------------------------------- gates
-@pytest.mark.parametrize("name", ["mmoe", "cgc"])
+@pytest.mark.parametrize("name", ["mmoe", "mmoe_bias", "cgc"])
 def test_softmax_gates_sum_to_one(name: str) -> None:
     model = MAKERS[name]()
+    with torch.no_grad():  # biases away from zero
+        for gate in model.gates.values():
+            if gate.linear.bias is not None:
+                gate.linear.bias.uniform_(-2.0, 2.0)
     for w in model.gate_weights(inputs()).values():
         assert (w >= 0).all()
         torch.testing.assert_close(w.sum(-1), torch.ones(16))

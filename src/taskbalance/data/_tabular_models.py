@@ -26,6 +26,7 @@ DEFAULTS: dict[str, Any] = {
     "bottom_dim": 128,  # hard sharing: units of the shared bottom (≈ MMoE's parameter count)
     "branch_layers": 2,  # LTB: layers of the branching stack
     "branch_dim": 32,  # LTB: units of each layer
+    "gate_bias": True,  # MMoE / CGC / PLE softmax gates with a bias (the papers' have none)
 }
 
 
@@ -52,7 +53,13 @@ def tabular_model(
         return models.MultiTaskModel(bottom, heads, task_names=list(tasks))
     towers = {t: tower(e, h) for t in tasks}
     if arch == "mmoe":
-        return models.MMoE(in_features, towers, num_experts=opts["num_experts"], expert_dim=e)
+        return models.MMoE(
+            in_features,
+            towers,
+            num_experts=opts["num_experts"],
+            expert_dim=e,
+            gate_bias=opts["gate_bias"],
+        )
     if arch == "dselect_k":
         return models.DSelectK(
             in_features, towers, num_experts=opts["num_experts"], k=opts["k"], expert_dim=e
@@ -64,6 +71,7 @@ def tabular_model(
             shared_experts=opts["num_experts"],
             task_experts=opts["task_experts"],
             expert_dim=e,
+            gate_bias=opts["gate_bias"],
         )
     if arch == "ple":
         return models.PLE(
@@ -73,6 +81,7 @@ def tabular_model(
             shared_experts=opts["num_experts"],
             task_experts=opts["task_experts"],
             expert_dim=e,
+            gate_bias=opts["gate_bias"],
         )
     width = opts["branch_dim"]
     layers = [

@@ -64,6 +64,8 @@ class CGC(ForgetsLastForward, MultiTaskNetwork):
         expert_dim: output width of each expert.
         expert_factory: ``factory(in_features, expert_dim) -> nn.Module``; default
             ``Flatten -> Linear -> ReLU``.
+        gate_bias: gates ``softmax(W x + b)`` (the paper's have no bias); see
+            :class:`~taskbalance.models.experts.SoftmaxGate`.
         task_names: optional task order.
 
     Parameter split: ``shared_parameters()`` = the shared experts; ``task_parameters(k)`` = task
@@ -83,9 +85,11 @@ class CGC(ForgetsLastForward, MultiTaskNetwork):
         task_experts: int = 2,
         expert_dim: int = 16,
         expert_factory: ExpertFactory | None = None,
+        gate_bias: bool = False,
         task_names: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
+        self.gate_bias = bool(gate_bias)
         names, ordered = _match_heads(towers, task_names)
         self.task_names = names
         self.in_features = _positive("in_features", in_features)
@@ -97,7 +101,10 @@ class CGC(ForgetsLastForward, MultiTaskNetwork):
             {t: ExpertBank(task_experts, in_features, expert_dim, expert_factory) for t in names}
         )
         self.gates = nn.ModuleDict(
-            {t: SoftmaxGate(in_features, task_experts + shared_experts) for t in names}
+            {
+                t: SoftmaxGate(in_features, task_experts + shared_experts, bias=gate_bias)
+                for t in names
+            }
         )
         self.towers = nn.ModuleDict(ordered)
         self._features: Tensor | None = None

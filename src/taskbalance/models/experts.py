@@ -97,14 +97,20 @@ class ExpertBank(nn.Module):
 
 
 class SoftmaxGate(nn.Module):
-    """``g(x) = softmax(W_g x)`` over ``num_experts`` (Ma et al. 2018, eq. 8; no bias, as written
-    there). ``x`` is flattened from dim 1; the output ``[B, num_experts]`` sums to one per row."""
+    """``g(x) = softmax(W_g x + b)`` over ``num_experts``; ``x`` is flattened from dim 1 and the
+    output ``[B, num_experts]`` sums to one per row.
 
-    def __init__(self, in_features: int, num_experts: int) -> None:
+    ``bias=False`` is the gate exactly as written in Ma et al. 2018 (eq. 8). Without a bias a gate
+    cannot prefer some experts for its task independently of the input: with zero-mean inputs its
+    average weights stay near uniform, which on ``synthetic-mtl`` costs MMoE much of its accuracy
+    (see docs/architecture.md); most implementations add the bias.
+    """
+
+    def __init__(self, in_features: int, num_experts: int, *, bias: bool = False) -> None:
         super().__init__()
         _positive("in_features", in_features)
         _positive("num_experts", num_experts)
-        self.linear = nn.Linear(in_features, num_experts, bias=False)
+        self.linear = nn.Linear(in_features, num_experts, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.softmax(self.linear(x.flatten(1)), dim=-1)

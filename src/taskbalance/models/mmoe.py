@@ -50,6 +50,8 @@ class MMoE(ForgetsLastForward, MultiTaskNetwork):
         expert_dim: output width of each expert.
         expert_factory: ``factory(in_features, expert_dim) -> nn.Module`` building one expert;
             default ``Flatten -> Linear -> ReLU``.
+        gate_bias: gates ``softmax(W x + b)`` instead of the paper's ``softmax(W x)`` (eq. 8);
+            see :class:`~taskbalance.models.experts.SoftmaxGate`.
         task_names: optional task order.
 
     Parameter split: ``shared_parameters()`` = the experts (every task's loss reaches all of
@@ -68,9 +70,11 @@ class MMoE(ForgetsLastForward, MultiTaskNetwork):
         num_experts: int = 8,
         expert_dim: int = 16,
         expert_factory: ExpertFactory | None = None,
+        gate_bias: bool = False,
         task_names: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
+        self.gate_bias = bool(gate_bias)
         names, ordered = _match_heads(towers, task_names)
         self.task_names = names
         self.in_features = _positive("in_features", in_features)
@@ -84,7 +88,7 @@ class MMoE(ForgetsLastForward, MultiTaskNetwork):
 
     def _make_gate(self) -> nn.Module:
         """The gate of one task: ``x -> [B, n]`` weights summing to one."""
-        return SoftmaxGate(self.in_features, self.num_experts)
+        return SoftmaxGate(self.in_features, self.num_experts, bias=self.gate_bias)
 
     def shared_modules(self) -> list[nn.Module]:
         return [self.experts]

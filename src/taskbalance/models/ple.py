@@ -59,6 +59,7 @@ class _Level(nn.Module):
         expert_dim: int,
         factory: ExpertFactory | None,
         shared_gate: bool,
+        gate_bias: bool,
     ) -> None:
         super().__init__()
         self.shared = ExpertBank(shared_experts, in_features, expert_dim, factory)
@@ -66,10 +67,13 @@ class _Level(nn.Module):
             {t: ExpertBank(task_experts, in_features, expert_dim, factory) for t in tasks}
         )
         self.task_gates = nn.ModuleDict(
-            {t: SoftmaxGate(in_features, task_experts + shared_experts) for t in tasks}
+            {
+                t: SoftmaxGate(in_features, task_experts + shared_experts, bias=gate_bias)
+                for t in tasks
+            }
         )
         total = len(tasks) * task_experts + shared_experts
-        self.shared_gate = SoftmaxGate(in_features, total) if shared_gate else None
+        self.shared_gate = SoftmaxGate(in_features, total, bias=gate_bias) if shared_gate else None
 
 
 class _OneTaskPLE(nn.Module):
@@ -94,6 +98,8 @@ class PLE(ForgetsLastForward, MultiTaskNetwork):
         expert_dim: output width of every expert (also the input of the experts above level 1).
         expert_factory: ``factory(in_features, expert_dim) -> nn.Module``; default
             ``Flatten -> Linear -> ReLU``.
+        gate_bias: gates ``softmax(W x + b)`` (the paper's have no bias); see
+            :class:`~taskbalance.models.experts.SoftmaxGate`.
         task_names: optional task order.
 
     Parameter split (see the module docstring): ``task_parameters(k)`` = tower k, task k's
@@ -118,9 +124,11 @@ class PLE(ForgetsLastForward, MultiTaskNetwork):
         task_experts: int = 2,
         expert_dim: int = 16,
         expert_factory: ExpertFactory | None = None,
+        gate_bias: bool = False,
         task_names: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
+        self.gate_bias = bool(gate_bias)
         names, ordered = _match_heads(towers, task_names)
         self.task_names = names
         self.in_features = _positive("in_features", in_features)
@@ -139,6 +147,7 @@ class PLE(ForgetsLastForward, MultiTaskNetwork):
                     expert_dim,
                     expert_factory,
                     shared_gate=j < levels - 1,
+                    gate_bias=self.gate_bias,
                 )
                 for j in range(levels)
             ]
@@ -233,6 +242,7 @@ class PLE(ForgetsLastForward, MultiTaskNetwork):
                 task_experts=self.num_task,
                 expert_dim=self.expert_dim,
                 expert_factory=self._factory,
+                gate_bias=self.gate_bias,
             )
             net = MultiTaskModel(_OneTaskPLE(single), {task: copy.deepcopy(self.towers[task])})
             if reinitialize:
