@@ -144,7 +144,12 @@ def main() -> None:
     candidates: list[tuple[str, str]] = []
     for name in tb.available_methods():
         kind = tb.method_info(name).kind
-        for mode in ["loss"] if kind == "loss" else ["param", "rep"]:
+        modes = (
+            ["param", "rep"]
+            if getattr(tb.method_info(name).cls, "supports_rep_mode", True)
+            else ["param"]
+        )
+        for mode in ["loss"] if kind == "loss" else modes:
             candidates.append((name, mode))
             steps[f"{name}/{mode}"] = method_step(name, "param" if mode == "loss" else mode)
     times = interleaved_times(steps, args.rounds, args.per_round, sync)

@@ -375,6 +375,13 @@ def test_per_parameter_state_refuses_another_width(name):
         m.aggregate(torch.randn(2, 7))
 
 
+@pytest.mark.parametrize("name", STATE_METHODS)
+def test_per_parameter_methods_refuse_rep_mode(name):
+    with pytest.raises(ValueError, match="mode='param'"):
+        tb.Balancer(tb.create(name, 2), [nn.Parameter(torch.ones(3))], mode="rep")
+    tb.Balancer(tb.create(name, 2), [nn.Parameter(torch.ones(3))], mode="param")
+
+
 @pytest.mark.parametrize(
     "name,options,word",
     [

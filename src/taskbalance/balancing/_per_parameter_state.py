@@ -15,6 +15,8 @@ class PerParameterState:
     ``P`` raises (such state belongs to one set of shared parameters: param mode only)."""
 
     _per_parameter_buffers: tuple[str, ...] = ()
+    #: Read by the Balancer: rep mode is refused (its "parameters" are per-sample features).
+    supports_rep_mode = False
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
         for name in self._per_parameter_buffers:

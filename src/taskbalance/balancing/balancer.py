@@ -128,6 +128,12 @@ class Balancer:
             )
         self.method = method
         self.mode = check_choice("mode", mode, ("param", "rep"))
+        if self.mode == "rep" and not getattr(method, "supports_rep_mode", True):
+            raise ValueError(
+                f"method {method.name!r} keeps statistics of each shared parameter's gradient "
+                "across steps, which rep-mode features (other samples every batch) do not have; "
+                "use mode='param'"
+            )
         self.shared = [p for p in shared_parameters if p.requires_grad]
         if not self.shared:
             raise ValueError(
