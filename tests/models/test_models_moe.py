@@ -360,3 +360,25 @@ def test_every_architecture_trains_through_the_trainer(tmp_path) -> None:
         assert result.mode == mode
         assert result.test is not None
         assert all(math.isfinite(m["rmse"]) for m in result.test.values())
+
+
+#: options for methods that cannot be created without them
+REQUIRED_OPTIONS = {"static": {"weights": [1.0, 0.5, 2.0]}}
+
+
+@pytest.mark.parametrize("name", ["ple2"])
+def test_every_registered_method_steps_in_both_modes(name: str) -> None:
+    """One Balancer step of every method (gradient methods in param and rep mode) writes finite
+    gradients to every parameter of PLE, the architecture with the most intricate split."""
+    x, y = inputs(), targets()
+    for method_name in taskbalance.available_methods():
+        options = REQUIRED_OPTIONS.get(method_name, {})
+        kind = taskbalance.create(method_name, num_tasks=3, **options).kind
+        for mode in ("param", "rep") if kind == "gradient" else ("param",):
+            model = MAKERS[name]()
+            method = taskbalance.create(method_name, num_tasks=3, **options)
+            balancer = taskbalance.Balancer(method, model.shared_parameters(), mode=mode)
+            losses = mse_losses(model, x, y)
+            balancer.backward(losses, features=model.features)
+            for p in model.parameters():
+                assert p.grad is not None and torch.isfinite(p.grad).all(), (method_name, mode)
