@@ -370,8 +370,12 @@ REQUIRED_OPTIONS = {"static": {"weights": [1.0, 0.5, 2.0]}}
 def test_every_registered_method_steps_in_both_modes(name: str) -> None:
     """One Balancer step of every method (gradient methods in param and rep mode) writes finite
     gradients to every parameter of PLE, the architecture with the most intricate split."""
+    from taskbalance.experiments.compare import resolve_methods
+
     x, y = inputs(), targets()
-    for method_name in taskbalance.available_methods():
+    # every method creatable without options (as `compare --methods all`), plus static
+    names = sorted({*resolve_methods("all", 3, log=lambda _: None), *REQUIRED_OPTIONS})
+    for method_name in names:
         options = REQUIRED_OPTIONS.get(method_name, {})
         probe = taskbalance.create(method_name, num_tasks=3, **options)
         # loss methods ignore the mode; methods keeping per-parameter state refuse rep mode
