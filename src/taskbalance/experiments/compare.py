@@ -415,7 +415,7 @@ def _run_plan(
             for k, (_, label, cfg) in enumerate(plan, start=1)
         ]
     import multiprocessing
-    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     results: list[dict[str, Any] | None] = [None] * total
     context = multiprocessing.get_context("spawn")
@@ -427,7 +427,7 @@ def _run_plan(
         done_count = 0
         try:
             while pending:
-                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:
                     run, lines = future.result()  # re-raises a run's error here
                     results[futures[future]] = run
@@ -488,9 +488,9 @@ def _measure_sharing(
     ``None`` for a model without single-task copies.
     """
     import torch
-    from torch.utils.data import DataLoader
 
     from taskbalance.data import load_benchmark
+    from taskbalance.data.loading import batch_loader
     from taskbalance.models.report import sharing_report
     from taskbalance.training import TrainConfig
     from taskbalance.training.trainer import resolve_device
@@ -508,7 +508,7 @@ def _measure_sharing(
     singles = {task: net.to(device) for task, net in copies().items()}
     model.to(device)
     split = bench.val if bench.val is not None and len(bench.val) else bench.test
-    loader = DataLoader(split, batch_size=cfg.eval_batch_size or cfg.batch_size)
+    loader = batch_loader(split, cfg.eval_batch_size or cfg.batch_size)
     inputs = next(iter(loader))[0].to(device)
     measured = sharing_report(model, singles, inputs, repeats=repeats, warmup=warmup)
     return {

@@ -181,6 +181,12 @@ def run_tune(settings: TuneSettings, log: Log = print) -> TuneResult:
         }
         per_task[task] = run_or_reuse(cfg, label=f"single-task {task}", log=log)["val"]
     baseline = merge_task_metrics(per_task)
+    from taskbalance.tasks import DELTA_RULE, excluded_metrics, flatten_results
+
+    left_out = excluded_metrics(flatten_results(baseline), flatten_results(info.higher_is_better))
+    if left_out:
+        shown = "; ".join(f"{m} ({why})" for m, why in left_out.items())
+        log(f"not in Δm (rule: {DELTA_RULE}): {shown}")
 
     finished_states = (TrialState.COMPLETE,)
     done = 0
@@ -264,6 +270,7 @@ def run_tune(settings: TuneSettings, log: Log = print) -> TuneResult:
                 "trials": result.trials,
                 "best_trial": best.number,
                 "validation_delta_m": result.best_value,
+                "not_in_delta_m": left_out,
                 "weights": result.best_weights,
                 "command": result.command,
             },

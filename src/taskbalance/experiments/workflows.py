@@ -397,7 +397,9 @@ def workflow_table(
     lines.append(
         f"Δ: relative change in % against the first row ({REFERENCE}), sign-flipped for ↑ metrics "
         "(negative = better); Δ task = mean over that task's metrics in the table that enter Δm; "
-        f"Δm = mean over all of them. Rule: {DELTA_RULE}."
+        f"Δm = mean over all of them. Rule: {DELTA_RULE}. The reference trains with the same "
+        "budget as the workflows: short budgets leave it far from converged, and relative "
+        "changes against it are then rough."
     )
     if excluded:
         shown = "; ".join(f"{m} ({why})" for m, why in excluded.items())
