@@ -36,7 +36,7 @@ def _lstsq_min_norm(M: Tensor, b: Tensor, steps: int = 8) -> Tensor:
     return x
 
 
-def imtl_g_weights(G: Tensor) -> Tensor:
+def imtl_g_weights(G: Tensor, rcond: float = 1e-11) -> Tensor:
     """IMTL-G's weights ``α`` (``Σα = 1``) from the Gramian ``G = J Jᵀ`` (float64 ``[n, n]``).
 
     The paper's closed form ``α_{2:n} = g_1 Uᵀ (D Uᵀ)⁻¹``, ``α_1 = 1 − Σ α_{2:n}`` with
@@ -48,37 +48,58 @@ def imtl_g_weights(G: Tensor) -> Tensor:
     Degenerate inputs, documented fallbacks: a zero gradient has no direction, so its task gets
     ``α_t = 0`` (the others are balanced among themselves; all zero gives ``α = 1/n``). When the
     system is singular or nearly so (identical or colinear gradients, rank deficiency), ``α`` is
-    its minimum-norm least-squares solution (the pseudo-inverse solution; identical tasks share
-    equally). The result is always finite.
+    its minimum-norm least-squares solution in the unit form below (the pseudo-inverse
+    solution; identical tasks share equally). The result is always finite.
+
+    The system is solved for ``β_t = α_t‖g_t‖`` (rows ``u_t·u_s``), so gradient norms spread
+    from 1e-12 to 1e12 keep it well conditioned. ``rcond``: C counts as singular when its
+    smallest LU pivot is below ``rcond`` times the largest (raise it for float32 gradients,
+    whose Gramian carries that much rounding: duplicated float32 rows are not exactly singular).
     """
     n = G.shape[0]
     G = normalized(G)
     sq = G.diagonal().clamp_min(0)
     nonzero = sq > 1e-280
     norms = torch.where(nonzero, sq.sqrt(), torch.ones_like(sq))
+    # Unit form: with α_s = β_s/‖g_s‖ the conditions read C β = c·1 (C = D⁻¹GD⁻¹, entries in
+    # [-1, 1]) and Σ_s β_s/‖g_s‖ = 1, so norms spread over many orders of magnitude only enter
+    # through the sum row (scaled to max 1), never the conditioning of the system.
+    C = G / (norms[:, None] * norms[None, :])
+    inv = torch.where(nonzero, 1.0 / norms, 0.0)
+    inv = inv / inv.amax().clamp_min(1e-300)
     M = G.new_zeros(n + 1, n + 1)
-    proj = G / norms[:, None]  # proj[t, s] = u_t · g_s
     eye = torch.eye(n, dtype=G.dtype, device=G.device)
-    M[:n, :n] = torch.where(nonzero[:, None], proj, eye)
+    M[:n, :n] = torch.where(nonzero[:, None], C, eye)
     M[:n, n] = -nonzero.to(G.dtype)
-    M[n, :n] = torch.where(nonzero, 1.0, 0.0)
+    M[n, :n] = inv
     b = G.new_zeros(n + 1)
     b[n] = 1.0
     any_nonzero = nonzero.any()
     # All rows zero: the sum row would be empty; fall back to uniform weights.
     M[n, :n] = torch.where(any_nonzero, M[n, :n], torch.ones_like(M[n, :n]))
     M[:n, :n] = torch.where(any_nonzero, M[:n, :n], eye - 1.0 / n)
+    inv = torch.where(any_nonzero, inv, torch.ones_like(inv))
 
-    # A well-conditioned system is solved directly; a (nearly) singular one by least squares.
-    LU, piv, info = torch.linalg.lu_factor_ex(M)
+    # A well-conditioned C: β = C⁻¹1 up to the scale c, fixed by Σα = 1 (C's entries are in
+    # [-1, 1], so its pivots say whether it is regular whatever the norms). Otherwise (nearly
+    # singular C, or c = 0 as for opposite gradients) the minimum-norm least-squares solution
+    # of the bordered system in (β, c).
+    Cz = M[:n, :n]
+    LU, piv, info = torch.linalg.lu_factor_ex(Cz)
     pivots = LU.diagonal().abs()
-    regular = (info == 0) & (pivots.amin() > 1e-11 * pivots.amax())
-    x_direct = torch.linalg.lu_solve(LU, piv, b.unsqueeze(-1)).squeeze(-1)
-    x = torch.where(regular & torch.isfinite(x_direct).all(), x_direct, _lstsq_min_norm(M, b))
-    alpha = torch.nan_to_num(x[:n], nan=0.0, posinf=0.0, neginf=0.0)
+    regular = (info == 0) & (pivots.amin() > rcond * pivots.amax())
+    ones = torch.where(any_nonzero, nonzero.to(G.dtype), torch.ones_like(sq) / n)
+    beta = torch.linalg.lu_solve(LU, piv, ones.unsqueeze(-1)).squeeze(-1)
+    a = beta * inv
+    total = a.sum()
+    direct = regular & torch.isfinite(a).all() & (total.abs() > 1e-12 * a.abs().sum())
+    alpha_direct = a / torch.where(direct, total, torch.ones_like(total))
+    x = _lstsq_min_norm(M, b)
+    alpha_ls = torch.nan_to_num(x[:n] * inv, nan=0.0, posinf=0.0, neginf=0.0)
     # Σα = 1 exactly (the least-squares fallback may leave a tiny residual).
     share = torch.where(any_nonzero, nonzero.to(G.dtype), torch.ones_like(sq))
-    return alpha + share * (1.0 - alpha.sum()) / share.sum()
+    alpha_ls = alpha_ls + share * (1.0 - alpha_ls.sum()) / share.sum()
+    return torch.where(direct, alpha_direct, alpha_ls)
 
 
 @register("imtl_g", paper=PAPER)
@@ -98,7 +119,7 @@ class IMTLG(GradientMethod):
     def _weights(
         self, G: Tensor, losses: Tensor | None, present: Tensor | None, *, grad_dtype: torch.dtype
     ) -> Tensor:
-        return imtl_g_weights(G)
+        return imtl_g_weights(G, rcond=max(1e-11, 50 * torch.finfo(grad_dtype).eps))
 
 
 @register("imtl", paper=PAPER)

@@ -1,0 +1,450 @@
+"""Parity of every balancing method with a reference implementation where the definitions agree.
+
+References:
+
+* TorchJD 0.18 (``torchjd.aggregation``, a test-only dependency: the ``dev`` extra). Its
+  dual-cone projector needs ``quadprog``; here an exact projector built on scipy's NNLS stands in
+  (``NNLSProjector``), so UPGrad and DualProj compare the definitions, not QP solvers.
+* LibMTL (github.com/median-research-group/LibMTL), whose weighting methods are re-implemented
+  below from a reading of ``LibMTL/weighting/<Method>.py`` at commit
+  ``LIBMTL_COMMIT`` (each function names its file). They are written here in numpy, from the
+  equations those files implement, not copied.
+
+The matrices: random, near-colinear rows, exactly opposite rows, a zero row, duplicated rows and
+row norms spread from 1e-12 to 1e12, T in {2, 3, 5, 10} (and 40 for random and spread rows),
+float32 and float64 (the reference always gets the float64 values of the same matrix; float32
+results are compared at float32 accuracy).
+
+Where taskbalance deliberately differs from a reference (a documented variant), the test says
+why and checks our definition against the paper's equations instead.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import minimize, nnls, root
+
+import taskbalance as tb
+from taskbalance.balancing.solvers import random_orders
+
+torchjd_aggregation = pytest.importorskip("torchjd.aggregation")
+from torchjd._linalg import DualConeProjector  # noqa: E402
+
+LIBMTL_COMMIT = "4336804847eaa5e0b924b743d76beec7ac3fdc97"
+
+KINDS = ("random", "near_colinear", "opposite", "zero_row", "duplicate", "spread")
+SIZES = (2, 3, 5, 10)
+DTYPES = (torch.float32, torch.float64)
+TOL = {torch.float64: 1e-9, torch.float32: 2e-4}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def matrix(kind: str, n: int, seed: int) -> np.ndarray:
+    P = max(12, n + 20)  # T = 40: more columns than rows (rank deficiency is its own case)
+    rng = np.random.default_rng(seed)
+    J = rng.standard_normal((n, P))
+    if kind == "near_colinear":
+        J = J[0] + 1e-3 * J
+    elif kind == "opposite":
+        J[1] = -J[0]
+    elif kind == "zero_row":
+        J[0] = 0.0
+    elif kind == "duplicate":
+        J[1] = J[0]
+    elif kind == "spread":
+        J = J / np.linalg.norm(J, axis=1, keepdims=True)
+        J *= np.logspace(-12, 12, n)[rng.permutation(n)][:, None]
+    return J
+
+
+def cases(kinds=KINDS, sizes=SIZES, big: tuple[str, ...] = ("random", "spread")):
+    out = [(k, n) for k in kinds for n in sizes if not (n < 2 or (k == "opposite" and n < 2))]
+    out += [(k, 40) for k in big if k in kinds]
+    return out
+
+
+def rel_err(d: np.ndarray, ref: np.ndarray, J: np.ndarray, dtype=torch.float64) -> float:
+    """‖d − ref‖ relative to ‖ref‖ + a rounding floor: where rows cancel (ref ≈ 0) the
+    difference is measured against the rows' scale, at the dtype's rounding level."""
+    floor = (1e-4 if dtype == torch.float64 else 1.0) * np.linalg.norm(J, axis=1).sum()
+    return float(np.linalg.norm(d - ref) / (np.linalg.norm(ref) + floor * 1e-9 / TOL[dtype]))
+
+
+def ours(name: str, J: np.ndarray, dtype: torch.dtype, **options) -> tuple[np.ndarray, object]:
+    m = tb.create(name, J.shape[0], **options)
+    d = m.aggregate(torch.tensor(J, dtype=dtype))
+    assert d.dtype == dtype and torch.isfinite(d).all()
+    return d.double().numpy(), m
+
+
+def as_used(J: np.ndarray, dtype: torch.dtype) -> np.ndarray:
+    """The float64 values of J after rounding to ``dtype`` (what the method really sees)."""
+    return torch.tensor(J, dtype=dtype).double().numpy()
+
+
+def tj(aggregator, J: np.ndarray) -> np.ndarray:
+    return aggregator(torch.tensor(J, dtype=torch.float64)).numpy()
+
+
+class NNLSProjector(DualConeProjector):
+    """Exact projection weights: ``min vᵀGv s.t. v ≥ u`` as an NNLS problem on a factor of the
+    unit-diagonal Gramian (``v = u + D⁻¹z``, ``z ≥ 0``), so spread row norms stay accurate."""
+
+    def __call__(self, U: torch.Tensor, G) -> torch.Tensor:
+        G_ = G.double().numpy()
+        D = np.sqrt(np.clip(np.diag(G_), 0, None))
+        D = np.where(D > 0, D, 1.0)
+        C = G_ / np.outer(D, D)
+        lam, V = np.linalg.eigh(C)
+        M = V * np.sqrt(np.clip(lam, 0, None))  # C = M Mᵀ
+        out = []
+        for u in U.double().numpy().reshape(-1, len(D)):
+            z, _ = nnls(M.T, -M.T @ (D * u), maxiter=50 * len(D))
+            out.append(u + z / D)
+        return torch.tensor(np.array(out).reshape(U.shape), dtype=U.dtype)
+
+
+def tolerance(kind: str, dtype: torch.dtype) -> float:
+    """Rounding allowance: near-colinear rows make every method's systems ill-conditioned
+    (condition numbers ~1e4 here), so their results carry that much more rounding."""
+    return (
+        TOL[dtype]
+        * (1e3 if kind == "near_colinear" else 1.0)
+        * (10.0 if dtype == torch.float32 and kind in ("opposite", "near_colinear") else 1.0)
+    )
+
+
+def check_all(name, reference, dtype, kinds=KINDS, big=("random", "spread"), options=None):
+    """Compare our ``name`` with ``reference(J64, n)`` on every case; report all mismatches."""
+    bad = {}
+    for k, (kind, n) in enumerate(cases(kinds, big=big)):
+        J = matrix(kind, n, seed=k)
+        d, _ = ours(name, J, dtype, **(options or {}))
+        err = rel_err(d, reference(as_used(J, dtype), n), J, dtype)
+        if not err <= tolerance(kind, dtype):
+            bad[(kind, n)] = err
+    assert not bad, bad
+
+
+# ----------------------------------------------------------------- TorchJD: same definitions
+
+TORCHJD_SAME = {
+    # name: (kinds where the definitions agree, torchjd aggregator factory)
+    "upgrad": (KINDS, lambda n: torchjd_aggregation.UPGrad(projector=NNLSProjector())),
+    "dualproj": (KINDS, lambda n: torchjd_aggregation.DualProj(projector=NNLSProjector())),
+    "config": (KINDS, lambda n: torchjd_aggregation.ConFIG()),
+    # Spread rows: the Gramian's eigenvalues span 1e48 and both implementations cut the rank at
+    # n·eps·λ_max, so what they return is rounding noise (Aligned-MTL is defined on G itself and
+    # is not invariant to per-row scales). Near-colinear float32: our rank threshold is
+    # 10·eps(float32)·n·λ_max on purpose (float32 gradients carry that rounding), TorchJD's is
+    # eps(G's dtype); the float64 reference of the same matrix keeps a rank we cut.
+    "aligned_mtl": (
+        ("random", "near_colinear", "opposite", "zero_row", "duplicate"),
+        lambda n: torchjd_aggregation.AlignedMTL(),
+    ),
+    # Spread rows: TorchJD's pinv(G)·√diag(G) truncates singular values below 1e-15·σ_max, so
+    # it drops the small rows. Opposite rows: the paper's conditions (Σα = 1, equal dᵀu_t) have
+    # the unique solution α = (½, ½, 0, …), d = 0; TorchJD's least-squares pinv solution
+    # violates them (projections 0, 0, 4.5 at T = 3). Ours is checked against the paper below.
+    "imtl_g": (
+        ("random", "near_colinear", "zero_row", "duplicate"),
+        lambda n: torchjd_aggregation.IMTLG(),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TORCHJD_SAME))
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_torchjd_same_definition(name, dtype):
+    kinds, make = TORCHJD_SAME[name]
+    skip = name == "aligned_mtl" and dtype == torch.float32
+    kinds = tuple(k for k in kinds if not (skip and k == "near_colinear"))
+    check_all(name, lambda J, n: tj(make(n), J), dtype, kinds=kinds, big=("random",))
+
+
+def imtl_g_paper(J: np.ndarray, n: int) -> np.ndarray:
+    """IMTL-G (Liu et al., ICLR 2021): Σα = 1 and equal projections dᵀu_t = c. With
+    β_t = α_t‖g_t‖ this is C β = c·1 for the unit Gramian C (solved in float64)."""
+    D = np.linalg.norm(J, axis=1)
+    U = J / D[:, None]
+    beta = np.linalg.solve(U @ U.T, np.ones(n))
+    alpha = beta / D
+    return (alpha / alpha.sum()) @ J
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_imtl_g_against_the_papers_equations(dtype):
+    """Regression (found by this module): rows with norms 1e-12..1e12 had weights off by 0.5
+    (T=3) and a direction off by 2e5x (T=5): the (α, c) system was solved in raw units."""
+    check_all("imtl_g", imtl_g_paper, dtype, kinds=("random", "spread"))
+
+
+def test_imtl_g_conditions_on_every_kind():
+    """Σα = 1 and equal projections dᵀu_t on every matrix (the rows that are not zero)."""
+    for k, (kind, n) in enumerate(cases()):
+        J = matrix(kind, n, seed=k)
+        d, m = ours("imtl_g", J, torch.float64)
+        norms = np.linalg.norm(J, axis=1)
+        live = norms > 0
+        proj = (J[live] / norms[live, None]) @ d
+        scale = max(np.abs(proj).max(), (m.last_weights.abs().numpy() * norms).sum())
+        assert np.abs(proj - proj.mean()).max() <= 1e-9 * scale, (kind, n)
+        assert abs(m.last_weights.sum().item() - 1) < 1e-12
+
+
+# ----------------------------------------------------------------- MGDA: exact vs Frank-Wolfe
+
+
+def min_norm_enumeration(J: np.ndarray) -> np.ndarray:
+    """Exact min-norm point of the rows' hull: every face's affine minimiser by least squares."""
+    n = J.shape[0]
+    norms = np.linalg.norm(J, axis=1)
+    best, best_d = np.inf, None
+    for k in range(1, n + 1):
+        for S in itertools.combinations(range(n), k):
+            base = min(S, key=lambda t: norms[t])
+            rest = [t for t in S if t != base]
+            w = np.zeros(n)
+            w[base] = 1.0
+            if rest:
+                A = (J[rest] - J[base]).T
+                cn = np.linalg.norm(A, axis=0)
+                if (cn == 0).any():
+                    continue
+                c = np.linalg.lstsq(A / cn, -J[base], rcond=None)[0] / cn
+                w[rest], w[base] = c, 1.0 - c.sum()
+            if (w < -1e-14).any():
+                continue
+            d = (np.clip(w, 0, None) / np.clip(w, 0, None).sum()) @ J
+            if np.linalg.norm(d) < best:
+                best, best_d = np.linalg.norm(d), d
+    return best_d
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_mgda_exact_where_references_approximate(dtype):
+    """Differs by design: TorchJD's MGDA and LibMTL's MinNormSolver (MGDA.py) run Frank-Wolfe
+    to a tolerance (the paper's algorithm); ours is the exact min-norm point. So ours is never
+    longer than TorchJD's, and equals an exact enumeration of faces."""
+    bad = {}
+    for k, (kind, n) in enumerate(cases(big=())):
+        J = matrix(kind, n, seed=k)
+        d, _ = ours("mgda", J, dtype)
+        J64 = as_used(J, dtype)
+        floor = 1e-10 * np.linalg.norm(J64, axis=1).sum()
+        fw = tj(torchjd_aggregation.MGDA(), J64)
+        if np.linalg.norm(d) > np.linalg.norm(fw) * (1 + tolerance(kind, dtype)) + floor:
+            bad[(kind, n, "torchjd")] = (np.linalg.norm(d), np.linalg.norm(fw))
+        if n <= 5:
+            err = rel_err(d, min_norm_enumeration(J64), J, dtype)
+            if err > tolerance(kind, dtype):
+                bad[(kind, n, "exact")] = err
+    assert not bad, bad
+
+
+# ----------------------------------------------------------------- same random draws
+
+
+def orders_of(seed: int, n: int) -> list[list[int]]:
+    """The task orders our PCGrad/GradVac draw first from a generator seeded with ``seed``."""
+    return random_orders(n, torch.Generator().manual_seed(seed), torch.device("cpu")).tolist()
+
+
+def scripted_randperm(perms: list[list[int]]):
+    it = iter(perms)
+    return lambda *args, **kwargs: torch.tensor(next(it))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_pcgrad_same_orders(dtype, monkeypatch):
+    """TorchJD's PCGrad visits the other tasks in torch.randperm order; given our orders it must
+    give our direction (LibMTL's PCGrad.py is the same projection loop with random.shuffle)."""
+    bad = {}
+    for k, (kind, n) in enumerate(cases()):
+        J = matrix(kind, n, seed=k)
+        d, _ = ours("pcgrad", J, dtype, seed=k)
+        orders = orders_of(k, n)
+        with monkeypatch.context() as mp:
+            mp.setattr(
+                torch, "randperm", scripted_randperm([o + [i] for i, o in enumerate(orders)])
+            )
+            ref = tj(torchjd_aggregation.PCGrad(), as_used(J, dtype))
+        err = rel_err(d, ref, J, dtype)
+        if not err <= tolerance(kind, dtype):
+            bad[(kind, n)] = err
+    assert not bad, bad
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_gradvac_same_orders_over_steps(dtype, monkeypatch):
+    """GradVac over three steps (the EMA targets carry over), TorchJD with eps=0 and our orders.
+    Zero and spread rows differ by design: TorchJD adds eps to every denominator, ours skips a
+    pair with a zero gradient (documented), so they are left out."""
+    bad = {}
+    for k, (kind, n) in enumerate(cases(("random", "near_colinear", "opposite", "duplicate"))):
+        m = tb.create("gradvac", n, beta=0.5, seed=k)
+        ref_agg = torchjd_aggregation.GradVac(beta=0.5, eps=0.0)
+        gen = torch.Generator().manual_seed(k)
+        for step in range(3):
+            J = matrix(kind, n, seed=100 * k + step)
+            d = m.aggregate(torch.tensor(J, dtype=dtype)).double().numpy()
+            orders = random_orders(n, gen, torch.device("cpu")).tolist()
+            perms = [
+                [[j for j in range(n) if j != i].index(t) for t in o] for i, o in enumerate(orders)
+            ]
+            with monkeypatch.context() as mp:
+                mp.setattr(torch, "randperm", scripted_randperm(perms))
+                ref = tj(ref_agg, as_used(J, dtype))
+            err = rel_err(d, ref, J, dtype)
+            # φ = −1 (opposite rows): √(1 − φ²) turns rounding of φ into √eps.
+            slack = 1e3 if kind == "opposite" and dtype == torch.float64 else 10.0
+            if not err <= slack * tolerance(kind, dtype):
+                bad[(kind, n, step)] = err
+    assert not bad, bad
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_graddrop_same_draws(dtype):
+    """Same U ~ U(0, 1) (the global generator seeded as ours): the same masks, the same d."""
+    bad = {}
+    for k, (kind, n) in enumerate(cases()):
+        J = torch.tensor(matrix(kind, n, seed=k), dtype=dtype)
+        d = tb.create("graddrop", n, seed=k).aggregate(J)
+        torch.manual_seed(k)
+        ref = torchjd_aggregation.GradDrop()(J)
+        if not torch.allclose(d, ref, rtol=TOL[dtype], atol=0.0):
+            bad[(kind, n)] = float((d - ref).abs().max())
+    assert not bad, bad
+
+
+# ----------------------------------------------------------------- fixed points
+
+
+@pytest.mark.parametrize("alpha", [0.5, 1.0, 2.0])
+def test_fairgrad_against_torchjd(alpha):
+    """TorchJD solves G w = w^(-1/α) with scipy's least_squares (tolerance ~1e-8), we by Newton:
+    the directions agree to its tolerance, and our residual is at rounding level. Zero rows and
+    exactly opposite/duplicate rows have no positive solution (excluded)."""
+    for k, (kind, n) in enumerate(cases(("random", "near_colinear"), big=())):
+        J = matrix(kind, n, seed=k)
+        d, m = ours("fairgrad", J, torch.float64, alpha=alpha)
+        ref = tj(torchjd_aggregation.FairGrad(alpha=alpha), J)
+        assert rel_err(d, ref, J) < 1e-5, (kind, n)
+        w = m.last_weights.numpy()
+        G = J @ J.T
+        assert np.abs(G @ w - w ** (-1 / alpha)).max() <= 1e-9 * np.abs(w ** (-1 / alpha)).max()
+
+
+def nash_paper(J: np.ndarray, n: int) -> np.ndarray:
+    """Nash-MTL (Navon et al., ICML 2022): α_t (Gα)_t = 1, by scipy's root finder in the unit form.
+    (TorchJD's NashMTL and LibMTL's Nash_MTL.py need cvxpy; their α is the paper's, see
+    test_nash_exact.py.)"""
+    D = np.linalg.norm(J, axis=1)
+    C = (J / D[:, None]) @ (J / D[:, None]).T
+    sol = root(lambda b: C @ b - 1.0 / b, np.full(n, 1.0 / np.sqrt(n)), method="lm", tol=1e-15)
+    assert (sol.x > 0).all() and np.abs(sol.x * (C @ sol.x) - 1).max() < 1e-12
+    return (sol.x / D) @ J
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_nash_mtl_against_the_papers_equation(dtype):
+    """Where a Nash solution exists; a zero row or two opposite rows have none, and ours falls
+    back to the documented ridge (test_nash_exact.py)."""
+    check_all(
+        "nash_mtl",
+        nash_paper,
+        dtype,
+        kinds=("random", "spread", "duplicate"),
+        options={"max_norm": 0.0},
+    )
+
+
+def cagrad_libmtl(J: np.ndarray, n: int, c: float = 0.4, rescale: int = 1) -> np.ndarray:
+    """LibMTL/weighting/CAGrad.py: the dual min_w wᵀG g0-weights + c‖g0‖·√(wᵀGw) over the
+    simplex by SLSQP, then d = g0 + c‖g0‖/‖g_w‖ g_w, divided by 1 + c² (rescale=1). Without
+    its 1e-8 guards, and with a multistart so SLSQP finds the optimum."""
+    G = J @ J.T
+    b = np.full(n, 1.0 / n)
+    phi = c * np.sqrt(b @ G @ b)
+
+    def f(w):
+        return w @ G @ b + phi * np.sqrt(max(w @ G @ w, 0.0))
+
+    best = None
+    for start in [b, *np.eye(n)]:
+        res = minimize(
+            f,
+            start,
+            method="SLSQP",
+            bounds=[(0, 1)] * n,
+            constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1}],
+            options={"ftol": 1e-15, "maxiter": 1000},
+        )
+        if best is None or res.fun < best.fun:
+            best = res
+    gw = best.x @ J
+    d = J.mean(0) + phi / np.linalg.norm(gw) * gw
+    return d / {0: 1.0, 1: 1 + c * c, 2: 1 + c}[rescale]
+
+
+def test_cagrad_against_libmtl():
+    """SLSQP is accurate to ~1e-6 here; compared where the dual has a unique, interior answer."""
+    for k, (kind, n) in enumerate(cases(("random",), sizes=(2, 3, 5), big=())):
+        J = matrix(kind, n, seed=k)
+        d, _ = ours("cagrad", J, torch.float64)
+        assert rel_err(d, cagrad_libmtl(J, n), J) < 1e-5, (kind, n)
+
+
+# ----------------------------------------------------------------- stateful weightings
+
+
+def test_modo_and_sdmgrad_against_torchjd():
+    """MoDo's projected step and SDMGrad's inner loop over a sequence of steps (state carried).
+    SDMGrad differs only in TorchJD's +1e-8 on the scale (ours handles G = 0 explicitly), so
+    gradients are kept at unit scale."""
+    rng = np.random.default_rng(0)
+    for n in (2, 3, 5):
+        modo, sdm = tb.create("modo", n, gamma=0.1, rho=0.1), tb.create("sdmgrad", n)
+        tj_modo = torchjd_aggregation.MoDoWeighting(gamma=0.1, rho=0.1)
+        tj_sdm = torchjd_aggregation.SDMGradWeighting()
+        for _ in range(4):
+            J = rng.standard_normal((n, 9))
+            G = torch.tensor(J @ J.T)
+            modo.aggregate(torch.tensor(J))
+            sdm.aggregate(torch.tensor(J))
+            np.testing.assert_allclose(modo.last_weights.numpy(), tj_modo(G).numpy(), rtol=1e-9)
+            np.testing.assert_allclose(sdm.last_weights.numpy(), tj_sdm(G).numpy(), rtol=1e-7)
+
+
+def test_excess_mtl_against_torchjd():
+    """Same AdaGrad excess-risk estimates (Eqs. 6-7) and exponentiated-gradient steps (Eq. 9):
+    the per-step log-weight increments agree up to a constant. Differs by design: our weights
+    sum to T (the authors' code), TorchJD's to 1; and on the first step (the baseline) TorchJD
+    also takes a step with the raw estimate, ours keeps w = 1."""
+    rng = np.random.default_rng(1)
+    for n in (2, 3, 5):
+        ours_m = tb.create("excess_mtl", n, robust_step_size=0.5)
+        ref = torchjd_aggregation.ExcessMTLWeighting(robust_step_size=0.5)
+        previous = None
+        for _ in range(4):
+            J = torch.tensor(rng.standard_normal((n, 9)))
+            ours_m.aggregate(J)
+            logs = (ours_m.last_weights.log().numpy(), ref(J).log().numpy())
+            assert abs(ours_m.last_weights.sum().item() - n) < 1e-9
+            if previous is not None:
+                step_ours, step_ref = (now - before for now, before in zip(logs, previous))
+                diff = step_ours - step_ref
+                # TorchJD divides by (baseline + 1e-7), ours by the baseline.
+                np.testing.assert_allclose(diff - diff.mean(), 0.0, atol=1e-6)
+            previous = logs
