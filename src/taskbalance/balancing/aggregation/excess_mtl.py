@@ -29,7 +29,8 @@ class ExcessMTL(PerParameterState, GradientMethod):
     He et al. 2024 (https://arxiv.org/abs/2402.02009). A task's excess risk is estimated by a
     second-order expansion, ``E_t ≈ g_tᵀ H_t⁻¹ g_t`` with a diagonal AdaGrad estimate
     ``H_t = diag(√(Σ_k g_t,k² + ε))`` accumulated over the steps (Eqs. 6-7). The first step's
-    estimate is each task's baseline ``E_t⁰`` (the scale processing of Sec. 3.2); afterwards the
+    estimate is each task's baseline ``E_t⁰`` (the scale processing of Sec. 3.2, as in the
+    authors' code; the paper's appendix suggests averaging it over warm-up epochs); afterwards the
     weights take an exponentiated-gradient step ``w_t ← w_t exp(η E_t / E_t⁰)`` (Eq. 9) and are
     renormalised to sum to ``T`` (the authors' code; the paper's simplex weights times ``T``,
     i.e. equal weighting's scale). ``d = Σ_t w_t g_t``; the weights start at 1.
