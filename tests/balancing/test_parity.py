@@ -448,3 +448,131 @@ def test_excess_mtl_against_torchjd():
                 # TorchJD divides by (baseline + 1e-7), ours by the baseline.
                 np.testing.assert_allclose(diff - diff.mean(), 0.0, atol=1e-6)
             previous = logs
+
+
+# ----------------------------------------------------------------- LibMTL: loss weighting
+
+
+def effective_weights(method, losses: torch.Tensor) -> tuple[float, np.ndarray]:
+    """The combined loss and ∂total/∂L_t (what each task's gradient is multiplied by)."""
+    L = losses.clone().requires_grad_(True)
+    total = method.combine(L)
+    (grad,) = torch.autograd.grad(total, L)
+    return float(total.detach()), grad.numpy()
+
+
+LOSSES = [np.array([0.7, 2.3]), np.array([1e-3, 1.0, 30.0]), np.array([0.2, 0.5, 1.5, 4.0, 9.0])]
+
+
+@pytest.mark.parametrize("losses", LOSSES, ids=["T2", "T3", "T5"])
+def test_loss_weightings_against_libmtl(losses):
+    """EW.py: Σ L. GLS.py: (Π L)^(1/T). UW.py: Σ L/(2e^s) + s/2 (our default form, s learnable).
+    IMTL.py (its loss part): Σ e^s L − s. The values and ∂/∂L_t agree for random s."""
+    n = len(losses)
+    L = torch.tensor(losses)
+    s = torch.tensor(np.random.default_rng(n).normal(size=n))
+    value, w = effective_weights(tb.create("ew", n), L)
+    assert value == pytest.approx(losses.sum(), rel=1e-12)
+    np.testing.assert_allclose(w, 1.0)
+    value, w = effective_weights(tb.create("gls", n), L)
+    gm = np.prod(losses) ** (1 / n)
+    assert value == pytest.approx(gm, rel=1e-12)
+    np.testing.assert_allclose(w, gm / (n * losses), rtol=1e-12)
+    uw = tb.create("uw", n)
+    with torch.no_grad():
+        uw.log_vars.copy_(s)
+    value, w = effective_weights(uw, L)
+    s_ = uw.log_vars.detach().double().numpy()  # the parameter is float32
+    assert value == pytest.approx((losses / (2 * np.exp(s_)) + s_ / 2).sum(), rel=1e-12)
+    np.testing.assert_allclose(w, 1 / (2 * np.exp(s_)), rtol=1e-12)
+    imtl_l = tb.create("imtl_l", n)
+    with torch.no_grad():
+        imtl_l.log_scales.copy_(s)
+    value, w = effective_weights(imtl_l, L)
+    s_ = imtl_l.log_scales.detach().double().numpy()
+    assert value == pytest.approx((np.exp(s_) * losses - s_).sum(), rel=1e-12)
+    np.testing.assert_allclose(w, np.exp(s_), rtol=1e-12)
+
+
+def test_dwa_against_libmtl():
+    """DWA.py: weights 1 for the first two epochs, then T·softmax(r/τ) with
+    r_t = L_t(k−1)/L_t(k−2) from the epochs' mean losses."""
+    rng = np.random.default_rng(2)
+    n, tau = 3, 2.0
+    m = tb.create("dwa", n, temperature=tau)
+    history = []
+    for epoch in range(5):
+        _, w = effective_weights(m, torch.tensor(rng.uniform(0.5, 2.0, n)))
+        if epoch < 2:
+            expected = np.ones(n)
+        else:
+            r = history[-1] / history[-2]
+            expected = n * np.exp(r / tau) / np.exp(r / tau).sum()
+        np.testing.assert_allclose(w, expected, rtol=1e-12)
+        means = rng.uniform(0.5, 2.0, n)
+        history.append(means)
+        m.epoch_end(torch.tensor(means))
+
+
+def test_rlw_against_libmtl():
+    """RLW.py: softmax of a standard normal draw each step; given the same draws (our seeded
+    generator's), the same weights."""
+    n, seed = 4, 11
+    m = tb.create("rlw", n, seed=seed)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(3):
+        _, w = effective_weights(m, torch.ones(n, dtype=torch.float64))
+        z = torch.randn(n, generator=gen, dtype=torch.float64)
+        np.testing.assert_allclose(w, torch.softmax(z, 0).numpy(), rtol=1e-12)
+
+
+# ----------------------------------------------------------------- LibMTL: stateful aggregation
+
+
+def test_db_mtl_against_libmtl():
+    """DB_MTL.py on the gradients of log(L + ε): ĝ ← g + β_k (ĝ − g) with β_k = β/k^σ, then
+    d = Σ_t (max_s ‖ĝ_s‖ / ‖ĝ_t‖) ĝ_t. Differs by design only in LibMTL's +1e-8 in that
+    denominator (ours: exact ratio; a zero ĝ_t gets 0), so gradients are of unit scale here."""
+    rng = np.random.default_rng(3)
+    n, P, beta, sigma = 3, 7, 0.9, 0.5
+    m = tb.create("db_mtl", n, beta=beta, beta_sigma=sigma)
+    buffer = np.zeros((n, P))
+    for k in range(1, 5):
+        J = rng.standard_normal((n, P))
+        d = m.aggregate(torch.tensor(J)).numpy()
+        buffer = J + beta / k**sigma * (buffer - J)
+        norms = np.linalg.norm(buffer, axis=1)
+        ref = ((norms.max() / norms)[:, None] * buffer).sum(0)
+        np.testing.assert_allclose(d, ref, rtol=1e-7)
+
+
+def test_moco_against_libmtl():
+    """MoCo.py: h_t = L_t g_t/‖g_t‖, y ← y − β_k (y − h), λ ← softmax(λ − γ_k (YYᵀ + ρI) λ),
+    d = Yᵀλ (our options normalize="loss", simplex="softmax" select LibMTL's variant)."""
+    rng = np.random.default_rng(4)
+    n, P = 3, 6
+    opts = dict(beta=0.5, beta_sigma=0.5, gamma=0.1, gamma_sigma=0.5, rho=0.0)
+    m = tb.create("moco", n, simplex="softmax", normalize="loss", **opts)
+    y = np.zeros((n, P))
+    lam = np.full(n, 1.0 / n)
+    for k in range(1, 5):
+        J, losses = rng.standard_normal((n, P)), rng.uniform(0.5, 2.0, n)
+        d = m.aggregate(torch.tensor(J), torch.tensor(losses)).numpy()
+        h = J / np.linalg.norm(J, axis=1, keepdims=True) * losses[:, None]
+        y = y - 0.5 / k**0.5 * (y - h)
+        z = lam - 0.1 / k**0.5 * (y @ y.T) @ lam
+        lam = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+        np.testing.assert_allclose(d, y.T @ lam, rtol=1e-7)
+
+
+def test_aligned_mtl_against_libmtl_scale():
+    """Aligned_MTL.py returns B·1 (weights summing like 1 per task), TorchJD and ours B·(1/n):
+    the same direction, n times shorter (our default task_weights are uniform 1/n)."""
+    for k, (kind, n) in enumerate(cases(("random",), big=())):
+        J = matrix(kind, n, seed=k)
+        d, _ = ours("aligned_mtl", J, torch.float64)
+        lam, V = np.linalg.eigh(J @ J.T)
+        order = np.argsort(lam)[::-1]
+        lam, V = lam[order], V[:, order]
+        B = np.sqrt(lam[-1]) * (V / np.sqrt(lam)) @ V.T
+        np.testing.assert_allclose(n * d, B.sum(0) @ J, rtol=1e-9)
