@@ -5,18 +5,49 @@ References:
 * TorchJD 0.18 (``torchjd.aggregation``, a test-only dependency: the ``dev`` extra). Its
   dual-cone projector needs ``quadprog``; here an exact projector built on scipy's NNLS stands in
   (``NNLSProjector``), so UPGrad and DualProj compare the definitions, not QP solvers.
-* LibMTL (github.com/median-research-group/LibMTL), whose weighting methods are re-implemented
-  below from a reading of ``LibMTL/weighting/<Method>.py`` at commit
-  ``LIBMTL_COMMIT`` (each function names its file). They are written here in numpy, from the
-  equations those files implement, not copied.
+* LibMTL (github.com/median-research-group/LibMTL) at commit ``LIBMTL_COMMIT``: its weighting
+  methods are re-implemented below in numpy from a reading of ``LibMTL/weighting/<Method>.py``
+  (each test names its file), written from the equations those files implement, not copied.
 
 The matrices: random, near-colinear rows, exactly opposite rows, a zero row, duplicated rows and
 row norms spread from 1e-12 to 1e12, T in {2, 3, 5, 10} (and 40 for random and spread rows),
-float32 and float64 (the reference always gets the float64 values of the same matrix; float32
-results are compared at float32 accuracy).
+float32 and float64 (the reference gets the float64 values of the same matrix; float32 results
+are compared at float32 accuracy).
 
-Where taskbalance deliberately differs from a reference (a documented variant), the test says
-why and checks our definition against the paper's equations instead.
+Parity matrix (method: reference → result; "differs" = a documented variant, checked against the
+paper's equations instead):
+
+* upgrad, dualproj, config: TorchJD → agree on every kind. (LibMTL's UPGrad.py is TorchJD's code
+  with reg_eps = 1e-4 added to the normalised Gramian: a 1e-4 perturbation ours does not make.)
+* aligned_mtl: TorchJD → agree (not on spread rows: rank cut at eps·n·λ_max of a Gramian
+  spanning 1e48 in both; not float32 near-colinear: our rank threshold follows the gradient
+  dtype). LibMTL's Aligned_MTL.py → same direction times T (it sums B, we average).
+* imtl_g: TorchJD → agree on random, near-colinear, zero and duplicated rows; differs on spread
+  rows (its pinv truncates the small rows) and opposite rows (its least-squares weights violate
+  the equal-projection condition); ours is checked against the paper's conditions on all kinds.
+  LibMTL's IMTL.py is the paper's closed form (the same equations).
+* mgda: TorchJD and LibMTL (MGDA.py, MinNormSolver) → differ: both run Frank-Wolfe to a
+  tolerance; ours is exact (never longer; equal to an exact face enumeration).
+* pcgrad, gradvac: TorchJD → agree given the same task orders. LibMTL's PCGrad.py also visits
+  i itself (it can project g_i^PC off its own g_i) and adds 1e-8 to ‖g_j‖²; its GradVac.py can
+  group per layer (ours: one group, its group_type 0).
+* graddrop: TorchJD → agree given the same U. LibMTL's GradDrop.py multiplies by the sign of the
+  activations (rep mode only), which our J-only method does not see (documented).
+* fairgrad: TorchJD (and LibMTL's FairGrad.py, the same least_squares) → agree to its tolerance.
+* nash_mtl: TorchJD/LibMTL need cvxpy (not installed); checked against the paper's equation
+  α(Gα) = 1 where a solution exists, and in test_nash_exact.py against the authors' iteration.
+* cagrad: LibMTL's CAGrad.py (SLSQP on the dual) → agree (TorchJD's needs cvxpy).
+* modo, sdmgrad: TorchJD → agree; LibMTL's SDMGrad.py with one batch → agree; LibMTL's MoDo.py
+  needs three batches per step (the same update with one batch is TorchJD's).
+* excess_mtl: LibMTL's ExcessMTL.py → agree; TorchJD → differs in scale (sum 1 vs T) and in its
+  first step (it steps with the raw estimate); the increments agree.
+* db_mtl, moco: LibMTL → agree (ours without its 1e-8 guards; moco with simplex="softmax",
+  normalize="loss").
+* ew, gls, uw, imtl_l, dwa, rlw, stch, famo: LibMTL → agree.
+* gradnorm: LibMTL's GradNorm.py → differs by design: it parametrises w = T·softmax(s) and
+  uses the whole shared gradient; ours follows the paper (w renormalised to Σw = T, norms on the
+  last shared layer), checked against the paper's update in test_weighting.py.
+* static, scaled: no reference (a fixed user weighting; taskbalance's own loss scaling).
 """
 
 from __future__ import annotations
@@ -576,3 +607,99 @@ def test_aligned_mtl_against_libmtl_scale():
         lam, V = lam[order], V[:, order]
         B = np.sqrt(lam[-1]) * (V / np.sqrt(lam)) @ V.T
         np.testing.assert_allclose(n * d, B.sum(0) @ J, rtol=1e-9)
+
+
+def test_stch_against_libmtl():
+    """STCH.py: Σ log(L + ε) during warm-up; in the warm-up's last epoch the step losses are
+    averaged into the nadir N; afterwards T·μ·log Σ exp(log(L/N + ε)/μ). LibMTL subtracts the
+    (detached) max inside without adding it back, so only the gradients are compared."""
+    rng = np.random.default_rng(5)
+    n, mu, eps = 3, 0.5, 1e-20
+    m = tb.create("stch", n, mu=mu, warmup_epochs=1, eps=eps)
+    collected = []
+    for epoch in range(3):
+        for _ in range(3):
+            L = rng.uniform(0.2, 3.0, n)
+            _, w = effective_weights(m, torch.tensor(L))
+            if epoch < 2:
+                np.testing.assert_allclose(w, 1 / (L + eps), rtol=1e-12)
+                if epoch == 1:
+                    collected.append(L)
+            else:
+                nadir = np.mean(collected, axis=0)
+                f = np.log(L / nadir + eps)
+                soft = np.exp((f - f.max()) / mu) / np.exp((f - f.max()) / mu).sum()
+                np.testing.assert_allclose(w, n * soft / (L + eps * nadir), rtol=1e-10)
+        m.epoch_end(torch.ones(n))
+
+
+def test_famo_against_libmtl():
+    """FAMO.py: z = softmax(w), D = L + 1e-8, the loss Σ log(D)·z/c with c = Σ z/D (so the
+    effective weights are z/(cD)); after the step, w.grad = ∂(zᵀδ)/∂w with
+    δ = log D_old − log D_new and one Adam step (lr, weight decay). torch's Adam stands in."""
+    rng = np.random.default_rng(6)
+    n, lr, wd = 3, 0.025, 1e-3
+    m = tb.create("famo", n, lr=lr, weight_decay=wd, eps=1e-8, update_from_next_step=False)
+    w = torch.zeros(n, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.Adam([w], lr=lr, weight_decay=wd)
+    for _ in range(5):
+        L = rng.uniform(0.2, 3.0, n)
+        _, got = effective_weights(m, torch.tensor(L))
+        z = torch.softmax(w.detach(), 0).numpy()
+        D = L + 1e-8
+        # Our logits and Adam moments are float32 buffers (as LibMTL's w): float32 rounding.
+        np.testing.assert_allclose(got, z / D / (z / D).sum(), rtol=1e-6)
+        new = L * rng.uniform(0.5, 1.0, n)
+        m.update(torch.tensor(new))
+        delta = torch.tensor(np.log(D) - np.log(new + 1e-8))
+        opt.zero_grad()
+        (torch.softmax(w, 0) * delta).sum().backward()
+        opt.step()
+
+
+def test_excess_mtl_against_libmtl():
+    """ExcessMTL.py: squared gradients accumulated, E_t = g_tᵀ diag(1/√(Σg² + 1e-7)) g_t; the
+    first step sets the baselines (weights stay 1), then w ← w·exp(η E/E⁰), rescaled to sum T."""
+    rng = np.random.default_rng(7)
+    n, P, eta = 3, 8, 0.5
+    m = tb.create("excess_mtl", n, robust_step_size=eta)
+    sq, w, base = np.zeros((n, P)), np.ones(n), None
+    for _ in range(4):
+        J = rng.standard_normal((n, P))
+        d = m.aggregate(torch.tensor(J)).numpy()
+        sq += J**2
+        E = (J**2 / np.sqrt(sq + 1e-7)).sum(1)
+        if base is None:
+            base = E
+        else:
+            w = w * np.exp(eta * E / base)
+            w = w / w.sum() * n
+        np.testing.assert_allclose(d, w @ J, rtol=1e-9)
+
+
+def test_sdmgrad_against_libmtl():
+    """SDMGrad.py with one batch for its three: Â = G/(mean √G_tt)², n_iter SGD-with-momentum
+    steps (a fresh optimiser each call, lr 5 in LibMTL) on Â(w + λ/n·1), each projected onto the
+    simplex; d = (Jᵀw + λ·mean g)/(1 + λ). Its +1e-8 on the scale is the only difference."""
+    rng = np.random.default_rng(8)
+    n, lam, lr, iters = 3, 0.3, 5.0, 20
+    m = tb.create("sdmgrad", n, lamda=lam, lr=lr, n_iter=iters)
+    w = np.full(n, 1.0 / n)
+
+    def project(v):  # Euclidean projection onto the simplex (sort-based)
+        u = np.sort(v)[::-1]
+        css = np.cumsum(u) - 1
+        k = np.nonzero(u - css / np.arange(1, len(v) + 1) > 0)[0][-1]
+        return np.clip(v - css[k] / (k + 1), 0, None)
+
+    for _ in range(3):
+        J = rng.standard_normal((n, 6))
+        d = m.aggregate(torch.tensor(J)).numpy()
+        G = J @ J.T
+        A = G / (np.sqrt(np.diag(G)).mean() ** 2 + 1e-8)
+        velocity = None
+        for _ in range(iters):
+            grad = A @ w + lam * A.mean(1)
+            velocity = grad if velocity is None else 0.5 * velocity + grad
+            w = project(w - lr * velocity)
+        np.testing.assert_allclose(d, (w @ J + lam * J.mean(0)) / (1 + lam), rtol=1e-6)
