@@ -207,7 +207,7 @@ def test_torchjd_same_definition(name, dtype):
     kinds, make = TORCHJD_SAME[name]
     skip = name == "aligned_mtl" and dtype == torch.float32
     kinds = tuple(k for k in kinds if not (skip and k == "near_colinear"))
-    check_all(name, lambda J, n: tj(make(n), J), dtype, kinds=kinds, big=("random",))
+    check_all(name, lambda J, n: tj(make(n), J), dtype, kinds=kinds, big=("random", "spread"))
 
 
 def imtl_g_paper(J: np.ndarray, n: int) -> np.ndarray:
@@ -275,7 +275,7 @@ def test_mgda_exact_where_references_approximate(dtype):
     to a tolerance (the paper's algorithm); ours is the exact min-norm point. So ours is never
     longer than TorchJD's, and equals an exact enumeration of faces."""
     bad = {}
-    for k, (kind, n) in enumerate(cases(big=())):
+    for k, (kind, n) in enumerate(cases()):
         J = matrix(kind, n, seed=k)
         d, _ = ours("mgda", J, dtype)
         J64 = as_used(J, dtype)
