@@ -526,11 +526,7 @@ class Balancer:
         assert raw.grad is not None
         c = raw.grad[idx]
         heads.write_heads(c)
-        direction = [
-            (c.to(part.dtype).view(-1, *[1] * (part.dim() - 1)) * part).sum(dim=0)
-            for part in cotangents
-        ]
-        torch.autograd.backward(feats, grad_tensors=direction)
+        torch.autograd.backward(feats, grad_tensors=heads.feature_direction(c))
 
     def _last_layer_grad_norms(self, items: list[Tensor | None], stacked: Tensor) -> Tensor:
         norms = stacked.new_zeros(len(stacked)).detach()

@@ -70,6 +70,13 @@ class HeadPass:
         parts = self.rows.split([f.numel() for f in self.features], dim=1)
         return [p.reshape(n, *f.shape) for p, f in zip(parts, self.features)]
 
+    def feature_direction(self, coefficients: Tensor) -> list[Tensor]:
+        """``Σ_t c_t ∂L_t/∂z`` per feature tensor (one pass over ``rows``)."""
+        d = coefficients.to(self.rows.dtype) @ self.rows
+        return [
+            p.view_as(f) for p, f in zip(d.split([f.numel() for f in self.features]), self.features)
+        ]
+
     def write_heads(self, coefficients: Tensor | None = None) -> None:
         """Add ``c_t ·`` (task t's head gradients) to ``.grad`` (``c = 1`` when None)."""
         for t, (params, grads) in enumerate(zip(self.params, self.grads)):
@@ -94,7 +101,12 @@ def head_pass(
     depend on the features - typically features kept from an earlier forward).
     """
     feats = list(feats)
-    rows = []
+    first = feats[0]
+    offsets = [0]
+    for f in feats:
+        offsets.append(offsets[-1] + f.numel())
+    # Written in place, row by row: one copy of each task's feature gradient, no stacking.
+    rows = torch.empty(len(losses), offsets[-1], dtype=first.dtype, device=first.device)
     all_params: list[list[Tensor]] = []
     all_grads: list[list[Tensor]] = []
     for t, loss in enumerate(losses):
@@ -111,15 +123,13 @@ def head_pass(
                 "model.features right after model(x)); features kept from an earlier forward "
                 "would balance nothing"
             )
-        rows.append(
-            torch.cat(
-                [
-                    (g if g is not None else torch.zeros_like(f)).reshape(-1)
-                    for g, f in zip(feature_grads, feats)
-                ]
-            )
-        )
+        for i, g in enumerate(feature_grads):
+            target = rows[t, offsets[i] : offsets[i + 1]]
+            if g is None:
+                target.zero_()
+            else:
+                target.copy_(g.reshape(-1))
         kept = [(p, g) for p, g in zip(params, param_grads) if g is not None]
         all_params.append([p for p, _ in kept])
         all_grads.append([g for _, g in kept])
-    return HeadPass(feats, torch.stack(rows), all_params, all_grads)
+    return HeadPass(feats, rows, all_params, all_grads)
