@@ -1,174 +1,136 @@
-"""Time one training step of a small 3-task CNN for every balancing method (not a test).
+"""Time a training step against its cost floor as the number of tasks grows (not a test).
 
-Ratios are measured in one process against the cost floors of DESIGN.md:
+For T in a sweep, a 3-conv trunk with T heads (``conv``: two convolutions each; ``tiny``: one
+linear unit), all in one process, interleaved (see ``common.py``):
 
-* loss methods against ``ew`` (one forward + one backward), target <= 1.05;
-* param-mode gradient methods against the autograd floor: one forward, T backward passes
-  that produce the per-task gradients, and the optimizer update, target <= 1.2;
-* rep-mode gradient methods against ``ew``, target <= 1.3.
+* ``floor``: the least a param-mode gradient method must do: one forward, T backward passes
+  (``torch.autograd.grad`` of each task's own loss) and an SGD update;
+* ``ew``: one forward, one backward of the sum;
+* ``param``: ``Balancer(method, mode="param")`` (target <= 1.1x floor), also with
+  ``task_backward="batched"``;
+* ``rep``: ``Balancer(method, mode="rep")`` (target <= 1.3x ``ew``; methods with per-parameter
+  state have no rep mode);
+* ``gradnorm``: the loss method that measures T gradient norms (target <= 1.3x ``ew`` at T=10).
 
-Usage: ``python benchmarks/bench_step.py [--device cpu|cuda] [--rounds 7] [--per-round 5]``
+Ratios are median (min-max over rounds) of a candidate / median of its base.
+
+Usage: ``python benchmarks/bench_step.py [--tasks 2,3,5,10,20,40] [--heads conv,tiny]
+[--rounds 5] [--per-round 2] [--methods mgda|m1,m2|all] [--device cpu]``
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from collections.abc import Callable
 
 import torch
-from torch import nn
+from common import TaskCNN, interleaved, task_losses
 
 import taskbalance as tb
 
-T = 3
-OPTIONS: dict[str, dict] = {"static": {"weights": [1.0, 0.5, 2.0]}}
-TARGETS = {"loss": 1.05, "param": 1.2, "rep": 1.3}
 
+def candidates(
+    model: TaskCNN, x: torch.Tensor, T: int, methods: list[str]
+) -> dict[str, Callable[[], object]]:
+    params = list(model.parameters())
+    shared = list(model.shared.parameters())
+    opt = torch.optim.SGD(params, lr=1e-5)
 
-class ThreeTaskCNN(nn.Module):
-    def __init__(self, width: int = 32) -> None:
-        super().__init__()
-        self.shared = nn.Sequential(
-            nn.Conv2d(3, width, 3, padding=1),
-            nn.BatchNorm2d(width),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(width, 2 * width, 3, padding=1),
-            nn.BatchNorm2d(2 * width),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(2 * width, 2 * width, 3, padding=1),
-            nn.BatchNorm2d(2 * width),
-            nn.ReLU(),
-        )
-        c = 2 * width
-        self.heads = nn.ModuleList(
-            [
-                nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, 10)),
-                nn.Sequential(nn.Conv2d(c, 4, 1)),
-                nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, 1)),
-            ]
-        )
-        self.features: torch.Tensor | None = None
+    def floor() -> None:
+        opt.zero_grad(set_to_none=True)
+        losses = task_losses(model(x))
+        total = [torch.zeros_like(p) for p in params]
+        for i, loss in enumerate(losses):
+            grads = torch.autograd.grad(loss, params, retain_graph=i < T - 1, allow_unused=True)
+            for acc, g in zip(total, grads):
+                if g is not None:
+                    acc += g
+        for p, g in zip(params, total):
+            p.grad = g
+        opt.step()
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        z = self.shared(x)
-        self.features = z
-        return [h(z) for h in self.heads]
+    def ew() -> None:
+        opt.zero_grad(set_to_none=True)
+        torch.stack(task_losses(model(x))).sum().backward()
+        opt.step()
 
+    def balanced(name: str, mode: str, **options: object) -> Callable[[], None]:
+        balancer = tb.Balancer(tb.create(name, T), shared, mode=mode, **options)  # type: ignore[arg-type]
+        step_opt = torch.optim.SGD([*params, *balancer.parameters()], lr=1e-5)
 
-def task_losses(out: list[torch.Tensor], y: list[torch.Tensor]) -> list[torch.Tensor]:
-    return [
-        nn.functional.cross_entropy(out[0], y[0]),
-        nn.functional.cross_entropy(out[1], y[1]),
-        100.0 * nn.functional.mse_loss(out[2].squeeze(1), y[2]),
-    ]
+        def step() -> None:
+            step_opt.zero_grad(set_to_none=True)
+            losses = task_losses(model(x))
+            balancer.backward(losses, features=model.features)
+            step_opt.step()
 
+        return step
 
-def interleaved_times(
-    steps: dict[str, Callable[[], None]], rounds: int, per_round: int, sync: Callable[[], None]
-) -> dict[str, float]:
-    """Median seconds per step of each candidate, timed in interleaved rounds.
-
-    Interleaving spreads machine noise (other processes, frequency changes) over all candidates
-    instead of letting it land on whichever happened to run at a bad moment.
-    """
-    for step in steps.values():  # warm-up
-        for _ in range(2):
-            step()
-    sync()
-    samples: dict[str, list[float]] = {k: [] for k in steps}
-    for _ in range(rounds):
-        for key, step in steps.items():
-            t0 = time.perf_counter()
-            for _ in range(per_round):
-                step()
-            sync()
-            samples[key].append((time.perf_counter() - t0) / per_round)
-    return {k: statistics.median(v) for k, v in samples.items()}
+    steps: dict[str, Callable[[], object]] = {
+        "floor": floor,
+        "ew": ew,
+        "gradnorm": balanced("gradnorm", "param"),
+    }
+    for method in methods:
+        steps[f"{method}/param"] = balanced(method, "param")
+        steps[f"{method}/batched"] = balanced(method, "param", task_backward="batched")
+        if getattr(tb.method_info(method).cls, "supports_rep_mode", True):
+            steps[f"{method}/rep"] = balanced(method, "rep")
+    return steps
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", default="2,3,5,10,20,40")
+    parser.add_argument("--heads", default="conv,tiny")
+    parser.add_argument(
+        "--methods", default="mgda", help="gradient methods, comma-separated, or 'all'"
+    )
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--per-round", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--size", type=int, default=16)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--per-round", type=int, default=5)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    torch.manual_seed(0)
-    model = ThreeTaskCNN().to(device)
-    shared = list(model.shared.parameters())
-    x = torch.randn(args.batch, 3, args.size, args.size, device=device)
-    side = args.size // 4
-    y = [
-        torch.randint(0, 10, (args.batch,), device=device),
-        torch.randint(0, 4, (args.batch, side, side), device=device),
-        torch.randn(args.batch, device=device),
-    ]
-    all_params = list(model.parameters())
-    optimizer = torch.optim.SGD(all_params, lr=1e-4)
-
-    def autograd_floor() -> None:
-        # The least any gradient method must do: one forward, T backward passes giving the
-        # per-task gradients of the shared parameters (and heads), and an update.
-        optimizer.zero_grad(set_to_none=True)
-        losses = task_losses(model(x), y)
-        per_task = [
-            torch.autograd.grad(loss, all_params, retain_graph=i < T - 1, allow_unused=True)
-            for i, loss in enumerate(losses)
-        ]
-        for p, grads in zip(all_params, zip(*per_task)):
-            p.grad = sum(g for g in grads if g is not None)
-        optimizer.step()
-
-    def method_step(name: str, mode: str) -> Callable[[], None]:
-        method = tb.create(name, T, **OPTIONS.get(name, {})).to(device)
-        balancer = tb.Balancer(method, shared, mode=mode, track_gradients=False)
-        params = [*model.parameters(), *balancer.parameters()]
-        opt = torch.optim.SGD(params, lr=1e-4)
-
-        def step() -> None:
-            opt.zero_grad(set_to_none=True)
-            out = model(x)
-            balancer.backward(task_losses(out, y), features=model.features)
-            opt.step()
-
-        return step
-
-    steps: dict[str, Callable[[], None]] = {"floor": autograd_floor}
-    candidates: list[tuple[str, str]] = []
-    for name in tb.available_methods():
-        kind = tb.method_info(name).kind
-        modes = (
-            ["param", "rep"]
-            if getattr(tb.method_info(name).cls, "supports_rep_mode", True)
-            else ["param"]
-        )
-        for mode in ["loss"] if kind == "loss" else modes:
-            candidates.append((name, mode))
-            steps[f"{name}/{mode}"] = method_step(name, "param" if mode == "loss" else mode)
-    times = interleaved_times(steps, args.rounds, args.per_round, sync)
-    floor, ew = times["floor"], times["ew/loss"]
-    print(f"device={device} batch={args.batch} size={args.size} tasks={T}")
-    print(
-        f"ew step {ew * 1e3:.2f} ms; autograd floor (1 forward + {T} backward) {floor * 1e3:.2f} ms"
+    methods = (
+        [n for n in tb.available_methods() if tb.method_info(n).kind == "gradient"]
+        if args.methods == "all"
+        else args.methods.split(",")
     )
-    print("| method | mode | ms/step | ratio | against | target |")
-    print("|---|---|---:|---:|---|---:|")
-    for name, mode in candidates:
-        seconds = times[f"{name}/{mode}"]
-        base, base_name = (floor, "floor") if mode == "param" else (ew, "ew")
-        ratio = seconds / base
-        flag = "" if ratio <= TARGETS[mode] else " (over target)"
-        print(
-            f"| {name} | {mode} | {seconds * 1e3:.2f} | {ratio:.2f} | {base_name} | "
-            f"{TARGETS[mode]:.2f}{flag} |"
-        )
+    print(
+        f"device={device} threads={args.threads} batch={args.batch} size={args.size} "
+        f"rounds={args.rounds}x{args.per_round}; "
+        f"clock={'wall' if device.type != 'cpu' else 'process CPU time'}; "
+        "ratio = median (min-max over rounds)"
+    )
+    print(
+        "| heads | T | method | floor ms | ew ms | param/floor | batched/floor | rep/ew "
+        "| gradnorm/ew |"
+    )
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
+    for heads in args.heads.split(","):
+        for T in [int(t) for t in args.tasks.split(",")]:
+            torch.manual_seed(0)
+            model = TaskCNN(T, heads).to(device)
+            x = torch.randn(args.batch, 3, args.size, args.size, device=device)
+            clock = time.perf_counter if device.type != "cpu" else time.process_time
+            steps = candidates(model, x, T, methods)
+            t = interleaved(steps, args.rounds, args.per_round, sync, clock=clock)
+            floor, ew = t["floor"], t["ew"]
+            for method in methods:
+                rep = t.get(f"{method}/rep")
+                print(
+                    f"| {heads} | {T} | {method} | {floor.median * 1e3:.1f} | "
+                    f"{ew.median * 1e3:.1f} | {t[f'{method}/param'].ratio(floor)} | "
+                    f"{t[f'{method}/batched'].ratio(floor)} | "
+                    f"{'-' if rep is None else rep.ratio(ew)} | {t['gradnorm'].ratio(ew)} |",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -260,3 +260,13 @@ def test_losses_that_do_not_require_grad_are_refused(name):
         frozen = out[1].pow(2).mean()
     with pytest.raises(ValueError, match="task 'task1' does not require grad"):
         balancer.backward([out[0].pow(2).mean(), frozen])
+
+
+def test_finite_check_of_J_tells_overflowing_sums_from_nonfinite_entries():
+    from taskbalance.balancing.solvers import first_nonfinite_row_of
+
+    J = torch.full((3, 40_000), 3e38)  # finite entries whose row sums overflow float32
+    assert first_nonfinite_row_of(J) is None
+    J[2, 39_999] = float("nan")  # in the last column chunk
+    J[1, 5] = float("-inf")
+    assert first_nonfinite_row_of(J) == 1

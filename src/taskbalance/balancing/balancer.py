@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from .base import GradientMethod, LossMethod, Method, check_choice, raise_nonfinite_gradient
 from .heads import feature_list, head_pass
-from .solvers import combine, first_nonfinite_row, gramian
+from .solvers import combine, first_nonfinite_row, first_nonfinite_row_of, gramian
 from .streaming import (
     batched_task_gradients,
     gramian_by_parameter,
@@ -564,9 +564,7 @@ class Balancer:
         if G is not None:
             return first_nonfinite_row(G)
         assert J is not None
-        if not self.check_finite or bool(torch.isfinite(J).all()):
-            return None
-        return int((~torch.isfinite(J)).any(dim=1).nonzero()[0, 0])
+        return first_nonfinite_row_of(J) if self.check_finite else None
 
     def _refuse_nonfinite(self, task: str, info: StepInfo) -> None:
         if self.nonfinite == "raise":

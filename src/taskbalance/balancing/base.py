@@ -21,7 +21,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from .solvers import combine, first_nonfinite_row, gramian
+from .solvers import combine, first_nonfinite_row, first_nonfinite_row_of, gramian
 
 __all__ = [
     "GradientMethod",
@@ -156,8 +156,8 @@ class GradientMethod(Method):
         check_jacobian(J, self.num_tasks)
         losses = self._check_losses_arg(losses, J.dtype)
         if not self.uses_gramian:
-            if not bool(torch.isfinite(J).all()):
-                bad = int((~torch.isfinite(J)).any(dim=1).nonzero()[0, 0])
+            bad = first_nonfinite_row_of(J)
+            if bad is not None:
                 raise_nonfinite_gradient(f"row {bad} (task {bad})")
             return self._aggregate(J, losses, None)
         G = gramian(J, device="cpu")

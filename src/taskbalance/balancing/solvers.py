@@ -34,6 +34,7 @@ __all__ = [
     "unit_form",
     "unit_gramian",
     "first_nonfinite_row",
+    "first_nonfinite_row_of",
 ]
 
 #: Largest ``n`` for which :func:`min_norm_weights` enumerates every support (``2^n - 1`` faces,
@@ -55,7 +56,8 @@ CHUNK_COLUMNS_ACCELERATOR = 1 << 22
 TINY_DIAGONAL = 1e-28
 
 
-def _chunk_columns(device: torch.device) -> int:
+def chunk_columns(device: torch.device) -> int:
+    """Columns of a ``[T, P]`` matrix per chunk of column-wise work on ``device``."""
     return CHUNK_COLUMNS_CPU if device.type == "cpu" else CHUNK_COLUMNS_ACCELERATOR
 
 
@@ -68,7 +70,7 @@ def _chunked_gramian(J: Tensor, exact: bool, scale: Tensor | None = None) -> Ten
     """
     n, P = J.shape
     G = torch.zeros(n, n, dtype=torch.float64, device=J.device)
-    step = _chunk_columns(J.device)
+    step = chunk_columns(J.device)
     work = torch.float64 if exact else torch.float32
     for start in range(0, P, step):
         Jc = J[:, start : start + step]
@@ -92,7 +94,7 @@ def _row_scales(J: Tensor) -> Tensor:
     """Power-of-two ``≈ max_k |J_tk|`` per row (1 for zero rows), chunk by chunk, float64."""
     n, P = J.shape
     top = torch.zeros(n, dtype=torch.float64, device=J.device)
-    step = _chunk_columns(J.device)
+    step = chunk_columns(J.device)
     for start in range(0, P, step):
         chunk = J[:, start : start + step].abs().amax(dim=1).to(torch.float64)
         top = torch.maximum(top, torch.nan_to_num(chunk, nan=0.0, posinf=0.0))
@@ -133,6 +135,23 @@ def gramian(J: Tensor, device: torch.device | str | None = None) -> Tensor:
             host = G.to("cpu")
     host = 0.5 * (host + host.T)
     return host if out.type == "cpu" else host.to(out)
+
+
+def first_nonfinite_row_of(J: Tensor) -> int | None:
+    """Index of the first row of ``J`` holding NaN or Inf, or None: one row sum (a full
+    ``isfinite(J)`` mask would cost more than ``J Jᵀ``) and one host read; the exact
+    check, in column chunks, only when that sum is not finite."""
+    # Fast path: a row sum is finite when the row is, unless huge entries add up to Inf (then
+    # the exact check below decides).
+    if bool(torch.isfinite(J.sum(dim=1)).all()):
+        return None
+    ok = torch.ones(J.shape[0], dtype=torch.bool, device=J.device)
+    step = chunk_columns(J.device)
+    for start in range(0, J.shape[1], step):
+        ok &= torch.isfinite(J[:, start : start + step]).all(dim=1)
+    if bool(ok.all()):
+        return None
+    return int((~ok).nonzero()[0, 0])
 
 
 def first_nonfinite_row(G: Tensor) -> int | None:
