@@ -171,5 +171,9 @@ def test_compare_with_other_settings_names_overwrite(tmp_path, capsys):
     board = json.loads((out / "results.json").read_text())
     assert board["settings"]["epochs"] == 2
     for run in board["runs"] + board["baselines"]:
-        assert json.loads((out / run["out_dir"].split(str(out) + "/")[1] / "results.json")
-                          .read_text())["epochs_completed"] == 2
+        assert (
+            json.loads(
+                (out / run["out_dir"].split(str(out) + "/")[1] / "results.json").read_text()
+            )["epochs_completed"]
+            == 2
+        )

@@ -15,9 +15,12 @@ weighting" is read off the first trial. The test split is never looked at.
 Persistence: the study lives in an Optuna storage (default ``sqlite:///OUT/tune.db``) and is
 loaded if it exists, so calling ``tune`` again continues it. ``trials`` is the number of finished
 trials the study should have: an interrupted call re-run with the same ``trials`` runs only the
-missing ones, a larger ``trials`` extends the study. A trial killed mid-run is marked failed by the
-storage heartbeat (after 30 s without a heartbeat) and retried with the same weights, resuming its
-run from the checkpoint in ``OUT/trials/w-<hash of the weights>/``.
+missing ones, a larger ``trials`` extends the study. A trial whose process was killed is retried
+with the same weights by the next call (at once when it ran on this host; otherwise once the
+storage heartbeat marks it failed, after 30 s of silence), resuming its run from the checkpoint in
+``OUT/trials/w-<hash of the weights>/``. The sampler's random draws depend only on the seed and
+the trial's position, so an interrupted and continued study samples what an uninterrupted one
+would.
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import shlex
+import socket
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -123,6 +128,57 @@ def train_command(settings: TuneSettings, weights: Sequence[float]) -> str:
     return " ".join(shlex.quote(a) for a in args)
 
 
+def _trial_seeded_tpe(seed: int) -> Any:
+    """A TPE sampler whose random draws for a trial depend only on ``seed`` and the trial's
+    position among the sampled trials (retries of killed trials not counted): a study that was
+    interrupted and continued samples exactly what one uninterrupted call would have."""
+    import optuna
+
+    class TrialSeededTPE(optuna.samplers.TPESampler):
+        def before_trial(self, study: optuna.Study, trial: Any) -> None:
+            position = sum(
+                1
+                for t in study.get_trials(deepcopy=False)
+                if t.number < trial.number and "failed_trial" not in t.system_attrs
+            )
+            trial_seed = (seed * 1_000_003 + position) % 2**32
+            # TPE's own generator and that of its random startup sampler (optuna 3-5)
+            self._rng.rng.seed(trial_seed)
+            self._random_sampler._rng.rng.seed(trial_seed)
+            super().before_trial(study, trial)
+
+    return TrialSeededTPE(seed=seed, n_startup_trials=5)
+
+
+def _retry_trials_of_dead_processes(study: Any, storage: Any) -> list[int]:
+    """Mark RUNNING trials whose process (on this host) no longer exists as failed and enqueue
+    their retry with the same weights (which resumes the trial's run from its checkpoint).
+    Trials of other hosts are left to the storage heartbeat (failed after 30 s of silence)."""
+    from optuna.storages import RetryFailedTrialCallback
+    from optuna.trial import TrialState
+
+    retry = RetryFailedTrialCallback(max_retry=2)
+    retried = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        pid, host = trial.user_attrs.get("pid"), trial.user_attrs.get("host")
+        if host != socket.gethostname() or not isinstance(pid, int) or _alive(pid):
+            continue
+        storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        retry(study, storage.get_trial(trial._trial_id))
+        retried.append(trial.number)
+    return retried
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def _study_settings(s: TuneSettings) -> dict[str, Any]:
     return {k: getattr(s, k) for k in _STUDY_KEYS}
 
@@ -204,7 +260,7 @@ def run_tune(settings: TuneSettings, log: Log = print) -> TuneResult:
                 f"({'; '.join(diff)}); use another --study name or replace it with --overwrite"
             )
         done = len(study.get_trials(deepcopy=False, states=finished_states))
-    sampler = optuna.samplers.TPESampler(seed=s.seed + done, n_startup_trials=5)
+    sampler = _trial_seeded_tpe(s.seed)
     study = optuna.create_study(
         storage=storage,
         study_name=study_name,
@@ -217,6 +273,9 @@ def run_tune(settings: TuneSettings, log: Log = print) -> TuneResult:
         study.set_user_attr("tasks", info.names)
     if not study.trials:
         study.enqueue_trial({f"w_{t}": 1.0 for t in info.names})  # equal weighting first
+    retried = _retry_trials_of_dead_processes(study, storage)
+    if retried:
+        log(f"retrying trial(s) {retried}, whose process was killed")
 
     log(
         f"study {study_name!r} in {storage_url}: {done} finished trial(s), "
@@ -224,6 +283,9 @@ def run_tune(settings: TuneSettings, log: Log = print) -> TuneResult:
     )
 
     def objective(trial: optuna.Trial) -> float:
+        # who runs the trial: a later call retries it at once if this process dies
+        trial.set_user_attr("host", socket.gethostname())
+        trial.set_user_attr("pid", os.getpid())
         raw = [trial.suggest_float(f"w_{t}", s.low, s.high, log=True) for t in info.names]
         weights = normalise_weights(raw)
         # Named by the weights, so a retried trial (same weights) resumes its run.

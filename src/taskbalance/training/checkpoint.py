@@ -11,7 +11,8 @@ tensor), so they are read with ``torch.load(weights_only=True)``: a tampered fil
 
 Fault injection (tests only): with ``TASKBALANCE_FAULT_KILL=N:PHASE`` in the environment the
 process kills itself with ``SIGKILL`` at its ``N``-th atomic write, ``PHASE`` ``before`` (the
-temporary file is written, not yet renamed) or ``after`` (renamed).
+temporary file is written, not yet renamed) or ``after`` (renamed); with
+``TASKBALANCE_FAULT_LOG=FILE`` every atomic write appends its number and path to ``FILE``.
 """
 
 from __future__ import annotations
@@ -54,7 +55,9 @@ CHECKPOINT_FORMAT = 2
 _TMP_SUFFIX = ".tmp"
 _DIGEST_KEY = "digest"
 _FAULT_ENV = "TASKBALANCE_FAULT_KILL"
+_FAULT_LOG_ENV = "TASKBALANCE_FAULT_LOG"
 _writes = 0  # atomic writes of this process (for fault injection)
+_last_path = ""
 
 
 def _file_mode() -> int:
@@ -66,13 +69,16 @@ def _file_mode() -> int:
 
 def _fault_point(phase: str) -> None:
     """Kill this process at the write and phase named by ``TASKBALANCE_FAULT_KILL=N:PHASE``."""
-    spec = os.environ.get(_FAULT_ENV)
-    if not spec:
+    spec, log = os.environ.get(_FAULT_ENV), os.environ.get(_FAULT_LOG_ENV)
+    if not spec and not log:
         return
-    count, _, when = spec.partition(":")
+    global _writes
     if phase == "before":
-        global _writes
         _writes += 1
+    if log and phase == "after":
+        with open(log, "a", encoding="utf-8") as handle:
+            handle.write(f"{_writes} {_last_path}\n")
+    count, _, when = (spec or "0").partition(":")
     if _writes == int(count) and (when or "before") == phase:
         os.kill(os.getpid(), signal.SIGKILL)
 
@@ -107,14 +113,18 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], obje
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
-        _fault_point("before")
+        if os.environ.get(_FAULT_ENV) or os.environ.get(_FAULT_LOG_ENV):
+            global _last_path
+            _last_path = str(path)
+            _fault_point("before")
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
-    _fault_point("after")
+    if os.environ.get(_FAULT_ENV) or os.environ.get(_FAULT_LOG_ENV):
+        _fault_point("after")
     return path
 
 
