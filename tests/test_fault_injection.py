@@ -35,7 +35,7 @@ pytestmark = pytest.mark.fault_injection
 TINY = ["--size", "tiny", "--steps", "2", "--threads", "1"]
 # Keys whose values are wall-clock measurements (or record the resume itself): not compared.
 SEEDS = [int(x) for x in os.environ.get("TASKBALANCE_FAULT_SEEDS", "0").split(",")]
-_NOT_COMPARED = re.compile(r"second|time|speedup|samples_per|created|^resume$|^storage$")
+_NOT_COMPARED = re.compile(r"second|time|timing|speedup|samples_per|created|^resume$|^storage$")
 
 
 @pytest.fixture(scope="module")
