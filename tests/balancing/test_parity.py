@@ -27,7 +27,9 @@ paper's equations instead):
   the equal-projection condition); ours is checked against the paper's conditions on all kinds.
   LibMTL's IMTL.py is the paper's closed form (the same equations).
 * mgda: TorchJD and LibMTL (MGDA.py, MinNormSolver) → differ: both run Frank-Wolfe to a
-  tolerance; ours is exact (never longer; equal to an exact face enumeration).
+  tolerance; ours is exact (never longer; equal to an exact face enumeration). Normalised
+  variants: LibMTL (param mode) applies the weights to the normalised gradients, ours (as the
+  authors' code) to the raw ones.
 * pcgrad, gradvac: TorchJD → agree given the same task orders. LibMTL's PCGrad.py also visits
   i itself (it can project g_i^PC off its own g_i) and adds 1e-8 to ‖g_j‖²; its GradVac.py can
   group per layer (ours: one group, its group_type 0).
@@ -244,10 +246,11 @@ def test_imtl_g_conditions_on_every_kind():
 
 
 def min_norm_enumeration(J: np.ndarray) -> np.ndarray:
-    """Exact min-norm point of the rows' hull: every face's affine minimiser by least squares."""
+    """Exact min-norm weights of the rows' hull: every face's affine minimiser by least squares
+    on the rows (base: the face's shortest row, so no weight comes from 1 − Σ others)."""
     n = J.shape[0]
     norms = np.linalg.norm(J, axis=1)
-    best, best_d = np.inf, None
+    best, best_w = np.inf, None
     for k in range(1, n + 1):
         for S in itertools.combinations(range(n), k):
             base = min(S, key=lambda t: norms[t])
@@ -263,10 +266,10 @@ def min_norm_enumeration(J: np.ndarray) -> np.ndarray:
                 w[rest], w[base] = c, 1.0 - c.sum()
             if (w < -1e-14).any():
                 continue
-            d = (np.clip(w, 0, None) / np.clip(w, 0, None).sum()) @ J
-            if np.linalg.norm(d) < best:
-                best, best_d = np.linalg.norm(d), d
-    return best_d
+            w = np.clip(w, 0, None) / np.clip(w, 0, None).sum()
+            if np.linalg.norm(w @ J) < best:
+                best, best_w = np.linalg.norm(w @ J), w
+    return best_w
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
@@ -284,10 +287,30 @@ def test_mgda_exact_where_references_approximate(dtype):
         if np.linalg.norm(d) > np.linalg.norm(fw) * (1 + tolerance(kind, dtype)) + floor:
             bad[(kind, n, "torchjd")] = (np.linalg.norm(d), np.linalg.norm(fw))
         if n <= 5:
-            err = rel_err(d, min_norm_enumeration(J64), J, dtype)
+            err = rel_err(d, min_norm_enumeration(J64) @ J64, J, dtype)
             if err > tolerance(kind, dtype):
                 bad[(kind, n, "exact")] = err
     assert not bad, bad
+
+
+@pytest.mark.parametrize("normalization", ["l2", "loss", "loss+"])
+def test_mgda_normalisations(normalization):
+    """The weights are the min-norm weights of the normalised rows (g/‖g‖, g/L, g/(L‖g‖)),
+    applied to the raw gradients as in the authors' code. Differs by design from LibMTL's
+    MGDA.py in param mode, which applies them to the normalised gradients."""
+    rng = np.random.default_rng(9)
+    for k, (kind, n) in enumerate(cases(("random", "spread"), sizes=(2, 3, 5), big=())):
+        J = matrix(kind, n, seed=k)
+        losses = rng.uniform(0.1, 5.0, n)
+        m = tb.create("mgda", n, normalization=normalization)
+        d = m.aggregate(torch.tensor(J), torch.tensor(losses)).numpy()
+        norms = np.linalg.norm(J, axis=1)
+        scale = {"l2": norms, "loss": losses, "loss+": losses * norms}[normalization]
+        w = min_norm_enumeration(J / scale[:, None])
+        # Each weight to 1e-9 of itself where it matters: its share of d (w_t‖g_t‖).
+        share = np.abs(m.last_weights.numpy() - w) * norms
+        assert share.max() <= 1e-9 * (w * norms).sum(), (kind, n)
+        assert rel_err(d, w @ J, J) <= 1e-9, (kind, n)
 
 
 # ----------------------------------------------------------------- same random draws
