@@ -129,9 +129,10 @@ def test_progress_lines_and_thread_choice_are_shown(tmp_path, capsys):
     assert main([*argv, "--threads", "1"]) == 0
     captured = capsys.readouterr()
     assert "torch threads: 1 (--threads)" in captured.out
-    epochs = [line for line in captured.err.splitlines() if line.startswith("epoch ")]
+    run = f"{tmp_path.parent.name}/{tmp_path.name}: "  # which run the line is about
+    epochs = [line for line in captured.err.splitlines() if line.startswith(run + "epoch ")]
     assert len(epochs) == 2  # not a terminal: one line per epoch
-    assert epochs[1].startswith("epoch 2/2: 2 steps, mean task loss ")
+    assert epochs[1].startswith(run + "epoch 2/2: 2 steps, mean task loss ")
     assert "samples/s" in epochs[1]
 
 

@@ -254,7 +254,7 @@ def base_config(s: CompareSettings | Any, **fixed: Any) -> dict[str, Any]:
         "size": s.size,
         "device": s.device,
         **fixed,
-        "progress": False,
+        "progress": True,  # a line per epoch of each run (a bar on a terminal, one job)
         "tensorboard": False,
     }
     if getattr(s, "scheduler", None) is not None:

@@ -729,7 +729,11 @@ class Trainer:
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.run_config = dict(run_config or {})
         # A terminal gets tqdm bars (steps, loss, samples/s); anything else one line per epoch.
-        self.progress = bool(progress) and sys.stderr.isatty()
+        # Worker processes (e.g. compare's parallel runs) share the terminal: lines, not bars.
+        import multiprocessing
+
+        worker = multiprocessing.parent_process() is not None
+        self.progress = bool(progress) and sys.stderr.isatty() and not worker
         self.epoch_lines = bool(progress) and not self.progress
         self.tensorboard = tensorboard
         self.save_best = save_best
@@ -1051,7 +1055,8 @@ class Trainer:
         if self.epoch_lines:
             losses = [v for v in summary["train_loss"].values() if v is not None]
             print(
-                f"epoch {self.epoch}/{self.epochs}: {summary['steps']} steps, mean task loss "
+                f"{self._run_name()}epoch {self.epoch}/{self.epochs}: {summary['steps']} steps, "
+                "mean task loss "
                 f"{sum(losses) / max(len(losses), 1):.4g}, "
                 f"{summary['samples_per_second']:.0f} samples/s, "
                 f"{summary['seconds']:.1f}s; best epoch {self.best['epoch']}",
@@ -1064,6 +1069,12 @@ class Trainer:
             state = self.model.state_dict()
             atomic_write(self.out_dir / _staged_best(self.epoch), lambda h: torch.save(state, h))
         return record
+
+    def _run_name(self) -> str:
+        """``"<parent>/<folder>: "`` of the run folder (which run a progress line is about)."""
+        if self.out_dir is None:
+            return ""
+        return f"{self.out_dir.parent.name}/{self.out_dir.name}: "
 
     def _commit_best(self) -> None:
         """Promote the staged best weights of the checkpoint's best epoch to ``best.pt``; drop
