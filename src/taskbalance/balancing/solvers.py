@@ -489,7 +489,16 @@ def _min_norm_wolfe(C: Tensor, b: Tensor, max_iter: int = 1000) -> Tensor:
         return y1
     start = y1[0].clamp_min(0)
     y2, mask = _wolfe(C, C, b, start / (start * b).sum(), max_iter)
-    cand = torch.cat([y1, _solve_face(C, b, mask, y2)])
+    # Two opposite rows far longer than the rest cancel exactly in their own face, while the
+    # Gramian's √eps resolution of u_s + u_t can mislead the larger faces: every pair's face
+    # competes too (one batched solve of n(n−1)/2 small systems).
+    pairs = torch.combinations(torch.arange(n, device=C.device), 2)
+    masks = torch.zeros(pairs.shape[0], n, dtype=torch.bool, device=C.device)
+    masks.scatter_(1, pairs, True)
+    rhs = C.new_zeros(masks.shape[0], n + 1)
+    rhs[:, n] = 1.0
+    x, _ = torch.linalg.solve_ex(_face_systems(C, b, masks), rhs)
+    cand = torch.cat([y1, _solve_face(C, b, mask, y2), torch.where(masks, x[:, :n], 0.0)])
     return cand.index_select(0, _choose(C, b, cand, keep_first=True))
 
 
@@ -536,8 +545,9 @@ def min_norm_weights(G: Tensor, method: str = "auto") -> Tensor:
 
     Limit: G determines ``‖g_s + g_t‖`` of nearly opposite rows only to about ``√eps`` of their
     norms, so where d is a cancellation of huge rows (``d* = 0`` from two opposite rows 1e8
-    times longer than the smallest), ``‖d‖`` is small only to that resolution, and with
-    ``n > 8`` (Wolfe) and norm spreads near 1e12 such cancellations can be missed.
+    times longer than the smallest), ``‖d‖`` is small only to that resolution (``‖d‖ ≤ 1e-8
+    Σ_t w_t‖g_t‖`` in the tests). With ``n > 8`` a cancellation among three or more rows far
+    longer than the rest can be missed by Wolfe's method (pairs are checked explicitly).
 
     Returns ``w`` with ``G``'s dtype and device (computed in float64).
     """
