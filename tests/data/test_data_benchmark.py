@@ -226,3 +226,18 @@ def test_damaged_cache_files_are_regenerated_with_a_one_line_notice(
     load_benchmark("scenes", size="tiny", cache_dir=tmp_path)
     assert capsys.readouterr().err == ""
     assert not list(tmp_path.glob("*.tmp*"))
+
+
+def test_temporary_cache_files_of_killed_processes_are_removed(tmp_path: Path) -> None:
+    import os
+
+    load_benchmark("multidigits", size="tiny", cache_dir=tmp_path)
+    (path,) = tmp_path.glob("multidigits-*.npz")
+    old = tmp_path / f"{path.stem}abc.tmp.npz"  # a write killed two hours ago
+    fresh = tmp_path / f"{path.stem}def.tmp.npz"  # maybe another process still writing
+    old.write_bytes(b"partial")
+    fresh.write_bytes(b"partial")
+    os.utime(old, (path.stat().st_atime - 7200, path.stat().st_mtime - 7200))
+    path.write_bytes(b"")  # damaged: regenerated and written again
+    load_benchmark("multidigits", size="tiny", cache_dir=tmp_path)
+    assert not old.exists() and fresh.exists()

@@ -376,6 +376,20 @@ def _save(path: Path, splits: Mapping[str, SplitArrays], key: str) -> None:
         raise
 
 
+#: A temporary cache file older than this was left by a killed process, not one still writing.
+STALE_SECONDS = 3600
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Delete temporary files of ``path`` that killed processes left (best effort)."""
+    import time
+
+    for tmp in path.parent.glob(f"{path.stem}*.tmp.npz"):
+        with contextlib.suppress(OSError):
+            if time.time() - tmp.stat().st_mtime > STALE_SECONDS:
+                tmp.unlink()
+
+
 def _compact(array: np.ndarray) -> np.ndarray:
     """Integer arrays whose values fit in ``uint8`` are stored as ``uint8``."""
     if np.issubdtype(array.dtype, np.integer) and array.size:
@@ -476,6 +490,7 @@ def load_benchmark(
             )
     if arrays is None:
         arrays = spec.generate(seed, dict(params))
+        _remove_stale_temporaries(path)
         try:
             _save(path, arrays, key)
         except OSError:

@@ -264,7 +264,7 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
         )
     data = load_torch_file(
         path,
-        what="checkpoint",
+        what="checkpoint",  # format 1 (taskbalance 0.1) pickled numpy: refused like any object
         require_digest=True,
         fix="it cannot be resumed: start the run again with --overwrite (overwrite=True)",
         map_location=map_location,
