@@ -227,3 +227,28 @@ def test_compare_reuse_refuses_an_unfinished_run_with_other_settings(finished, t
         run_or_reuse(other, log=lambda _: None)
     same = run_or_reuse({**config.to_dict(), "out_dir": str(copy)}, log=lambda _: None)
     assert same["epochs_completed"] == 2 and (copy / "results.json").is_file()
+
+
+def test_every_torch_load_in_the_package_is_weights_only():
+    """A static check, so that no later ``torch.load`` reads pickles (which can run code)."""
+    import ast
+
+    import taskbalance
+
+    calls = 0
+    for path in Path(taskbalance.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "load"
+                and isinstance(node.func.value, ast.Name)
+                and node.func.value.id == "torch"
+            ):
+                calls += 1
+                flags = {k.arg: k.value for k in node.keywords}
+                value = flags.get("weights_only")
+                assert isinstance(value, ast.Constant) and value.value is True, (
+                    f"{path}:{node.lineno}"
+                )
+    assert calls >= 1
