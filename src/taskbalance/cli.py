@@ -225,7 +225,7 @@ def _prepare_out(out: Path, names: Sequence[str], overwrite: bool, what: str) ->
 
 
 def _check_pseudo_labels(path: str, option: str) -> None:
-    from taskbalance.experiments.annotate import PseudoLabelStore
+    from taskbalance.data.pseudo_labels import PseudoLabelStore
 
     try:
         PseudoLabelStore.load(path)

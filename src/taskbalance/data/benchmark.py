@@ -30,7 +30,6 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 import zipfile
 import zlib
 from collections.abc import Callable, Mapping
@@ -40,7 +39,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
+
+from taskbalance.data.dataset import Batch, MultiTaskDataset
+from taskbalance.fileio import atomic_write
 
 if TYPE_CHECKING:  # pragma: no cover
     from taskbalance.models import MultiTaskModel
@@ -58,85 +60,9 @@ __all__ = [
     "register_benchmark",
 ]
 
-#: One dataset item: ``(inputs, targets, masks)``.
-Batch = tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]
-
 SPLITS = ("train", "val", "test")
 _CACHE_FORMAT = 3  # bump when the .npz layout changes (3: with a manifest)
 _MANIFEST = "__manifest__"
-
-
-class MultiTaskDataset(Dataset):
-    """An in-memory multi-task dataset yielding ``(inputs, targets, masks)`` items.
-
-    Args:
-        inputs: ``[N, ...]`` tensor; ``uint8`` inputs are returned as float32 divided by 255.
-        targets: task name -> ``[N, ...]`` tensor of targets.
-        masks: task name -> ``[N]`` bool tensor, ``True`` where the sample carries the label.
-            Missing entries (or ``None``) mean "every sample labelled".
-        extras: optional per-sample numpy arrays that are not training targets (ground-truth
-            metadata such as full trajectories), kept for inspection and tests.
-    """
-
-    def __init__(
-        self,
-        inputs: torch.Tensor,
-        targets: Mapping[str, torch.Tensor],
-        masks: Mapping[str, torch.Tensor] | None = None,
-        extras: Mapping[str, np.ndarray] | None = None,
-    ) -> None:
-        n = int(inputs.shape[0])
-        self.inputs = inputs
-        self.targets: dict[str, torch.Tensor] = dict(targets)
-        masks = dict(masks or {})
-        for name, target in self.targets.items():
-            if int(target.shape[0]) != n:
-                raise ValueError(
-                    f"target {name!r} has {int(target.shape[0])} samples, inputs have {n}"
-                )
-            mask = masks.get(name)
-            if mask is None:
-                mask = torch.ones(n, dtype=torch.bool)
-            if mask.dtype != torch.bool or tuple(mask.shape) != (n,):
-                raise ValueError(f"mask of task {name!r} must be a bool tensor of shape ({n},)")
-            masks[name] = mask
-        unknown = set(masks) - set(self.targets)
-        if unknown:
-            raise ValueError(f"masks given for unknown tasks {sorted(unknown)}")
-        self.masks: dict[str, torch.Tensor] = masks
-        self.extras: dict[str, np.ndarray] = dict(extras or {})
-
-    @property
-    def task_names(self) -> list[str]:
-        """Names of the tasks, in order."""
-        return list(self.targets)
-
-    def __len__(self) -> int:
-        return int(self.inputs.shape[0])
-
-    def __getitem__(self, index: int | list[int] | torch.Tensor) -> Batch:
-        # A list (or tensor) of indices gives the whole batch at once (see data/loading.py).
-        x = self.inputs[index]
-        x = x.float().div_(255.0) if x.dtype == torch.uint8 else x
-        targets = {name: t[index] for name, t in self.targets.items()}
-        masks = {name: m[index] for name, m in self.masks.items()}
-        return x, targets, masks
-
-    def label_fractions(self) -> dict[str, float]:
-        """Fraction of samples labelled, per task."""
-        return {name: float(m.float().mean()) if len(m) else 0.0 for name, m in self.masks.items()}
-
-    def with_masks(self, masks: Mapping[str, torch.Tensor]) -> MultiTaskDataset:
-        """A copy whose masks are replaced where given; unlabelled targets become zeros."""
-        new_masks = dict(self.masks)
-        new_targets = dict(self.targets)
-        for name, mask in masks.items():
-            if name not in self.targets:
-                raise ValueError(f"unknown task {name!r}; tasks are {self.task_names}")
-            new_masks[name] = mask
-            keep = mask.view(-1, *([1] * (self.targets[name].dim() - 1)))
-            new_targets[name] = torch.where(keep, self.targets[name], 0)
-        return MultiTaskDataset(self.inputs, new_targets, new_masks, self.extras)
 
 
 @dataclass
@@ -361,19 +287,15 @@ def _save(path: Path, splits: Mapping[str, SplitArrays], key: str) -> None:
         arrays.update({f"{split}/extra/{k}": v for k, v in data.extras.items()})
     manifest = {"key": key, "arrays": {k: [v.dtype.str, list(v.shape)] for k, v in arrays.items()}}
     arrays[_MANIFEST] = np.frombuffer(json.dumps(manifest).encode(), dtype=np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp.npz")
-    try:
-        mask = os.umask(0)
-        os.umask(mask)
-        with contextlib.suppress(OSError):  # a normal file's permissions, not mkstemp's 0600
-            os.fchmod(fd, 0o666 & ~mask)
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **arrays)  # type: ignore[arg-type]
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # Several processes may fill the cache at once: a temporary name of their own each, and no
+    # fault-injection kill point (the cache is not part of a run's state).
+    atomic_write(
+        path,
+        lambda handle: np.savez(handle, **arrays),  # type: ignore[arg-type]
+        temp_prefix=path.stem,
+        temp_suffix=".tmp.npz",
+        kill_point=False,
+    )
 
 
 #: A temporary cache file older than this was left by a killed process, not one still writing.

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
 
-from taskbalance.data.benchmark import MultiTaskDataset
+from taskbalance.data.dataset import MultiTaskDataset
 
 __all__ = ["batch_indexable", "batch_loader", "loader_batch_size"]
 

@@ -27,7 +27,7 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 import torch
 
-from taskbalance.data.benchmark import MultiTaskDataset
+from taskbalance.data.dataset import MultiTaskDataset
 
 __all__ = ["apply_partial_labels", "labelled_subset", "validate_fractions"]
 

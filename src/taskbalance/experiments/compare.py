@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from taskbalance.training.checkpoint import atomic_write_text
+from taskbalance.fileio import atomic_write_text
 
 from . import plots
 from .report import build_leaderboard, sharing_summary, to_markdown

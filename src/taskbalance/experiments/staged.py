@@ -369,8 +369,8 @@ def run_stages(
         :class:`StagedResult`; the model keeps the weights of the end of the last stage.
     """
     from taskbalance.balancing import create
+    from taskbalance.fileio import atomic_write_json
     from taskbalance.training import Trainer
-    from taskbalance.training.checkpoint import atomic_write_json
 
     stages = list(stages)
     validate_schedule(model, tasks, stages)

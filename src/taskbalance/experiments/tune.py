@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from taskbalance.training.checkpoint import atomic_write_text
+from taskbalance.fileio import atomic_write_text
 
 from .compare import (
     DEFAULT_EPOCHS,

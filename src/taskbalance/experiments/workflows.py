@@ -464,7 +464,7 @@ def compare_workflows(
     """
     from taskbalance.data import load_benchmark
     from taskbalance.data.partial import apply_partial_labels, validate_fractions
-    from taskbalance.training.checkpoint import atomic_write_text
+    from taskbalance.fileio import atomic_write_text
 
     from .annotate import STORE_NAME, WithPseudoLabels, annotate
 

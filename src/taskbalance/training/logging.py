@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import atomic_write_text
+from taskbalance.fileio import atomic_write_text
 
 __all__ = ["HistoryWriter", "flatten_record"]
 

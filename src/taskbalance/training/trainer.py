@@ -1242,7 +1242,7 @@ def train(
         labels=config.labels,
     )
     if config.pseudo_labels is not None:
-        from taskbalance.experiments.annotate import with_pseudo_labels
+        from taskbalance.data.pseudo_labels import with_pseudo_labels
 
         bench = with_pseudo_labels(bench, config.pseudo_labels)
     all_tasks = {t.name: t for t in bench.tasks}
