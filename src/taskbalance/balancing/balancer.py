@@ -24,6 +24,8 @@ import torch
 from torch import Tensor, nn
 
 from .base import GradientMethod, LossMethod, Method, check_choice, raise_nonfinite_gradient
+from .distributed import resolve_group
+from .distributed_step import distributed_backward
 from .heads import feature_list, head_pass
 from .solvers import combine, first_nonfinite_row, first_nonfinite_row_of, gramian
 from .streaming import (
@@ -105,6 +107,18 @@ class Balancer:
             one backward per task, from that task's own loss) or ``"batched"`` (one batched
             backward, ``is_grads_batched``; it also carries every task's cotangent through
             every head). ``benchmarks/bench_step.py`` measures both.
+        process_group: ``"auto"`` (default): when ``torch.distributed`` is initialised with more
+            than one rank, every :meth:`backward` takes the step of the union of all ranks'
+            batches (see ``docs/distributed.md``): the method sees the union's per-task
+            gradients, losses and statistics, and ``.grad`` of the shared parameters and task
+            heads ends up holding the union-batch gradients on every rank. Under a
+            ``DistributedDataParallel`` wrapper run the forward and :meth:`backward` inside
+            ``model.no_sync()`` (the Balancer does the reduction). ``None``: one process (no
+            collective). A ``ProcessGroup``: that group.
+        parameters: distributed only: every parameter whose gradient the step writes (e.g.
+            ``model.parameters()``), summed over ranks in a fixed order. By default the shared
+            parameters plus the leaves the losses reach on each rank, which needs every rank to
+            reach the same task heads (an error names the fix when they do not).
     """
 
     def __init__(
@@ -120,6 +134,8 @@ class Balancer:
         nonfinite: str = "raise",
         memory: str = "jacobian",
         task_backward: str = "loop",
+        process_group: object = "auto",
+        parameters: Iterable[nn.Parameter] | None = None,
     ) -> None:
         if not isinstance(method, Method):
             raise TypeError(
@@ -169,6 +185,34 @@ class Balancer:
             self._check_gramian_memory()
         #: Steps skipped because a task gradient held NaN or Inf (``nonfinite="skip"``).
         self.skipped_steps = 0
+        self._dist = resolve_group(process_group)
+        self.sync_parameters: list[nn.Parameter] | None = None
+        if parameters is not None:
+            seen: set[int] = set()
+            self.sync_parameters = []
+            for p in [*self.shared, *parameters]:
+                if p.requires_grad and id(p) not in seen:
+                    seen.add(id(p))
+                    self.sync_parameters.append(p)
+
+    @property
+    def distributed(self) -> bool:
+        """Whether steps are taken over the ranks of a process group."""
+        return self._dist is not None
+
+    def reduce_mean_losses(self, mean_losses: Tensor, counts: Tensor) -> Tensor:
+        """Union means of per-rank means: ``Σ_r n_t^r m_t^r / Σ_r n_t^r`` (NaN where no rank has
+        a sample of the task). For ``epoch_end`` statistics (DWA) and FAMO's ``update``; in one
+        process it returns ``mean_losses`` (NaN where ``counts`` is 0)."""
+        m = mean_losses.detach().to(torch.float64)
+        n = torch.as_tensor(counts, dtype=torch.float64, device=m.device)
+        buf = torch.cat([torch.where(n > 0, n * m, torch.zeros_like(m)), n])
+        if self._dist is not None:
+            self._dist.all_reduce(buf)
+        T = len(m)
+        total, N = buf[:T], buf[T:]
+        out = torch.where(N > 0, total / torch.where(N > 0, N, 1.0), float("nan"))
+        return out.to(mean_losses.dtype)
 
     def _check_gramian_memory(self) -> None:
         method = self.method
@@ -196,14 +240,23 @@ class Balancer:
         return self.method.parameters()
 
     def backward(
-        self, losses: LossInput, features: Tensor | Sequence[Tensor] | None = None
+        self,
+        losses: LossInput,
+        features: Tensor | Sequence[Tensor] | None = None,
+        *,
+        counts: Mapping[str, float] | Sequence[float] | Tensor | None = None,
     ) -> StepInfo:
         """Compute and write the gradients of one step; returns what the step did.
 
         ``losses``: a dict task name -> scalar loss (``None`` for a task without labels in this
         batch), a sequence of scalars, or a tensor of shape ``[T]``. In rep mode, ``features`` are
-        the shared features the task heads consumed.
+        the shared features the task heads consumed. ``counts`` (distributed only): per task,
+        the number of samples its local loss is the mean over (labelled samples); the union
+        loss is the mean over all ranks' labelled samples. Default: 1 per task present (equal
+        local batches). A rank may pass every loss as ``None`` (it contributes nothing).
         """
+        if self._dist is not None:
+            return distributed_backward(self, losses, features, counts)
         items, stacked, present, all_present = self._stack(losses)
         names = self.task_names
         assert names is not None
@@ -296,7 +349,9 @@ class Balancer:
             raise ValueError(f"task names must be unique, got {list(names)}")
         self.task_names = names
 
-    def _stack(self, losses: LossInput) -> tuple[list[Tensor | None], Tensor, Tensor, bool]:
+    def _stack(
+        self, losses: LossInput, allow_empty: bool = False
+    ) -> tuple[list[Tensor | None], Tensor, Tensor, bool]:
         T = self.method.num_tasks
         if isinstance(losses, Mapping):
             if self.task_names is None:
@@ -326,6 +381,10 @@ class Balancer:
             raise ValueError(f"expected {T} task losses, got {len(items)}")
 
         ref = next((x for x in items if x is not None), None)
+        if ref is None and allow_empty:
+            first = self.shared[0]
+            zeros = torch.zeros(T, dtype=first.dtype, device=first.device)
+            return items, zeros, torch.zeros(T, dtype=torch.bool, device=first.device), False
         if ref is None:
             raise ValueError(
                 "no task has a loss in this batch (every loss is None); skip the batch instead"

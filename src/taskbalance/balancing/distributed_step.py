@@ -1,0 +1,390 @@
+"""One balancing step over the ranks of a process group: the union-batch step on every rank.
+
+See :mod:`taskbalance.balancing.distributed` for the union batch and the ranks' shares ``c``.
+Every rank takes the same decision from the same reduced numbers:
+
+* loss methods: the method combines the union losses (a leaf, identical on every rank, so its
+  own parameters receive identical gradients and its state evolves identically); each rank
+  backpropagates ``Σ_t a_t c_t L_t^r`` with ``a = ∂combine/∂L``; the parameters' gradients are
+  summed over ranks. GradNorm's norms come from the union gradients of the last shared layer.
+* gradient methods, param mode: each rank's rows ``c_t ∇L_t^r`` of J are summed over ranks
+  (with the task heads' gradients, in one collective), then every rank aggregates the same J.
+  ``memory="gramian"``: each parameter's ``[n, size]`` block is summed over ranks inside the
+  streaming pass, so the Gramian is exact and J is never held.
+* gradient methods, rep mode: the union's feature Jacobian is the concatenation of the ranks'
+  rows, so its Gramian is the sum of the ranks' Gramians (``n²`` numbers reduced); methods that
+  need J itself (GradDrop) gather the rows. Each rank backpropagates its own part of the
+  direction, then the parameters' gradients are summed over ranks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor, nn
+
+from .base import GradientMethod, LossMethod, make_generator
+from .distributed import DistributedContext
+from .heads import feature_list
+from .solvers import _chunked_gramian, combine, first_nonfinite_row, gramian
+from .streaming import batched_task_gradients, loss_cotangents, reachable_leaves
+
+if TYPE_CHECKING:
+    from .balancer import Balancer, LossInput, StepInfo
+
+__all__ = ["distributed_backward"]
+
+
+def _flat_reduce(ctx: DistributedContext, tensors: Sequence[Tensor], like: Tensor) -> list[Tensor]:
+    """Sum ``tensors`` over ranks in one collective; returns the summed tensors."""
+    if not tensors:
+        return []
+    flat = torch.cat([t.reshape(-1).to(like.dtype) for t in tensors])
+    ctx.all_reduce(flat)
+    return [
+        p.view_as(t).to(t.dtype) for p, t in zip(flat.split([t.numel() for t in tensors]), tensors)
+    ]
+
+
+def _sync_list(balancer: Balancer, own: Sequence[Tensor]) -> list[nn.Parameter]:
+    if balancer.sync_parameters is not None:
+        return balancer.sync_parameters
+    shared_ids = {id(p) for p in balancer.shared}
+    others = [p for p in reachable_leaves(list(own)) if id(p) not in shared_ids and p.requires_grad]
+    return [*balancer.shared, *others]  # type: ignore[list-item]
+
+
+def _counts(balancer: Balancer, counts: object, items: Sequence[Tensor | None]) -> Tensor:
+    names = balancer.task_names
+    assert names is not None
+    T = len(items)
+    if counts is None:
+        return torch.tensor([0.0 if x is None else 1.0 for x in items], dtype=torch.float64)
+    if isinstance(counts, dict):
+        unknown = sorted(set(counts) - set(names))
+        if unknown:
+            raise ValueError(f"counts names unknown task(s) {unknown}; tasks: {list(names)}")
+        values = [float(counts.get(n, 0)) for n in names]
+    else:
+        raw = counts.tolist() if isinstance(counts, Tensor) else list(counts)  # type: ignore[attr-defined,call-overload]
+        if len(raw) != T:
+            raise ValueError(f"counts must have one entry per task ({T}), got {len(raw)}")
+        values = [float(v) for v in raw]
+    for n, v, x in zip(names, values, items):
+        if not v >= 0 or v == float("inf"):
+            raise ValueError(f"the count of task {n!r} must be a finite number >= 0, got {v}")
+        if x is None and v != 0:
+            raise ValueError(f"task {n!r} has no loss on this rank but a count of {v}; pass 0")
+        if x is not None and v == 0:
+            raise ValueError(
+                f"task {n!r} has a loss but a count of 0; pass the number of samples labelled "
+                "for it in this rank's batch, or None as its loss"
+            )
+    return torch.tensor(values, dtype=torch.float64)
+
+
+def _save_grads(params: Sequence[nn.Parameter]) -> list[Tensor | None]:
+    saved = [p.grad for p in params]
+    for p in params:
+        p.grad = None
+    return saved
+
+
+def _restore_reduced(
+    ctx: DistributedContext,
+    params: Sequence[nn.Parameter],
+    saved: Sequence[Tensor | None],
+    reduce: bool,
+) -> None:
+    """Sum this step's gradients of ``params`` over ranks (when ``reduce``), then add back what
+    ``.grad`` held before the step (gradient accumulation keeps working)."""
+    step = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
+    if reduce and params:
+        step = _flat_reduce(ctx, step, step[0])
+    for p, g, old in zip(params, step, saved):
+        p.grad = g if old is None else old + g
+
+
+def distributed_backward(
+    balancer: Balancer,
+    losses: LossInput,
+    features: Tensor | Sequence[Tensor] | None,
+    counts: object,
+) -> StepInfo:
+    from .balancer import StepInfo
+
+    ctx = balancer._dist
+    assert ctx is not None
+    method = balancer.method
+    T = method.num_tasks
+    device = balancer.shared[0].device
+    error: BaseException | None = None
+    items: list[Tensor | None] = [None] * T
+    stacked = torch.zeros(T, dtype=balancer.shared[0].dtype, device=device)
+    local_counts = torch.zeros(T, dtype=torch.float64)
+    sync: list[nn.Parameter] = []
+    try:
+        items, stacked, _, _ = balancer._stack(losses, allow_empty=True)
+        local_counts = _counts(balancer, counts, items)
+        sync = _sync_list(balancer, [x for x in items if x is not None])
+    except Exception as exc:  # every rank must reach the header: raised right after it
+        error = exc
+    shared_ids = {id(p) for p in balancer.shared}
+    reach = reachable_leaves([x for x in items if x is not None]) if error is None else []
+    reached_shared = sum(1.0 for p in reach if id(p) in shared_ids)
+    agree = [
+        float(sum(p.numel() for p in sync)),
+        float(sum((i + 1) * p.numel() for i, p in enumerate(sync))),
+    ]
+    local_present = torch.tensor([x is not None for x in items])
+    header = ctx.header(
+        T, local_counts, stacked, local_present, error is not None, agree, reached_shared, device
+    )
+    if error is not None:
+        raise error
+    names = balancer.task_names
+    assert names is not None
+    present = header.present
+    present_host = present.cpu()
+    if not bool(present_host.any()):
+        raise ValueError("no task has a loss on any rank in this step; skip the batch instead")
+    if method.generator is None and "seed" in method_options(method):
+        method.generator = make_generator(ctx.broadcast_seed(device))
+    all_present = bool(present_host.all())
+    union = header.losses.to(stacked.dtype)
+    info = StepInfo(task_names=names, losses=union.detach(), present=present)
+    idx = [t for t in range(T) if bool(present_host[t])]
+    local_idx = [t for t in idx if items[t] is not None]
+    own: list[Tensor] = [items[t] for t in local_idx]  # type: ignore[misc]
+    share = header.share.to(stacked.dtype)
+    mask = None if all_present else present
+
+    if isinstance(method, LossMethod):
+        saved = _save_grads(sync)
+        _loss_step(balancer, ctx, method, union, mask, share, own, local_idx, info)
+        _restore_reduced(ctx, sync, saved, reduce=True)
+    elif isinstance(method, GradientMethod):
+        _gradient_step(
+            balancer,
+            ctx,
+            method,
+            union,
+            present_host,
+            idx,
+            local_idx,
+            own,
+            share,
+            features,
+            sync,
+            header.everywhere and header.reach_agrees,
+            info,
+        )
+    else:  # pragma: no cover
+        raise TypeError(f"unsupported method kind {method.kind!r}")
+    if not info.skipped:
+        info.weights = balancer._full_weights(method.last_weights, present, all_present)
+    return info
+
+
+def method_options(method: nn.Module) -> tuple[str, ...]:
+    from .registry import method_info
+
+    name = getattr(method, "name", "")
+    return method_info(name).options if name else ()
+
+
+def _loss_step(
+    balancer: Balancer,
+    ctx: DistributedContext,
+    method: LossMethod,
+    union: Tensor,
+    mask: Tensor | None,
+    share: Tensor,
+    own: list[Tensor],
+    local_idx: list[int],
+    info: StepInfo,
+) -> None:
+    if method.needs_last_layer_grad_norms:
+        norms = _union_last_layer_norms(balancer, ctx, union, share, own, local_idx)
+        method.observe_grad_norms(norms)
+        info.grad_norms = norms
+    raw = union.detach().clone().requires_grad_(True)
+    total = method._combine(raw, mask)
+    if total.requires_grad:
+        total.backward()  # identical on every rank: the method's parameters agree
+    if raw.grad is None or not own:
+        return
+    coef = raw.grad * share
+    local = torch.stack([coef[t].to(x.dtype) * x for t, x in zip(local_idx, own)]).sum()
+    local.backward()
+
+
+def _union_last_layer_norms(
+    balancer: Balancer,
+    ctx: DistributedContext,
+    union: Tensor,
+    share: Tensor,
+    own: list[Tensor],
+    local_idx: list[int],
+) -> Tensor:
+    """``‖∇_W L_t‖`` of the union losses: the ranks' ``c_t ∇_W L_t^r`` summed, then the norms."""
+    W = balancer.last_shared
+    T = len(union)
+    size = sum(p.numel() for p in W)
+    rows = torch.zeros(T, size, dtype=W[0].dtype, device=W[0].device)
+    for t, loss in zip(local_idx, own):
+        grads = torch.autograd.grad(loss, W, retain_graph=True, allow_unused=True)
+        parts = [torch.zeros_like(p) if g is None else g for p, g in zip(W, grads)]
+        rows[t] = torch.cat([g.reshape(-1) for g in parts]) * share[t].to(rows.dtype)
+    ctx.all_reduce(rows)
+    return rows.pow(2).sum(dim=1).sqrt().to(union.dtype)
+
+
+def _gradient_step(
+    balancer: Balancer,
+    ctx: DistributedContext,
+    method: GradientMethod,
+    union: Tensor,
+    present_host: Tensor,
+    idx: list[int],
+    local_idx: list[int],
+    own: list[Tensor],
+    share: Tensor,
+    features: Tensor | Sequence[Tensor] | None,
+    sync: list[nn.Parameter],
+    streaming_safe: bool,
+    info: StepInfo,
+) -> None:
+    names = info.task_names
+    all_present = bool(present_host.all())
+    n = len(idx)
+    pos = [idx.index(t) for t in local_idx]  # rows of this rank's tasks among those present
+    seeds = balancer._loss_seeds(method, union, idx)  # f'(L) of the union losses, or None
+    coef = [
+        share[t] * (1.0 if seeds is None else seeds[idx.index(t)].to(share.dtype))
+        for t in local_idx
+    ]
+    host_mask = None if all_present else present_host
+    losses_arg = union.detach()[present_host.to(union.device)] if method.needs_losses else None
+    shared_ids = {id(p) for p in balancer.shared}
+    others = [p for p in sync if id(p) not in shared_ids]
+    saved_shared = _save_grads(balancer.shared)
+    saved_others = _save_grads(others)
+    first = balancer.shared[0]
+    dtype, device = first.dtype, first.device
+    G: Tensor | None = None
+    J: Tensor | None = None
+
+    if balancer.mode == "param" and balancer.memory == "gramian" and streaming_safe:
+        G = _streamed_union_gramian(ctx, balancer, own, coef, pos, n)
+        _restore_reduced(ctx, others, saved_others, reduce=True)  # heads from the batched pass
+        bad = first_nonfinite_row(G)
+        if bad is not None:
+            balancer._refuse_nonfinite(names[idx[bad]], info)
+        else:
+            w = method.solve(G, losses_arg, host_mask, dtype=dtype, device=device)
+            if own:
+                wl = torch.stack([w[p].to(device=device, dtype=dtype) for p in pos])
+                balancer._write_weighted_backward(own, None, wl * torch.stack(coef).to(dtype))
+            _restore_reduced(ctx, balancer.shared, saved_shared, reduce=True)
+            saved_shared = []
+    elif balancer.mode == "param":
+        if balancer.task_backward == "batched" and own:
+            local = balancer._batched_param_jacobian(own, coef, local_idx, features)
+        else:
+            local = balancer._param_jacobian(own, coef)
+        J = torch.zeros(n, balancer._num_shared, dtype=dtype, device=device)
+        if own:
+            J[pos] = local
+        del local
+        heads = [torch.zeros_like(p) if p.grad is None else p.grad for p in others]
+        reduced = _flat_reduce(ctx, [J, *heads], J)
+        J = reduced[0]
+        for p, g, old in zip(others, reduced[1:], saved_others):
+            p.grad = g if old is None else old + g
+        if method.uses_gramian or balancer.track_gradients:
+            G = gramian(J, device="cpu")
+        _decide(balancer, method, J, G, losses_arg, host_mask, idx, info, balancer._param_writer())
+    else:
+        feats = feature_list(features)
+        rows_local, write = balancer._rep_jacobian(own, coef, local_idx, feats)
+        rows = rows_local.new_zeros(n, rows_local.shape[1])
+        if own:
+            rows[pos] = rows_local
+        if method.uses_gramian or balancer.track_gradients:
+            Gd = gramian(rows, device=rows.device)
+            G = ctx.all_reduce(Gd.contiguous()).cpu()
+        if method.uses_gramian:
+            _decide(balancer, method, rows, G, losses_arg, host_mask, idx, info, write)
+        else:
+            union_rows, offsets = ctx.all_gather_columns(rows, [f.numel() for f in feats])
+            parts = [f.numel() for f in feats]
+
+            def write_own(d: Tensor) -> None:
+                write(torch.cat([d[o : o + k] for o, k in zip(offsets, parts)]))
+
+            _decide(balancer, method, union_rows, G, losses_arg, host_mask, idx, info, write_own)
+        _restore_reduced(ctx, [*balancer.shared, *others], [*saved_shared, *saved_others], True)
+        saved_shared, saved_others = [], []
+    for p, old in zip(balancer.shared, saved_shared):
+        if old is not None:
+            p.grad = old if p.grad is None else old + p.grad
+    if G is not None and balancer.track_gradients:
+        present = present_host.to(device)
+        info.grad_norms, info.cosines = balancer._gradient_stats(
+            G, dtype, device, present, all_present
+        )
+
+
+def _decide(
+    balancer: Balancer,
+    method: GradientMethod,
+    J: Tensor,
+    G: Tensor | None,
+    losses_arg: Tensor | None,
+    host_mask: Tensor | None,
+    idx: list[int],
+    info: StepInfo,
+    write: Callable[[Tensor], None],
+) -> None:
+    """The same decision on every rank: weights from the reduced Gramian, or ``_aggregate``."""
+    names = info.task_names
+    bad = first_nonfinite_row(G) if G is not None else balancer._nonfinite_row(J, None)
+    if bad is not None:
+        balancer._refuse_nonfinite(names[idx[bad]], info)
+        return
+    if method.uses_gramian:
+        assert G is not None
+        w = method.solve(G, losses_arg, host_mask, dtype=J.dtype, device=J.device)
+        write(combine(w, J))
+    else:
+        present = None if host_mask is None else host_mask.to(J.device)
+        write(method._aggregate(J, losses_arg, present))
+
+
+def _streamed_union_gramian(
+    ctx: DistributedContext,
+    balancer: Balancer,
+    own: list[Tensor],
+    coef: list[Tensor],
+    pos: list[int],
+    n: int,
+) -> Tensor:
+    """memory='gramian': each shared parameter's block summed over ranks, its Gramian added.
+
+    Every rank holds the same tasks and reaches the same shared parameters here (checked by the
+    step's header), so the per-parameter collectives run in the same order on every rank.
+    """
+    shared = balancer.shared
+    G = torch.zeros(n, n, dtype=torch.float64, device=shared[0].device)
+
+    def add(_: int, block: Tensor) -> None:
+        full = block.new_zeros(n, block.shape[1])
+        full[pos] = block
+        ctx.all_reduce(full)
+        G.add_(_chunked_gramian(full, exact=True))
+
+    batched_task_gradients(own, loss_cotangents(own, coef), shared, add)
+    return 0.5 * (G + G.T).cpu()
