@@ -21,6 +21,8 @@ from taskbalance import Balancer
 from taskbalance.balancing.registry import method_info
 
 T = 3
+#: Where the distributed runs put model and data (a device script sets CUDA).
+DEVICE = torch.device("cpu")
 SIZES = (3, 5)  # local batch sizes of rank 0 and rank 1
 STEPS = 2
 
@@ -88,7 +90,8 @@ def local_part(rank: int | None, step: int, masked: bool) -> tuple[Tensor, Tenso
 
 def run_case(name: str, mode: str, variant: str, rank: int | None, seed: int | None = 0) -> Tensor:
     """Every parameter (model, then method) after STEPS steps, flattened."""
-    model = Net()
+    device = DEVICE if rank is not None else torch.device("cpu")
+    model = Net().to(device)
     method = make_method(name, seed)
     net: nn.Module = model
     if variant == "ddp" and rank is not None:
@@ -104,7 +107,7 @@ def run_case(name: str, mode: str, variant: str, rank: int | None, seed: int | N
     params = [*model.parameters(), *balancer.parameters()]
     opt = torch.optim.SGD(params, lr=0.1)
     for step in range(STEPS):
-        x, y, m = local_part(rank, step, variant == "masked")
+        x, y, m = (v.to(device) for v in local_part(rank, step, variant == "masked"))
         opt.zero_grad()
         ctx = net.no_sync() if isinstance(net, nn.parallel.DistributedDataParallel) else _null()
         with ctx:
@@ -117,7 +120,7 @@ def run_case(name: str, mode: str, variant: str, rank: int | None, seed: int | N
                 losses[f"t{t}"] = ((preds[t] - y[:, t]) ** 2)[m[:, t]].mean() if k else None
             balancer.backward(losses, features=z, counts=counts)
         opt.step()
-    return torch.cat([p.detach().reshape(-1) for p in params])
+    return torch.cat([p.detach().reshape(-1).cpu() for p in params])
 
 
 class _null:
@@ -130,9 +133,9 @@ class _null:
 
 def nan_guard(rank: int) -> str:
     """Rank 1's loss is NaN: every rank must raise (no rank left waiting)."""
-    model = Net()
+    model = Net().to(DEVICE)
     balancer = Balancer(taskbalance.create("mgda", T), model.trunk.parameters())
-    x, y, _ = local_part(rank, 0, False)
+    x, y, _ = (v.to(DEVICE) for v in local_part(rank, 0, False))
     _, preds = model(x)
     losses = [((p - y[:, t]) ** 2).mean() for t, p in enumerate(preds)]
     if rank == 1:
@@ -144,11 +147,15 @@ def nan_guard(rank: int) -> str:
     return "no error"
 
 
-def worker(rank: int, world: int, port: int, outdir: str) -> None:
+def worker(rank: int, world: int, port: int, outdir: str, backend: str = "gloo") -> None:
+    global DEVICE
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     torch.set_num_threads(1)
+    if os.environ.get("TASKBALANCE_TEST_CUDA") == "1":
+        DEVICE = torch.device("cuda", rank % torch.cuda.device_count())
+        torch.cuda.set_device(DEVICE)
     dist.init_process_group(
-        "gloo",
+        backend,
         init_method=f"tcp://127.0.0.1:{port}",
         rank=rank,
         world_size=world,
