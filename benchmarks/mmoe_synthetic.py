@@ -4,8 +4,10 @@ Reproduces the question of the MMoE paper's synthetic study (Ma et al., KDD 2018
 does the gain of MMoE over a shared bottom grow as the two tasks become less related? For each
 correlation, architecture and seed it trains one run with ``taskbalance.training.train`` (equal
 weights, Adam, validation-selected epoch; the seed also seeds the data, so every seed is a new
-data set as in the paper's repeated runs) and reports the test MSE averaged over the two tasks,
-mean ± standard deviation over seeds, and the paired difference hard − MMoE per seed.
+data set as in the paper's repeated runs) and reports the test MSE at the validation-selected
+epoch and the last epoch's training loss (both averaged over the two tasks), mean ± standard
+deviation over seeds, and the paired test difference hard − MMoE per seed. Finished runs are
+reused, so calling it again with the same ``--out`` only adds what is missing.
 
 Usage::
 
@@ -38,9 +40,17 @@ ARCHS = {
 }
 
 
+def run_dir(out: Path, arch: str, correlation: float, seed: int) -> Path:
+    return out / f"{arch}-p{correlation:g}-seed{seed}"
+
+
 def run(
     arch: str, correlation: float, seed: int, epochs: int, lr: float, out: Path, device: str
-) -> float:
+) -> None:
+    """Train one run unless its results.json exists (an interrupted sweep continues)."""
+    folder = run_dir(out, arch, correlation, seed)
+    if (folder / "results.json").is_file():
+        return
     config = {
         "benchmark": "synthetic-mtl",
         "size": {"correlation": correlation},
@@ -51,14 +61,26 @@ def run(
         "lr": lr,
         "seed": seed,
         "device": device,
-        "out_dir": str(out / f"{arch}-p{correlation:g}-seed{seed}"),
+        "out_dir": str(folder),
         "progress": False,
         "tensorboard": False,
         "save_best": False,
     }
-    result = train(config)
-    assert result.test is not None
-    return statistics.fmean(m["rmse"] ** 2 for m in result.test.values())
+    train(config)
+
+
+def read(folder: Path) -> tuple[float, float]:
+    """Test MSE at the validation-selected epoch and the last epoch's training loss, both the
+    mean over the two tasks."""
+    result = json.loads((folder / "results.json").read_text())
+    test = statistics.fmean(m["rmse"] ** 2 for m in result["test"].values())
+    train_loss = statistics.fmean(result["history"][-1]["train_loss"].values())
+    return test, train_loss
+
+
+def mean_std(values: list[float]) -> str:
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.3f} ± {std:.3f}"
 
 
 def main() -> None:
@@ -78,32 +100,41 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown architecture(s) {unknown}; choose from {', '.join(ARCHS)}")
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="mmoe-synthetic-"))
-    results: dict[str, dict[str, list[float]]] = {}
     start = time.perf_counter()
     for p in correlations:
         for seed in range(args.seeds):
             for arch in archs:  # interleaved: the same data seed for every architecture
-                mse = run(arch, p, seed, args.epochs, args.lr, out, args.device)
-                results.setdefault(f"{p:g}", {}).setdefault(arch, []).append(mse)
-                print(f"p={p:g} seed={seed} {arch}: test MSE {mse:.4f}", flush=True)
+                run(arch, p, seed, args.epochs, args.lr, out, args.device)
+                test, train_loss = read(run_dir(out, arch, p, seed))
+                print(
+                    f"p={p:g} seed={seed} {arch}: test MSE {test:.4f}, train loss {train_loss:.4f}",
+                    flush=True,
+                )
     print(
-        f"\n{time.perf_counter() - start:.0f}s; test MSE (mean of the two tasks), {args.seeds} "
-        "seeds\n"
+        f"\n{time.perf_counter() - start:.0f}s. Test MSE at the validation-selected epoch and "
+        f"training loss of the last epoch (MSE, mean of the two tasks), {args.seeds} seeds.\n"
     )
-    header = " | ".join(f"{a} mean ± std" for a in archs)
-    print(f"| correlation | {header} | hard − mmoe per seed |")
-    print("|---|" + "---|" * len(archs) + "---|")
-    for p, by_arch in results.items():
-        cells = []
+    summary: dict[str, dict[str, dict[str, list[float]]]] = {}
+    cols = " | ".join(f"{a} test" for a in archs) + " | " + " | ".join(f"{a} train" for a in archs)
+    paired = "hard" in archs and "mmoe" in archs
+    print(f"| correlation | {cols} |" + (" test hard − mmoe per seed (mean) |" if paired else ""))
+    print("|---|" + "---|" * (2 * len(archs)) + ("---|" if paired else ""))
+    for p in correlations:
+        row = summary.setdefault(f"{p:g}", {})
         for a in archs:
-            v = by_arch[a]
-            std = statistics.stdev(v) if len(v) > 1 else 0.0
-            cells.append(f"{statistics.fmean(v):.4f} ± {std:.4f}")
-        diff = ""
-        if "hard" in by_arch and "mmoe" in by_arch:
-            diff = ", ".join(f"{h - m:+.4f}" for h, m in zip(by_arch["hard"], by_arch["mmoe"]))
-        print(f"| {p} | " + " | ".join(cells) + f" | {diff} |")
-    (out / "summary.json").write_text(json.dumps(results, indent=2))
+            values = [read(run_dir(out, a, p, s)) for s in range(args.seeds)]
+            row[a] = {"test_mse": [v[0] for v in values], "train_loss": [v[1] for v in values]}
+        cells = [mean_std(row[a]["test_mse"]) for a in archs]
+        cells += [mean_std(row[a]["train_loss"]) for a in archs]
+        line = f"| {p:g} | " + " | ".join(cells) + " |"
+        if paired:
+            diffs = [
+                h - m for h, m in zip(row["hard"]["test_mse"], row["mmoe"]["test_mse"], strict=True)
+            ]
+            line += " " + ", ".join(f"{d:+.3f}" for d in diffs)
+            line += f" ({statistics.fmean(diffs):+.3f}) |"
+        print(line)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"\nruns and summary.json in {out}")
 
 
