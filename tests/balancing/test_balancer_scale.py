@@ -162,8 +162,8 @@ class WideTrunk(nn.Module):
     def __init__(self, num_tasks: int) -> None:
         super().__init__()
         torch.manual_seed(0)
-        self.shared = nn.Sequential(nn.Linear(64, 1024), nn.Tanh(), nn.Linear(1024, 1024))
-        self.heads = nn.ModuleList(nn.Linear(1024, 1) for _ in range(num_tasks))
+        self.shared = nn.Sequential(nn.Linear(64, 512), nn.Tanh(), nn.Linear(512, 512))
+        self.heads = nn.ModuleList(nn.Linear(512, 1) for _ in range(num_tasks))
 
     def forward(self, x):
         z = self.shared(x)
@@ -270,3 +270,20 @@ def test_finite_check_of_J_tells_overflowing_sums_from_nonfinite_entries():
     J[2, 39_999] = float("nan")  # in the last column chunk
     J[1, 5] = float("-inf")
     assert first_nonfinite_row_of(J) == 1
+
+
+@pytest.mark.parametrize("name", ["mgda", "upgrad", "cagrad", "pcgrad", "imtl_g"])
+def test_weights_from_the_gramian_reproduce_aggregate(name):
+    J = torch.randn(4, 9, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    options = {"seed": 0} if name == "pcgrad" else {}
+    d = tb.create(name, 4, **options).aggregate(J)
+    w = tb.create(name, 4, **options).weights(J @ J.T)
+    assert w.dtype == torch.float64
+    torch.testing.assert_close(w @ J, d)
+
+
+def test_weights_of_a_method_that_needs_J_is_a_clear_error():
+    with pytest.raises(ValueError, match="needs the per-task gradients themselves"):
+        tb.create("graddrop", 2).weights(torch.eye(2))
+    with pytest.raises(ValueError, match=r"shape \[2, 2\]"):
+        tb.create("mgda", 2).weights(torch.eye(3))
