@@ -150,23 +150,21 @@ class Balancer:
                 "across steps, which rep-mode features (other samples every batch) do not have; "
                 "use mode='param'"
             )
-        self.shared = [p for p in shared_parameters if p.requires_grad]
-        if not self.shared:
+        # Every shared parameter is kept; the ones that require grad are chosen at each step,
+        # so a part frozen (or unfrozen) after construction is handled (see _select_shared).
+        self._all_shared = list(shared_parameters)
+        if not self._all_shared:
             raise ValueError(
-                "shared_parameters is empty (or none requires grad); pass the parameters all "
-                "tasks share, e.g. model.shared_parameters()"
+                "shared_parameters is empty; pass the parameters all tasks share, e.g. "
+                "model.shared_parameters()"
             )
-        if len({id(p) for p in self.shared}) != len(self.shared):
+        if len({id(p) for p in self._all_shared}) != len(self._all_shared):
             raise ValueError("shared_parameters lists the same parameter more than once")
-        self._numels = [p.numel() for p in self.shared]
-        self._num_shared = sum(self._numels)
-        if last_shared_parameters is None:
-            matrices = [p for p in self.shared if p.dim() >= 2]
-            self.last_shared = [matrices[-1] if matrices else self.shared[-1]]
-        else:
-            self.last_shared = [p for p in last_shared_parameters if p.requires_grad]
-            if not self.last_shared:
-                raise ValueError("last_shared_parameters is empty (or none requires grad)")
+        self._all_last = None if last_shared_parameters is None else list(last_shared_parameters)
+        if self._all_last is not None and not self._all_last:
+            raise ValueError("last_shared_parameters is empty")
+        self._active_key: tuple[int, ...] | None = None
+        self._select_shared()
         self.task_names: tuple[str, ...] | None = None
         if task_names is not None:
             self._set_task_names(task_names)
@@ -214,6 +212,50 @@ class Balancer:
         out = torch.where(N > 0, total / torch.where(N > 0, N, 1.0), float("nan"))
         return out.to(mean_losses.dtype)
 
+    def _select_shared(self) -> None:
+        """``self.shared``: the shared parameters that require grad now (recomputed only when
+        that set changed). With none, a step is a heads-only step (see :meth:`_heads_only`)."""
+        key = tuple(p.requires_grad for p in self._all_shared)
+        if key == self._active_key:
+            return
+        self._active_key = key
+        self.shared = [p for p in self._all_shared if p.requires_grad]
+        self._numels = [p.numel() for p in self.shared]
+        self._num_shared = sum(self._numels)
+        if self._all_last is None:
+            matrices = [p for p in self.shared if p.dim() >= 2]
+            self.last_shared = [matrices[-1]] if matrices else self.shared[-1:]
+        else:
+            self.last_shared = [p for p in self._all_last if p.requires_grad]
+        needs_last = getattr(self.method, "needs_last_layer_grad_norms", False)
+        if needs_last and self.shared and not self.last_shared:
+            raise ValueError(
+                "every parameter of last_shared_parameters is frozen while other shared "
+                "parameters train; unfreeze the last shared layer or pass another one"
+            )
+        if needs_last and not self.shared:
+            raise ValueError(
+                f"method {self.method.name!r} needs gradients of the last shared layer, but every "
+                "shared parameter is frozen; unfreeze the shared part or use another method"
+            )
+
+    def _heads_only(
+        self, items: list[Tensor | None], stacked: Tensor, present: Tensor, all_present: bool,
+        info: StepInfo,
+    ) -> None:
+        """A step with every shared parameter frozen: each task-specific parameter gets what a
+        full step gives it. Loss methods backpropagate ``combine(L)``; gradient methods give
+        each head its own task's gradient (the direction only matters on shared parameters)."""
+        method = self.method
+        if isinstance(method, LossMethod):
+            total = method._combine(stacked, None if all_present else present)
+            info.weights = self._full_weights(method.last_weights, present, all_present)
+        else:
+            total = torch.stack([x for x in items if x is not None]).sum()
+            info.weights = present.to(stacked.dtype)
+        if total.requires_grad:
+            total.backward()
+
     def _check_gramian_memory(self) -> None:
         method = self.method
         if isinstance(method, GradientMethod) and not method.uses_gramian:
@@ -255,7 +297,13 @@ class Balancer:
         loss is the mean over all ranks' labelled samples. Default: 1 per task present (equal
         local batches). A rank may pass every loss as ``None`` (it contributes nothing).
         """
+        self._select_shared()
         if self._dist is not None:
+            if not self.shared:
+                raise ValueError(
+                    "every shared parameter is frozen: a distributed step needs a trainable "
+                    "shared part (unfreeze it, or train the heads with process_group=None)"
+                )
             return distributed_backward(self, losses, features, counts)
         items, stacked, present, all_present = self._stack(losses)
         names = self.task_names
@@ -263,6 +311,9 @@ class Balancer:
         method = self.method
         mask = None if all_present else present
         info = StepInfo(task_names=names, losses=stacked.detach(), present=present)
+        if not self.shared:
+            self._heads_only(items, stacked, present, all_present, info)
+            return info
 
         if isinstance(method, LossMethod):
             if method.needs_last_layer_grad_norms and features is not None:

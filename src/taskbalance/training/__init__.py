@@ -4,6 +4,7 @@ checkpoints and history logging (see ``docs/architecture.md``, "Training")."""
 from .checkpoint import atomic_write, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .logging import HistoryWriter
+from .runner import train
 from .trainer import (
     Callback,
     RunResult,
@@ -13,7 +14,6 @@ from .trainer import (
     resolve_device,
     seed_everything,
     selection_score,
-    train,
 )
 
 __all__ = [

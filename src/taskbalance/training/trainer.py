@@ -19,25 +19,20 @@ CPU run ends with exactly the metrics of an uninterrupted one.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import random
 import sys
 import time
-import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
 
-from taskbalance.balancing import Balancer, StepInfo, create
-from taskbalance.balancing.base import LossMethod, Method
+from taskbalance.balancing import Balancer, StepInfo
+from taskbalance.balancing.base import Method
 
+from .build import check_counts, choose_mode, resolve_method, resolve_tasks, shared_of
 from .checkpoint import (
     CHECKPOINT_NAME,
     atomic_replace,
@@ -50,11 +45,19 @@ from .checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from .config import RESUME_MAY_DIFFER, TrainConfig
+from .config import RESUME_MAY_DIFFER
+from .devices import resolve_device, seed_everything
+from .epoch_stats import EpochStats
+from .factories import build_optimizer, build_scheduler
+from .loaders import batch_len, make_loaders, mask_for, to_device, unpack_batch
 from .logging import HistoryWriter
-from .rundir import check_new_run, clear_run
+from .precision import Precision
+from .results import RunResult, count_parameters
+from .rundir import clear_run
+from .selection import SELECTION_RULE, comparable_metrics, selection_score
 
 __all__ = [
+    "SELECTION_RULE",
     "Callback",
     "RunResult",
     "Trainer",
@@ -63,7 +66,6 @@ __all__ = [
     "resolve_device",
     "seed_everything",
     "selection_score",
-    "train",
 ]
 
 #: ``callback(trainer, record)`` after every epoch (after the checkpoint is written). Raising
@@ -75,448 +77,6 @@ BEST_NAME = "best.pt"
 
 def _staged_best(epoch: int | str) -> str:
     return f".best-epoch{epoch}.pt"
-
-
-SELECTION_RULE = (
-    "lowest validation Δm% (taskbalance.tasks.task_delta over every metric of the trained tasks) "
-    "against the first epoch's validation metrics; with one trained task, its primary metric. "
-    "Metrics are left out by the rule of taskbalance.tasks.DELTA_RULE (first-epoch value 0, not "
-    "finite, or a higher-is-better value below 0.05); ties keep the earlier epoch."
-)
-
-
-# ---------------------------------------------------------------------------------- utilities
-
-
-def seed_everything(seed: int) -> None:
-    """Seed torch (CPU and CUDA), numpy and ``random``."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)  # noqa: NPY002 (seed the legacy global RNG users rely on)
-    torch.manual_seed(seed)
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """A ``torch.device`` for ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``.
-
-    Raises:
-        ValueError: the device is malformed or not available on this machine (the message says
-            why and what to use instead).
-    """
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise ValueError(
-            f"device must be 'cpu', 'cuda', 'cuda:N' or 'mps', got {device!r}"
-        ) from err
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(
-                f"device {str(device)!r} was requested but CUDA is not available "
-                f"(torch {torch.__version__}, built with CUDA: {torch.version.cuda is not None}); "
-                "use device='cpu', or install a CUDA build of torch on a machine with a GPU"
-            )
-        count = torch.cuda.device_count()
-        if dev.index is not None and dev.index >= count:
-            raise ValueError(
-                f"device {str(device)!r} was requested but only {count} CUDA device(s) exist "
-                f"(cuda:0..cuda:{count - 1})"
-            )
-        if dev.index is None:
-            dev = torch.device("cuda", torch.cuda.current_device())
-    elif dev.type == "mps":
-        mps = getattr(torch.backends, "mps", None)
-        if mps is None or not mps.is_available():
-            raise ValueError(
-                f"device {str(device)!r} was requested but MPS (Apple GPU) is not available on "
-                "this machine; use device='cpu'"
-            )
-    elif dev.type != "cpu":
-        raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'mps', got {device!r}")
-    return dev
-
-
-def _to_device(obj: Any, device: torch.device) -> Any:
-    if isinstance(obj, Tensor):
-        return obj.to(device, non_blocking=True)
-    if isinstance(obj, Mapping):
-        return {k: _to_device(v, device) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_device(v, device) for v in obj)
-    return obj
-
-
-def _unpack(batch: Any) -> tuple[Any, Mapping[str, Tensor], Mapping[str, Tensor] | None]:
-    if isinstance(batch, (list, tuple)) and len(batch) in (2, 3):
-        inputs, targets = batch[0], batch[1]
-        masks = batch[2] if len(batch) == 3 else None
-        if isinstance(targets, Mapping) and (masks is None or isinstance(masks, Mapping)):
-            return inputs, targets, masks
-    raise ValueError(
-        "each batch must be (inputs, targets, masks) with targets and masks dicts keyed by task "
-        f"name (or (inputs, targets)); got {type(batch).__name__}"
-    )
-
-
-def _batch_len(batch: Any) -> int:
-    """Number of samples in a batch (for samples/s), read from tensor metadata only."""
-    inputs = batch[0] if isinstance(batch, (list, tuple)) and batch else batch
-    if isinstance(inputs, Mapping):
-        inputs = next(iter(inputs.values()), None)
-    return int(inputs.shape[0]) if isinstance(inputs, Tensor) and inputs.dim() else 0
-
-
-def _mask_for(
-    masks: Mapping[str, Tensor] | None, name: str, device: torch.device
-) -> tuple[bool, Tensor | None]:
-    """``(any_labelled, mask_or_None)``; decided on the CPU copy of the mask (no device sync)."""
-    if masks is None or name not in masks:
-        return True, None
-    mask = masks[name]
-    if not isinstance(mask, Tensor):
-        mask = torch.as_tensor(mask)
-    if mask.device.type == "cpu":
-        if mask.dtype != torch.bool:
-            mask = mask != 0
-        if not bool(mask.any()):
-            return False, None
-        if bool(mask.all()):
-            return True, None
-    return True, mask.to(device, non_blocking=True)
-
-
-class _ScaleGrad(torch.autograd.Function):
-    """Identity forward, gradient multiplied by ``scale`` (float16 loss scaling that leaves the
-    loss values seen by the balancing method unchanged)."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, scale: Tensor) -> Tensor:  # type: ignore[override]
-        ctx.save_for_backward(scale)
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
-        (scale,) = ctx.saved_tensors
-        return grad * scale.to(grad.dtype), None
-
-
-def _count_parameters(model: nn.Module, task_names: Sequence[str]) -> int:
-    """Parameters the evaluated tasks use: shared part plus their task parts (frozen included)."""
-    shared_modules = getattr(model, "shared_modules", None)
-    task_modules = getattr(model, "task_modules", None)
-    if callable(shared_modules) and callable(task_modules):
-        modules = list(shared_modules())
-        for name in task_names:
-            modules.extend(task_modules(name))
-        seen: dict[int, int] = {}
-        for module in modules:
-            for p in module.parameters():
-                seen[id(p)] = p.numel()
-        return sum(seen.values())
-    return sum(p.numel() for p in model.parameters())
-
-
-def comparable_metrics(
-    metrics: Mapping[str, Mapping[str, float]],
-    baseline: Mapping[str, Mapping[str, float]],
-    tasks: Sequence[Any],
-) -> tuple[dict[str, float], dict[str, float], dict[str, bool], list[str]]:
-    """The metrics of ``tasks`` that enter Δm% against ``baseline``
-    (:data:`taskbalance.tasks.DELTA_RULE`, decided from the baseline alone).
-
-    Returns ``(results, base, directions, skipped)``: the first three keyed by ``"task/metric"``
-    (the arguments of :func:`taskbalance.tasks.delta_m`); ``skipped`` lists the metrics left out
-    because their baseline is missing or the rule excludes them, or their value is not finite.
-    """
-    from taskbalance.tasks import excluded_metrics
-
-    results: dict[str, float] = {}
-    base: dict[str, float] = {}
-    directions: dict[str, bool] = {}
-    skipped: list[str] = []
-    for task in tasks:
-        for metric, higher in task.higher_is_better.items():
-            key = f"{task.name}/{metric}"
-            value = float(metrics.get(task.name, {}).get(metric, math.nan))
-            b = float(baseline.get(task.name, {}).get(metric, math.nan))
-            if excluded_metrics({key: b}, {key: bool(higher)}) or not math.isfinite(value):
-                skipped.append(key)
-                continue
-            results[key], base[key], directions[key] = value, b, bool(higher)
-    return results, base, directions, skipped
-
-
-def selection_score(
-    val: Mapping[str, Mapping[str, float]],
-    baseline: Mapping[str, Mapping[str, float]],
-    tasks: Sequence[Any],
-) -> float:
-    """Model-selection score of validation metrics ``val`` (lower is better).
-
-    One task: its primary metric (negated when higher is better). Several tasks: Δm% of ``val``
-    against ``baseline`` (the first epoch's validation metrics) over every metric of ``tasks``
-    that enters by the one rule of :data:`taskbalance.tasks.DELTA_RULE`
-    (:func:`taskbalance.tasks.task_delta`). A non-finite validation metric gives ``inf`` (never
-    selected over a finite epoch).
-    """
-    from taskbalance.tasks import task_delta
-
-    if len(tasks) == 1:
-        task = tasks[0]
-        value = float(val[task.name][task.primary_metric])
-        if not math.isfinite(value):
-            return math.inf
-        return -value if task.higher_is_better[task.primary_metric] else value
-    primary: dict[str, float] = {}
-    for task in tasks:
-        if not all(math.isfinite(float(v)) for v in val[task.name].values()):
-            return math.inf
-        if task.primary_metric in val[task.name]:
-            value = float(val[task.name][task.primary_metric])
-            primary[task.name] = -value if task.higher_is_better[task.primary_metric] else value
-    breakdown = task_delta(val, baseline, {t.name: dict(t.higher_is_better) for t in tasks})
-    if not breakdown.changes:  # no metric enters: fall back to the signed primary metrics
-        return sum(primary.values())
-    return float(breakdown.overall)
-
-
-def make_loaders(
-    train_set: Any,
-    val_set: Any,
-    test_set: Any = None,
-    *,
-    batch_size: int = 64,
-    eval_batch_size: int | None = None,
-    seed: int = 0,
-    num_workers: int = 0,
-    pin_memory: bool = False,
-) -> tuple[DataLoader, DataLoader | None, DataLoader | None]:
-    """The loaders of a run: training shuffled by a generator seeded with ``seed`` (a last batch
-    of a single sample is dropped, for BatchNorm), validation and test in order with
-    ``eval_batch_size`` (default ``batch_size``); ``None`` sets give ``None`` loaders. The
-    training loader's ``generator`` is the shuffling state a checkpoint saves."""
-    from taskbalance.data.loading import batch_loader
-
-    generator = torch.Generator()
-    generator.manual_seed(seed)
-    n_train = len(train_set)
-    # In-memory benchmarks are indexed a batch at a time (same batches as per-sample loading).
-    train_loader = batch_loader(
-        train_set,
-        batch_size,
-        shuffle=True,
-        generator=generator,
-        num_workers=num_workers,
-        pin_memory=pin_memory,
-        drop_last=n_train > batch_size and n_train % batch_size == 1,
-    )
-    eval_bs = eval_batch_size or batch_size
-
-    def ordered(dataset: Any) -> DataLoader | None:
-        if dataset is None:
-            return None
-        return batch_loader(dataset, eval_bs, num_workers=num_workers, pin_memory=pin_memory)
-
-    return train_loader, ordered(val_set), ordered(test_set)
-
-
-# ---------------------------------------------------------------------------------- results
-
-
-@dataclass
-class RunResult:
-    """What a run produced; mirrors ``results.json``.
-
-    Attributes:
-        best_epoch: the epoch selected on validation (1-based).
-        val, test: ``{task: {metric: value}}`` at the best epoch (``test`` is ``None`` without
-            a test loader).
-        history: one record per epoch (see :mod:`taskbalance.training.logging`).
-        seconds_per_step: mean wall time of a training step (evaluation excluded).
-        num_parameters: parameters of the model used by the evaluated tasks.
-        out_dir: the run directory (``None`` when nothing was written).
-        config: the run's config dict.
-    """
-
-    best_epoch: int
-    val: dict[str, dict[str, float]]
-    test: dict[str, dict[str, float]] | None
-    history: list[dict[str, Any]]
-    seconds_per_step: float
-    num_parameters: int
-    out_dir: Path | None = None
-    config: dict[str, Any] = field(default_factory=dict)
-    best_score: float | None = None
-    epochs_completed: int = 0
-    mode: str | None = None
-    method: str | None = None
-    tasks: list[str] = field(default_factory=list)
-    trainable_tasks: list[str] = field(default_factory=list)
-    selection: str = SELECTION_RULE
-
-    def to_dict(self) -> dict[str, Any]:
-        """The ``results.json`` content."""
-        return {
-            "config": self.config,
-            "best_epoch": self.best_epoch,
-            "best_score": self.best_score,
-            "selection": self.selection,
-            "val": self.val,
-            "test": self.test,
-            "seconds_per_step": self.seconds_per_step,
-            "num_parameters": self.num_parameters,
-            "epochs_completed": self.epochs_completed,
-            "method": self.method,
-            "mode": self.mode,
-            "tasks": self.tasks,
-            "trainable_tasks": self.trainable_tasks,
-            "history": self.history,
-        }
-
-    @classmethod
-    def load(cls, out_dir: str | Path) -> RunResult:
-        """Read ``out_dir/results.json``."""
-        from .rundir import load_results_file
-
-        data = load_results_file(Path(out_dir) / "results.json")
-        known = {f for f in cls.__dataclass_fields__ if f != "out_dir"}
-        return cls(out_dir=Path(out_dir), **{k: v for k, v in data.items() if k in known})
-
-
-# ---------------------------------------------------------------------------------- trainer
-
-
-class _HeadsOnlyBalancer:
-    """Stand-in for :class:`Balancer` when no shared parameter is trainable (frozen backbone).
-
-    Task-specific parameters then get exactly what the Balancer would give them: loss methods
-    backpropagate ``combine(L)``; gradient methods give each head its own task's gradient.
-    """
-
-    def __init__(self, method: Method, task_names: Sequence[str], check_finite: bool) -> None:
-        if getattr(method, "needs_last_layer_grad_norms", False):
-            raise ValueError(
-                f"method {method.name!r} needs gradients of the last shared layer, but every "
-                "shared parameter is frozen; unfreeze the backbone or use another method"
-            )
-        self.method = method
-        self.task_names = tuple(task_names)
-        self.check_finite = check_finite
-        self.mode = "param"
-
-    def parameters(self) -> Iterable[nn.Parameter]:
-        return self.method.parameters()
-
-    def backward(self, losses: Mapping[str, Tensor | None], features: Any = None) -> StepInfo:
-        items = [losses[n] for n in self.task_names]
-        ref = next(x for x in items if x is not None)
-        stacked = torch.stack([ref.new_zeros(()) if x is None else x for x in items])
-        present = torch.tensor([x is not None for x in items], device=stacked.device)
-        if self.check_finite and not bool(torch.isfinite(stacked.detach()).all()):
-            bad = [
-                n
-                for n, x in zip(self.task_names, items, strict=True)
-                if x is not None and not bool(torch.isfinite(x.detach()))
-            ]
-            raise ValueError(f"the loss of task {bad[0]!r} is not finite")
-        all_present = all(x is not None for x in items)
-        if isinstance(self.method, LossMethod):
-            total = self.method._combine(stacked, None if all_present else present)
-            weights = self.method.last_weights
-        else:
-            total = stacked[present].sum()
-            weights = present.to(stacked.dtype)
-        if total.requires_grad:
-            total.backward()
-        if weights is not None and weights.shape[0] == len(items):
-            weights = weights.detach() * present.to(weights.dtype)
-        return StepInfo(self.task_names, stacked.detach(), present, weights=weights)
-
-
-class _EpochStats:
-    """Per-epoch sums of StepInfo statistics, kept on the device."""
-
-    def __init__(self, num_tasks: int, device: torch.device) -> None:
-        dtype = torch.float32 if device.type == "mps" else torch.float64
-        z = lambda *shape: torch.zeros(*shape, dtype=dtype, device=device)  # noqa: E731
-        self.dtype = dtype
-        self.loss_sum, self.loss_count = z(num_tasks), z(num_tasks)
-        self.w_sum, self.w_count = z(num_tasks), z(num_tasks)
-        self.gn_sum, self.gn_count = z(num_tasks), z(num_tasks)
-        self.cos_sum, self.cos_count = z(num_tasks, num_tasks), z(num_tasks, num_tasks)
-        self.has_weights = self.has_norms = self.has_cos = False
-        self.steps = 0
-        self.skipped = 0
-
-    def add(self, info: StepInfo) -> None:
-        p = info.present.to(self.dtype)
-        self.loss_sum += info.losses.detach().to(self.dtype) * p
-        self.loss_count += p
-        if info.weights is not None:
-            self.has_weights = True
-            self.w_sum += info.weights.detach().to(self.dtype) * p
-            self.w_count += p
-        if info.grad_norms is not None:
-            self.has_norms = True
-            self.gn_sum += info.grad_norms.detach().to(self.dtype) * p
-            self.gn_count += p
-        if info.cosines is not None:
-            self.has_cos = True
-            pp = torch.outer(p, p)
-            self.cos_sum += info.cosines.detach().to(self.dtype) * pp
-            self.cos_count += pp
-        self.steps += 1
-
-    def mean_losses(self) -> Tensor:
-        """Mean loss per task over the epoch; ``NaN`` for a task that had no label at all."""
-        mean = self.loss_sum / self.loss_count.clamp_min(1)
-        return torch.where(self.loss_count > 0, mean, torch.full_like(mean, math.nan))
-
-    def summary(self, names: Sequence[str]) -> dict[str, Any]:
-        """Plain numbers; one device synchronisation."""
-        packed = (
-            torch.cat(
-                [
-                    torch.stack(
-                        [
-                            self.loss_sum,
-                            self.loss_count,
-                            self.w_sum,
-                            self.w_count,
-                            self.gn_sum,
-                            self.gn_count,
-                        ]
-                    ).flatten(),
-                    self.cos_sum.flatten(),
-                    self.cos_count.flatten(),
-                ]
-            )
-            .cpu()
-            .tolist()
-        )
-        T = len(names)
-        rows = [packed[i * T : (i + 1) * T] for i in range(6)]
-        cos_sum = packed[6 * T : 6 * T + T * T]
-        cos_count = packed[6 * T + T * T :]
-
-        def means(s: list[float], c: list[float]) -> dict[str, float | None]:
-            return {n: (s[i] / c[i] if c[i] > 0 else None) for i, n in enumerate(names)}
-
-        out: dict[str, Any] = {
-            "train_loss": means(rows[0], rows[1]),
-            "weights": means(rows[2], rows[3]) if self.has_weights else None,
-            "grad_norms": means(rows[4], rows[5]) if self.has_norms else None,
-            "cosines": None,
-        }
-        if self.has_cos:
-            cos: dict[str, float | None] = {}
-            for i in range(T):
-                for j in range(i + 1, T):
-                    k = i * T + j
-                    cos[f"{names[i]}~{names[j]}"] = (
-                        cos_sum[k] / cos_count[k] if cos_count[k] > 0 else None
-                    )
-            out["cosines"] = cos
-        return out
 
 
 class Trainer:
@@ -598,150 +158,49 @@ class Trainer:
         shared_parameters: Iterable[nn.Parameter] | None = None,
         bn_recalibration: int = 1024,
     ) -> None:
-        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-            raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
-        if steps is not None and (
-            isinstance(steps, bool) or not isinstance(steps, int) or steps < 1
-        ):
-            raise ValueError(f"steps must be None or an integer >= 1, got {steps!r}")
-        if isinstance(bn_recalibration, bool) or not isinstance(bn_recalibration, int) or (
-            bn_recalibration < 0
-        ):
-            raise ValueError(f"bn_recalibration must be an integer >= 0, got {bn_recalibration!r}")
-        self.bn_recalibration = bn_recalibration
+        check_counts(epochs, steps, bn_recalibration)
         self.device = resolve_device(device)
         self.model = model.to(self.device)
-        task_list = list(tasks.values()) if isinstance(tasks, Mapping) else list(tasks)
-        if not task_list:
-            raise ValueError("tasks is empty; give the Task objects to train and evaluate")
-        self.tasks = {t.name: t for t in task_list}
-        if len(self.tasks) != len(task_list):
-            raise ValueError(f"task names must be unique, got {[t.name for t in task_list]}")
-        names = list(self.tasks)
-        trainable = list(names if trainable_tasks is None else trainable_tasks)
-        unknown = [t for t in trainable if t not in self.tasks]
-        if unknown or not trainable or len(set(trainable)) != len(trainable):
-            raise ValueError(
-                f"trainable_tasks must be distinct names among the tasks {names}; got {trainable}"
-            )
-        self.trainable_tasks = trainable
-
-        if isinstance(method, str):
-            method = create(method, len(trainable), **dict(method_options or {}))
-        elif method_options:
-            raise ValueError("method_options only apply when method is given by name")
-        if not isinstance(method, Method):
-            raise TypeError(f"method must come from taskbalance.create(...), got {type(method)!r}")
-        if method.num_tasks != len(trainable):
-            raise ValueError(
-                f"the method was created for {method.num_tasks} task(s) but {len(trainable)} "
-                f"task(s) are trained ({trainable}); create it with num_tasks={len(trainable)}"
-            )
-        self.method = method.to(self.device)
-
-        supports_rep = getattr(model, "supports_rep_mode", True)
-        if mode is None or mode == "auto":
-            mode = "rep" if (method.prefers_rep_mode and supports_rep) else "param"
-            if method.prefers_rep_mode and not supports_rep:
-                warnings.warn(
-                    f"method {method.name!r} prefers rep mode but {type(model).__name__} has no "
-                    "shared representation; using param mode",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-        elif mode not in ("param", "rep"):
-            raise ValueError(f"mode must be 'param', 'rep' or None (auto), got {mode!r}")
-        if mode == "rep" and not supports_rep and method.kind == "gradient":
-            raise ValueError(
-                f"mode='rep' needs a model with one shared representation; {type(model).__name__} "
-                "has none (use mode='param')"
-            )
-        self.mode = mode
-        self._rep = mode == "rep" and method.kind == "gradient"
-        self._rep_detach = bool(getattr(model, "rep_detach", False))
-        if self._rep_detach and method.kind == "gradient" and not self._rep:
-            raise ValueError(
-                "a model built with rep_detach=True stops task gradients at the shared features, "
-                "so param mode cannot see per-task gradients of the backbone; use mode='rep' or "
-                "build the model with rep_detach=False"
-            )
-
-        if shared_parameters is None:
-            getter = getattr(model, "shared_parameters", None)
-            if not callable(getter):
-                raise ValueError(
-                    f"{type(model).__name__} has no shared_parameters(); pass "
-                    "shared_parameters=... or use a taskbalance.models.MultiTaskModel"
-                )
-            shared_parameters = getter()
-        shared = [p for p in shared_parameters if p.requires_grad]
-        if shared:
-            self.balancer: Any = Balancer(
-                method, shared, mode=mode, task_names=trainable, check_finite=check_finite
-            )
-        else:
-            self.balancer = _HeadsOnlyBalancer(method, trainable, check_finite)
-
-        self.optimizer = self._build_optimizer(optimizer, lr, weight_decay, optimizer_options)
-        self.scheduler = self._build_scheduler(scheduler, scheduler_options, epochs)
+        self.tasks, self.trainable_tasks = resolve_tasks(tasks, trainable_tasks)
+        self.method = resolve_method(method, self.trainable_tasks, method_options).to(self.device)
+        self.mode = choose_mode(mode, self.method, model)
+        # The Balancer skips shared parameters that are frozen at the time of a step.
+        shared, names = shared_of(model, shared_parameters), self.trainable_tasks
+        self.balancer = Balancer(self.method, shared, self.mode, task_names=names)
+        self.balancer.check_finite = check_finite
+        params = self._params()
+        self.optimizer = build_optimizer(optimizer, params, lr, weight_decay, optimizer_options)
+        self.scheduler = build_scheduler(scheduler, self.optimizer, epochs, scheduler_options)
         self._scheduler_name = scheduler if isinstance(scheduler, str) else None
+        self.precision = Precision(amp, amp_dtype, self.device, self.method)
+        self.train_loader, self.val_loader, self.test_loader = train_loader, val_loader, test_loader
+        self.loader_generator = loader_generator or getattr(train_loader, "generator", None)
+        self.epochs, self.steps, self.grad_clip = epochs, steps, grad_clip
+        self.bn_recalibration = bn_recalibration
+        self._set_output(out_dir, run_config, progress, tensorboard, save_best, callbacks)
+        self._reset_progress()
 
-        self.amp = bool(amp)
-        self.amp_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(amp_dtype)
-        if self.amp_dtype is None:
-            raise ValueError(f"amp_dtype must be 'bfloat16' or 'float16', got {amp_dtype!r}")
-        self.scaler = None
-        if self.amp:
-            if self.device.type != "cuda":
-                raise ValueError(
-                    f"amp=True needs a CUDA device (got {self.device}); mixed precision is not "
-                    "supported here, set amp=False"
-                )
-            if self.amp_dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
-                raise ValueError("this GPU has no bfloat16 support; use amp_dtype='float16'")
-            if self.amp_dtype == torch.float16:
-                if getattr(method, "needs_last_layer_grad_norms", False):
-                    raise ValueError(
-                        f"method {method.name!r} compares gradient norms, which float16 loss "
-                        "scaling changes; use amp_dtype='bfloat16'"
-                    )
-                if method.kind == "gradient":
-                    warnings.warn(
-                        f"float16 AMP: {method.name!r} aggregates per-task gradients multiplied by "
-                        "the loss scale; exact only for aggregators that are positively "
-                        "homogeneous in J. Prefer amp_dtype='bfloat16'.",
-                        RuntimeWarning,
-                        stacklevel=2,
-                    )
-                self.scaler = torch.amp.GradScaler("cuda")
-
-        self.train_loader = train_loader
-        self.val_loader = val_loader
-        self.test_loader = test_loader
-        self.loader_generator = (
-            loader_generator
-            if loader_generator is not None
-            else getattr(train_loader, "generator", None)
-        )
-        self.epochs = epochs
-        self.steps = steps
-        self.grad_clip = grad_clip
+    def _set_output(
+        self,
+        out_dir: str | Path | None,
+        run_config: Mapping[str, Any] | None,
+        progress: bool,
+        tensorboard: bool,
+        save_best: bool,
+        callbacks: Sequence[Callback],
+    ) -> None:
+        """Where and how the run reports: run folder, config, progress, logs, callbacks."""
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.run_config = dict(run_config or {})
-        # A terminal gets tqdm bars (steps, loss, samples/s); anything else one line per epoch.
-        # Worker processes (e.g. compare's parallel runs) share the terminal: lines, not bars.
-        import multiprocessing
-
-        worker = multiprocessing.parent_process() is not None
-        self.progress = bool(progress) and sys.stderr.isatty() and not worker
-        self.epoch_lines = bool(progress) and not self.progress
-        self.tensorboard = tensorboard
-        self.save_best = save_best
+        self.progress, self.epoch_lines = _progress_style(progress)
+        self.tensorboard, self.save_best = tensorboard, save_best
         self.callbacks = list(callbacks)
         #: ``{file name: text}`` written to ``out_dir`` when :meth:`fit` starts (``config.yaml``).
         self.start_files: dict[str, str] = {}
-        self.num_parameters = _count_parameters(self.model, names)
 
+    def _reset_progress(self) -> None:
+        """The state of a run that has trained no epoch yet."""
+        self.num_parameters = count_parameters(self.model, list(self.tasks))
         self.epoch = 0
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] | None = None
@@ -749,59 +208,33 @@ class Trainer:
         self._train_time = 0.0
         self._train_steps = 0
 
-    # ------------------------------------------------------------------ construction helpers
+    @property
+    def _rep(self) -> bool:
+        """Rep mode for a gradient method: the Balancer needs the shared features."""
+        return self.mode == "rep" and self.method.kind == "gradient"
+
+    @property
+    def _rep_detach(self) -> bool:
+        return bool(getattr(self.model, "rep_detach", False))
+
+    @property
+    def scaler(self) -> torch.amp.GradScaler | None:
+        """The float16 ``GradScaler`` (``None`` otherwise)."""
+        return self.precision.scaler
+
+    @property
+    def amp(self) -> bool:
+        return self.precision.amp
+
     def _params(self) -> list[nn.Parameter]:
         seen: dict[int, nn.Parameter] = {}
         for p in [*self.model.parameters(), *self.balancer.parameters()]:
             seen.setdefault(id(p), p)
         return list(seen.values())
 
-    def _build_optimizer(self, optimizer, lr, weight_decay, options) -> torch.optim.Optimizer:
-        if isinstance(optimizer, torch.optim.Optimizer):
-            return optimizer
-        params = self._params()
-        if callable(optimizer) and not isinstance(optimizer, str):
-            return optimizer(params)
-        classes = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
-        if optimizer not in classes:
-            raise ValueError(f"optimizer must be one of {sorted(classes)}, got {optimizer!r}")
-        kwargs = {"lr": lr, "weight_decay": weight_decay, **dict(options or {})}
-        if optimizer == "sgd":
-            kwargs.setdefault("momentum", 0.9)
-        try:
-            return classes[optimizer](params, **kwargs)
-        except TypeError as err:
-            raise ValueError(
-                f"bad optimizer_options {dict(options or {})} for {optimizer!r}: {err}"
-            ) from err
-
-    def _build_scheduler(self, scheduler, options, epochs):
-        if scheduler is None or scheduler == "none":
-            if options:
-                raise ValueError("scheduler_options given but scheduler is 'none'")
-            return None
-        if isinstance(scheduler, str):
-            sched = torch.optim.lr_scheduler
-            if scheduler == "cosine":
-                cls, kwargs = sched.CosineAnnealingLR, {"T_max": epochs}
-            elif scheduler == "step":
-                cls, kwargs = sched.StepLR, {"step_size": max(1, epochs // 3), "gamma": 0.1}
-            else:
-                raise ValueError(f"scheduler must be 'none', 'cosine' or 'step', got {scheduler!r}")
-            kwargs.update(dict(options or {}))
-            try:
-                return cls(self.optimizer, **kwargs)
-            except TypeError as err:
-                raise ValueError(f"bad scheduler_options {dict(options or {})}: {err}") from err
-        if callable(scheduler) and not hasattr(scheduler, "step"):
-            return scheduler(self.optimizer)
-        return scheduler
-
     # ------------------------------------------------------------------ training
-    def _autocast(self):
-        if self.amp:
-            return torch.autocast(device_type="cuda", dtype=self.amp_dtype)
-        return contextlib.nullcontext()
+    def _autocast(self) -> Any:
+        return self.precision.autocast()
 
     def _bar(self, iterable, desc: str, total: int | None, leave: bool):
         if not self.progress:
@@ -821,69 +254,50 @@ class Trainer:
             raise ValueError(f"the model returned no prediction for task(s) {missing}")
         return preds
 
-    def train_step(self, batch: Any, stats: _EpochStats | None = None) -> StepInfo | None:
+    def train_step(self, batch: Any, stats: EpochStats | None = None) -> StepInfo | None:
         """One optimisation step; ``None`` when no trained task has a label in the batch."""
-        inputs, targets, masks = _unpack(batch)
-        device = self.device
-        labelled = {n: _mask_for(masks, n, device) for n in self.trainable_tasks}
-        if not any(has for has, _ in labelled.values()):
+        losses = self._losses(batch)
+        if losses is None:
             if stats is not None:
                 stats.skipped += 1
             return None
-        inputs = _to_device(inputs, device)
-        with self._autocast():
-            preds = self._predict(inputs)
-            losses: dict[str, Tensor | None] = {}
-            for name in self.trainable_tasks:
-                has, mask = labelled[name]
-                if not has:
-                    losses[name] = None
-                    continue
-                target = _to_device(targets[name], device)
-                losses[name] = self.tasks[name].loss(preds[name], target, mask)
-        if all(v is None for v in losses.values()):
-            if stats is not None:
-                stats.skipped += 1
-            return None
-        scale = None
-        if self.scaler is not None:
-            scale = self.scaler.scale(torch.ones((), device=device))  # no host sync
-            losses = {
-                k: None if v is None else _ScaleGrad.apply(v.float(), scale)
-                for k, v in losses.items()
-            }
-        else:
-            losses = {k: None if v is None else v.float() for k, v in losses.items()}
-
+        losses, scale = self.precision.prepare_losses(losses)
         self.optimizer.zero_grad(set_to_none=True)
-        features = self.model.features if self._rep else None
+        features: Any = self.model.features if self._rep else None
         info = self.balancer.backward(losses, features=features)
         if self._rep_detach:  # the heads consumed a detached copy: carry on into the backbone
             self.model.backward_shared()  # type: ignore[operator]
-        if self.scaler is not None:
-            # The method's own parameters were not behind the scaled losses: scale them too, so
-            # that unscale_ divides every gradient by the same factor.
-            for p in self.balancer.parameters():
-                if p.grad is not None:
-                    p.grad.mul_(scale)
-            self.scaler.unscale_(self.optimizer)
+        self.precision.unscale(self.optimizer, self.balancer.parameters(), scale)
         if self.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(
                 [p for p in self._params() if p.grad is not None], self.grad_clip
             )
-        if self.scaler is not None:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
+        self.precision.step(self.optimizer)
         if stats is not None:
             stats.add(info)
         return info
 
+    def _losses(self, batch: Any) -> dict[str, Tensor | None] | None:
+        """The trained tasks' masked losses of a batch (``None`` for a task without labels);
+        ``None`` when no trained task has a label (decided on the CPU masks, no device sync)."""
+        inputs, targets, masks = unpack_batch(batch)
+        device = self.device
+        labelled = {n: mask_for(masks, n, device) for n in self.trainable_tasks}
+        if not any(has for has, _ in labelled.values()):
+            return None
+        with self._autocast():
+            preds = self._predict(to_device(inputs, device))
+            losses: dict[str, Tensor | None] = {}
+            for name in self.trainable_tasks:
+                has, mask = labelled[name]
+                target = to_device(targets[name], device) if has else None
+                losses[name] = self.tasks[name].loss(preds[name], target, mask) if has else None
+        return losses
+
     def train_epoch(self) -> dict[str, Any]:
         """Train one epoch; returns the epoch's statistics (plain numbers)."""
         self.model.train()
-        stats = _EpochStats(len(self.trainable_tasks), self.device)
+        stats = EpochStats(len(self.trainable_tasks), self.device)
         try:
             total = len(self.train_loader)  # type: ignore[arg-type]
         except TypeError:
@@ -898,7 +312,7 @@ class Trainer:
             if self.steps is not None and i >= self.steps:
                 break
             self.train_step(batch, stats)
-            samples += _batch_len(batch)
+            samples += batch_len(batch)
             if self.progress and (i == 0 or time.perf_counter() - shown > 0.5):
                 # at most two host synchronisations a second, for the bar's loss
                 shown = time.perf_counter()
@@ -941,7 +355,7 @@ class Trainer:
 
         batch = loader_batch_size(self.train_loader)
         loader = batch_loader(dataset, batch)
-        inputs = (_to_device(_unpack(b)[0], self.device) for b in loader)
+        inputs = (to_device(unpack_batch(b)[0], self.device) for b in loader)
 
         def forward(x: Any) -> Any:
             with self._autocast():
@@ -962,16 +376,16 @@ class Trainer:
             total = None
         try:
             for batch in self._bar(loader, desc, total, False):
-                inputs, targets, masks = _unpack(batch)
+                inputs, targets, masks = unpack_batch(batch)
                 with self._autocast():
-                    preds = self._predict(_to_device(inputs, self.device))
+                    preds = self._predict(to_device(inputs, self.device))
                 for name, acc in metrics.items():
-                    has, mask = _mask_for(masks, name, self.device)
+                    has, mask = mask_for(masks, name, self.device)
                     if has:
                         pred = preds[name]
                         if pred.is_floating_point():
                             pred = pred.float()
-                        acc.update(pred, _to_device(targets[name], self.device), mask)
+                        acc.update(pred, to_device(targets[name], self.device), mask)
         finally:
             self.model.train(was_training)
         return {name: acc.compute() for name, acc in metrics.items()}
@@ -1198,107 +612,12 @@ class Trainer:
         self.load_state_dict(state)
 
 
-# ---------------------------------------------------------------------------------- train()
+def _progress_style(progress: bool) -> tuple[bool, bool]:
+    """``(bars, epoch_lines)``: a terminal gets tqdm bars (steps, loss, samples/s), anything
+    else one line per epoch. Worker processes (e.g. compare's parallel runs) share the terminal:
+    lines, not bars."""
+    import multiprocessing
 
-
-def train(
-    config: TrainConfig | Mapping[str, Any] | str | Path,
-    *,
-    callbacks: Sequence[Callback] = (),
-    overwrite: bool = False,
-) -> RunResult:
-    """Train a built-in benchmark as described by ``config`` (see ``docs/architecture.md``).
-
-    ``config`` may be a :class:`TrainConfig`, a dict of its keys or a YAML file. Writes
-    ``config.yaml``, ``history.jsonl``, ``history.csv``, ``checkpoint.pt``, ``best.pt`` and
-    ``results.json`` to ``config.out_dir`` and returns the :class:`RunResult`.
-
-    A new run (``resume`` false) in a folder holding another run's results is refused
-    (:class:`~taskbalance.training.rundir.RunFolderError`, a ``ValueError``) unless
-    ``overwrite``, which deletes that run's files first.
-    """
-    if isinstance(config, (str, Path)):
-        config = TrainConfig.from_yaml(config)
-    elif isinstance(config, Mapping):
-        config = TrainConfig.from_dict(config)
-    elif not isinstance(config, TrainConfig):
-        raise TypeError(
-            f"config must be a TrainConfig, a dict or a YAML path, got {type(config)!r}"
-        )
-    device = resolve_device(config.device)  # fail before generating data
-    out_dir = Path(config.out_dir)
-    check_new_run(out_dir, resume=config.resume, overwrite=overwrite)
-    if config.resume and not (out_dir / CHECKPOINT_NAME).is_file():
-        load_checkpoint(out_dir / CHECKPOINT_NAME)  # raises the explanatory FileNotFoundError
-
-    from taskbalance.data import load_benchmark
-
-    data_seed = config.seed if config.data_seed is None else config.data_seed
-    bench = load_benchmark(
-        config.benchmark,
-        seed=data_seed,
-        size=config.size,
-        cache_dir=config.cache_dir,
-        labels=config.labels,
-    )
-    if config.pseudo_labels is not None:
-        from taskbalance.data.pseudo_labels import with_pseudo_labels
-
-        bench = with_pseudo_labels(bench, config.pseudo_labels)
-    all_tasks = {t.name: t for t in bench.tasks}
-    names = config.tasks if config.tasks is not None else list(all_tasks)
-    tasks = [all_tasks[n] for n in names]
-
-    seed_everything(config.seed)
-    model = bench.build_model(**config.model_options)
-    try:
-        method = create(config.method, len(tasks), **config.method_options)
-    except (TypeError, ValueError) as err:
-        given = ", ".join(f"{k}={v!r}" for k, v in config.method_options.items())
-        raise ValueError(
-            f"method {config.method!r} with options {given or 'none'}: {err}"
-        ) from None
-
-    train_loader, val_loader, test_loader = make_loaders(
-        bench.train,
-        bench.val,
-        bench.test,
-        batch_size=config.batch_size,
-        eval_batch_size=config.eval_batch_size,
-        seed=config.seed,
-        num_workers=config.num_workers,
-        pin_memory=device.type == "cuda",
-    )
-
-    trainer = Trainer(
-        model,
-        tasks,
-        method,
-        train_loader,
-        val_loader,
-        test_loader,
-        epochs=config.epochs,
-        steps=config.steps,
-        mode=config.mode,
-        device=device,
-        optimizer=config.optimizer,
-        lr=config.lr,
-        weight_decay=config.weight_decay,
-        optimizer_options=config.optimizer_options,
-        scheduler=config.scheduler,
-        scheduler_options=config.scheduler_options,
-        grad_clip=config.grad_clip,
-        amp=config.amp,
-        amp_dtype=config.amp_dtype,
-        out_dir=out_dir,
-        run_config=config.to_dict(),
-        loader_generator=train_loader.generator,
-        progress=config.progress,
-        tensorboard=config.tensorboard,
-        save_best=config.save_best,
-        callbacks=callbacks,
-    )
-    import yaml
-
-    trainer.start_files["config.yaml"] = yaml.safe_dump(config.to_dict(), sort_keys=False)
-    return trainer.fit(resume=config.resume)
+    worker = multiprocessing.parent_process() is not None
+    bars = bool(progress) and sys.stderr.isatty() and not worker
+    return bars, bool(progress) and not bars

@@ -1,0 +1,102 @@
+"""Batches and loaders: the ``(inputs, targets, masks)`` convention, moving batches to the
+device, per-task label masks, and the seeded loaders of a run."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+__all__ = ["batch_len", "make_loaders", "mask_for", "to_device", "unpack_batch"]
+
+
+def to_device(obj: Any, device: torch.device) -> Any:
+    if isinstance(obj, Tensor):
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, Mapping):
+        return {k: to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_device(v, device) for v in obj)
+    return obj
+
+
+def unpack_batch(batch: Any) -> tuple[Any, Mapping[str, Tensor], Mapping[str, Tensor] | None]:
+    if isinstance(batch, (list, tuple)) and len(batch) in (2, 3):
+        inputs, targets = batch[0], batch[1]
+        masks = batch[2] if len(batch) == 3 else None
+        if isinstance(targets, Mapping) and (masks is None or isinstance(masks, Mapping)):
+            return inputs, targets, masks
+    raise ValueError(
+        "each batch must be (inputs, targets, masks) with targets and masks dicts keyed by task "
+        f"name (or (inputs, targets)); got {type(batch).__name__}"
+    )
+
+
+def batch_len(batch: Any) -> int:
+    """Number of samples in a batch (for samples/s), read from tensor metadata only."""
+    inputs = batch[0] if isinstance(batch, (list, tuple)) and batch else batch
+    if isinstance(inputs, Mapping):
+        inputs = next(iter(inputs.values()), None)
+    return int(inputs.shape[0]) if isinstance(inputs, Tensor) and inputs.dim() else 0
+
+
+def mask_for(
+    masks: Mapping[str, Tensor] | None, name: str, device: torch.device
+) -> tuple[bool, Tensor | None]:
+    """``(any_labelled, mask_or_None)``; decided on the CPU copy of the mask (no device sync)."""
+    if masks is None or name not in masks:
+        return True, None
+    mask = masks[name]
+    if not isinstance(mask, Tensor):
+        mask = torch.as_tensor(mask)
+    if mask.device.type == "cpu":
+        if mask.dtype != torch.bool:
+            mask = mask != 0
+        if not bool(mask.any()):
+            return False, None
+        if bool(mask.all()):
+            return True, None
+    return True, mask.to(device, non_blocking=True)
+
+
+def make_loaders(
+    train_set: Any,
+    val_set: Any,
+    test_set: Any = None,
+    *,
+    batch_size: int = 64,
+    eval_batch_size: int | None = None,
+    seed: int = 0,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+) -> tuple[DataLoader, DataLoader | None, DataLoader | None]:
+    """The loaders of a run: training shuffled by a generator seeded with ``seed`` (a last batch
+    of a single sample is dropped, for BatchNorm), validation and test in order with
+    ``eval_batch_size`` (default ``batch_size``); ``None`` sets give ``None`` loaders. The
+    training loader's ``generator`` is the shuffling state a checkpoint saves."""
+    from taskbalance.data.loading import batch_loader
+
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    n_train = len(train_set)
+    # In-memory benchmarks are indexed a batch at a time (same batches as per-sample loading).
+    train_loader = batch_loader(
+        train_set,
+        batch_size,
+        shuffle=True,
+        generator=generator,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        drop_last=n_train > batch_size and n_train % batch_size == 1,
+    )
+    eval_bs = eval_batch_size or batch_size
+
+    def ordered(dataset: Any) -> DataLoader | None:
+        if dataset is None:
+            return None
+        return batch_loader(dataset, eval_bs, num_workers=num_workers, pin_memory=pin_memory)
+
+    return train_loader, ordered(val_set), ordered(test_set)

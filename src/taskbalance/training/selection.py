@@ -1,0 +1,81 @@
+"""Model selection: which epoch of a run is kept, decided on validation metrics only."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+__all__ = ["SELECTION_RULE", "comparable_metrics", "selection_score"]
+
+SELECTION_RULE = (
+    "lowest validation Δm% (taskbalance.tasks.task_delta over every metric of the trained tasks) "
+    "against the first epoch's validation metrics; with one trained task, its primary metric. "
+    "Metrics are left out by the rule of taskbalance.tasks.DELTA_RULE (first-epoch value 0, not "
+    "finite, or a higher-is-better value below 0.05); ties keep the earlier epoch."
+)
+
+
+
+def comparable_metrics(
+    metrics: Mapping[str, Mapping[str, float]],
+    baseline: Mapping[str, Mapping[str, float]],
+    tasks: Sequence[Any],
+) -> tuple[dict[str, float], dict[str, float], dict[str, bool], list[str]]:
+    """The metrics of ``tasks`` that enter Δm% against ``baseline``
+    (:data:`taskbalance.tasks.DELTA_RULE`, decided from the baseline alone).
+
+    Returns ``(results, base, directions, skipped)``: the first three keyed by ``"task/metric"``
+    (the arguments of :func:`taskbalance.tasks.delta_m`); ``skipped`` lists the metrics left out
+    because their baseline is missing or the rule excludes them, or their value is not finite.
+    """
+    from taskbalance.tasks import excluded_metrics
+
+    results: dict[str, float] = {}
+    base: dict[str, float] = {}
+    directions: dict[str, bool] = {}
+    skipped: list[str] = []
+    for task in tasks:
+        for metric, higher in task.higher_is_better.items():
+            key = f"{task.name}/{metric}"
+            value = float(metrics.get(task.name, {}).get(metric, math.nan))
+            b = float(baseline.get(task.name, {}).get(metric, math.nan))
+            if excluded_metrics({key: b}, {key: bool(higher)}) or not math.isfinite(value):
+                skipped.append(key)
+                continue
+            results[key], base[key], directions[key] = value, b, bool(higher)
+    return results, base, directions, skipped
+
+
+def selection_score(
+    val: Mapping[str, Mapping[str, float]],
+    baseline: Mapping[str, Mapping[str, float]],
+    tasks: Sequence[Any],
+) -> float:
+    """Model-selection score of validation metrics ``val`` (lower is better).
+
+    One task: its primary metric (negated when higher is better). Several tasks: Δm% of ``val``
+    against ``baseline`` (the first epoch's validation metrics) over every metric of ``tasks``
+    that enters by the one rule of :data:`taskbalance.tasks.DELTA_RULE`
+    (:func:`taskbalance.tasks.task_delta`). A non-finite validation metric gives ``inf`` (never
+    selected over a finite epoch).
+    """
+    from taskbalance.tasks import task_delta
+
+    if len(tasks) == 1:
+        task = tasks[0]
+        value = float(val[task.name][task.primary_metric])
+        if not math.isfinite(value):
+            return math.inf
+        return -value if task.higher_is_better[task.primary_metric] else value
+    primary: dict[str, float] = {}
+    for task in tasks:
+        if not all(math.isfinite(float(v)) for v in val[task.name].values()):
+            return math.inf
+        if task.primary_metric in val[task.name]:
+            value = float(val[task.name][task.primary_metric])
+            primary[task.name] = -value if task.higher_is_better[task.primary_metric] else value
+    breakdown = task_delta(val, baseline, {t.name: dict(t.higher_is_better) for t in tasks})
+    if not breakdown.changes:  # no metric enters: fall back to the signed primary metrics
+        return sum(primary.values())
+    return float(breakdown.overall)
