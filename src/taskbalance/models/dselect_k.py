@@ -147,7 +147,7 @@ class DSelectK(MMoE):
         in_features, towers, num_experts, expert_dim, expert_factory, task_names: as
             :class:`~taskbalance.models.MMoE`.
         k: the most experts each task's gate selects (``1 <= k <= num_experts``).
-        gamma: width γ of the smooth-step's cubic region (paper's default 1).
+        gamma: width γ of the smooth-step's cubic region (default 1, as the authors' code).
         per_example: input-dependent gates (default) or one static gate per task.
 
     Parameter split and rep mode as :class:`~taskbalance.models.MMoE`: the experts are shared,

@@ -12,12 +12,13 @@ Gumbel-softmax so that it is learned by gradient descent together with the weigh
     h_{l,j} = node_{l,j}( Σ_i d_{l,j,i} · h_{l-1,i} )
     y_k     = head_k(h_{L-1,k})
 
-with learnable branching logits ``θ`` and temperature τ (the paper anneals τ towards 0 during
-training: set ``model.temperature`` from a callback). ``hard=True`` uses the straight-through
-one-hot sample. In eval mode each node takes its most likely parent (``argmax θ``), i.e. the
-learned tree; :meth:`LTB.tree` lists it. The paper trains θ with its own learning rate
-(:meth:`LTB.branching_parameters`) and then retrains the derived tree; the single-task copies
-and :meth:`LTB.tree` give what that needs.
+with learnable branching logits ``θ`` and temperature τ (lowering τ during training sharpens the
+samples towards one-hot, Jang et al. 2017; set ``model.temperature`` from a callback: the
+trainer does not anneal it). ``hard=True`` uses the straight-through one-hot sample. In eval mode
+each node takes its most likely parent (``argmax θ``), i.e. the learned tree; :meth:`LTB.tree`
+lists it. For a search in the usual style, give θ its own learning rate
+(:meth:`LTB.branching_parameters`) and retrain the derived tree afterwards
+(:meth:`LTB.single_task_copies` gives each task's path).
 """
 
 from __future__ import annotations

@@ -93,7 +93,7 @@ class PLE(ForgetsLastForward, MultiTaskNetwork):
     Args:
         in_features: width of the flattened input.
         towers: task name -> tower ``t^k`` reading ``[B, expert_dim]``.
-        levels: L (>= 1; the paper's best models use 2).
+        levels: L (>= 1).
         shared_experts, task_experts: experts per level (the same at every level).
         expert_dim: output width of every expert (also the input of the experts above level 1).
         expert_factory: ``factory(in_features, expert_dim) -> nn.Module``; default
