@@ -44,6 +44,10 @@ class GeometricLossStrategy(LossMethod):
 
     def _combine(self, losses: Tensor, present: Tensor | None) -> Tensor:
         require_loss_sign(losses, present, self.name, strict=self.eps == 0)
+        if present is None:  # the usual step: no masking work
+            total = (losses + self.eps).log().mean().exp()
+            self.last_weights = total.detach() / (self.num_tasks * (losses.detach() + self.eps))
+            return total
         p = present_mask(losses, present)
         # Absent tasks' placeholders are replaced before the log (no inf, no NaN gradient).
         logs = torch.where(p, (torch.where(p, losses, 1.0) + self.eps).log(), 0.0)

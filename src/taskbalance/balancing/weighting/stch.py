@@ -125,32 +125,51 @@ class SmoothTchebycheff(LossMethod):
 
     def _combine(self, losses: Tensor, present: Tensor | None) -> Tensor:
         require_loss_sign(losses, present, self.name, strict=False)
-        p = present_mask(losses, present)
-        safe = torch.where(p, losses, 1.0)
         L = losses.detach()
+        if present is None:  # the usual step: no masking work
+            p = None
+            safe = losses
+        else:
+            p = present_mask(losses, present)
+            safe = torch.where(p, losses, 1.0)
         if not self._ready:
             if self.epochs_done >= self.warmup_epochs:
-                self.nadir_sum = follow(self.nadir_sum, L)
-                self.nadir_count = follow(self.nadir_count, L)
-                collect = p & (self.nadir_count >= 0)
-                self.nadir_sum.add_(torch.where(collect, L.to(self.nadir_sum.dtype), 0.0))
-                self.nadir_count.add_(collect.to(self.nadir_count.dtype))
-            self.last_weights = torch.where(p, 1.0 / (L + self.eps), 0.0)
-            return torch.where(p, (safe + self.eps).log(), 0.0).sum()
+                self._collect(L, p)
+            w = 1.0 / (L + self.eps)
+            logs = (safe + self.eps).log()
+            if p is None:
+                self.last_weights = w
+                return logs.sum()
+            self.last_weights = torch.where(p, w, 0.0)
+            return torch.where(p, logs, 0.0).sum()
         nadir = self.nadir_sum.to(device=losses.device, dtype=losses.dtype)
-        lam = (
-            torch.ones_like(losses)
-            if self.pref_weights is None
-            else self.pref_weights.to(device=losses.device, dtype=losses.dtype)
-        )
         f = (safe / nadir + self.eps).log()
-        z = torch.where(p, lam * f / self.mu, -torch.inf)
-        n = p.sum().to(losses.dtype)
+        if self.pref_weights is not None:
+            lam = self.pref_weights.to(device=losses.device, dtype=losses.dtype)
+            f = lam * f
+        z = f / self.mu
+        if p is None:
+            n: Tensor | float = float(self.num_tasks)
+        else:
+            z = torch.where(p, z, -torch.inf)
+            n = p.sum().to(losses.dtype)
         total = n * self.mu * torch.logsumexp(z, 0)
-        soft = torch.softmax(z.detach(), 0)
         # ∂total/∂L_t = n λ_t softmax_t / (L_t + ε N_t)
-        self.last_weights = torch.where(p, n * lam * soft / (L + self.eps * nadir), 0.0)
+        w = n * torch.softmax(z.detach(), 0) / (L + self.eps * nadir)
+        if self.pref_weights is not None:
+            w = w * lam
+        self.last_weights = w if p is None else torch.where(p, w, 0.0)
         return total
+
+    def _collect(self, L: Tensor, p: Tensor | None) -> None:
+        """Add this step's losses to the nadir sums of the tasks present still collecting."""
+        self.nadir_sum = follow(self.nadir_sum, L)
+        self.nadir_count = follow(self.nadir_count, L)
+        collect = self.nadir_count >= 0
+        if p is not None:
+            collect = collect & p
+        self.nadir_sum.add_(torch.where(collect, L.to(self.nadir_sum.dtype), 0.0))
+        self.nadir_count.add_(collect.to(self.nadir_count.dtype))
 
     def _terms(self, losses: Tensor, present: Tensor | None) -> Tensor:
         raise NotImplementedError("stch is not a sum of per-task terms; use combine()")
