@@ -67,3 +67,12 @@ def test_pareto(tmp_path, errors):
 def test_delta_bars(tmp_path):
     deltas = {"ew": (1.5, 0.4), "uw": (-2.0, 1.0), "pcgrad": (0.3, 0.0)}
     _check_png(plots.plot_delta_bars(deltas, tmp_path / "delta.png", seeds=3), tmp_path)
+
+
+def test_delta_bar_labels_carry_the_leaderboard_marks():
+    assert plots.delta_bar_labels(["ew", "mgda", "uw"], {"mgda": "*†", "uw": ""}) == [
+        "ew",
+        "mgda *†",
+        "uw",
+    ]
+    assert plots.delta_bar_labels(["ew"], None) == ["ew"]

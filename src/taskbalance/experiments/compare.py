@@ -27,7 +27,7 @@ from typing import Any
 from taskbalance.fileio import atomic_write_text
 
 from . import plots
-from .report import build_leaderboard, sharing_summary, to_markdown
+from .report import build_leaderboard, sharing_summary, significance_marks, to_markdown
 
 __all__ = [
     "DEFAULT_BENCHMARK",
@@ -557,6 +557,9 @@ def _write_plots(
             {r["method"]: (r["delta_m"]["mean"], r["delta_m"]["std"]) for r in board["rows"]},
             folder / "delta_m.png",
             seeds=seeds,
+            marks={r["method"]: significance_marks(r) for r in board["rows"]}
+            if seeds > 1
+            else None,
         ),
     }
     if pareto is not None:

@@ -16,6 +16,7 @@ from typing import Any
 from .report import mean_std, pareto_front
 
 __all__ = [
+    "delta_bar_labels",
     "plot_delta_bars",
     "plot_pareto",
     "plot_task_weights",
@@ -245,14 +246,26 @@ def plot_pareto(
     return _save(fig, path)
 
 
+def delta_bar_labels(names: Sequence[str], marks: Mapping[str, str] | None) -> list[str]:
+    """Tick labels of :func:`plot_delta_bars`: each method with its significance marks."""
+    return [f"{n} {marks[n]}" if marks and marks.get(n) else n for n in names]
+
+
 def plot_delta_bars(
-    deltas: Mapping[str, tuple[float, float]], path: str | Path, *, seeds: int = 1
+    deltas: Mapping[str, tuple[float, float]],
+    path: str | Path,
+    *,
+    seeds: int = 1,
+    marks: Mapping[str, str] | None = None,
 ) -> Path:
     """Bar chart of Δm% per method (lower is better), error bars = std over seeds.
 
     Args:
         deltas: method -> (mean, std) of Δm% over seeds.
         seeds: number of seeds (shown in the title).
+        marks: method -> the leaderboard's significance marks (``*`` differs from ``ew``, ``†``
+            from single-task; :func:`~taskbalance.experiments.report.significance_marks`),
+            appended to its label.
     """
     plt = _pyplot()
     names = sorted(deltas, key=lambda n: deltas[n][0])
@@ -263,9 +276,10 @@ def plot_delta_bars(
     ax.bar(range(len(names)), means, yerr=stds if seeds > 1 else None, color=colors, capsize=3)
     ax.axhline(0.0, color="black", linewidth=0.8)
     ax.set_xticks(range(len(names)))
-    ax.set_xticklabels(names, rotation=45, ha="right")
+    ax.set_xticklabels(delta_bar_labels(names, marks), rotation=45, ha="right")
     ax.set_ylabel("Δm% vs single-task (lower is better)")
     spread = f"mean ± std over {seeds} seeds" if seeds > 1 else "1 seed"
-    ax.set_title(f"Δm% per method ({spread})", fontsize=10)
+    legend = "; * differs from ew, † from single-task (paired t-test, p < 0.05)" if marks else ""
+    ax.set_title(f"Δm% per method ({spread}{legend})", fontsize=9)
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, path)
