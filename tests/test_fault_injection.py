@@ -1,4 +1,5 @@
-"""Fault injection: ``train``, ``compare``, ``tune`` and ``annotate`` killed with SIGKILL at seeded
+"""Fault injection: ``train``, ``compare``, ``compare --labels`` (workflows), ``tune`` and
+``annotate`` killed with SIGKILL at seeded
 points, then continued, end with exactly the results of an uninterrupted run and no temporary
 file behind.
 
@@ -256,3 +257,30 @@ def test_annotate_killed_and_rerun_ends_as_uninterrupted(env, tmp_path, seed):
     _same_tensors(out / teacher, ref / teacher, out, ref)
     _no_leftovers(out)
     _report(f"annotate (seed {seed})", points)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_workflows_killed_and_rerun_end_as_uninterrupted(env, tmp_path, seed):
+    """Every workflow run (reference, each stage of staged, annotated's teachers and
+    student) continues from its checkpoint."""
+    workflows = ["compare", "--labels", "left=0.5", "--workflows", "staged,annotated"]
+    workflows += [*TINY, "--epochs", "1"]
+    ref, out = tmp_path / "ref", tmp_path / "killed"
+    ref.mkdir()
+    writes = _reference(env, [*workflows, "--out", str(ref / "w")], ref)
+    out.mkdir()
+    points = _kill_chain(
+        env, lambda: [*workflows, "--out", str(out / "w")], out, writes, seed=6 + 10 * seed,
+        kills=2,
+    )
+    assert len(points) >= 2
+    assert _json(out / "w" / "results.json", out) == _json(ref / "w" / "results.json", ref)
+    runs = sorted((ref / "w" / "runs").rglob("results.json"))
+    assert len(runs) >= 3  # full, staged (and its stages), annotated
+    for run in runs:
+        twin = out / run.relative_to(ref)
+        assert _json(twin, out) == _json(run, ref), run
+    for ckpt in (ref / "w" / "runs").rglob("checkpoint.pt"):
+        _same_tensors(out / ckpt.relative_to(ref), ckpt, out, ref)
+    _no_leftovers(out)
+    _report(f"compare --labels (seed {seed})", points)

@@ -320,14 +320,8 @@ def _compare_workflows(args: argparse.Namespace) -> int:
         method = names[0]
     out_dir = _check_out(args.out or Path("runs") / f"workflows-{args.benchmark}", "--out")
     _prepare_out(out_dir, _WORKFLOW_FILES, args.overwrite, "workflow comparison")
-    from taskbalance.training.rundir import RunFolderError, held_results
-
-    held = held_results(out_dir, ("workflows.md", "results.json", "runs"))
-    if held:  # the workflows are trained from scratch: they cannot continue an earlier call
-        raise RunFolderError(
-            f"--out {str(out_dir)!r} holds an earlier workflow comparison ({', '.join(held)}); "
-            "replace it with --overwrite or choose another --out folder"
-        )
+    # An earlier call with the same settings is continued: each run resumes from its
+    # checkpoint; a run of other settings is refused (the message names --overwrite).
     result = compare_workflows(
         args.benchmark,
         args.labels,

@@ -115,6 +115,25 @@ def test_compare_workflows_end_to_end(bench, tmp_path) -> None:
     for run in ("full", "masked", "staged", "annotated"):
         assert (tmp_path / "runs" / run).is_dir()
     assert any("staged" in ln for ln in lines)
+    _rerun_continues_and_trains_nothing(bench, tmp_path, result.rows)
+
+
+def _rerun_continues_and_trains_nothing(bench, out_dir, rows) -> None:
+    """A second call into the same folder continues from every run's checkpoint: nothing is
+    trained again and the rows are the same; other settings are refused."""
+    from taskbalance.training import Trainer
+
+    options = dict(epochs=1, steps=1, batch_size=8, teacher_epochs=1, threshold=0.5)
+    with pytest.MonkeyPatch.context() as patch:
+        def no_training(self):
+            raise AssertionError("a finished run was trained again")
+
+        patch.setattr(Trainer, "train_epoch", no_training)
+        again = compare_workflows(bench, "depth=0.25", out_dir=out_dir, log=None, **options)
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]  # noqa: E731
+    assert strip(again.rows) == strip(rows)
+    with pytest.raises(ValueError, match="overwrite"):
+        compare_workflows(bench, "depth=0.25", out_dir=out_dir, log=None, **{**options, "steps": 2})
 
 
 def test_compare_workflows_bad_input(bench) -> None:

@@ -342,6 +342,8 @@ def run_stages(
     trainer_options: Mapping[str, Any] | None = None,
     on_stage_start: Callable[[int, Stage, Any], None] | None = None,
     log: Callable[[str], None] | None = None,
+    resume: bool = False,
+    run_config: Mapping[str, Any] | None = None,
 ) -> StagedResult:
     """Train ``model`` stage by stage (see the module docstring).
 
@@ -364,6 +366,11 @@ def run_stages(
         on_stage_start: ``callback(index, stage, trainer)`` called after a stage's freezing and
             Trainer are set up, before it trains (inspection, tests).
         log: a function receiving one line per stage.
+        resume: with ``out_dir``, a stage whose folder holds a checkpoint continues from it
+            (a finished stage only restores its end state: weights, optimizer, RNG), so a
+            killed schedule ends exactly as an uninterrupted one.
+        run_config: what names the run; stored in each stage's checkpoint with the stage, so a
+            folder of another schedule or config is refused on resume.
 
     Returns:
         :class:`StagedResult`; the model keeps the weights of the end of the last stage.
@@ -390,6 +397,7 @@ def run_stages(
     for k, stage in enumerate(stages):
         label = stage.name or f"stage{k + 1}"
         frozen = _freeze_parts(model, _stage_freeze(stage, names))
+        folder = None if root is None else root / f"{k + 1}-{label}"
         t0 = time.perf_counter()
         try:
             frozen_now = sorted(getattr(model, "frozen_parts", ()))
@@ -408,13 +416,14 @@ def run_stages(
                 mode=mode,
                 device=device,
                 lr=stage.lr if stage.lr is not None else lr,
-                out_dir=None if root is None else root / f"{k + 1}-{label}",
+                out_dir=folder,
+                run_config={**dict(run_config or {}), "stage": stage.to_dict()},
                 loader_generator=generator,
                 **options,
             )
             if on_stage_start is not None:
                 on_stage_start(k, stage, trainer)
-            result = trainer.fit()
+            result = trainer.fit(resume=resume and _has_checkpoint(folder))
         finally:
             _unfreeze_parts(model, frozen)
         seconds = time.perf_counter() - t0
@@ -448,3 +457,9 @@ def run_stages(
         root.mkdir(parents=True, exist_ok=True)
         atomic_write_json(root / "results.json", out.to_dict())
     return out
+
+
+def _has_checkpoint(folder: Path | None) -> bool:
+    from taskbalance.training.checkpoint import CHECKPOINT_NAME
+
+    return folder is not None and (folder / CHECKPOINT_NAME).is_file()

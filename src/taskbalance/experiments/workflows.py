@@ -207,6 +207,13 @@ def _model_and_loaders(
     return model, loaders
 
 
+def _has_checkpoint(out_dir: str | Path | None) -> bool:
+    """A run folder holding a checkpoint: the run continues from it."""
+    from taskbalance.training.checkpoint import CHECKPOINT_NAME
+
+    return out_dir is not None and (Path(out_dir) / CHECKPOINT_NAME).is_file()
+
+
 def _final(history: Sequence[Mapping[str, Any]]) -> tuple[dict, dict | None]:
     last = history[-1]
     return last["val"], last.get("test")
@@ -225,10 +232,15 @@ def train_masked(
     device: str = "cpu",
     model_options: Mapping[str, Any] | None = None,
     out_dir: str | Path | None = None,
+    run_config: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Masked multi-task training of ``benchmark``'s default model on ``train_set`` (default
     ``benchmark.train``). Returns ``{"val", "test", "seconds", "history", "best_epoch"}`` with the
-    metrics after the last epoch."""
+    metrics after the last epoch.
+
+    With ``out_dir`` holding a checkpoint (a run killed or finished earlier), training continues
+    from it exactly; ``run_config`` names the run (a checkpoint of another config is refused).
+    """
     from taskbalance.training import Trainer
 
     model, loaders = _model_and_loaders(
@@ -249,11 +261,12 @@ def train_masked(
         lr=lr,
         device=device,
         out_dir=out_dir,
+        run_config=run_config,
         progress=False,
         tensorboard=False,
         save_best=False,
     )
-    result = trainer.fit()
+    result = trainer.fit(resume=_has_checkpoint(out_dir))
     val, test = _final(result.history)
     return {
         "val": val,
@@ -280,8 +293,11 @@ def train_staged(
     model_options: Mapping[str, Any] | None = None,
     out_dir: str | Path | None = None,
     log: Log | None = None,
+    run_config: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The default staged schedule (:func:`~.staged.default_schedule`) on ``benchmark``."""
+    """The default staged schedule (:func:`~.staged.default_schedule`) on ``benchmark``; each
+    stage continues from its checkpoint in ``out_dir`` when it has one (see
+    :func:`~.staged.run_stages`)."""
     from .staged import default_schedule, run_stages
 
     fractions = benchmark.train.label_fractions()
@@ -307,6 +323,8 @@ def train_staged(
         device=device,
         out_dir=out_dir,
         log=log,
+        resume=True,
+        run_config=run_config,
     )
     return {
         "val": result.val,
@@ -503,13 +521,29 @@ def compare_workflows(
         f"workflows on {bench.name} ({len(bench.train)} training samples), labels {fractions}: "
         f"{', '.join(names)} + the fully labelled reference"
     )
+    # What names each run: a rerun into the same folder continues the runs whose checkpoint
+    # holds this config, and refuses a folder of other settings (it names --overwrite).
+    def identity(name: str, **more: Any) -> dict[str, Any]:
+        return {
+            "workflow": name,
+            "benchmark": bench.name,
+            "data_seed": getattr(bench, "seed", None),
+            "labels": None if name == REFERENCE else dict(fractions),
+            **common,
+            **more,
+        }
+
     runs: dict[str, dict[str, Any]] = {}
-    runs[REFERENCE] = train_masked(bench, **common, out_dir=run_dir("full"))
+    runs[REFERENCE] = train_masked(
+        bench, **common, out_dir=run_dir("full"), run_config=identity(REFERENCE)
+    )
     say(f"{REFERENCE}: {runs[REFERENCE]['seconds']:.1f}s")
     extra: dict[str, Any] = {}
     for name in names:
         if name == "masked":
-            runs[name] = train_masked(partial, **common, out_dir=run_dir(name))
+            runs[name] = train_masked(
+                partial, **common, out_dir=run_dir(name), run_config=identity(name)
+            )
         elif name == "staged":
             runs[name] = train_staged(
                 partial,
@@ -517,6 +551,7 @@ def compare_workflows(
                 finetune_rounds=finetune_rounds,
                 out_dir=run_dir(name),
                 log=log,
+                run_config=identity(name, finetune_rounds=finetune_rounds),
             )
         else:  # annotated
             t0 = time.perf_counter()
@@ -538,7 +573,15 @@ def compare_workflows(
                 log=log,
             )
             annotated = _with_train(partial, WithPseudoLabels(partial.train, store))
-            runs[name] = train_masked(annotated, **common, out_dir=run_dir(name))
+            runs[name] = train_masked(
+                annotated,
+                **common,
+                out_dir=run_dir(name),
+                run_config=identity(
+                    name, teacher_epochs=t_epochs, teacher_width=teacher_width,
+                    threshold=threshold,
+                ),
+            )
             runs[name]["seconds"] = time.perf_counter() - t0
             extra["annotation"] = store.summary()
             extra["label_fractions_after_annotation"] = annotated.train.label_fractions()
