@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -28,6 +27,7 @@ from .distributed import resolve_group
 from .distributed_step import distributed_backward
 from .heads import feature_list, head_pass
 from .solvers import combine, first_nonfinite_row, first_nonfinite_row_of, gramian
+from .step_info import LossInput, StepInfo
 from .streaming import (
     batched_task_gradients,
     gramian_by_parameter,
@@ -36,41 +36,6 @@ from .streaming import (
 )
 
 __all__ = ["Balancer", "StepInfo"]
-
-LossInput = Mapping[str, Tensor | None] | Sequence[Tensor | None] | Tensor
-
-
-@dataclass
-class StepInfo:
-    """What one balancing step did; tensors are detached and stay on the device."""
-
-    task_names: tuple[str, ...]
-    losses: Tensor  # raw task losses [T]; 0 for absent tasks
-    present: Tensor  # bool [T]: tasks with a loss this step
-    weights: Tensor | None = None  # effective task weights [T] (0 for absent tasks)
-    grad_norms: Tensor | None = None  # ‖g_t‖ [T] when per-task gradients were computed
-    cosines: Tensor | None = None  # cos(g_i, g_j) [T, T] when per-task gradients were computed
-    extras: dict[str, Tensor] = field(default_factory=dict)
-    #: True when the step was skipped (``nonfinite="skip"``): no shared gradient was written.
-    skipped: bool = False
-
-    def to_dict(self) -> dict[str, object]:
-        """Plain numbers for logging (synchronises with the device: call off the hot path)."""
-        out: dict[str, object] = {}
-        names = self.task_names
-        present = self.present.tolist()
-        for i, n in enumerate(names):
-            if present[i]:
-                out[f"loss/{n}"] = float(self.losses[i])
-            if self.weights is not None:
-                out[f"weight/{n}"] = float(self.weights[i])
-            if self.grad_norms is not None:
-                out[f"grad_norm/{n}"] = float(self.grad_norms[i])
-        if self.cosines is not None:
-            for i in range(len(names)):
-                for j in range(i + 1, len(names)):
-                    out[f"cos/{names[i]}~{names[j]}"] = float(self.cosines[i, j])
-        return out
 
 
 class Balancer:
@@ -240,7 +205,11 @@ class Balancer:
             )
 
     def _heads_only(
-        self, items: list[Tensor | None], stacked: Tensor, present: Tensor, all_present: bool,
+        self,
+        items: list[Tensor | None],
+        stacked: Tensor,
+        present: Tensor,
+        all_present: bool,
         info: StepInfo,
     ) -> None:
         """A step with every shared parameter frozen: each task-specific parameter gets what a

@@ -20,7 +20,7 @@ Every rank takes the same decision from the same reduced numbers:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -29,10 +29,11 @@ from .base import GradientMethod, LossMethod, make_generator
 from .distributed import DistributedContext
 from .heads import feature_list
 from .solvers import _chunked_gramian, combine, first_nonfinite_row, gramian
+from .step_info import LossInput, StepInfo
 from .streaming import batched_task_gradients, loss_cotangents, reachable_leaves
 
-if TYPE_CHECKING:
-    from .balancer import Balancer, LossInput, StepInfo
+# The Balancer calls in here with itself: typed Any, since importing it would be a circle.
+Balancer = Any
 
 __all__ = ["distributed_backward"]
 
@@ -113,8 +114,6 @@ def distributed_backward(
     features: Tensor | Sequence[Tensor] | None,
     counts: object,
 ) -> StepInfo:
-    from .balancer import StepInfo
-
     ctx = balancer._dist
     assert ctx is not None
     method = balancer.method
