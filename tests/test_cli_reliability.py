@@ -162,10 +162,11 @@ def test_annotate_keeping_nothing_warns_in_one_line(tmp_path, capsys):
 
 def test_compare_with_other_settings_names_overwrite(tmp_path, capsys):
     out = tmp_path / "cmp"
-    argv = ["compare", "--methods", "ew", *TINY, "--out", str(out)]
+    argv = ["compare", "--methods", "ew", "--seeds", "1", "--no-timing", *TINY, "--out", str(out)]
     assert main(argv) == 0
     capsys.readouterr()
-    longer = ["compare", "--methods", "ew", "--size", "tiny", "--epochs", "2", "--steps", "2"]
+    longer = ["compare", "--methods", "ew", "--seeds", "1", "--no-timing", "--size", "tiny"]
+    longer += ["--epochs", "2", "--steps", "2"]
     _user_error(capsys, [*longer, "--out", str(out)], "other settings", "--overwrite")
     assert main([*longer, "--out", str(out), "--overwrite"]) == 0
     assert "--overwrite: removed the earlier comparison" in capsys.readouterr().out

@@ -193,7 +193,7 @@ def test_train_killed_and_resumed_ends_as_uninterrupted(env, tmp_path, seed):
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_compare_killed_and_rerun_ends_as_uninterrupted(env, tmp_path, seed):
-    compare = ["compare", "--methods", "ew", *TINY, "--epochs", "2"]
+    compare = ["compare", "--methods", "ew", "--seeds", "1", "--no-timing", *TINY, "--epochs", "2"]
     ref, out = tmp_path / "ref", tmp_path / "killed"
     ref.mkdir()
     writes = _reference(env, [*compare, "--out", str(ref / "cmp")], ref)
