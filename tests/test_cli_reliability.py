@@ -168,7 +168,10 @@ def test_compare_with_other_settings_names_overwrite(tmp_path, capsys):
     longer = ["compare", "--methods", "ew", "--seeds", "1", "--no-timing", "--size", "tiny"]
     longer += ["--epochs", "2", "--steps", "2"]
     _user_error(capsys, [*longer, "--out", str(out)], "other settings", "--overwrite")
+    stale = out / ".leaderboard.md.x1y2z3.tmp"  # a compare killed while writing its report
+    stale.write_text("half a leaderboard")
     assert main([*longer, "--out", str(out), "--overwrite"]) == 0
+    assert not stale.exists()
     assert "--overwrite: removed the earlier comparison" in capsys.readouterr().out
     board = json.loads((out / "results.json").read_text())
     assert board["settings"]["epochs"] == 2

@@ -216,9 +216,12 @@ def _check_out(path: str | os.PathLike[str], option: str) -> Path:
 
 
 def _prepare_out(out: Path, names: Sequence[str], overwrite: bool, what: str) -> None:
-    """``--overwrite``: delete what an earlier ``what`` wrote to ``out`` (``names`` only)."""
+    """Delete temporary files a killed call left in ``out``; with ``--overwrite``, also what an
+    earlier ``what`` wrote there (``names`` only)."""
+    from taskbalance.training.checkpoint import remove_stale_temporaries
     from taskbalance.training.rundir import clear_run, held_results
 
+    remove_stale_temporaries(out)  # left by a call killed while writing its report
     if overwrite and held_results(out, names):
         removed = clear_run(out, names)
         _log(f"--overwrite: removed the earlier {what} from {out} ({', '.join(removed)})")

@@ -318,3 +318,10 @@ def test_annotate_again_continues_its_teachers_and_refuses_other_settings(bench,
     assert torch.equal(again["segmentation"].values, first["segmentation"].values)
     with pytest.raises(ValueError, match="lr.*--overwrite"):
         annotate(bench, ["segmentation"], out_dir=tmp_path, **{**options, "lr": 0.1})
+
+
+def test_annotate_removes_temporary_files_of_a_killed_annotation(bench, tmp_path) -> None:
+    stale = tmp_path / ".annotate.json.k1ll3d.tmp"
+    stale.write_text("half a summary")
+    annotate(bench, "segmentation", epochs=1, steps=1, threshold=0.0, out_dir=tmp_path)
+    assert not stale.exists() and (tmp_path / "annotate.json").is_file()

@@ -465,6 +465,10 @@ def annotate(
                 "it; give it some labels or leave it out of the annotation"
             )
     root = Path(out_dir) if out_dir is not None else None
+    if root is not None:
+        from taskbalance.training.checkpoint import remove_stale_temporaries
+
+        remove_stale_temporaries(root)  # left by an annotation killed while writing
     entries = []
     for t in chosen:
         teacher, info = train_teacher(

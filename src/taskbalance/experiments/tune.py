@@ -154,10 +154,15 @@ def _retry_trials_of_dead_processes(study: Any, storage: Any) -> list[int]:
     """Mark RUNNING trials whose process (on this host) no longer exists as failed and enqueue
     their retry with the same weights (which resumes the trial's run from its checkpoint).
     Trials of other hosts are left to the storage heartbeat (failed after 30 s of silence)."""
-    from optuna.storages import RetryFailedTrialCallback
+    import optuna
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
     from optuna.trial import TrialState
 
-    retry = RetryFailedTrialCallback(max_retry=2)
+    # No limit: the trial did not fail, its process was killed (a trial that raises is not
+    # RUNNING any more and is not retried here).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        retry = RetryHeartbeatStaleTrialCallback(max_retry=None)
     retried = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         pid, host = trial.user_attrs.get("pid"), trial.user_attrs.get("host")
