@@ -287,3 +287,12 @@ def test_weights_of_a_method_that_needs_J_is_a_clear_error():
         tb.create("graddrop", 2).weights(torch.eye(2))
     with pytest.raises(ValueError, match=r"shape \[2, 2\]"):
         tb.create("mgda", 2).weights(torch.eye(3))
+
+
+def test_min_norm_weights_refuses_a_nonfinite_gramian_instead_of_zeroing_it():
+    from taskbalance.balancing.solvers import min_norm_weights
+
+    G = torch.eye(3, dtype=torch.float64)
+    G[1, 2] = G[2, 1] = float("nan")
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        min_norm_weights(G)

@@ -558,7 +558,9 @@ def min_norm_weights(G: Tensor, method: str = "auto") -> Tensor:
     n = G.shape[0]
     dtype, device = G.dtype, G.device
     G64 = G.detach().to(device=solve_device(device), dtype=torch.float64)
-    G64 = normalized(torch.nan_to_num(0.5 * (G64 + G64.T)))
+    if not bool(torch.isfinite(G64).all()):  # refused, not zeroed: no method can balance it
+        raise ValueError("G holds NaN or Inf (a non-finite task gradient); it cannot be balanced")
+    G64 = normalized(0.5 * (G64 + G64.T))
     if n == 1:
         w = G64.new_ones(1)
     elif n == 2 and method == "auto":
