@@ -375,13 +375,39 @@ def run_stages(
     Returns:
         :class:`StagedResult`; the model keeps the weights of the end of the last stage.
     """
-    from taskbalance.balancing import create
-    from taskbalance.fileio import atomic_write_json
-    from taskbalance.training import Trainer
-
     stages = list(stages)
     validate_schedule(model, tasks, stages)
-    names = _task_names(model, tasks)
+    settings = _StageSettings(
+        tasks=tasks,
+        loaders=(train_loader, val_loader, test_loader),
+        method=method,
+        method_options=dict(method_options or {}),
+        mode=mode,
+        lr=lr,
+        steps=steps,
+        device=device,
+        options=_stage_options(trainer_options),
+        run_config=dict(run_config or {}),
+        resume=resume,
+    )
+    root = Path(out_dir) if out_dir is not None else None
+    start = time.perf_counter()
+    records: list[StageRecord] = []
+    for k, stage in enumerate(stages):
+        label = stage.name or f"stage{k + 1}"
+        folder = None if root is None else root / f"{k + 1}-{label}"
+        record = _train_stage(model, k, stage, folder, settings, on_stage_start)
+        records.append(record)
+        if log is not None:
+            log(
+                f"stage {k + 1}/{len(stages)} {label}: tasks {list(stage.tasks)}, frozen "
+                f"{record.frozen or 'nothing'}, {stage.epochs} epoch(s) in {record.seconds:.1f}s"
+            )
+    return _staged_result(records, root, time.perf_counter() - start)
+
+
+def _stage_options(trainer_options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The Trainer options every stage shares (what a stage sets itself is refused)."""
     options = dict(trainer_options or {})
     for key in ("trainable_tasks", "epochs", "lr", "method_options", "out_dir"):
         if key in options:
@@ -389,67 +415,93 @@ def run_stages(
     options.setdefault("progress", False)
     options.setdefault("save_best", False)
     options.setdefault("tensorboard", False)
-    generator = getattr(train_loader, "generator", None)
-    root = Path(out_dir) if out_dir is not None else None
-    records: list[StageRecord] = []
-    start = time.perf_counter()
-    history: list[dict[str, Any]] = []
-    for k, stage in enumerate(stages):
-        label = stage.name or f"stage{k + 1}"
-        frozen = _freeze_parts(model, _stage_freeze(stage, names))
-        folder = None if root is None else root / f"{k + 1}-{label}"
-        t0 = time.perf_counter()
-        try:
-            frozen_now = sorted(getattr(model, "frozen_parts", ()))
-            trainable = _trainable(model)
-            balancing = create(method, len(stage.tasks), **dict(method_options or {}))
-            trainer = Trainer(
-                model,
-                tasks,
-                balancing,
-                train_loader,
-                val_loader,
-                test_loader,
-                trainable_tasks=list(stage.tasks),
-                epochs=stage.epochs,
-                steps=steps,
-                mode=mode,
-                device=device,
-                lr=stage.lr if stage.lr is not None else lr,
-                out_dir=folder,
-                run_config={**dict(run_config or {}), "stage": stage.to_dict()},
-                loader_generator=generator,
-                **options,
-            )
-            if on_stage_start is not None:
-                on_stage_start(k, stage, trainer)
-            result = trainer.fit(resume=resume and _has_checkpoint(folder))
-        finally:
-            _unfreeze_parts(model, frozen)
-        seconds = time.perf_counter() - t0
-        record = StageRecord(
-            index=k,
-            stage=stage,
-            frozen=frozen_now,
-            method_num_tasks=balancing.num_tasks,
-            trainable_parameters=trainable,
-            result=result,
-            seconds=seconds,
+    return options
+
+
+@dataclass
+class _StageSettings:
+    """What every stage of one :func:`run_stages` call shares."""
+
+    tasks: Sequence[Any] | Mapping[str, Any]
+    loaders: tuple[Iterable, Iterable, Iterable | None]
+    method: str
+    method_options: dict[str, Any]
+    mode: str | None
+    lr: float
+    steps: int | None
+    device: str
+    options: dict[str, Any]
+    run_config: dict[str, Any]
+    resume: bool
+
+
+def _train_stage(
+    model: Any,
+    k: int,
+    stage: Stage,
+    folder: Path | None,
+    settings: _StageSettings,
+    on_stage_start: Callable[[int, Stage, Any], None] | None,
+) -> StageRecord:
+    """Freeze the stage's parts, train it (continuing from its checkpoint when resuming),
+    unfreeze; the stage's record."""
+    from taskbalance.balancing import create
+    from taskbalance.training import Trainer
+
+    frozen = _freeze_parts(model, _stage_freeze(stage, _task_names(model, settings.tasks)))
+    t0 = time.perf_counter()
+    try:
+        frozen_now = sorted(getattr(model, "frozen_parts", ()))
+        trainable = _trainable(model)
+        balancing = create(settings.method, len(stage.tasks), **settings.method_options)
+        trainer = Trainer(
+            model,
+            settings.tasks,
+            balancing,
+            *settings.loaders,
+            trainable_tasks=list(stage.tasks),
+            epochs=stage.epochs,
+            steps=settings.steps,
+            mode=settings.mode,
+            device=settings.device,
+            lr=stage.lr if stage.lr is not None else settings.lr,
+            out_dir=folder,
+            run_config={**settings.run_config, "stage": stage.to_dict()},
+            loader_generator=getattr(settings.loaders[0], "generator", None),
+            **settings.options,
         )
-        records.append(record)
-        for row in result.history:
-            history.append({**row, "stage": label})
-        if log is not None:
-            log(
-                f"stage {k + 1}/{len(stages)} {label}: tasks {list(stage.tasks)}, frozen "
-                f"{record.frozen or 'nothing'}, {stage.epochs} epoch(s) in {seconds:.1f}s"
-            )
+        if on_stage_start is not None:
+            on_stage_start(k, stage, trainer)
+        result = trainer.fit(resume=settings.resume and _has_checkpoint(folder))
+    finally:
+        _unfreeze_parts(model, frozen)
+    return StageRecord(
+        index=k,
+        stage=stage,
+        frozen=frozen_now,
+        method_num_tasks=balancing.num_tasks,
+        trainable_parameters=trainable,
+        result=result,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def _staged_result(records: list[StageRecord], root: Path | None, seconds: float) -> StagedResult:
+    """The schedule's result (metrics after the last epoch of the last stage); written to
+    ``root/results.json`` when there is a folder."""
+    from taskbalance.fileio import atomic_write_json
+
+    history = [
+        {**row, "stage": r.stage.name or f"stage{r.index + 1}"}
+        for r in records
+        for row in r.result.history
+    ]
     last = records[-1].result.history[-1]
     out = StagedResult(
         stages=records,
         val=last["val"],
         test=last.get("test"),
-        seconds=time.perf_counter() - start,
+        seconds=seconds,
         out_dir=root,
         history=history,
     )

@@ -480,34 +480,13 @@ def compare_workflows(
         ValueError: unknown workflow, bad labels (unknown task, fraction outside (0, 1]), a
             ``labels`` that removes no label at all.
     """
-    from taskbalance.data import load_benchmark
-    from taskbalance.data.partial import apply_partial_labels, validate_fractions
-    from taskbalance.fileio import atomic_write_text
-
-    from .annotate import STORE_NAME, WithPseudoLabels, annotate
+    from taskbalance.data.partial import apply_partial_labels
 
     start = time.perf_counter()
     say = log or (lambda _msg: None)
     names = parse_workflows(workflows)
-    fractions = parse_labels(labels)
-    if not fractions:
-        raise ValueError(
-            "labels must make some task partially labelled, e.g. {'depth': 0.2}; with every "
-            "label kept the workflows are all the same training"
-        )
-    if isinstance(benchmark, str):
-        bench = load_benchmark(benchmark, seed=seed, size=size, cache_dir=cache_dir)
-    else:
-        bench = benchmark
-    fractions = validate_fractions(fractions, bench.task_names)
-    if all(v >= 1.0 for v in fractions.values()):
-        raise ValueError(f"labels {fractions} keep every label; give a fraction below 1")
+    bench, fractions = _benchmark_and_labels(benchmark, labels, seed, size, cache_dir)
     partial = _with_train(bench, apply_partial_labels(bench.train, fractions, seed=bench.seed))
-    root = Path(out_dir) if out_dir is not None else None
-
-    def run_dir(name: str) -> Path | None:
-        return None if root is None else root / "runs" / name
-
     common: dict[str, Any] = {
         "method": method,
         "epochs": epochs,
@@ -521,79 +500,161 @@ def compare_workflows(
         f"workflows on {bench.name} ({len(bench.train)} training samples), labels {fractions}: "
         f"{', '.join(names)} + the fully labelled reference"
     )
-    # What names each run: a rerun into the same folder continues the runs whose checkpoint
-    # holds this config, and refuses a folder of other settings (it names --overwrite).
-    def identity(name: str, **more: Any) -> dict[str, Any]:
+    plan = _Plan(bench, partial, fractions, common, Path(out_dir) if out_dir is not None else None, log)
+    extra: dict[str, Any] = {}
+    runs = {REFERENCE: plan.masked(bench, REFERENCE, "full")}
+    say(f"{REFERENCE}: {runs[REFERENCE]['seconds']:.1f}s")
+    for name in names:
+        if name == "masked":
+            runs[name] = plan.masked(partial, name, name)
+        elif name == "staged":
+            runs[name] = plan.staged(finetune_rounds)
+        else:
+            runs[name] = plan.annotated(teacher_epochs, teacher_width, threshold, extra)
+        say(f"{name}: {runs[name]['seconds']:.1f}s")
+    rows = _rows(runs, bench.tasks)
+    title = (
+        f"{bench.name}: labels {', '.join(f'{t}={f:g}' for t, f in fractions.items())}, "
+        f"{epochs} epoch(s){'' if steps is None else f' x {steps} steps'}, method {method}; "
+        "test metrics after the last epoch, Δ against full labels"
+    )
+    markdown = workflow_table(rows, bench.tasks, title=title)
+    seconds = time.perf_counter() - start
+    if plan.root is not None:
+        payload = {
+            "benchmark": bench.name,
+            "labels": fractions,
+            "workflows": list(names),
+            "reference": REFERENCE,
+            "settings": {**common, "finetune_rounds": finetune_rounds, "threshold": threshold},
+            "selection": "metrics after the last epoch of every run (no epoch selection)",
+            "rows": rows,
+            "seconds": seconds,
+            **extra,
+        }
+        _write(plan.root, markdown, payload)
+    return WorkflowComparison(rows, markdown, plan.root, seconds, dict(fractions))
+
+
+def _benchmark_and_labels(
+    benchmark: Any, labels: Mapping[str, float] | str, seed: int, size: Any, cache_dir: Any
+) -> tuple[Any, dict[str, float]]:
+    """The fully labelled benchmark and the validated label fractions (some below 1)."""
+    from taskbalance.data import load_benchmark
+    from taskbalance.data.partial import validate_fractions
+
+    fractions = parse_labels(labels)
+    if not fractions:
+        raise ValueError(
+            "labels must make some task partially labelled, e.g. {'depth': 0.2}; with every "
+            "label kept the workflows are all the same training"
+        )
+    if isinstance(benchmark, str):
+        bench = load_benchmark(benchmark, seed=seed, size=size, cache_dir=cache_dir)
+    else:
+        bench = benchmark
+    fractions = validate_fractions(fractions, bench.task_names)
+    if all(v >= 1.0 for v in fractions.values()):
+        raise ValueError(f"labels {fractions} keep every label; give a fraction below 1")
+    return bench, dict(fractions)
+
+
+@dataclass
+class _Plan:
+    """The runs of one workflow comparison: where each writes and what names it (a rerun into
+    the same folder continues the runs whose checkpoint holds the same config, and refuses a
+    folder of other settings, naming --overwrite)."""
+
+    bench: Any
+    partial: Any
+    fractions: dict[str, float]
+    common: dict[str, Any]
+    root: Path | None
+    log: Log | None
+
+    def run_dir(self, name: str) -> Path | None:
+        return None if self.root is None else self.root / "runs" / name
+
+    def identity(self, name: str, **more: Any) -> dict[str, Any]:
         return {
             "workflow": name,
-            "benchmark": bench.name,
-            "data_seed": getattr(bench, "seed", None),
-            "labels": None if name == REFERENCE else dict(fractions),
-            **common,
+            "benchmark": self.bench.name,
+            "data_seed": getattr(self.bench, "seed", None),
+            "labels": None if name == REFERENCE else dict(self.fractions),
+            **self.common,
             **more,
         }
 
-    runs: dict[str, dict[str, Any]] = {}
-    runs[REFERENCE] = train_masked(
-        bench, **common, out_dir=run_dir("full"), run_config=identity(REFERENCE)
-    )
-    say(f"{REFERENCE}: {runs[REFERENCE]['seconds']:.1f}s")
-    extra: dict[str, Any] = {}
-    for name in names:
-        if name == "masked":
-            runs[name] = train_masked(
-                partial, **common, out_dir=run_dir(name), run_config=identity(name)
-            )
-        elif name == "staged":
-            runs[name] = train_staged(
-                partial,
-                **common,
-                finetune_rounds=finetune_rounds,
-                out_dir=run_dir(name),
-                log=log,
-                run_config=identity(name, finetune_rounds=finetune_rounds),
-            )
-        else:  # annotated
-            t0 = time.perf_counter()
-            partial_tasks = [t for t, f in fractions.items() if f < 1.0]
-            smallest = min(fractions[t] for t in partial_tasks)
-            t_epochs = teacher_epochs or max(1, min(5 * epochs, round(epochs / smallest)))
-            store = annotate(
-                partial,
-                partial_tasks,
-                teacher_width=teacher_width,
-                epochs=t_epochs,
-                steps=steps,
-                threshold=threshold,
-                batch_size=batch_size,
-                lr=lr,
-                seed=seed,
-                device=device,
-                out_dir=run_dir(name),
-                log=log,
-            )
-            annotated = _with_train(partial, WithPseudoLabels(partial.train, store))
-            runs[name] = train_masked(
-                annotated,
-                **common,
-                out_dir=run_dir(name),
-                run_config=identity(
-                    name, teacher_epochs=t_epochs, teacher_width=teacher_width,
-                    threshold=threshold,
-                ),
-            )
-            runs[name]["seconds"] = time.perf_counter() - t0
-            extra["annotation"] = store.summary()
-            extra["label_fractions_after_annotation"] = annotated.train.label_fractions()
-            if root is not None:
-                extra["pseudo_labels"] = str(run_dir(name) / STORE_NAME)  # type: ignore[operator]
-        say(f"{name}: {runs[name]['seconds']:.1f}s")
+    def masked(self, data: Any, name: str, folder: str, **more: Any) -> dict[str, Any]:
+        return train_masked(
+            data,
+            **self.common,
+            out_dir=self.run_dir(folder),
+            run_config=self.identity(name, **more),
+        )
 
+    def staged(self, finetune_rounds: int) -> dict[str, Any]:
+        return train_staged(
+            self.partial,
+            **self.common,
+            finetune_rounds=finetune_rounds,
+            out_dir=self.run_dir("staged"),
+            log=self.log,
+            run_config=self.identity("staged", finetune_rounds=finetune_rounds),
+        )
+
+    def annotated(
+        self,
+        teacher_epochs: int | None,
+        teacher_width: int | None,
+        threshold: float | Mapping[str, float],
+        extra: dict[str, Any],
+    ) -> dict[str, Any]:
+        """Teachers annotate the missing labels, then masked training on the filled data."""
+        from taskbalance.data.pseudo_labels import STORE_NAME, WithPseudoLabels
+
+        from .annotate import annotate
+
+        t0 = time.perf_counter()
+        epochs, fractions = self.common["epochs"], self.fractions
+        partial_tasks = [t for t, f in fractions.items() if f < 1.0]
+        smallest = min(fractions[t] for t in partial_tasks)
+        t_epochs = teacher_epochs or max(1, min(5 * epochs, round(epochs / smallest)))
+        options = {k: self.common[k] for k in ("steps", "batch_size", "lr", "seed", "device")}
+        store = annotate(
+            self.partial,
+            partial_tasks,
+            teacher_width=teacher_width,
+            epochs=t_epochs,
+            threshold=threshold,
+            out_dir=self.run_dir("annotated"),
+            log=self.log,
+            **options,
+        )
+        annotated = _with_train(self.partial, WithPseudoLabels(self.partial.train, store))
+        run = self.masked(
+            annotated,
+            "annotated",
+            "annotated",
+            teacher_epochs=t_epochs,
+            teacher_width=teacher_width,
+            threshold=threshold,
+        )
+        run["seconds"] = time.perf_counter() - t0
+        extra["annotation"] = store.summary()
+        extra["label_fractions_after_annotation"] = annotated.train.label_fractions()
+        if self.root is not None:
+            extra["pseudo_labels"] = str(self.root / "runs" / "annotated" / STORE_NAME)
+        return run
+
+
+def _rows(runs: Mapping[str, Mapping[str, Any]], tasks: Sequence[Any]) -> list[dict[str, Any]]:
+    """One row per run: metrics and Δ against the reference (the first run)."""
     reference = runs[REFERENCE]
     rows = []
     for name, run in runs.items():
-        overall, per_task, skipped = _deltas(run["test"], reference["test"], bench.tasks)
-        val_overall, _, _ = _deltas(run["val"], reference["val"], bench.tasks)
+        overall, per_task, skipped = _deltas(run["test"], reference["test"], tasks)
+        val_overall, _, _ = _deltas(run["val"], reference["val"], tasks)
         rows.append(
             {
                 "workflow": name,
@@ -606,29 +667,15 @@ def compare_workflows(
                 "seconds": run["seconds"],
             }
         )
-    seconds = time.perf_counter() - start
-    title = (
-        f"{bench.name}: labels {', '.join(f'{t}={f:g}' for t, f in fractions.items())}, "
-        f"{epochs} epoch(s){'' if steps is None else f' x {steps} steps'}, method {method}; "
-        "test metrics after the last epoch, Δ against full labels"
-    )
-    markdown = workflow_table(rows, bench.tasks, title=title)
-    if root is not None:
-        root.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(root / "workflows.md", markdown)
-        payload = {
-            "benchmark": bench.name,
-            "labels": fractions,
-            "workflows": list(names),
-            "reference": REFERENCE,
-            "settings": {**common, "finetune_rounds": finetune_rounds, "threshold": threshold},
-            "selection": "metrics after the last epoch of every run (no epoch selection)",
-            "rows": rows,
-            "seconds": seconds,
-            **extra,
-        }
-        atomic_write_text(root / "results.json", json.dumps(payload, indent=2, default=str) + "\n")
-    return WorkflowComparison(rows, markdown, root, seconds, dict(fractions))
+    return rows
+
+
+def _write(root: Path, markdown: str, payload: Mapping[str, Any]) -> None:
+    from taskbalance.fileio import atomic_write_text
+
+    root.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(root / "workflows.md", markdown)
+    atomic_write_text(root / "results.json", json.dumps(payload, indent=2, default=str) + "\n")
 
 
 def _with_train(benchmark: Any, train: Any) -> Any:
