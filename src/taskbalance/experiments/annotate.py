@@ -111,6 +111,65 @@ def _build_teacher(benchmark: Any, task: str, width: int | None, options: Mappin
     return _single_task(benchmark.build_model(**opts), task)
 
 
+def _teacher_identity(
+    benchmark: Any,
+    task: str,
+    labelled: Tensor,
+    width: int | None,
+    model_options: Mapping[str, Any] | None,
+    epochs: int,
+    steps: int | None,
+    batch_size: int,
+    lr: float,
+    seed: int,
+) -> dict[str, Any]:
+    """What makes two teachers the same run: a teacher folder with another one's files is
+    refused on resume (the Trainer compares these) rather than silently mixed."""
+    return {
+        "teacher": task,
+        "benchmark": getattr(benchmark, "name", None),
+        "data_seed": getattr(benchmark, "seed", None),
+        "params": dict(getattr(benchmark, "params", {}) or {}),
+        "labelled": hashlib.sha256(labelled.numpy().tobytes()).hexdigest()[:16],
+        "width": width,
+        "model_options": dict(model_options or {}),
+        "epochs": epochs,
+        "steps": steps,
+        "batch_size": batch_size,
+        "lr": lr,
+        "seed": seed,
+    }
+
+
+def _teacher_labels(benchmark: Any, task: str) -> Tensor:
+    """The mask of ``task``'s labelled training samples (some, or a ValueError)."""
+    names = [t.name for t in benchmark.tasks]
+    if task not in names:
+        raise ValueError(f"unknown task {task!r}; the benchmark's tasks are {names}")
+    labelled = label_mask(benchmark.train, task)
+    if not bool(labelled.any()):
+        raise ValueError(
+            f"task {task!r} has no labelled training sample: a teacher cannot be trained for it; "
+            "give it some labels (e.g. labels={task: 0.1}) or leave it out of the annotation"
+        )
+    return labelled
+
+
+def _load_best(model: nn.Module, folder: Path | None, best: dict[str, Any]) -> None:
+    """The best epoch's weights: from ``best.pt`` (which outlives a kill; the in-memory copy
+    would not), else the copy kept by the callback."""
+    if folder is not None:
+        from taskbalance.fileio import load_torch_file
+
+        best["state"] = load_torch_file(
+            folder / "best.pt",
+            what="teacher weights",
+            fix="delete the teacher's folder so that it is trained again",
+        )
+    if "state" in best:
+        model.load_state_dict(best["state"])
+
+
 def train_teacher(
     benchmark: Any,
     task: str,
@@ -138,15 +197,8 @@ def train_teacher(
     from taskbalance.training import Trainer, make_loaders, seed_everything
 
     tasks = {t.name: t for t in benchmark.tasks}
-    if task not in tasks:
-        raise ValueError(f"unknown task {task!r}; the benchmark's tasks are {list(tasks)}")
-    labelled = label_mask(benchmark.train, task)
+    labelled = _teacher_labels(benchmark, task)
     count = int(labelled.sum())
-    if count == 0:
-        raise ValueError(
-            f"task {task!r} has no labelled training sample: a teacher cannot be trained for it; "
-            "give it some labels (e.g. labels={task: 0.1}) or leave it out of the annotation"
-        )
     seed_everything(seed)
     model = _build_teacher(benchmark, task, width, model_options or {})
     subset = Subset(benchmark.train, torch.nonzero(labelled).flatten().tolist())
@@ -163,55 +215,21 @@ def train_teacher(
         if record["best_epoch"] == record["epoch"]:
             best["state"] = copy.deepcopy(trainer.model.state_dict())
 
-    # What makes two teachers the same run: a teacher folder with another one's files is
-    # refused on resume (the Trainer compares these) rather than silently mixed.
-    run_config = {
-        "teacher": task,
-        "benchmark": getattr(benchmark, "name", None),
-        "data_seed": getattr(benchmark, "seed", None),
-        "params": dict(getattr(benchmark, "params", {}) or {}),
-        "labelled": hashlib.sha256(labelled.numpy().tobytes()).hexdigest()[:16],
-        "width": width,
-        "model_options": dict(model_options or {}),
-        "epochs": epochs,
-        "steps": steps,
-        "batch_size": batch_size,
-        "lr": lr,
-        "seed": seed,
-    }
+    run_config = _teacher_identity(
+        benchmark, task, labelled, width, model_options, epochs, steps, batch_size, lr, seed
+    )
     folder = Path(out_dir) if out_dir is not None else None
     # A teacher killed (or finished) earlier continues from its checkpoint.
     resume = folder is not None and (folder / "checkpoint.pt").is_file()
     start = time.perf_counter()
     trainer = Trainer(
-        model,
-        [tasks[task]],
-        "ew",
-        loader,
-        val_loader,
-        None,
-        epochs=epochs,
-        steps=steps,
-        lr=lr,
-        device=device,
-        out_dir=folder,
-        run_config=run_config,
-        progress=False,
-        tensorboard=False,
-        save_best=folder is not None,
+        model, [tasks[task]], "ew", loader, val_loader, None, epochs=epochs, steps=steps,
+        lr=lr, device=device, out_dir=folder, run_config=run_config, progress=False,
+        tensorboard=False, save_best=folder is not None,
         callbacks=[keep_best] if folder is None else [],
     )
     result = trainer.fit(resume=resume)
-    if folder is not None:  # best.pt outlives a kill; the in-memory copy would not
-        from taskbalance.fileio import load_torch_file
-
-        best["state"] = load_torch_file(
-            folder / "best.pt",
-            what="teacher weights",
-            fix="delete the teacher's folder so that it is trained again",
-        )
-    if "state" in best:
-        trainer.model.load_state_dict(best["state"])
+    _load_best(trainer.model, folder, best)
     trainer.model.eval()
     info = {
         "labelled": count,
@@ -431,62 +449,21 @@ def annotate(
         ValueError: an unknown task; a task without any labelled training sample; a task kind
             without a confidence rule; a threshold outside [0, 1]; no task to annotate.
     """
-    names = [t.name for t in benchmark.tasks]
     by_name = {t.name: t for t in benchmark.tasks}
-    if tasks is None:
-        chosen = [t for t in names if not bool(label_mask(benchmark.train, t).all())]
-        if not chosen:
-            raise ValueError(
-                "every training sample carries every label: there is nothing to annotate"
-            )
-    else:
-        chosen = [tasks] if isinstance(tasks, str) else list(tasks)
-        if not chosen:
-            raise ValueError("no task to annotate: give at least one task name")
-        unknown = [t for t in chosen if t not in by_name]
-        if unknown:
-            raise ValueError(f"unknown task(s) {unknown}; the benchmark's tasks are {names}")
-        if len(set(chosen)) != len(chosen):
-            raise ValueError(f"a task is listed twice: {chosen}")
-    if isinstance(threshold, Mapping):
-        missing = [t for t in chosen if t not in threshold]
-        if missing:
-            raise ValueError(f"threshold has no value for task(s) {missing}")
-        thresholds = {t: _check_threshold(t, threshold[t]) for t in chosen}
-    else:
-        thresholds = {t: _check_threshold(t, threshold) for t in chosen}
-    if not (isinstance(min_coverage, int | float) and 0.0 <= float(min_coverage) <= 1.0):
-        raise ValueError(f"min_coverage must be in [0, 1], got {min_coverage!r}")
-    for t in chosen:
-        _check_kind(by_name[t])
-        if not bool(label_mask(benchmark.train, t).any()):
-            raise ValueError(
-                f"task {t!r} has no labelled training sample: a teacher cannot be trained for "
-                "it; give it some labels or leave it out of the annotation"
-            )
-    root = Path(out_dir) if out_dir is not None else None
-    if root is not None:
-        from taskbalance.training.checkpoint import remove_stale_temporaries
-
-        remove_stale_temporaries(root)  # left by an annotation killed while writing
+    chosen = _chosen_tasks(benchmark, tasks)
+    thresholds = _thresholds(benchmark, chosen, threshold, min_coverage)
+    root = _annotation_folder(out_dir)
+    teacher: dict[str, Any] = {
+        "width": teacher_width, "model_options": teacher_options, "epochs": epochs,
+        "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "device": device,
+    }
     entries = []
     for t in chosen:
-        teacher, info = train_teacher(
-            benchmark,
-            t,
-            width=teacher_width,
-            model_options=teacher_options,
-            epochs=epochs,
-            steps=steps,
-            batch_size=batch_size,
-            lr=lr,
-            seed=seed,
-            device=device,
-            out_dir=None if root is None else root / "teachers" / t,
-        )
+        folder = None if root is None else root / "teachers" / t
+        model, info = train_teacher(benchmark, t, out_dir=folder, **teacher)
         missing = torch.nonzero(~label_mask(benchmark.train, t)).flatten().tolist()
         entry = predict_pseudo_labels(
-            teacher,
+            model,
             by_name[t],
             benchmark.train,
             missing,
@@ -497,20 +474,7 @@ def annotate(
         )
         entry.teacher = info
         entries.append(entry)
-        if len(entry) == 0 and entry.candidates > 0:
-            warnings.warn(
-                f"annotate {t}: kept 0 of {entry.candidates} pseudo-labels at threshold "
-                f"{entry.threshold:g}; lower the threshold (--threshold) or train the teacher "
-                "longer (--epochs)",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-        if log is not None:
-            log(
-                f"annotate {t}: teacher on {info['labelled']} labelled samples "
-                f"({info['seconds']:.1f}s), kept {len(entry)}/{entry.candidates} pseudo-labels "
-                f"at threshold {entry.threshold}"
-            )
+        _report(t, entry, info, log)
     meta = {
         "benchmark": {
             "name": getattr(benchmark, "name", None),
@@ -524,14 +488,94 @@ def annotate(
     }
     store = PseudoLabelStore(entries, len(benchmark.train), meta)
     if root is not None:
-        store.save(root / STORE_NAME)
-        from taskbalance.fileio import atomic_write_text
-
-        atomic_write_text(
-            root / "annotate.json",
-            json.dumps({"meta": meta, "tasks": store.summary()}, indent=2, default=str) + "\n",
-        )
+        _save_store(root, store, meta)
     return store
+
+
+def _annotation_folder(out_dir: str | Path | None) -> Path | None:
+    """The output folder, cleared of temporaries left by an annotation killed while writing."""
+    if out_dir is None:
+        return None
+    from taskbalance.training.checkpoint import remove_stale_temporaries
+
+    remove_stale_temporaries(Path(out_dir))
+    return Path(out_dir)
+
+
+def _chosen_tasks(benchmark: Any, tasks: Sequence[str] | str | None) -> list[str]:
+    """The tasks to annotate: ``tasks`` (checked), default every task missing a label."""
+    names = [t.name for t in benchmark.tasks]
+    if tasks is None:
+        chosen = [t for t in names if not bool(label_mask(benchmark.train, t).all())]
+        if not chosen:
+            raise ValueError(
+                "every training sample carries every label: there is nothing to annotate"
+            )
+        return chosen
+    chosen = [tasks] if isinstance(tasks, str) else list(tasks)
+    if not chosen:
+        raise ValueError("no task to annotate: give at least one task name")
+    unknown = [t for t in chosen if t not in names]
+    if unknown:
+        raise ValueError(f"unknown task(s) {unknown}; the benchmark's tasks are {names}")
+    if len(set(chosen)) != len(chosen):
+        raise ValueError(f"a task is listed twice: {chosen}")
+    return chosen
+
+
+def _thresholds(
+    benchmark: Any,
+    chosen: Sequence[str],
+    threshold: float | Mapping[str, float],
+    min_coverage: float,
+) -> dict[str, float]:
+    """Each chosen task's threshold; every other argument of the annotation checked too."""
+    if isinstance(threshold, Mapping):
+        missing = [t for t in chosen if t not in threshold]
+        if missing:
+            raise ValueError(f"threshold has no value for task(s) {missing}")
+        thresholds = {t: _check_threshold(t, threshold[t]) for t in chosen}
+    else:
+        thresholds = {t: _check_threshold(t, threshold) for t in chosen}
+    if not (isinstance(min_coverage, int | float) and 0.0 <= float(min_coverage) <= 1.0):
+        raise ValueError(f"min_coverage must be in [0, 1], got {min_coverage!r}")
+    by_name = {t.name: t for t in benchmark.tasks}
+    for t in chosen:
+        _check_kind(by_name[t])
+        if not bool(label_mask(benchmark.train, t).any()):
+            raise ValueError(
+                f"task {t!r} has no labelled training sample: a teacher cannot be trained for "
+                "it; give it some labels or leave it out of the annotation"
+            )
+    return thresholds
+
+
+def _report(task: str, entry: Any, info: Mapping[str, Any], log: Callable[[str], None] | None):
+    """A warning when no pseudo-label is kept; one log line per task."""
+    if len(entry) == 0 and entry.candidates > 0:
+        warnings.warn(
+            f"annotate {task}: kept 0 of {entry.candidates} pseudo-labels at threshold "
+            f"{entry.threshold:g}; lower the threshold (--threshold) or train the teacher "
+            "longer (--epochs)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    if log is not None:
+        log(
+            f"annotate {task}: teacher on {info['labelled']} labelled samples "
+            f"({info['seconds']:.1f}s), kept {len(entry)}/{entry.candidates} pseudo-labels "
+            f"at threshold {entry.threshold}"
+        )
+
+
+def _save_store(root: Path, store: PseudoLabelStore, meta: Mapping[str, Any]) -> None:
+    from taskbalance.fileio import atomic_write_text
+
+    store.save(root / STORE_NAME)
+    atomic_write_text(
+        root / "annotate.json",
+        json.dumps({"meta": meta, "tasks": store.summary()}, indent=2, default=str) + "\n",
+    )
 
 
 def annotate_benchmark(

@@ -487,31 +487,19 @@ def compare_workflows(
     names = parse_workflows(workflows)
     bench, fractions = _benchmark_and_labels(benchmark, labels, seed, size, cache_dir)
     partial = _with_train(bench, apply_partial_labels(bench.train, fractions, seed=bench.seed))
-    common: dict[str, Any] = {
-        "method": method,
-        "epochs": epochs,
-        "steps": steps,
-        "batch_size": batch_size,
-        "lr": lr,
-        "seed": seed,
-        "device": device,
-    }
+    common: dict[str, Any] = dict(
+        method=method, epochs=epochs, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+        device=device,
+    )
     say(
         f"workflows on {bench.name} ({len(bench.train)} training samples), labels {fractions}: "
         f"{', '.join(names)} + the fully labelled reference"
     )
-    plan = _Plan(bench, partial, fractions, common, Path(out_dir) if out_dir is not None else None, log)
+    root = Path(out_dir) if out_dir is not None else None
+    plan = _Plan(bench, partial, fractions, common, root, log)
     extra: dict[str, Any] = {}
-    runs = {REFERENCE: plan.masked(bench, REFERENCE, "full")}
-    say(f"{REFERENCE}: {runs[REFERENCE]['seconds']:.1f}s")
-    for name in names:
-        if name == "masked":
-            runs[name] = plan.masked(partial, name, name)
-        elif name == "staged":
-            runs[name] = plan.staged(finetune_rounds)
-        else:
-            runs[name] = plan.annotated(teacher_epochs, teacher_width, threshold, extra)
-        say(f"{name}: {runs[name]['seconds']:.1f}s")
+    teachers = (teacher_epochs, teacher_width, threshold)
+    runs = plan.run_all(names, say, finetune_rounds, *teachers, extra)
     rows = _rows(runs, bench.tasks)
     title = (
         f"{bench.name}: labels {', '.join(f'{t}={f:g}' for t, f in fractions.items())}, "
@@ -520,20 +508,11 @@ def compare_workflows(
     )
     markdown = workflow_table(rows, bench.tasks, title=title)
     seconds = time.perf_counter() - start
-    if plan.root is not None:
-        payload = {
-            "benchmark": bench.name,
-            "labels": fractions,
-            "workflows": list(names),
-            "reference": REFERENCE,
-            "settings": {**common, "finetune_rounds": finetune_rounds, "threshold": threshold},
-            "selection": "metrics after the last epoch of every run (no epoch selection)",
-            "rows": rows,
-            "seconds": seconds,
-            **extra,
-        }
-        _write(plan.root, markdown, payload)
-    return WorkflowComparison(rows, markdown, plan.root, seconds, dict(fractions))
+    if root is not None:
+        settings = {**common, "finetune_rounds": finetune_rounds, "threshold": threshold}
+        payload = {"benchmark": bench.name, "labels": fractions, "workflows": list(names)}
+        _write(root, markdown, {**payload, **_results(settings, rows, seconds), **extra})
+    return WorkflowComparison(rows, markdown, root, seconds, dict(fractions))
 
 
 def _benchmark_and_labels(
@@ -571,6 +550,29 @@ class _Plan:
     common: dict[str, Any]
     root: Path | None
     log: Log | None
+
+    def run_all(
+        self,
+        names: Sequence[str],
+        say: Callable[[str], None],
+        finetune_rounds: int,
+        teacher_epochs: int | None,
+        teacher_width: int | None,
+        threshold: float | Mapping[str, float],
+        extra: dict[str, Any],
+    ) -> dict[str, dict[str, Any]]:
+        """The reference, then each workflow, in order (``extra`` gets the annotation facts)."""
+        runs = {REFERENCE: self.masked(self.bench, REFERENCE, "full")}
+        say(f"{REFERENCE}: {runs[REFERENCE]['seconds']:.1f}s")
+        for name in names:
+            if name == "masked":
+                runs[name] = self.masked(self.partial, name, name)
+            elif name == "staged":
+                runs[name] = self.staged(finetune_rounds)
+            else:
+                runs[name] = self.annotated(teacher_epochs, teacher_width, threshold, extra)
+            say(f"{name}: {runs[name]['seconds']:.1f}s")
+        return runs
 
     def run_dir(self, name: str) -> Path | None:
         return None if self.root is None else self.root / "runs" / name
@@ -668,6 +670,18 @@ def _rows(runs: Mapping[str, Mapping[str, Any]], tasks: Sequence[Any]) -> list[d
             }
         )
     return rows
+
+
+def _results(
+    settings: Mapping[str, Any], rows: list[dict[str, Any]], seconds: float
+) -> dict[str, Any]:
+    return {
+        "reference": REFERENCE,
+        "settings": dict(settings),
+        "selection": "metrics after the last epoch of every run (no epoch selection)",
+        "rows": rows,
+        "seconds": seconds,
+    }
 
 
 def _write(root: Path, markdown: str, payload: Mapping[str, Any]) -> None:
