@@ -32,7 +32,7 @@ import os
 import shlex
 import socket
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -190,15 +190,10 @@ def _study_settings(s: TuneSettings) -> dict[str, Any]:
 
 def run_tune(settings: TuneSettings, log: Log = print) -> TuneResult:
     """Run (or continue) the study until it has ``settings.trials`` finished trials."""
-    import optuna
-    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
     from optuna.trial import TrialState
 
     s = settings
-    if isinstance(s.trials, bool) or not isinstance(s.trials, int) or s.trials < 1:
-        raise ValueError(f"--trials must be an integer >= 1, got {s.trials!r}")
-    if not (0 < s.low < s.high and math.isfinite(s.high)):
-        raise ValueError(f"weight range must satisfy 0 < low < high, got [{s.low}, {s.high}]")
+    _check_settings(s)
     info = task_info(s.benchmark, s.size)
     if len(info.names) < 2:
         raise ValueError(f"benchmark {s.benchmark!r} has one task; there are no weights to tune")
@@ -206,10 +201,46 @@ def run_tune(settings: TuneSettings, log: Log = print) -> TuneResult:
     out.mkdir(parents=True, exist_ok=True)
     storage_url = s.storage or f"sqlite:///{out.resolve() / 'tune.db'}"
     study_name = s.study or f"{s.benchmark}-static-weights"
-
     base = base_config(s, seed=s.seed)
-
     # The storage is opened (and a bad URL refused) before anything trains.
+    storage, existing = _open_storage(storage_url, study_name, s.overwrite)
+    baseline, left_out = _baselines(s, info.names, info.higher_is_better, base, out, log)
+    study, done = _study(s, info.names, storage, storage_url, study_name, existing, log)
+    objective = _objective(s, info, base, baseline, out, log)
+    remaining = s.trials - done
+    if remaining > 0:
+        study.optimize(objective, n_trials=remaining, catch=())
+    finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    best = study.best_trial
+    if best.value is None:  # pragma: no cover - a COMPLETE trial always has a value
+        raise RuntimeError(f"best trial {best.number} has no value")
+    best_weights = best.user_attrs.get("weights") or normalise_weights(
+        [best.params[f"w_{t}"] for t in info.names]
+    )
+    result = TuneResult(
+        study_name=study_name,
+        storage=storage_url,
+        trials=len(finished),
+        best_value=float(best.value),
+        best_weights=dict(zip(info.names, best_weights, strict=True)),
+        command=train_command(s, best_weights),
+    )
+    _write_best(out / "best_weights.json", result, best.number, left_out)
+    return result
+
+
+def _check_settings(s: TuneSettings) -> None:
+    if isinstance(s.trials, bool) or not isinstance(s.trials, int) or s.trials < 1:
+        raise ValueError(f"--trials must be an integer >= 1, got {s.trials!r}")
+    if not (0 < s.low < s.high and math.isfinite(s.high)):
+        raise ValueError(f"weight range must satisfy 0 < low < high, got [{s.low}, {s.high}]")
+
+
+def _open_storage(storage_url: str, study_name: str, overwrite: bool) -> tuple[Any, list[str]]:
+    """The Optuna storage and the studies it holds (``study_name`` deleted on overwrite)."""
+    import optuna
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         with warnings.catch_warnings():
@@ -227,13 +258,26 @@ def run_tune(settings: TuneSettings, log: Log = print) -> TuneResult:
             f"--storage: cannot open Optuna storage {storage_url!r} ({text}); give a database "
             "URL such as sqlite:///tune.db"
         ) from None
-    if s.overwrite and study_name in existing:
+    if overwrite and study_name in existing:
         optuna.delete_study(study_name=study_name, storage=storage)
         existing = [n for n in existing if n != study_name]
+    return storage, existing
 
-    # Single-task baselines: trained once, reused by every trial and every later call.
+
+def _baselines(
+    s: TuneSettings,
+    names: list[str],
+    higher_is_better: Any,
+    base: dict[str, Any],
+    out: Path,
+    log: Log,
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Single-task baselines (trained once, reused by every trial and every later call) and
+    the metrics Δm leaves out against them."""
+    from taskbalance.tasks import DELTA_RULE, excluded_metrics, flatten_results
+
     per_task = {}
-    for task in info.names:
+    for task in names:
         cfg = {
             **base,
             "method": "ew",
@@ -242,14 +286,26 @@ def run_tune(settings: TuneSettings, log: Log = print) -> TuneResult:
         }
         per_task[task] = run_or_reuse(cfg, label=f"single-task {task}", log=log)["val"]
     baseline = merge_task_metrics(per_task)
-    from taskbalance.tasks import DELTA_RULE, excluded_metrics, flatten_results
-
-    left_out = excluded_metrics(flatten_results(baseline), flatten_results(info.higher_is_better))
+    left_out = excluded_metrics(flatten_results(baseline), flatten_results(higher_is_better))
     if left_out:
         shown = "; ".join(f"{m} ({why})" for m, why in left_out.items())
         log(f"not in Δm (rule: {DELTA_RULE}): {shown}")
+    return baseline, left_out
 
-    finished_states = (TrialState.COMPLETE,)
+
+def _study(
+    s: TuneSettings,
+    names: list[str],
+    storage: Any,
+    storage_url: str,
+    study_name: str,
+    existing: list[str],
+    log: Log,
+) -> tuple[Any, int]:
+    """The study (continued when it exists with the same settings) and its finished trials."""
+    import optuna
+    from optuna.trial import TrialState
+
     done = 0
     if study_name in existing:
         study = optuna.load_study(study_name=study_name, storage=storage)
@@ -264,30 +320,35 @@ def run_tune(settings: TuneSettings, log: Log = print) -> TuneResult:
                 f"study {study_name!r} in {storage_url} was run with other settings "
                 f"({'; '.join(diff)}); use another --study name or replace it with --overwrite"
             )
-        done = len(study.get_trials(deepcopy=False, states=finished_states))
-    sampler = _trial_seeded_tpe(s.seed)
+        done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     study = optuna.create_study(
         storage=storage,
         study_name=study_name,
         direction="minimize",
-        sampler=sampler,
+        sampler=_trial_seeded_tpe(s.seed),
         load_if_exists=True,
     )
     if "settings" not in study.user_attrs:
         study.set_user_attr("settings", _study_settings(s))
-        study.set_user_attr("tasks", info.names)
+        study.set_user_attr("tasks", names)
     if not study.trials:
-        study.enqueue_trial({f"w_{t}": 1.0 for t in info.names})  # equal weighting first
+        study.enqueue_trial({f"w_{t}": 1.0 for t in names})  # equal weighting first
     retried = _retry_trials_of_dead_processes(study, storage)
     if retried:
         log(f"retrying trial(s) {retried}, whose process was killed")
-
     log(
         f"study {study_name!r} in {storage_url}: {done} finished trial(s), "
         f"running {max(0, s.trials - done)} more"
     )
+    return study, done
 
-    def objective(trial: optuna.Trial) -> float:
+
+def _objective(
+    s: TuneSettings, info: Any, base: dict[str, Any], baseline: Any, out: Path, log: Log
+) -> Callable[[Any], float]:
+    """A trial: sample weights, train (or reuse) their run, validation Δm%."""
+
+    def objective(trial: Any) -> float:
         # who runs the trial: a later call retries it at once if this process dies
         trial.set_user_attr("host", socket.gethostname())
         trial.set_user_attr("pid", os.getpid())
@@ -310,32 +371,18 @@ def run_tune(settings: TuneSettings, log: Log = print) -> TuneResult:
         log(f"trial {trial.number}: weights {shown} -> validation Δm% {value:+.2f}")
         return value
 
-    remaining = s.trials - done
-    if remaining > 0:
-        study.optimize(objective, n_trials=remaining, catch=())
-    finished = study.get_trials(deepcopy=False, states=finished_states)
-    best = study.best_trial
-    if best.value is None:  # pragma: no cover - a COMPLETE trial always has a value
-        raise RuntimeError(f"best trial {best.number} has no value")
-    best_weights = best.user_attrs.get("weights") or normalise_weights(
-        [best.params[f"w_{t}"] for t in info.names]
-    )
-    result = TuneResult(
-        study_name=study_name,
-        storage=storage_url,
-        trials=len(finished),
-        best_value=float(best.value),
-        best_weights=dict(zip(info.names, best_weights, strict=True)),
-        command=train_command(s, best_weights),
-    )
+    return objective
+
+
+def _write_best(path: Path, result: TuneResult, best_trial: int, left_out: Any) -> None:
     atomic_write_text(
-        out / "best_weights.json",
+        path,
         json.dumps(
             {
-                "study": study_name,
-                "storage": storage_url,
+                "study": result.study_name,
+                "storage": result.storage,
                 "trials": result.trials,
-                "best_trial": best.number,
+                "best_trial": best_trial,
                 "validation_delta_m": result.best_value,
                 "not_in_delta_m": left_out,
                 "weights": result.best_weights,
@@ -344,4 +391,3 @@ def run_tune(settings: TuneSettings, log: Log = print) -> TuneResult:
             indent=2,
         ),
     )
-    return result
