@@ -288,26 +288,7 @@ def run_compare(settings: CompareSettings, log: Log = print) -> CompareResult:
         f"compare on {s.benchmark}: {len(methods)} methods x {len(seeds)} seed(s) + "
         f"{len(info.names)} single-task baselines = {total} runs -> {out}"
     )
-    # (key, label, config) of every run, baselines first; validated before anything trains.
-    plan: list[tuple[str, str, dict[str, Any]]] = []
-    for seed in seeds:
-        for task in info.names:
-            folder = out / "baselines" / task / f"seed{seed}"
-            cfg = {**base, "method": "ew", "tasks": [task], "seed": seed, "out_dir": str(folder)}
-            plan.append((f"task:{task}", f"single-task {task} seed{seed}", cfg))
-        for method in methods:
-            folder = out / "runs" / method / f"seed{seed}"
-            cfg = {**base, "method": method, "seed": seed, "out_dir": str(folder)}
-            plan.append((f"method:{method}", f"{method} seed{seed}", cfg))
-    import taskbalance
-    from taskbalance.training import TrainConfig
-
-    for _, _, cfg in plan:
-        config = TrainConfig.from_dict(cfg)
-        # A method that cannot be created (e.g. static without weights) fails now, not after
-        # the baselines have trained.
-        num_tasks = len(config.tasks) if config.tasks is not None else len(info.names)
-        taskbalance.create(config.method, num_tasks, **config.method_options)
+    plan = _plan(out, base, seeds, info.names, methods)
     jobs, threads = resolve_jobs(s.jobs, s.device, len(plan))
     if jobs > 1:
         log(f"training {jobs} runs at a time, {threads} torch thread(s) each")
@@ -330,15 +311,7 @@ def run_compare(settings: CompareSettings, log: Log = print) -> CompareResult:
         timing=None if timing is None else timing["seconds"],
     )
     sharing = _measure_sharing({**base, "method": "ew", "seed": seeds[0], "out_dir": str(out)})
-    steps_text = "full epochs" if s.steps is None else f"epochs of {s.steps} steps"
-    title = (
-        f"{s.benchmark}: {len(methods)} methods, {len(seeds)} seed(s), {s.epochs} {steps_text}"
-        + (
-            f", {base['scheduler']} learning rate"
-            if base.get("scheduler", "none") != "none"
-            else ""
-        )
-    )
+    title = _title(s, len(methods), len(seeds), base)
     markdown = to_markdown(board, title=title, sharing=sharing)
     figures = _write_plots(out / "plots", method_runs, board, info, pareto, len(seeds))
     seconds = time.perf_counter() - start
@@ -354,6 +327,56 @@ def run_compare(settings: CompareSettings, log: Log = print) -> CompareResult:
         "timing": timing,
         "jobs": jobs,
         "threads_per_job": threads,
+        **_run_summaries(methods, info.names, seeds, method_runs, baseline_runs),
+        "plots": {k: str(v) for k, v in figures.items()},
+        "seconds": seconds,
+    }
+    atomic_write_text(out / "results.json", json.dumps(payload, indent=2))
+    return CompareResult(out, board, markdown, figures, seconds)
+
+
+def _plan(
+    out: Path, base: dict[str, Any], seeds: list[int], tasks: list[str], methods: list[str]
+) -> list[tuple[str, str, dict[str, Any]]]:
+    """``(key, label, config)`` of every run, baselines first; validated before anything
+    trains (a method that cannot be created, e.g. static without weights, fails now)."""
+    import taskbalance
+    from taskbalance.training import TrainConfig
+
+    plan: list[tuple[str, str, dict[str, Any]]] = []
+    for seed in seeds:
+        for task in tasks:
+            folder = out / "baselines" / task / f"seed{seed}"
+            cfg = {**base, "method": "ew", "tasks": [task], "seed": seed, "out_dir": str(folder)}
+            plan.append((f"task:{task}", f"single-task {task} seed{seed}", cfg))
+        for method in methods:
+            folder = out / "runs" / method / f"seed{seed}"
+            cfg = {**base, "method": method, "seed": seed, "out_dir": str(folder)}
+            plan.append((f"method:{method}", f"{method} seed{seed}", cfg))
+    for _, _, cfg in plan:
+        config = TrainConfig.from_dict(cfg)
+        num_tasks = len(config.tasks) if config.tasks is not None else len(tasks)
+        taskbalance.create(config.method, num_tasks, **config.method_options)
+    return plan
+
+
+def _title(s: CompareSettings, n_methods: int, n_seeds: int, base: Mapping[str, Any]) -> str:
+    steps_text = "full epochs" if s.steps is None else f"epochs of {s.steps} steps"
+    scheduler = base.get("scheduler", "none")
+    return (
+        f"{s.benchmark}: {n_methods} methods, {n_seeds} seed(s), {s.epochs} {steps_text}"
+        + (f", {scheduler} learning rate" if scheduler != "none" else "")
+    )
+
+
+def _run_summaries(
+    methods: list[str],
+    tasks: list[str],
+    seeds: list[int],
+    method_runs: Mapping[str, list[dict[str, Any]]],
+    baseline_runs: Mapping[str, list[dict[str, Any]]],
+) -> dict[str, list[dict[str, Any]]]:
+    return {
         "runs": [
             _run_summary(run, method=m, seed=seed)
             for m in methods
@@ -361,14 +384,10 @@ def run_compare(settings: CompareSettings, log: Log = print) -> CompareResult:
         ],
         "baselines": [
             _run_summary(run, method="ew", seed=seed, task=t)
-            for t in info.names
+            for t in tasks
             for seed, run in zip(seeds, baseline_runs[t], strict=True)
         ],
-        "plots": {k: str(v) for k, v in figures.items()},
-        "seconds": seconds,
     }
-    atomic_write_text(out / "results.json", json.dumps(payload, indent=2))
-    return CompareResult(out, board, markdown, figures, seconds)
 
 
 def resolve_jobs(jobs: int | None, device: str, runs: int) -> tuple[int, int]:

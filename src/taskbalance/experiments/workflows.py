@@ -480,13 +480,10 @@ def compare_workflows(
         ValueError: unknown workflow, bad labels (unknown task, fraction outside (0, 1]), a
             ``labels`` that removes no label at all.
     """
-    from taskbalance.data.partial import apply_partial_labels
-
     start = time.perf_counter()
     say = log or (lambda _msg: None)
     names = parse_workflows(workflows)
-    bench, fractions = _benchmark_and_labels(benchmark, labels, seed, size, cache_dir)
-    partial = _with_train(bench, apply_partial_labels(bench.train, fractions, seed=bench.seed))
+    bench, partial, fractions = _benchmark_and_labels(benchmark, labels, seed, size, cache_dir)
     common: dict[str, Any] = dict(
         method=method, epochs=epochs, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
         device=device,
@@ -517,10 +514,11 @@ def compare_workflows(
 
 def _benchmark_and_labels(
     benchmark: Any, labels: Mapping[str, float] | str, seed: int, size: Any, cache_dir: Any
-) -> tuple[Any, dict[str, float]]:
-    """The fully labelled benchmark and the validated label fractions (some below 1)."""
+) -> tuple[Any, Any, dict[str, float]]:
+    """The fully labelled benchmark, its partially labelled copy and the validated label
+    fractions (some below 1)."""
     from taskbalance.data import load_benchmark
-    from taskbalance.data.partial import validate_fractions
+    from taskbalance.data.partial import apply_partial_labels, validate_fractions
 
     fractions = parse_labels(labels)
     if not fractions:
@@ -535,7 +533,8 @@ def _benchmark_and_labels(
     fractions = validate_fractions(fractions, bench.task_names)
     if all(v >= 1.0 for v in fractions.values()):
         raise ValueError(f"labels {fractions} keep every label; give a fraction below 1")
-    return bench, dict(fractions)
+    partial = _with_train(bench, apply_partial_labels(bench.train, fractions, seed=bench.seed))
+    return bench, partial, dict(fractions)
 
 
 @dataclass
