@@ -79,3 +79,16 @@ def test_unseeded_randomised_methods_draw_the_same_numbers_on_every_rank(ranks, 
 def test_a_nan_loss_on_one_rank_stops_every_rank_with_an_error(ranks) -> None:
     assert ranks[1]["nan_guard"].startswith("ValueError: the loss of task 'task1' is nan")
     assert ranks[0]["nan_guard"].startswith("RemoteRankError: rank(s) [1] failed")
+
+
+def test_without_an_initialised_group_the_balancer_stays_in_one_process() -> None:
+    from torch import nn
+
+    import taskbalance as tb
+
+    layer = nn.Linear(2, 2)
+    assert not tb.Balancer(tb.create("ew", 2), layer.parameters()).distributed
+    with pytest.raises(ValueError, match="process_group must be 'auto', None or"):
+        tb.Balancer(tb.create("ew", 2), layer.parameters(), process_group="world")
+    with pytest.raises(ValueError, match="torch.distributed is not initialised"):
+        tb.Balancer(tb.create("ew", 2), layer.parameters(), process_group=object())
