@@ -182,3 +182,15 @@ def test_compare_with_other_settings_names_overwrite(tmp_path, capsys):
             )["epochs_completed"]
             == 2
         )
+
+
+def test_commands_refuse_to_run_under_torchrun_until_they_shard_their_data(
+    monkeypatch, capsys
+) -> None:
+    from taskbalance.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["train", "--method", "ew", "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "do not run under torchrun yet (WORLD_SIZE=2)" in err
+    assert "docs/distributed.md" in err

@@ -735,6 +735,19 @@ def _one_line(err: BaseException) -> str:
     return " ".join(text.split())
 
 
+def _refuse_torchrun() -> None:
+    """The commands train in one process: under torchrun every rank would repeat the whole run
+    and write the same files, so say so instead (the Python API is distributed)."""
+    world = os.environ.get("WORLD_SIZE", "1")
+    if world.isdigit() and int(world) > 1:
+        raise UserError(
+            f"the taskbalance commands do not run under torchrun yet (WORLD_SIZE={world}): "
+            "each rank would train the whole run and write the same files. Run the command in "
+            "one process, or train with taskbalance.Balancer in your own torch.distributed "
+            "script (docs/distributed.md)"
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``taskbalance`` command line; returns the exit status."""
     parser = _build_parser()
@@ -756,6 +769,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     saved_threads, saved_showwarning = torch.get_num_threads(), warnings.showwarning
     warnings.showwarning = _one_line_warning
     try:
+        _refuse_torchrun()
         if hasattr(args, "threads"):
             _set_threads(args.threads)
         return func(args)

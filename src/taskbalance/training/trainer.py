@@ -166,7 +166,11 @@ class Trainer:
         self.mode = choose_mode(mode, self.method, model)
         # The Balancer skips shared parameters that are frozen at the time of a step.
         shared, names = shared_of(model, shared_parameters), self.trainable_tasks
-        self.balancer = Balancer(self.method, shared, self.mode, task_names=names)
+        # One process: the Trainer does not shard data or reduce metrics yet (docs/distributed.md),
+        # so its Balancer must not reduce over a process group a user script may have set up.
+        self.balancer = Balancer(
+            self.method, shared, self.mode, task_names=names, process_group=None
+        )
         self.balancer.check_finite = check_finite
         params = self._params()
         self.optimizer = build_optimizer(optimizer, params, lr, weight_decay, optimizer_options)
