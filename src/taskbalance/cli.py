@@ -504,17 +504,8 @@ def _add_threads_flag(p: argparse.ArgumentParser) -> None:
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    from taskbalance.experiments.compare import (
-        DEFAULT_BENCHMARK,
-        DEFAULT_EPOCHS,
-        DEFAULT_SCHEDULER,
-        DEFAULT_SEEDS,
-        DEFAULT_SIZE,
-        DEFAULT_STEPS,
-        STANDARD_METHODS,
-    )
-    from taskbalance.experiments.workflows import WORKFLOWS, labels_argument, workflows_argument
-    from taskbalance.training.config import SCHEDULERS
+    from taskbalance import __version__
+    from taskbalance.experiments.compare import DEFAULT_EPOCHS, DEFAULT_SIZE, DEFAULT_STEPS
 
     defaults = {"epochs": DEFAULT_EPOCHS, "steps": DEFAULT_STEPS, "size": DEFAULT_SIZE}
     parser = _Parser(
@@ -522,11 +513,18 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Train multi-task networks with every established way of balancing tasks.",
         epilog="Run 'taskbalance COMMAND --help' for the flags of a command.",
     )
-    from taskbalance import __version__
-
     parser.add_argument("--version", action="version", version=f"taskbalance {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    _add_methods_command(sub, defaults)
+    _add_train_command(sub, defaults)
+    _add_compare_command(sub, defaults)
+    _add_annotate_command(sub, defaults)
+    _add_tune_command(sub, defaults)
+    return parser
 
+
+def _add_methods_command(sub: Any, defaults: dict[str, Any]) -> None:
+    """The ``methods`` command and its flags."""
     p = sub.add_parser(
         "methods",
         help="list the balancing methods",
@@ -534,6 +532,11 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-v", "--verbose", action="store_true", help="also show summaries and options")
     p.set_defaults(func=_cmd_methods)
+
+
+def _add_train_command(sub: Any, defaults: dict[str, Any]) -> None:
+    """The ``train`` command and its flags."""
+    from taskbalance.experiments.workflows import labels_argument
 
     p = sub.add_parser(
         "train",
@@ -588,6 +591,19 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_train)
 
+
+def _add_compare_command(sub: Any, defaults: dict[str, Any]) -> None:
+    """The ``compare`` command and its flags."""
+    from taskbalance.experiments.compare import (
+        DEFAULT_BENCHMARK,
+        DEFAULT_EPOCHS,
+        DEFAULT_SCHEDULER,
+        DEFAULT_SEEDS,
+        DEFAULT_STEPS,
+        STANDARD_METHODS,
+    )
+    from taskbalance.training.config import SCHEDULERS
+
     p = sub.add_parser(
         "compare",
         help="compare methods: leaderboard, Δm%%, plots",
@@ -639,6 +655,17 @@ def _build_parser() -> argparse.ArgumentParser:
         help="two metrics task.metric,task.metric for the Pareto plot "
         "(default: the primary metrics of the first two tasks)",
     )
+    _add_workflow_flags(p)
+    _add_training_flags(
+        p, defaults=defaults, out_help="output folder (default: runs/compare-<benchmark>)"
+    )
+    p.set_defaults(func=_cmd_compare)
+
+
+def _add_workflow_flags(p: argparse.ArgumentParser) -> None:
+    """``compare --labels``: the partial-label workflow comparison."""
+    from taskbalance.experiments.workflows import WORKFLOWS, labels_argument, workflows_argument
+
     p.add_argument(
         "--labels",
         type=labels_argument,
@@ -659,10 +686,11 @@ def _build_parser() -> argparse.ArgumentParser:
         default=0,
         help="with --labels: fine-tuning rounds after the staged schedule (default: 0)",
     )
-    _add_training_flags(
-        p, defaults=defaults, out_help="output folder (default: runs/compare-<benchmark>)"
-    )
-    p.set_defaults(func=_cmd_compare)
+
+
+def _add_annotate_command(sub: Any, defaults: dict[str, Any]) -> None:
+    """The ``annotate`` command and its flags."""
+    from taskbalance.experiments.workflows import labels_argument
 
     p = sub.add_parser(
         "annotate",
@@ -700,6 +728,9 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_annotate)
 
+
+def _add_tune_command(sub: Any, defaults: dict[str, Any]) -> None:
+    """The ``tune`` command and its flags."""
     p = sub.add_parser(
         "tune",
         help="tune static task weights with Optuna",
@@ -725,7 +756,6 @@ def _build_parser() -> argparse.ArgumentParser:
         p, defaults=defaults, out_help="output folder (default: runs/tune-<benchmark>)"
     )
     p.set_defaults(func=_cmd_tune)
-    return parser
 
 
 def _one_line(err: BaseException) -> str:
