@@ -54,7 +54,7 @@ def main() -> None:
             print(f"FAIL {key}: {next(g for g in got if not isinstance(g, torch.Tensor))}")
             failures += 1
             continue
-        variant = "masked" if case[2] == "masked" else "full"
+        variant = case[2] if case[2] in ("masked", "empty") else "full"
         ref = W.run_case(case[0], case[1], variant, rank=None)
         err = max(float((g - ref).abs().max()) for g in got)
         ok = err <= 1e-9 * max(1.0, float(ref.abs().max()))

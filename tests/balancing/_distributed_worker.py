@@ -2,7 +2,8 @@
 
 A small float64 model (shared trunk, one linear head per task) takes two steps. The distributed
 run gives each rank its own part of each step's batch (unequal sizes, labels masked, task 2
-absent on rank 0 in the masked batches); the reference runs one process on the union batch
+absent on rank 0 in the masked batches, no label at all on rank 0 in the first "empty" step);
+the reference runs one process on the union batch
 (rank 0's samples, then rank 1's). Losses are means over each task's labelled samples.
 """
 
@@ -40,6 +41,16 @@ def cases() -> list[tuple[str, str, str]]:
             out.append((name, "param", "gramian"))
     for name in ("ew", "uw", "mgda", "graddrop"):
         out.append((name, "param", "ddp"))
+    # rank 0 has no label at all in the first step (it passes every loss as None)
+    for name, mode in (
+        ("ew", "param"),
+        ("uw", "param"),
+        ("gradnorm", "param"),
+        ("mgda", "param"),
+        ("mgda", "rep"),
+        ("graddrop", "rep"),
+    ):
+        out.append((name, mode, "empty"))
     return out
 
 
@@ -65,22 +76,24 @@ class Net(nn.Module):
         return z, [h(z).squeeze(-1) for h in self.heads]
 
 
-def batch(step: int, masked: bool) -> tuple[Tensor, Tensor, Tensor]:
+def batch(step: int, variant: str) -> tuple[Tensor, Tensor, Tensor]:
     """The union batch of a step: inputs, targets [B, T], label mask [B, T]."""
     g = torch.Generator().manual_seed(100 + step)
     B = sum(SIZES)
     x = torch.randn(B, 4, generator=g, dtype=torch.float64)
     y = torch.randn(B, T, generator=g, dtype=torch.float64) * torch.tensor([1.0, 3.0, 0.3])
     mask = torch.ones(B, T, dtype=torch.bool)
-    if masked:
+    if variant == "empty" and step == 0:
+        mask[: SIZES[0]] = False
+    if variant in ("masked", "empty"):
         mask[: SIZES[0], 2] = False  # task 2: no label on rank 0
         mask[SIZES[0] + 1, 1] = False  # task 1: one sample unlabelled on rank 1
         mask[0, 0] = False
     return x, y, mask
 
 
-def local_part(rank: int | None, step: int, masked: bool) -> tuple[Tensor, Tensor, Tensor]:
-    x, y, m = batch(step, masked)
+def local_part(rank: int | None, step: int, variant: str) -> tuple[Tensor, Tensor, Tensor]:
+    x, y, m = batch(step, variant)
     if rank is None:
         return x, y, m
     start = sum(SIZES[:rank])
@@ -107,7 +120,7 @@ def run_case(name: str, mode: str, variant: str, rank: int | None, seed: int | N
     params = [*model.parameters(), *balancer.parameters()]
     opt = torch.optim.SGD(params, lr=0.1)
     for step in range(STEPS):
-        x, y, m = (v.to(device) for v in local_part(rank, step, variant == "masked"))
+        x, y, m = (v.to(device) for v in local_part(rank, step, variant))
         opt.zero_grad()
         ctx = net.no_sync() if isinstance(net, nn.parallel.DistributedDataParallel) else _null()
         with ctx:
@@ -135,7 +148,7 @@ def nan_guard(rank: int) -> str:
     """Rank 1's loss is NaN: every rank must raise (no rank left waiting)."""
     model = Net().to(DEVICE)
     balancer = Balancer(taskbalance.create("mgda", T), model.trunk.parameters())
-    x, y, _ = (v.to(DEVICE) for v in local_part(rank, 0, False))
+    x, y, _ = (v.to(DEVICE) for v in local_part(rank, 0, "full"))
     _, preds = model(x)
     losses = [((p - y[:, t]) ** 2).mean() for t, p in enumerate(preds)]
     if rank == 1:
