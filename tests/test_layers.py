@@ -157,3 +157,17 @@ def test_the_check_sees_an_upward_import_and_a_circle() -> None:
         "taskbalance.balancing.base"
     }
     assert any("taskbalance.balancing.base" in c for c in _circles(_without_registration(graph)))
+
+
+def test_method_modules_import_shared_modules_not_each_other() -> None:
+    # a method is one file: what two methods share lives in base, solvers or a _private helper
+    methods = {
+        name
+        for name in MODULES
+        if name.rpartition(".")[0]
+        in ("taskbalance.balancing.aggregation", "taskbalance.balancing.weighting")
+        and not name.rpartition(".")[2].startswith("_")
+        and name.rpartition(".")[2] != "config"
+    }
+    crossing = [f"{a} imports {b}" for a in sorted(methods) for b in GRAPH[a] if b in methods]
+    assert not crossing, "\n".join(crossing)

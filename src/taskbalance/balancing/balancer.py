@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from taskbalance.validation import check_finite_losses
+
 from .base import GradientMethod, LossMethod, Method, check_choice, raise_nonfinite_gradient
 from .distributed import resolve_group
 from .distributed_step import distributed_backward
@@ -435,14 +437,7 @@ class Balancer:
             stacked = torch.stack([zero if x is None else x for x in items])
             present = torch.tensor(flags, device=stacked.device)
         if self.check_finite:
-            finite = torch.isfinite(stacked.detach())
-            if not bool(finite.all()):
-                bad = int((~finite).nonzero()[0, 0])
-                raise ValueError(
-                    f"the loss of task {names[bad]!r} is {float(stacked[bad])}; a NaN or "
-                    "infinite loss cannot be balanced - check that task's predictions, targets "
-                    "and learning rate"
-                )
+            check_finite_losses(stacked, names)
         for n, x in zip(names, items):
             if x is not None and not x.requires_grad:
                 raise ValueError(

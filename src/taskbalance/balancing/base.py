@@ -21,6 +21,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from taskbalance.validation import check_choice, check_finite_losses, check_positive, is_int
+
 from .solvers import combine, first_nonfinite_row, first_nonfinite_row_of, gramian
 
 __all__ = [
@@ -33,7 +35,10 @@ __all__ = [
     "check_losses",
     "check_positive",
     "check_task_weights",
+    "follow",
+    "imtl_l_transform",
     "make_generator",
+    "present_mask",
 ]
 
 
@@ -55,7 +60,7 @@ class Method(nn.Module):
 
     def __init__(self, num_tasks: int) -> None:
         super().__init__()
-        if isinstance(num_tasks, bool) or not isinstance(num_tasks, int) or num_tasks < 1:
+        if not is_int(num_tasks) or num_tasks < 1:
             raise ValueError(f"num_tasks must be a positive integer, got {num_tasks!r}")
         self.num_tasks = num_tasks
         self.last_weights: Tensor | None = None
@@ -265,14 +270,7 @@ def check_losses(losses: Tensor, num_tasks: int, names: Sequence[str] | None = N
         )
     if not losses.is_floating_point():
         raise TypeError(f"losses must be floating point, got {losses.dtype}")
-    finite = torch.isfinite(losses.detach())
-    if not bool(finite.all()):
-        bad = int((~finite).nonzero()[0, 0])
-        label = repr(names[bad]) if names is not None else f"task {bad}"
-        raise ValueError(
-            f"the loss of {label} is {float(losses[bad])}; a NaN or infinite loss cannot be "
-            "balanced - check that task's predictions, targets and learning rate"
-        )
+    check_finite_losses(losses, names)
     return losses
 
 
@@ -294,20 +292,11 @@ def make_generator(seed: int | torch.Generator | None) -> torch.Generator | None
     """A CPU generator for an int seed; a generator passes through; None means the global RNG."""
     if seed is None or isinstance(seed, torch.Generator):
         return seed
-    if isinstance(seed, bool) or not isinstance(seed, int):
+    if not is_int(seed):
         raise ValueError(f"seed must be an int or a torch.Generator, got {seed!r}")
     g = torch.Generator()
     g.manual_seed(seed)
     return g
-
-
-def check_positive(name: str, value: float, *, allow_zero: bool = False) -> float:
-    """Validate a finite positive real option (the error names the option)."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
-    return float(value)
 
 
 def check_task_weights(name: str, weights: Sequence[float] | Tensor, num_tasks: int) -> Tensor:
@@ -321,8 +310,35 @@ def check_task_weights(name: str, weights: Sequence[float] | Tensor, num_tasks: 
     return torch.tensor(values, dtype=torch.float64)
 
 
-def check_choice(name: str, value: str, choices: Sequence[str]) -> str:
-    """Validate a string option against its allowed values (the error lists them)."""
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
-    return value
+# Helpers shared by several methods (method modules import these, never each other).
+
+
+def follow(state: Tensor, like: Tensor) -> Tensor:
+    """``state`` moved to ``like``'s device, floating state promoted to at least ``like``'s dtype.
+
+    Method state is kept in buffers (it travels in ``state_dict``); it follows the losses so a
+    method works on any device without being moved by hand.
+    """
+    if state.is_floating_point():
+        dtype = torch.promote_types(state.dtype, like.dtype)
+        return state.to(device=like.device, dtype=dtype)
+    return state.to(device=like.device)
+
+
+def present_mask(losses: Tensor, present: Tensor | None) -> Tensor:
+    """The boolean ``present`` mask on the losses' device (all ``True`` for ``None``)."""
+    if present is None:
+        return torch.ones(losses.shape[0], dtype=torch.bool, device=losses.device)
+    return present.to(device=losses.device, dtype=torch.bool)
+
+
+def imtl_l_transform(losses: Tensor, s: Tensor) -> Tensor:
+    """IMTL-L's element-wise loss transform ``e^{s_t}·L_t − s_t``.
+
+    ``s`` (the learnable log-scales, shape ``[T]``) is cast to the losses' device and dtype
+    differentiably, so gradients reach both the network and ``s``. Minimising over ``s_t``
+    drives ``e^{s_t} L_t`` towards 1: every scaled loss ends in the same range.
+    Shared by the ``imtl_l`` loss method and the combined ``imtl`` gradient method.
+    """
+    s = s.to(device=losses.device, dtype=losses.dtype)
+    return torch.exp(s) * losses - s

@@ -10,6 +10,9 @@ tiny, and float64 keeps gradients of very different scales (``1e-15`` next to ``
 * :func:`min_norm_weights` - the exact min-norm point of the convex hull of the rows (MGDA);
 * :func:`combine` - ``d = wᵀ J`` back in ``J``'s dtype;
 * :func:`random_orders` - reproducible random task orders (PCGrad, GradVac);
+* :func:`dual_cone_weights` - projections onto the dual cone of the rows (UPGrad, CAGrad,
+  DualProj); :func:`project_simplex` - Euclidean projection onto the simplex (CAGrad, MoCo,
+  MoDo, SDMGrad);
 * :func:`solve_device` - where the float64 work runs (the gradients' device; CPU for MPS).
 
 Nothing here copies ``J`` to the host; the only per-parameter work is ``J Jᵀ`` and ``wᵀ J``.
@@ -24,6 +27,8 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "dual_cone_weights",
+    "project_simplex",
     "combine",
     "gramian",
     "min_norm_weights",
@@ -577,3 +582,77 @@ def min_norm_weights(G: Tensor, method: str = "auto") -> Tensor:
         zero = G64.diagonal() <= 0
         w = torch.where(zero.any(), zero.to(w.dtype) / zero.sum().clamp_min(1), w)
     return w.to(device=device, dtype=dtype)
+
+
+def project_simplex(v: Tensor) -> Tensor:
+    """Euclidean projection of a vector onto the probability simplex (sort-based, exact)."""
+    n = v.shape[-1]
+    u = torch.sort(v, descending=True).values
+    css = u.cumsum(-1) - 1.0
+    k = torch.arange(1, n + 1, dtype=v.dtype, device=v.device)
+    cond = u - css / k > 0
+    rho = cond.to(torch.int64).cumsum(-1).argmax(-1, keepdim=True)  # last True index
+    theta = css.gather(-1, rho) / (rho + 1).to(v.dtype)
+    return (v - theta).clamp_min(0)
+
+
+def _masked_solve(G: Tensor, free: Tensor, rhs: Tensor, ridge: float) -> Tensor:
+    """Solve ``G_FF z_F = rhs_F`` (z = 0 off F) for each row's free set F, batched."""
+    k, n = free.shape
+    pair = free[:, :, None] & free[:, None, :]
+    eye = torch.eye(n, dtype=G.dtype, device=G.device)
+    M = torch.where(pair, G.expand(k, n, n), torch.zeros((), dtype=G.dtype, device=G.device))
+    M = M + eye * torch.where(free, ridge, 1.0)[:, None, :]
+    z = torch.linalg.solve(M, (rhs * free)[..., None])[..., 0]
+    return torch.where(free, z, torch.zeros((), dtype=G.dtype, device=G.device))
+
+
+def dual_cone_weights(
+    G: Tensor, Y: Tensor, *, tol: float = 1e-12, max_iter: int | None = None
+) -> Tensor:
+    """Weights of the projections of ``Jᵀy`` (each row ``y`` of ``Y``) onto ``{x : J x ≥ 0}``.
+
+    For each row ``y`` returns ``v = y + μ*`` with ``μ* = argmin_{μ ≥ 0} (y + μ)ᵀ G (y + μ)``, so
+    that ``Jᵀv`` is the Euclidean projection of ``Jᵀy`` onto the dual cone of the rows of J
+    (the dual of ``min ‖x − Jᵀy‖² s.t. J x ≥ 0``). The inner problem is the non-negative least
+    squares ``min_{μ≥0} ‖Jᵀμ + Jᵀy‖²``, solved exactly by the Lawson-Hanson active-set method,
+    written with the Gramian only (``G`` is ``[n, n]``, float64, ideally normalised) and batched
+    over the rows of ``Y`` (``[k, n]``).
+    """
+    k, n = Y.shape
+    if max_iter is None:
+        max_iter = 3 * n + 10
+    dtype, device = G.dtype, G.device
+    ridge = 1e-13 * n
+    c = Y @ G  # G y per row (G symmetric)
+    mu = torch.zeros(k, n, dtype=dtype, device=device)
+    free = torch.zeros(k, n, dtype=torch.bool, device=device)
+    inf = torch.tensor(float("inf"), dtype=dtype, device=device)
+    rows = torch.arange(k, device=device)
+    for _ in range(max_iter):
+        grad = mu @ G + c  # half the gradient of the objective w.r.t. μ
+        cand = ~free & (grad < -tol)
+        active = cand.any(1)
+        if not bool(active.any()):
+            break
+        j = torch.where(cand, grad, inf).argmin(1)
+        free[rows[active], j[active]] = True
+        for _ in range(n + 1):
+            z = _masked_solve(G, free, -c, ridge)
+            bad = free & (z <= 0) & active[:, None]
+            need = bad.any(1)
+            mu = torch.where((active & ~need)[:, None], z, mu)
+            if not bool(need.any()):
+                break
+            # Step from μ towards z until the first free variable hits zero; drop it.
+            gap = mu - z
+            ratio = torch.where(bad & (gap > 0), mu / torch.where(gap > 0, gap, 1.0), 0.0)
+            ratio = torch.where(bad, ratio, inf)
+            alpha = ratio.min(1).values.clamp(0.0, 1.0)
+            stepped = mu + alpha[:, None] * (z - mu)
+            mu = torch.where(need[:, None], stepped, mu)
+            drop = need[:, None] & free & (mu <= tol)
+            free = free & ~drop
+            mu = torch.where(free, mu.clamp_min(0), torch.zeros((), dtype=dtype, device=device))
+            active = need
+    return Y + mu

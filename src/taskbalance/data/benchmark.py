@@ -43,6 +43,7 @@ from torch.utils.data import DataLoader
 
 from taskbalance.data.dataset import Batch, MultiTaskDataset
 from taskbalance.fileio import atomic_write
+from taskbalance.validation import is_int
 
 if TYPE_CHECKING:  # pragma: no cover
     from taskbalance.models import MultiTaskModel
@@ -387,7 +388,7 @@ def load_benchmark(
         ValueError: unknown benchmark, size option, task in ``labels`` or a bad fraction.
     """
     spec = get_spec(name)
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+    if not (is_int(seed) or isinstance(seed, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
     seed = int(seed)
     params = spec.resolve_size(size)

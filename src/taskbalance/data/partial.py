@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from taskbalance.data.dataset import MultiTaskDataset
+from taskbalance.validation import is_number
 
 __all__ = ["apply_partial_labels", "labelled_subset", "validate_fractions"]
 
@@ -43,7 +44,7 @@ def validate_fractions(labels: Mapping[str, float], task_names: Iterable[str]) -
     for task, fraction in labels.items():
         if task not in names:
             raise ValueError(f"labels: unknown task {task!r}; tasks are {names}")
-        if isinstance(fraction, bool) or not isinstance(fraction, int | float | np.floating):
+        if not (is_number(fraction) or isinstance(fraction, np.floating)):
             raise ValueError(f"labels[{task!r}] must be a number in (0, 1], got {fraction!r}")
         value = float(fraction)
         if not (math.isfinite(value) and 0.0 < value <= 1.0):

@@ -45,6 +45,7 @@ from taskbalance.data.benchmark import (
     register_benchmark,
     split_seeds,
 )
+from taskbalance.validation import is_int, is_number
 
 __all__ = [
     "NAME",
@@ -81,17 +82,17 @@ TINY_SIZE: dict[str, Any] = {"train": 96, "val": 48, "test": 48, "input_dim": 16
 
 def _check_params(params: dict[str, Any]) -> None:
     p = params["correlation"]
-    if not isinstance(p, int | float) or isinstance(p, bool) or not -1.0 <= p <= 1.0:
+    if not is_number(p) or not -1.0 <= p <= 1.0:
         raise ValueError(f"correlation must be a number in [-1, 1] (cos(w1, w2)), got {p!r}")
     d = params["input_dim"]
-    if not isinstance(d, int) or isinstance(d, bool) or d < 2:
+    if not is_int(d) or d < 2:
         raise ValueError(f"input_dim must be an int >= 2 (two orthogonal vectors), got {d!r}")
     m = params["num_sines"]
-    if not isinstance(m, int) or isinstance(m, bool) or m < 0:
+    if not is_int(m) or m < 0:
         raise ValueError(f"num_sines must be a non-negative int, got {m!r}")
     for key in ("scale", "noise"):
         value = params[key]
-        if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+        if not is_number(value) or value < 0:
             raise ValueError(f"{key} must be a non-negative number, got {value!r}")
 
 

@@ -60,6 +60,7 @@ from taskbalance.data.pseudo_labels import (
     label_mask,
     with_pseudo_labels,
 )
+from taskbalance.validation import is_number
 
 __all__ = [
     "CONFIDENCE_RULES",
@@ -406,7 +407,7 @@ def predict_pseudo_labels(
 
 
 def _check_threshold(task: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if not is_number(value) or not math.isfinite(value):
         raise ValueError(f"threshold of {task!r} must be a number in [0, 1], got {value!r}")
     if not 0.0 <= float(value) <= 1.0:
         raise ValueError(f"threshold of {task!r} must be in [0, 1], got {value!r}")

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from taskbalance.fileio import atomic_write_text
+from taskbalance.validation import is_int
 
 from . import plots
 from .report import build_leaderboard, sharing_summary, significance_marks, to_markdown
@@ -403,7 +404,7 @@ def resolve_jobs(jobs: int | None, device: str, runs: int) -> tuple[int, int]:
     threads = torch.get_num_threads()
     if jobs is None:
         jobs = threads if str(device).startswith("cpu") else 1
-    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+    if not is_int(jobs) or jobs < 1:
         raise ValueError(f"jobs must be an integer >= 1, got {jobs!r}")
     jobs = max(1, min(jobs, runs))
     return jobs, max(1, threads // jobs)

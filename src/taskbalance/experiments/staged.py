@@ -40,6 +40,8 @@ from typing import Any
 
 from torch import nn
 
+from taskbalance.validation import is_int, is_number
+
 __all__ = [
     "Stage",
     "StageRecord",
@@ -90,11 +92,10 @@ class Stage:
                 raise ValueError(
                     f"stage freeze entries must be 'backbone' or task names, got {part!r}"
                 )
-        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
+        if not is_int(self.epochs) or self.epochs < 1:
             raise ValueError(f"stage epochs must be an integer >= 1, got {self.epochs!r}")
         if self.lr is not None and (
-            isinstance(self.lr, bool)
-            or not isinstance(self.lr, int | float)
+            not is_number(self.lr)
             or not math.isfinite(self.lr)
             or self.lr <= 0
         ):
@@ -146,7 +147,7 @@ def default_schedule(
         raise ValueError("label_fractions must be a non-empty mapping task -> fraction")
     fractions: dict[str, float] = {}
     for task, value in label_fractions.items():
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        if not is_number(value):
             raise ValueError(f"label fraction of {task!r} must be a number, got {value!r}")
         value = float(value)
         if not (math.isfinite(value) and 0.0 <= value <= 1.0):
@@ -159,15 +160,14 @@ def default_schedule(
             "annotate them first (taskbalance.experiments.annotate) or leave them out"
         )
     for key, value in (("epochs", epochs), ("finetune_epochs", finetune_epochs)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if not is_int(value) or value < 1:
             raise ValueError(f"{key} must be an integer >= 1, got {value!r}")
     if rest_epochs is None:
         rest_epochs = epochs
-    if isinstance(rest_epochs, bool) or not isinstance(rest_epochs, int) or rest_epochs < 1:
+    if not is_int(rest_epochs) or rest_epochs < 1:
         raise ValueError(f"rest_epochs must be None or an integer >= 1, got {rest_epochs!r}")
     if (
-        isinstance(finetune_rounds, bool)
-        or not isinstance(finetune_rounds, int)
+        not is_int(finetune_rounds)
         or finetune_rounds < 0
     ):
         raise ValueError(f"finetune_rounds must be an integer >= 0, got {finetune_rounds!r}")

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from taskbalance.fileio import atomic_write_text
+from taskbalance.validation import is_int
 
 from .compare import (
     DEFAULT_EPOCHS,
@@ -230,7 +231,7 @@ def run_tune(settings: TuneSettings, log: Log = print) -> TuneResult:
 
 
 def _check_settings(s: TuneSettings) -> None:
-    if isinstance(s.trials, bool) or not isinstance(s.trials, int) or s.trials < 1:
+    if not is_int(s.trials) or s.trials < 1:
         raise ValueError(f"--trials must be an integer >= 1, got {s.trials!r}")
     if not (0 < s.low < s.high and math.isfinite(s.high)):
         raise ValueError(f"weight range must satisfy 0 < low < high, got [{s.low}, {s.high}]")

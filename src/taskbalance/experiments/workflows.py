@@ -34,6 +34,8 @@ from typing import Any
 
 from torch.utils.data import DataLoader
 
+from taskbalance.validation import is_number
+
 __all__ = [
     "REFERENCE",
     "WORKFLOWS",
@@ -106,7 +108,7 @@ def parse_labels(text: str | Mapping[str, float] | None) -> dict[str, float] | N
                 ) from None
             if percent:
                 value /= 100.0
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        if not is_number(value):
             raise ValueError(f"labels: the fraction of {task!r} must be a number, got {raw!r}")
         value = float(value)
         if not (math.isfinite(value) and 0.0 < value <= 1.0):

@@ -15,6 +15,8 @@ from typing import cast
 from torch import Tensor, nn
 from torch.nn import functional as F  # noqa: N812
 
+from taskbalance.validation import is_int
+
 __all__ = [
     "ConvBNReLU",
     "SmallCNN",
@@ -43,7 +45,7 @@ _BASIC_BLOCK_RESNETS = ("resnet18", "resnet34")
 
 
 def _check_positive(name: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if not is_int(value) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 

@@ -29,6 +29,7 @@ from taskbalance.models.multitask import (
     _match_heads,
     reset_parameters,
 )
+from taskbalance.validation import is_int
 
 __all__ = ["CrossStitchUnit", "CrossStitchNetwork", "infer_out_channels"]
 
@@ -69,7 +70,7 @@ def _layer_channels(layer: nn.Module) -> int | None:
     for leaf in reversed(leaves):
         for attr in ("out_channels", "out_features", "num_features"):
             value = getattr(leaf, attr, None)
-            if isinstance(value, int) and not isinstance(value, bool):
+            if is_int(value):
                 return value
         if not isinstance(leaf, _CHANNEL_PRESERVING):
             return None
@@ -136,10 +137,10 @@ class CrossStitchUnit(nn.Module):
         alpha_other: float = 0.1,
     ) -> None:
         super().__init__()
-        if isinstance(num_tasks, bool) or not isinstance(num_tasks, int) or num_tasks < 1:
+        if not is_int(num_tasks) or num_tasks < 1:
             raise ValueError(f"num_tasks must be a positive int, got {num_tasks!r}")
         if per_channel and (
-            isinstance(num_channels, bool) or not isinstance(num_channels, int) or num_channels < 1
+            not is_int(num_channels) or num_channels < 1
         ):
             raise ValueError(
                 f"a per-channel cross-stitch unit needs num_channels (positive int), got "

@@ -42,6 +42,7 @@ from torch import Tensor, nn
 
 from taskbalance.models.experts import ExpertFactory, ForgetsLastForward, _positive
 from taskbalance.models.mmoe import MMoE
+from taskbalance.validation import is_int, is_number
 
 __all__ = ["DSelectK", "DSelectKGate", "smooth_step"]
 
@@ -75,11 +76,11 @@ class DSelectKGate(ForgetsLastForward, nn.Module):
     ) -> None:
         super().__init__()
         _positive("in_features", in_features)
-        if isinstance(num_experts, bool) or not isinstance(num_experts, int) or num_experts < 2:
+        if not is_int(num_experts) or num_experts < 2:
             raise ValueError(f"DSelect-K needs num_experts >= 2, got {num_experts!r}")
-        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= num_experts:
+        if not is_int(k) or not 1 <= k <= num_experts:
             raise ValueError(f"k must be an int in [1, num_experts={num_experts}], got {k!r}")
-        if not isinstance(gamma, int | float) or isinstance(gamma, bool) or gamma <= 0:
+        if not is_number(gamma) or gamma <= 0:
             raise ValueError(f"gamma must be a positive number, got {gamma!r}")
         self.num_experts = num_experts
         self.k = k

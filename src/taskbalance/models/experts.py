@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from taskbalance.validation import is_int
+
 __all__ = ["mlp", "ExpertBank", "SoftmaxGate", "GatedMixture", "mix", "ExpertFactory"]
 
 #: ``factory(in_features, out_features) -> nn.Module`` mapping ``[B, in]`` to ``[B, out]``.
@@ -37,7 +39,7 @@ class ForgetsLastForward:
 
 
 def _positive(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if not is_int(value) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
     return value
 

@@ -38,6 +38,7 @@ from taskbalance.models.multitask import (
     _match_heads,
     reset_parameters,
 )
+from taskbalance.validation import is_int, is_number
 
 __all__ = ["LTB", "BranchLogits"]
 
@@ -112,7 +113,7 @@ class LTB(ForgetsLastForward, MultiTaskNetwork):
                 f"({below}); the last layer has one node per task"
             )
         for i, n in enumerate(counts):
-            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            if not is_int(n) or n < 1:
                 raise ValueError(f"nodes[{i}] must be a positive int, got {n!r}")
         self.node_counts = (*counts, len(names))
         self.hard = bool(hard)
@@ -144,7 +145,7 @@ class LTB(ForgetsLastForward, MultiTaskNetwork):
 
     @temperature.setter
     def temperature(self, value: float) -> None:
-        if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
+        if not is_number(value) or not value > 0:
             raise ValueError(f"temperature must be a positive number, got {value!r}")
         self._temperature = float(value)
 

@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from taskbalance.validation import is_int
+
 __all__ = ["MultiTaskNetwork", "MultiTaskModel", "reset_parameters"]
 
 #: Part names that address the shared part in :meth:`MultiTaskNetwork.freeze`; no task may use them.
@@ -329,7 +331,7 @@ class MultiTaskModel(MultiTaskNetwork):
         for i, layer in enumerate(layer_list):
             if not isinstance(layer, nn.Module):
                 raise TypeError(f"layers[{i}] must be an nn.Module, got {type(layer)!r}")
-        if isinstance(branch_point, bool) or not isinstance(branch_point, int):
+        if not is_int(branch_point):
             raise TypeError(f"branch_point must be an int, got {branch_point!r}")
         if not 0 <= branch_point <= len(layer_list):
             raise ValueError(

@@ -11,6 +11,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from taskbalance.validation import is_int
+
 __all__ = ["count_parameters", "single_task_models", "sharing_report", "time_forward"]
 
 
@@ -49,9 +51,9 @@ def time_forward(model: nn.Module, example_input: Any, repeats: int = 10, warmup
 
     The model's train/eval state is restored afterwards; CUDA is synchronised around each call.
     """
-    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+    if not is_int(repeats) or repeats < 1:
         raise ValueError(f"repeats must be a positive int, got {repeats!r}")
-    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+    if not is_int(warmup) or warmup < 0:
         raise ValueError(f"warmup must be a non-negative int, got {warmup!r}")
     was_training = model.training
     model.eval()

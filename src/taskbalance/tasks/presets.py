@@ -34,6 +34,7 @@ from taskbalance.tasks.metrics import (
     SegmentationMetrics,
 )
 from taskbalance.tasks.task import Task
+from taskbalance.validation import is_int
 
 __all__ = [
     "ball_position_task",
@@ -48,7 +49,7 @@ __all__ = [
 
 
 def _check_count(factory: str, what: str, value: int, minimum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+    if not is_int(value) or value < minimum:
         raise ValueError(f"{factory}: {what} must be an int >= {minimum}, got {value!r}")
 
 

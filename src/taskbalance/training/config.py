@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from taskbalance.validation import is_int, is_real
 
 __all__ = [
     "AMP_DTYPES",
@@ -38,14 +39,6 @@ RESUME_MAY_DIFFER = frozenset(
 )
 
 _DEVICE_RE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_real(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass
@@ -190,23 +183,23 @@ class TrainConfig:
         positive_ints = ("epochs", "batch_size")
         for key in positive_ints:
             value = getattr(self, key)
-            if not _is_int(value) or value < 1:
+            if not is_int(value) or value < 1:
                 raise self._bad(key, "an integer >= 1", value)
         for key in ("steps", "eval_batch_size"):
             value = getattr(self, key)
-            if value is not None and (not _is_int(value) or value < 1):
+            if value is not None and (not is_int(value) or value < 1):
                 raise self._bad(key, "None or an integer >= 1", value)
         for key in ("seed", "num_workers"):
             value = getattr(self, key)
-            if not _is_int(value) or value < 0:
+            if not is_int(value) or value < 0:
                 raise self._bad(key, "an integer >= 0", value)
-        if self.data_seed is not None and (not _is_int(self.data_seed) or self.data_seed < 0):
+        if self.data_seed is not None and (not is_int(self.data_seed) or self.data_seed < 0):
             raise self._bad("data_seed", "None or an integer >= 0", self.data_seed)
-        if not _is_real(self.lr) or self.lr <= 0:
+        if not is_real(self.lr) or self.lr <= 0:
             raise self._bad("lr", "a finite number > 0", self.lr)
-        if not _is_real(self.weight_decay) or self.weight_decay < 0:
+        if not is_real(self.weight_decay) or self.weight_decay < 0:
             raise self._bad("weight_decay", "a finite number >= 0", self.weight_decay)
-        if self.grad_clip is not None and (not _is_real(self.grad_clip) or self.grad_clip <= 0):
+        if self.grad_clip is not None and (not is_real(self.grad_clip) or self.grad_clip <= 0):
             raise self._bad("grad_clip", "None or a finite number > 0", self.grad_clip)
         self.lr = float(self.lr)
         self.weight_decay = float(self.weight_decay)
@@ -232,7 +225,7 @@ class TrainConfig:
                     "labels", "None or a non-empty mapping {task: fraction}", self.labels
                 )
             for task, fraction in self.labels.items():
-                if not isinstance(task, str) or not _is_real(fraction) or not 0 < fraction <= 1:
+                if not isinstance(task, str) or not is_real(fraction) or not 0 < fraction <= 1:
                     raise ValueError(
                         f"config key 'labels' must map task names to fractions in (0, 1], got "
                         f"{task!r}: {fraction!r}"

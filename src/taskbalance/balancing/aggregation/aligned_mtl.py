@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from taskbalance.validation import is_number
+
 from ..base import GradientMethod, check_task_weights
 from ..registry import register
 from ..solvers import normalized, present_weights
@@ -69,9 +71,7 @@ class AlignedMTL(GradientMethod):
         self.task_weights: Tensor | None = None
         if task_weights is not None:
             self.task_weights = check_task_weights("task_weights", task_weights, num_tasks)
-        if eps is not None and (
-            isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (0 < eps < 1)
-        ):
+        if eps is not None and (not is_number(eps) or not (0 < eps < 1)):
             raise ValueError(f"eps must be a number in (0, 1) or None, got {eps!r}")
         self.eps = None if eps is None else float(eps)
 

@@ -7,24 +7,13 @@ import math
 import torch
 from torch import Tensor
 
+from taskbalance.validation import is_int
+
 from ..base import GradientMethod, check_positive
 from ..registry import register
-from ..solvers import normalized
-from .upgrad import dual_cone_weights
+from ..solvers import dual_cone_weights, normalized, project_simplex
 
 __all__ = ["CAGrad", "cagrad_weights", "project_simplex"]
-
-
-def project_simplex(v: Tensor) -> Tensor:
-    """Euclidean projection of a vector onto the probability simplex (sort-based, exact)."""
-    n = v.shape[-1]
-    u = torch.sort(v, descending=True).values
-    css = u.cumsum(-1) - 1.0
-    k = torch.arange(1, n + 1, dtype=v.dtype, device=v.device)
-    cond = u - css / k > 0
-    rho = cond.to(torch.int64).cumsum(-1).argmax(-1, keepdim=True)  # last True index
-    theta = css.gather(-1, rho) / (rho + 1).to(v.dtype)
-    return (v - theta).clamp_min(0)
 
 
 def _polish(G: Tensor, b: Tensor, r: float, x: Tensor) -> Tensor | None:
@@ -209,7 +198,7 @@ class CAGrad(GradientMethod):
                 f"got {rescale!r}"
             )
         self.rescale = int(rescale)
-        if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+        if not is_int(max_iter) or max_iter < 1:
             raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
         self.max_iter = max_iter
         self.tol = check_positive("tol", tol)

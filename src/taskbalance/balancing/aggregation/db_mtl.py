@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from taskbalance.validation import is_number
+
 from .._per_parameter_state import PerParameterState, device_gramian
 from ..base import GradientMethod, check_positive
 from ..registry import register
@@ -53,7 +55,7 @@ class DBMTL(PerParameterState, GradientMethod):
         self, num_tasks: int, beta: float = 0.9, beta_sigma: float = 0.0, eps: float = 1e-8
     ) -> None:
         super().__init__(num_tasks)
-        ok = isinstance(beta, (int, float)) and not isinstance(beta, bool)
+        ok = is_number(beta)
         if not ok or not 0 <= beta < 1:
             raise ValueError(f"beta must be a number in [0, 1), got {beta!r}")
         self.beta = float(beta)

@@ -9,8 +9,7 @@ from torch import Tensor
 
 from ..base import GradientMethod, check_task_weights
 from ..registry import register
-from ..solvers import present_weights, unit_form
-from .upgrad import dual_cone_weights
+from ..solvers import dual_cone_weights, present_weights, unit_form
 
 __all__ = ["DualProj", "dualproj_weights"]
 

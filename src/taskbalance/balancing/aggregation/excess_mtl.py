@@ -20,8 +20,7 @@ _ADAGRAD_EPS = 1e-7
 
 @register(
     "excess_mtl",
-    paper="He et al., Robust Multi-Task Learning with Excess Risks, "
-    "ICML 2024 (arXiv:2402.02009)",
+    paper="He et al., Robust Multi-Task Learning with Excess Risks, ICML 2024 (arXiv:2402.02009)",
 )
 class ExcessMTL(PerParameterState, GradientMethod):
     """ExcessMTL: weight each task by how far it is from its best achievable loss.

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from taskbalance.validation import is_int
+
 from ..base import GradientMethod, check_positive
 from ..registry import register
 
@@ -136,7 +138,7 @@ class FairGrad(GradientMethod):
     ) -> None:
         super().__init__(num_tasks)
         self.alpha = check_positive("alpha", alpha)
-        if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+        if not is_int(max_iter) or max_iter < 1:
             raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
         self.max_iter = max_iter
         self.tol = check_positive("tol", tol)

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from taskbalance.validation import is_number
+
 from ..base import GradientMethod, make_generator
 from ..registry import register
 from ..solvers import chunk_columns
@@ -58,11 +60,7 @@ class GradDrop(GradientMethod):
         super().__init__(num_tasks)
         values = [leak] * num_tasks if isinstance(leak, (int, float)) else list(leak)
         if len(values) != num_tasks or not all(
-            isinstance(v, (int, float))
-            and not isinstance(v, bool)
-            and math.isfinite(v)
-            and 0 <= v <= 1
-            for v in values
+            is_number(v) and math.isfinite(v) and 0 <= v <= 1 for v in values
         ):
             raise ValueError(
                 f"leak must be a number in [0, 1] or {num_tasks} such numbers (one per task), "

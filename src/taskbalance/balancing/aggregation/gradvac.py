@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from taskbalance.validation import is_number
+
 from ..base import GradientMethod, make_generator
 from ..registry import register
 from ..solvers import normalized, random_orders
@@ -50,7 +52,7 @@ class GradVac(GradientMethod):
         self, num_tasks: int, beta: float = 0.01, seed: int | torch.Generator | None = None
     ) -> None:
         super().__init__(num_tasks)
-        ok = isinstance(beta, (int, float)) and not isinstance(beta, bool) and 0 < beta <= 1
+        ok = is_number(beta) and 0 < beta <= 1
         if not ok:
             raise ValueError(f"beta must be a number in (0, 1], got {beta!r}")
         self.beta = float(beta)

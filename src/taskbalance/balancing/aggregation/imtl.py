@@ -5,10 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..base import GradientMethod
+from ..base import GradientMethod, imtl_l_transform
 from ..registry import register
 from ..solvers import normalized
-from ..weighting.imtl_l import imtl_l_transform
 
 __all__ = ["IMTL", "IMTLG", "imtl_g_weights"]
 

@@ -7,11 +7,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from taskbalance.validation import is_number
+
 from .._per_parameter_state import PerParameterState, device_gramian
 from ..base import GradientMethod, check_choice, check_positive
 from ..registry import register
-from ..solvers import combine
-from .cagrad import project_simplex
+from ..solvers import combine, project_simplex
 
 __all__ = ["MoCo"]
 
@@ -66,7 +67,7 @@ class MoCo(PerParameterState, GradientMethod):
         normalize: str = "none",
     ) -> None:
         super().__init__(num_tasks)
-        ok = isinstance(beta, (int, float)) and not isinstance(beta, bool)
+        ok = is_number(beta)
         if not ok or not 0 < beta <= 1:
             raise ValueError(f"beta must be a number in (0, 1], got {beta!r}")
         self.beta = float(beta)

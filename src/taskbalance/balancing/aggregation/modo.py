@@ -7,7 +7,7 @@ from torch import Tensor
 
 from ..base import GradientMethod, check_positive
 from ..registry import register
-from .cagrad import project_simplex
+from ..solvers import project_simplex
 
 __all__ = ["MoDo"]
 

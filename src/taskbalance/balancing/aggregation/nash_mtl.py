@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from taskbalance.validation import is_int
+
 from ..base import GradientMethod, check_positive
 from ..registry import register
 from ..solvers import unit_form
@@ -147,7 +149,7 @@ class NashMTL(GradientMethod):
         super().__init__(num_tasks)
         self.max_norm = check_positive("max_norm", max_norm, allow_zero=True)
         for name, value in (("update_weights_every", update_weights_every), ("max_iter", max_iter)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         self.update_weights_every = update_weights_every
         self.max_iter = max_iter

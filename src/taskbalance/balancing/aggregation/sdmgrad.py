@@ -5,9 +5,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from taskbalance.validation import is_int, is_number
+
 from ..base import GradientMethod, check_positive
 from ..registry import register
-from .cagrad import project_simplex
+from ..solvers import project_simplex
 
 __all__ = ["SDMGrad"]
 
@@ -54,11 +56,11 @@ class SDMGrad(GradientMethod):
     ) -> None:
         super().__init__(num_tasks)
         self.lamda = check_positive("lamda", lamda, allow_zero=True)
-        if isinstance(n_iter, bool) or not isinstance(n_iter, int) or n_iter < 1:
+        if not is_int(n_iter) or n_iter < 1:
             raise ValueError(f"n_iter must be a positive integer, got {n_iter!r}")
         self.n_iter = n_iter
         self.lr = check_positive("lr", lr)
-        ok = isinstance(momentum, (int, float)) and not isinstance(momentum, bool)
+        ok = is_number(momentum)
         if not ok or not 0 <= momentum < 1:
             raise ValueError(f"momentum must be a number in [0, 1), got {momentum!r}")
         self.momentum = float(momentum)

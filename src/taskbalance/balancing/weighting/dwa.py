@@ -5,9 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..base import LossMethod, check_positive
+from ..base import LossMethod, check_positive, follow, present_mask
 from ..registry import register
-from .scaled import follow, present_mask
 
 
 @register(

@@ -5,10 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..base import LossMethod, check_positive
+from ..base import LossMethod, check_positive, present_mask
 from ..registry import register
 from ._log_losses import require_loss_sign
-from .scaled import present_mask
 
 __all__ = ["GeometricLossStrategy"]
 

@@ -7,9 +7,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ..base import LossMethod, check_positive
+from ..base import LossMethod, check_positive, follow, present_mask
 from ..registry import register
-from .scaled import follow, present_mask
 
 
 @register(

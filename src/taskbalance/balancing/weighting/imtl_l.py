@@ -5,23 +5,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..base import LossMethod
+from ..base import LossMethod, imtl_l_transform, present_mask
 from ..registry import register
-from .scaled import present_mask
 
 __all__ = ["ImpartialLossWeighting", "imtl_l_transform"]
-
-
-def imtl_l_transform(losses: Tensor, s: Tensor) -> Tensor:
-    """IMTL-L's element-wise loss transform ``e^{s_t}·L_t − s_t``.
-
-    ``s`` (the learnable log-scales, shape ``[T]``) is cast to the losses' device and dtype
-    differentiably, so gradients reach both the network and ``s``. Minimising over ``s_t``
-    drives ``e^{s_t} L_t`` towards 1: every scaled loss ends in the same range.
-    Shared by the ``imtl_l`` loss method and the combined ``imtl`` gradient method.
-    """
-    s = s.to(device=losses.device, dtype=losses.dtype)
-    return torch.exp(s) * losses - s
 
 
 @register(

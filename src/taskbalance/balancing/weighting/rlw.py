@@ -7,9 +7,8 @@ import math
 import torch
 from torch import Tensor
 
-from ..base import LossMethod, check_choice, check_positive, make_generator
+from ..base import LossMethod, check_choice, check_positive, make_generator, present_mask
 from ..registry import register
-from .scaled import present_mask
 
 
 def sample_log_gamma(shape: float, n: int, generator: torch.Generator | None) -> Tensor:

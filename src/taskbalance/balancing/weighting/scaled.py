@@ -5,27 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..base import LossMethod, check_choice, check_positive
+from ..base import LossMethod, check_choice, check_positive, follow, present_mask
 from ..registry import register
-
-
-def follow(state: Tensor, like: Tensor) -> Tensor:
-    """``state`` moved to ``like``'s device, floating state promoted to at least ``like``'s dtype.
-
-    Method state is kept in buffers (it travels in ``state_dict``); it follows the losses so a
-    method works on any device without being moved by hand.
-    """
-    if state.is_floating_point():
-        dtype = torch.promote_types(state.dtype, like.dtype)
-        return state.to(device=like.device, dtype=dtype)
-    return state.to(device=like.device)
-
-
-def present_mask(losses: Tensor, present: Tensor | None) -> Tensor:
-    """The boolean ``present`` mask on the losses' device (all ``True`` for ``None``)."""
-    if present is None:
-        return torch.ones(losses.shape[0], dtype=torch.bool, device=losses.device)
-    return present.to(device=losses.device, dtype=torch.bool)
 
 
 @register("scaled", paper="scale every loss to one range, then weight uniformly")

@@ -8,10 +8,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..base import LossMethod, check_positive, check_task_weights
+from taskbalance.validation import is_int
+
+from ..base import LossMethod, check_positive, check_task_weights, follow, present_mask
 from ..registry import register
 from ._log_losses import require_loss_sign
-from .scaled import follow, present_mask
 
 __all__ = ["SmoothTchebycheff"]
 
@@ -64,7 +65,7 @@ class SmoothTchebycheff(LossMethod):
     ) -> None:
         super().__init__(num_tasks)
         self.mu = check_positive("mu", mu)
-        if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int):
+        if not is_int(warmup_epochs):
             raise ValueError(f"warmup_epochs must be an integer >= 0, got {warmup_epochs!r}")
         if warmup_epochs < 0:
             raise ValueError(f"warmup_epochs must be an integer >= 0, got {warmup_epochs!r}")

@@ -7,9 +7,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from ..base import LossMethod, check_choice, check_positive
+from taskbalance.validation import is_int
+
+from ..base import LossMethod, check_choice, check_positive, present_mask
 from ..registry import register
-from .scaled import present_mask
 
 
 def _classification_mask(tasks: Sequence[int] | Sequence[bool] | Tensor | None, num_tasks: int):
@@ -24,7 +25,7 @@ def _classification_mask(tasks: Sequence[int] | Sequence[bool] | Tensor | None, 
                 f"got {len(values)}: {values}"
             )
         return values
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+    if not all(is_int(v) for v in values):
         raise ValueError(
             f"classification_tasks must be task indices or one bool per task, got {values!r}"
         )

@@ -1,0 +1,81 @@
+"""Checks of user input shared by every layer (core: standard library and torch only).
+
+``bool`` is a subclass of ``int`` in Python, so ``isinstance(True, int)`` holds; an option such as
+``epochs=True`` must still be refused. :func:`is_int` and :func:`is_number` say whether a value is
+a real integer / number and not a bool; the ``check_*`` functions raise one ``ValueError`` naming
+the option, the bound and the value given.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, TypeGuard
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "check_choice",
+    "check_finite_losses",
+    "check_int",
+    "check_positive",
+    "is_int",
+    "is_number",
+    "is_real",
+]
+
+
+def is_int(value: Any) -> TypeGuard[int]:
+    """``value`` is a Python ``int`` and not a ``bool``."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: Any) -> TypeGuard[int | float]:
+    """``value`` is a Python ``int`` or ``float`` (NaN and infinities included) and not a
+    ``bool``."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def is_real(value: Any) -> TypeGuard[int | float]:
+    """``value`` is a finite Python ``int`` or ``float`` and not a ``bool``."""
+    return is_number(value) and math.isfinite(value)
+
+
+def check_int(name: str, value: Any, *, minimum: int | None = None) -> int:
+    """``value`` as an int; ``ValueError`` naming ``name`` unless it is an int ``>= minimum``."""
+    if not is_int(value) or (minimum is not None and value < minimum):
+        bound = "" if minimum is None else f" >= {minimum}"
+        raise ValueError(f"{name} must be an int{bound}, got {value!r}")
+    return int(value)
+
+
+def check_positive(name: str, value: Any, *, allow_zero: bool = False) -> float:
+    """A finite real option ``> 0`` (``>= 0`` with ``allow_zero``); the error names the option."""
+    if not is_real(value) or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+    return float(value)
+
+
+def check_choice(name: str, value: str, choices: Sequence[str]) -> str:
+    """Validate a string option against its allowed values (the error lists them)."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value
+
+
+def check_finite_losses(losses: Tensor, names: Sequence[str] | None = None) -> None:
+    """``ValueError`` naming the first task whose loss in ``losses [T]`` is NaN or infinite.
+
+    One device-to-host sync (``all()``) when every loss is finite, the usual case.
+    """
+    finite = torch.isfinite(losses.detach())
+    if bool(finite.all()):
+        return
+    bad = int((~finite).nonzero()[0, 0])
+    label = f"task {names[bad]!r}" if names is not None else f"task {bad}"
+    raise ValueError(
+        f"the loss of {label} is {float(losses[bad])}; a NaN or infinite loss cannot be "
+        "balanced - check that task's predictions, targets and learning rate"
+    )
