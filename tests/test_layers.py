@@ -47,14 +47,27 @@ def _module_name(path: Path) -> str:
     return ".".join(parts)
 
 
-def _imports(path: Path) -> set[str]:
+def _type_checking_blocks(tree: ast.AST) -> set[int]:
+    """ids of the import nodes under ``if TYPE_CHECKING:`` (annotations only, never run)."""
+    out: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            out.update(id(n) for stmt in node.body for n in ast.walk(stmt))
+    return out
+
+
+def _imports(path: Path, *, type_only: bool = True) -> set[str]:
     """Modules of taskbalance that ``path`` imports (``from x import y`` counts ``x.y`` when
-    ``x.y`` is a module, else ``x``)."""
+    ``x.y`` is a module, else ``x``); ``type_only=False`` leaves out imports made for
+    annotations only (under ``if TYPE_CHECKING:``)."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
     here = _module_name(path)
     package = here if path.name == "__init__.py" else here.rpartition(".")[0]
+    skip = set() if type_only else _type_checking_blocks(tree)
     found: set[str] = set()
     for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
         if isinstance(node, ast.Import):
             found.update(a.name for a in node.names if a.name.startswith("taskbalance"))
         elif isinstance(node, ast.ImportFrom):
@@ -73,6 +86,8 @@ def _imports(path: Path) -> set[str]:
 
 MODULES = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
 GRAPH = {name: _imports(path) for name, path in MODULES.items()}
+#: What runs: imports for annotations only may close a circle (they are never executed).
+RUNTIME_GRAPH = {name: _imports(path, type_only=False) for name, path in MODULES.items()}
 
 
 def _layer(module: str) -> int:
@@ -142,7 +157,7 @@ def _without_registration(graph: dict[str, set[str]]) -> dict[str, set[str]]:
 
 
 def test_no_import_circles_other_than_registries() -> None:
-    circles = _circles(_without_registration(GRAPH))
+    circles = _circles(_without_registration(RUNTIME_GRAPH))
     assert not circles, "import circles:\n" + "\n".join(" <-> ".join(c) for c in circles)
 
 
