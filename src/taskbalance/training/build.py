@@ -12,21 +12,18 @@ from torch import nn
 
 from taskbalance.balancing import create
 from taskbalance.balancing.base import Method
+from taskbalance.validation import is_int
 
 __all__ = ["check_counts", "choose_mode", "resolve_method", "resolve_tasks", "shared_of"]
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def check_counts(epochs: Any, steps: Any, bn_recalibration: Any) -> None:
     """``epochs >= 1``, ``steps`` ``None`` or ``>= 1``, ``bn_recalibration >= 0`` (integers)."""
-    if not _is_int(epochs) or epochs < 1:
+    if not is_int(epochs) or epochs < 1:
         raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
-    if steps is not None and (not _is_int(steps) or steps < 1):
+    if steps is not None and (not is_int(steps) or steps < 1):
         raise ValueError(f"steps must be None or an integer >= 1, got {steps!r}")
-    if not _is_int(bn_recalibration) or bn_recalibration < 0:
+    if not is_int(bn_recalibration) or bn_recalibration < 0:
         raise ValueError(f"bn_recalibration must be an integer >= 0, got {bn_recalibration!r}")
 
 
