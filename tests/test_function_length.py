@@ -21,7 +21,6 @@ NOT_YET_SPLIT: dict[str, int] = {
     "balancing/distributed_step.py:_gradient_step": 94,
     "balancing/aggregation/cagrad.py:cagrad_weights": 91,
     "balancing/aggregation/fairgrad.py:fairgrad_weights": 89,
-    "balancing/balancer.py:_stack": 83,
 }
 
 

@@ -182,3 +182,27 @@ def test_mode_auto_follows_the_method_preference() -> None:
     assert choose_mode("auto", graddrop, model) == ("rep" if graddrop.prefers_rep_mode else "param")
     with pytest.raises(ValueError, match="mode must be"):
         choose_mode("both", graddrop, model)
+
+
+# ------------------------------------------------------------------------------- results
+def test_run_result_json_round_trip() -> None:
+    import json
+
+    from taskbalance.training import RunResult
+
+    result = RunResult(
+        best_epoch=2,
+        val={"a": {"acc": 0.5}},
+        test=None,
+        history=[{"epoch": 1}, {"epoch": 2}],
+        seconds_per_step=0.25,
+        num_parameters=10,
+        best_score=-3.5,
+        epochs_completed=2,
+        method="ew",
+        tasks=["a"],
+    )
+    text = json.dumps(result.to_json())
+    back = RunResult.from_json(json.loads(text))
+    assert back == result
+    assert RunResult.from_json({**result.to_json(), "added_later": 1}) == result

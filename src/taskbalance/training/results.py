@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,11 +81,21 @@ class RunResult:
             "history": self.history,
         }
 
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON values (the ``results.json`` content); :meth:`from_json` inverts it."""
+        return self.to_dict()
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], out_dir: str | Path | None = None) -> RunResult:
+        """The result held by ``data`` (keys of another version that it does not know are
+        left out)."""
+        known = {f for f in cls.__dataclass_fields__ if f != "out_dir"}
+        folder = Path(out_dir) if out_dir is not None else None
+        return cls(out_dir=folder, **{k: v for k, v in data.items() if k in known})
+
     @classmethod
     def load(cls, out_dir: str | Path) -> RunResult:
         """Read ``out_dir/results.json``."""
         from .rundir import load_results_file
 
-        data = load_results_file(Path(out_dir) / "results.json")
-        known = {f for f in cls.__dataclass_fields__ if f != "out_dir"}
-        return cls(out_dir=Path(out_dir), **{k: v for k, v in data.items() if k in known})
+        return cls.from_json(load_results_file(Path(out_dir) / "results.json"), out_dir)
