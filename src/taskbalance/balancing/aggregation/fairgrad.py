@@ -17,6 +17,9 @@ _STEPS = 2.0 ** -torch.arange(31, dtype=torch.float64)
 #: Newton steps between two convergence checks (each reads one number on the Gramian's device;
 #: the Balancer's Gramian is on the host, where this costs nothing). Newton needs 4-6 steps.
 _CHECK_EVERY = 2
+#: Newton stops early at this backward error (rounding level; quadratic convergence makes
+#: the last steps cheap); it raises only above ``tol`` after ``max_iter`` steps.
+_ROUNDING = 1e-13
 
 
 def fairgrad_weights(
@@ -44,7 +47,9 @@ def fairgrad_weights(
     cancel out (``Jᵀu = 0`` for some ``u ≥ 0``, e.g. opposite rows) leave the system without a
     solution; a ridge ``ridge·I`` on ``Ĝ`` (negligible otherwise) keeps ``w`` finite, as for
     Nash-MTL. ``Ĝ`` is first projected onto the PSD cone (negative eigenvalues from rounding,
-    e.g. of float32 gradient products, set to 0) so the problem stays convex.
+    e.g. of float32 gradient products, set to 0) so the problem stays convex. Known limit: for
+    α ≠ 1 the rescaled system carries ``D̃^{(1−α)/α}``, so gradient norms spread by more than
+    ~1e15 (e.g. 1e-11 next to 1e11 with α = 5) can exceed ``max_iter``; the call then raises.
     """
     n = G.shape[0]
     dtype, device = torch.float64, G.device
@@ -80,7 +85,7 @@ def fairgrad_weights(
         return (residual.abs() / (Gu.abs() @ v + c * v.pow(-inv_a))).max()
 
     for it in range(max_iter):
-        if it % _CHECK_EVERY == 0 and it > 0 and bool(backward_error(v) <= tol):
+        if it % _CHECK_EVERY == 0 and it > 0 and bool(backward_error(v) <= _ROUNDING):
             break
         grad = Gu @ v - c * v.pow(-inv_a)
         H = Gu + torch.diag(c * inv_a * v.pow(-inv_a - 1.0))
