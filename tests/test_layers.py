@@ -8,7 +8,10 @@ fails here.
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
+
+import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "taskbalance"
 
@@ -186,3 +189,22 @@ def test_method_modules_import_shared_modules_not_each_other() -> None:
     }
     crossing = [f"{a} imports {b}" for a in sorted(methods) for b in GRAPH[a] if b in methods]
     assert not crossing, "\n".join(crossing)
+
+
+@pytest.mark.parametrize("layer", ["balancing", "tasks", "models", "fileio", "validation"])
+def test_the_core_needs_torch_and_numpy_only(layer: str) -> None:
+    # torchvision: optional backbones, imported inside the function that needs them (extra "vision")
+    allowed = {"torch", "numpy", "taskbalance", "torchvision"}
+    stdlib = set(sys.stdlib_module_names)
+    bad = []
+    for name, path in MODULES.items():
+        if name.split(".")[1:2] != [layer]:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            roots = []
+            if isinstance(node, ast.Import):
+                roots = [a.name.split(".")[0] for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                roots = [node.module.split(".")[0]]
+            bad += [f"{name}: {r}" for r in roots if r not in allowed and r not in stdlib]
+    assert not bad, "the core imports packages beyond torch and numpy:\n" + "\n".join(bad)

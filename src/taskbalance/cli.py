@@ -806,6 +806,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("taskbalance: interrupted; run the same command again to continue", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except ModuleNotFoundError as err:
+        if debug or _extra_for(err.name) is None:
+            raise
+        package, extra = _extra_for(err.name)  # type: ignore[misc]
+        print(
+            f"taskbalance {args.command}: error: this command needs {package}, which is not "
+            f'installed; install the {extra!r} extra: pip install "taskbalance[{extra}]"',
+            file=sys.stderr,
+        )
+        return EXIT_USER_ERROR
     except (UserError, ValueError, OSError) as err:
         if debug:
             raise
@@ -814,6 +824,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         warnings.showwarning = saved_showwarning
         torch.set_num_threads(saved_threads)
+
+
+#: Import name -> (pip package, extra that installs it). The core (``import taskbalance``) needs
+#: torch and numpy only; the commands need the rest (pyproject.toml, optional-dependencies).
+OPTIONAL_PACKAGES: dict[str, tuple[str, str]] = {
+    "yaml": ("pyyaml", "cli"),
+    "tqdm": ("tqdm", "cli"),
+    "optuna": ("optuna", "cli"),
+    "matplotlib": ("matplotlib", "cli"),
+    "sklearn": ("scikit-learn", "cli"),
+    "scipy": ("scipy", "cli"),
+    "tensorboard": ("tensorboard", "tensorboard"),
+    "torchvision": ("torchvision", "vision"),
+}
+
+
+def _extra_for(module: str | None) -> tuple[str, str] | None:
+    """The pip package and extra that provide ``module`` (None for a module of no extra)."""
+    return OPTIONAL_PACKAGES.get((module or "").partition(".")[0])
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -16,10 +16,11 @@ A metric object has
 ``compute()`` raises :class:`EmptyMetricError` (a ``RuntimeError``) when nothing countable was seen
 since the last ``reset()`` (no labelled sample, or every pixel ignored): there is no silent NaN.
 
-torchmetrics computes the confusion matrix and the regression errors; the rest (accuracy as exact
-integer counts, depth, normals, ball position, event spotting) is written here. All states are
-moved lazily to the device of the first prediction, so the metrics run on CPU and GPU tensors
-alike.
+Everything is written here in torch (the core needs torch and numpy only): accuracy as exact
+integer counts, the confusion matrix as one ``bincount``, regression errors as float64 sums (the
+same operations torchmetrics performs, so values agree with it bit for bit; tested), depth,
+normals, ball position and event spotting. States move lazily to the device of the first
+prediction, so the metrics run on CPU and GPU tensors alike.
 """
 
 from __future__ import annotations
@@ -30,9 +31,6 @@ from typing import Literal
 
 import torch
 from torch import Tensor
-from torchmetrics import MeanAbsoluteError, MeanSquaredError
-from torchmetrics import Metric as _TorchMetric
-from torchmetrics.classification import MulticlassConfusionMatrix
 
 from taskbalance.tasks.losses import select_labelled
 
@@ -87,9 +85,6 @@ class Metric(ABC):
     def reset(self) -> None:
         """Forget everything seen."""
         self._count = 0
-        for value in vars(self).values():
-            if isinstance(value, _TorchMetric):
-                value.reset()
         self._reset()
 
     def _reset(self) -> None:  # noqa: B027 - optional hook, deliberately empty by default
@@ -102,17 +97,12 @@ class Metric(ABC):
                 "masked out or every element ignored, so there is nothing to compute"
             )
 
-    @staticmethod
-    def _to_device(metric: _TorchMetric, device: torch.device) -> None:
-        if metric.device != device:
-            metric.to(device)
-
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(self.names)})"
 
 
 # --------------------------------------------------------------------------------------------------
-# classification and regression (torchmetrics)
+# classification and regression
 # --------------------------------------------------------------------------------------------------
 
 
@@ -177,31 +167,36 @@ class BinaryAccuracyMetric(_CountingAccuracy):
 
 class RegressionErrors(Metric):
     """``mae = Σ|ŷ - y| / N`` and ``rmse = sqrt(Σ(ŷ - y)² / N)`` over all elements of labelled
-    samples (torchmetrics ``MeanAbsoluteError`` / ``MeanSquaredError``, float64 accumulators)."""
+    samples (each batch's sums in the prediction's dtype, accumulated in float64)."""
 
     higher_is_better = {"mae": False, "rmse": False}
 
     def __init__(self) -> None:
         super().__init__()
-        self._mae = MeanAbsoluteError()
-        self._mse = MeanSquaredError(squared=False)
-        self._mae.set_dtype(torch.float64)
-        self._mse.set_dtype(torch.float64)
+        self._reset()
+
+    def _reset(self) -> None:
+        self._abs = torch.zeros((), dtype=torch.float64)
+        self._squared = torch.zeros((), dtype=torch.float64)
 
     def _update(self, prediction: Tensor, target: Tensor) -> None:
         prediction = prediction.reshape(-1)
+        if not prediction.is_floating_point():
+            prediction = prediction.float()
         target = target.reshape(-1).to(prediction.dtype)
         if prediction.numel() == 0:
             return
-        self._to_device(self._mae, prediction.device)
-        self._to_device(self._mse, prediction.device)
-        self._mae.update(prediction, target)
-        self._mse.update(prediction, target)
+        diff = prediction - target
+        self._abs = self._abs.to(diff.device) + diff.abs().sum()
+        self._squared = self._squared.to(diff.device) + (diff * diff).sum()
         self._count += prediction.numel()
 
     def compute(self) -> dict[str, float]:
         self._require("labelled sample")
-        return {"mae": float(self._mae.compute()), "rmse": float(self._mse.compute())}
+        return {
+            "mae": float(self._abs / self._count),
+            "rmse": float(torch.sqrt(self._squared / self._count)),
+        }
 
 
 # --------------------------------------------------------------------------------------------------
@@ -232,7 +227,7 @@ def miou_from_confusion(confusion: Tensor) -> tuple[float, float]:
 
 class SegmentationMetrics(Metric):
     """Semantic segmentation: ``miou`` and ``pixel_acc`` from one confusion matrix accumulated
-    over the whole evaluation (torchmetrics ``MulticlassConfusionMatrix``), see
+    over the whole evaluation (one ``bincount`` per batch), see
     :func:`miou_from_confusion`. Pixels whose target is ``ignore_index`` are excluded.
 
     ``prediction``: logits ``[B, C, H, W]`` or class indices ``[B, H, W]``; ``target``:
@@ -247,21 +242,42 @@ class SegmentationMetrics(Metric):
             raise ValueError(f"SegmentationMetrics: num_classes must be >= 2, got {num_classes}")
         self.num_classes = num_classes
         self.ignore_index = ignore_index
-        self._confusion = MulticlassConfusionMatrix(num_classes, ignore_index=ignore_index)
+        self._reset()
+
+    def _reset(self) -> None:
+        self._confusion = torch.zeros((self.num_classes, self.num_classes), dtype=torch.int64)
 
     def _update(self, prediction: Tensor, target: Tensor) -> None:
-        self._to_device(self._confusion, prediction.device)
-        self._confusion.update(prediction, target.long())
+        C = self.num_classes
+        if prediction.is_floating_point():
+            if prediction.dim() != target.dim() + 1 or prediction.shape[1] != C:
+                raise ValueError(
+                    f"SegmentationMetrics: expected {C} class scores in dimension 1 of the "
+                    f"prediction, got shape {list(prediction.shape)}"
+                )
+            prediction = prediction.argmax(dim=1)
+        predicted, truth = prediction.reshape(-1).long(), target.reshape(-1).long()
+        if self.ignore_index is not None:
+            keep = truth != self.ignore_index
+            predicted, truth = predicted[keep], truth[keep]
+        for name, values in (("target", truth), ("predicted class", predicted)):
+            if values.numel() and (int(values.min()) < 0 or int(values.max()) >= C):
+                raise ValueError(
+                    f"SegmentationMetrics: a {name} is outside 0..{C - 1} "
+                    f"(ignore_index={self.ignore_index}); check num_classes and the targets"
+                )
+        counts = torch.bincount(truth * C + predicted, minlength=C * C).reshape(C, C)
+        self._confusion = self._confusion.to(counts.device) + counts
         self._count += 1  # emptiness is judged on the confusion matrix itself
 
     @property
     def confusion(self) -> Tensor:
         """The accumulated confusion matrix ``[C, C]`` (rows: truth, columns: prediction)."""
-        return self._confusion.confmat.clone()
+        return self._confusion.clone()
 
     def compute(self) -> dict[str, float]:
         self._require("labelled sample")
-        miou, pixel_acc = miou_from_confusion(self._confusion.confmat)
+        miou, pixel_acc = miou_from_confusion(self._confusion)
         return {"miou": miou, "pixel_acc": pixel_acc}
 
 
