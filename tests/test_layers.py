@@ -208,3 +208,18 @@ def test_the_core_needs_torch_and_numpy_only(layer: str) -> None:
                 roots = [node.module.split(".")[0]]
             bad += [f"{name}: {r}" for r in roots if r not in allowed and r not in stdlib]
     assert not bad, "the core imports packages beyond torch and numpy:\n" + "\n".join(bad)
+
+
+def test_every_method_has_the_base_epoch_end_signature() -> None:
+    # the Trainer calls method.epoch_end(mean_losses) on every method, without duck typing
+    import inspect
+
+    from taskbalance import Method, available_methods, method_info
+
+    base = inspect.signature(Method.epoch_end)
+    wrong = [
+        name
+        for name in available_methods()
+        if inspect.signature(method_info(name).cls.epoch_end) != base
+    ]
+    assert not wrong, f"epoch_end differs from Method.epoch_end{base} in {wrong}"

@@ -93,6 +93,12 @@ class Method(nn.Module):
     def extra_repr(self) -> str:
         return f"num_tasks={self.num_tasks}"
 
+    def epoch_end(self, mean_losses: Tensor, present: Tensor | None = None) -> None:
+        """Called once per epoch with the epoch's mean task losses ``[T]`` (``NaN`` for a task
+        without any labelled sample in the epoch, or ``False`` in ``present``); a no-op unless a
+        method updates per epoch (DWA, STCH). Every method has it, so callers need no check."""
+        del mean_losses, present
+
 
 class LossMethod(Method):
     """A method that weights task losses: ``combine(L) -> scalar``.
@@ -123,10 +129,6 @@ class LossMethod(Method):
     def observe_grad_norms(self, norms: Tensor) -> None:
         """Receive ``‖∇_W L_t‖`` [T] before ``_combine`` (if ``needs_last_layer_grad_norms``)."""
         del norms
-
-    def epoch_end(self, mean_losses: Tensor) -> None:
-        """Called once per epoch with the epoch's mean task losses; a no-op by default."""
-        del mean_losses
 
 
 class GradientMethod(Method):

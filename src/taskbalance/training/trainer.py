@@ -332,9 +332,7 @@ class Trainer:
                 "no training step was taken this epoch: the train loader is empty or no batch "
                 f"carries a label of the trained tasks {self.trainable_tasks}"
             )
-        epoch_end = getattr(self.method, "epoch_end", None)
-        if callable(epoch_end):
-            epoch_end(stats.mean_losses().to(torch.float32))
+        self.method.epoch_end(stats.mean_losses().to(torch.float32))
         summary = stats.summary(self.trainable_tasks)  # the epoch's one synchronisation
         seconds = time.perf_counter() - start
         summary["steps"] = stats.steps

@@ -113,9 +113,9 @@ class SmoothTchebycheff(LossMethod):
         """The nadir losses ``N`` (float64), or None before every task has one."""
         return self.nadir_sum.clone() if self._ready else None
 
-    def epoch_end(self, mean_losses: Tensor) -> None:
+    def epoch_end(self, mean_losses: Tensor, present: Tensor | None = None) -> None:
         """Count the epoch; after the nadir epoch, fix ``N_t`` of each task that had a loss."""
-        del mean_losses  # the nadir is the mean of the step losses, collected in combine
+        del mean_losses, present  # the nadir is the mean of the step losses, collected in combine
         if self.epochs_done >= self.warmup_epochs and not self._ready:
             done = self.nadir_count > 0
             mean = self.nadir_sum / self.nadir_count.clamp_min(1)
