@@ -6,7 +6,7 @@ file behind.
 Each command runs as ``python -m taskbalance ...`` in a subprocess. The kill points are
 instrumented, not timed: ``TASKBALANCE_FAULT_KILL=N:PHASE`` makes the process kill itself at its
 N-th atomic file write, before the rename (a temporary file is on disk) or after it (see
-``taskbalance.training.checkpoint``). A seeded generator picks N and the phase; each chain kills
+``taskbalance.fileio``). A seeded generator picks N and the phase; each chain kills
 a command several times in a row (the continued run is killed again) before a last run finishes
 it. The reference run logs its writes (``TASKBALANCE_FAULT_LOG``), which bounds the kill points.
 
