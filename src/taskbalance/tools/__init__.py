@@ -1,0 +1,1 @@
+"""Maintenance tools (not part of the library's API): ``python -m taskbalance.tools.<name>``."""
