@@ -20,7 +20,6 @@ NOT_YET_SPLIT: dict[str, int] = {
     "data/scenes.py:render_scenes": 96,
     "balancing/distributed_step.py:_gradient_step": 94,
     "balancing/aggregation/cagrad.py:cagrad_weights": 91,
-    "balancing/aggregation/fairgrad.py:fairgrad_weights": 89,
 }
 
 

@@ -22,35 +22,9 @@ _CHECK_EVERY = 2
 _ROUNDING = 1e-13
 
 
-def fairgrad_weights(
-    G: Tensor, alpha: float, *, max_iter: int = 64, ridge: float = 1e-10, tol: float = 1e-8
-) -> Tensor:
-    """Weights ``w > 0`` with ``G w = w^{-1/α}`` (element-wise power), from a float64 Gramian.
-
-    Ban & Ji 2024, Eq. 4 (https://arxiv.org/abs/2402.15638). The system is the stationarity
-    condition of the strictly convex ``φ(w) = ½ wᵀGw − Σ_t h(w_t)`` with ``h' (w) = w^{-1/α}``,
-    solved by damped Newton's method (Hessian ``G + diag(w^{-1/α−1}/α)``, positive definite).
-    To keep it well scaled it is solved for ``v`` in the unit-diagonal form: with
-    ``G = D Ĝ D`` (``D`` the gradient norms, ``M = max D``, ``D̃ = D/M``) and
-    ``w = M^{-2α/(1+α)} v / D̃``, the system becomes ``Ĝ v = D̃^{(1−α)/α} ⊙ v^{-1/α}``.
-
-    No synchronisation inside an iteration: convergence is checked every 2 Newton steps
-    (up to ``max_iter``); each step has a line search that
-    evaluates 41 step lengths at once and keeps the feasible one (``v > 0``) of smallest φ
-    (near the solution, where φ stalls at rounding level, of smallest ``‖Ĝv − c v^{-1/α}‖``).
-    If after ``max_iter`` steps the residual is still above ``tol`` (relative to the size of the
-    terms ``|Ĝ| v`` and ``c v^{-1/α}``, a backward error) the call raises
-    ``RuntimeError`` rather than return unconverged weights.
-
-    Degenerate cases (documented, finite): a zero gradient has no finite weight (its utility
-    can never be met); it gets weight 0, which does not change ``d = Jᵀw``. Gradients that can
-    cancel out (``Jᵀu = 0`` for some ``u ≥ 0``, e.g. opposite rows) leave the system without a
-    solution; a ridge ``ridge·I`` on ``Ĝ`` (negligible otherwise) keeps ``w`` finite, as for
-    Nash-MTL. ``Ĝ`` is first projected onto the PSD cone (negative eigenvalues from rounding,
-    e.g. of float32 gradient products, set to 0) so the problem stays convex. Known limit: for
-    α ≠ 1 the rescaled system carries ``D̃^{(1−α)/α}``, so gradient norms spread by more than
-    ~1e15 (e.g. 1e-11 next to 1e11 with α = 5) can exceed ``max_iter``; the call then raises.
-    """
+def _unit_system(G: Tensor, ridge: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(Ĝ + ridge·I, D̃, live, M)``: the unit-diagonal Gramian of the non-zero rows (projected
+    onto the PSD cone), the norms relative to the largest ``M``, and which rows are non-zero."""
     n = G.shape[0]
     dtype, device = torch.float64, G.device
     G = G.to(dtype)
@@ -66,10 +40,43 @@ def fairgrad_weights(
     Gu = (evecs * evals.clamp_min(0)) @ evecs.T
     Gu = 0.5 * (Gu + Gu.T) + ridge * torch.eye(n, dtype=dtype, device=device)
     Dt = torch.where(live, Ds / torch.where(M > 0, M, 1.0), 1.0)
+    return Gu, Dt, live, M
+
+
+def fairgrad_weights(
+    G: Tensor, alpha: float, *, max_iter: int = 64, ridge: float = 1e-10, tol: float = 1e-8
+) -> Tensor:
+    """Weights ``w > 0`` with ``G w = w^{-1/α}`` (element-wise power), from a float64 Gramian.
+
+    Ban & Ji 2024, Eq. 4 (https://arxiv.org/abs/2402.15638). The system is the stationarity
+    condition of the strictly convex ``φ(w) = ½ wᵀGw − Σ_t h(w_t)`` with ``h' (w) = w^{-1/α}``,
+    solved by damped Newton's method (Hessian ``G + diag(w^{-1/α−1}/α)``, positive definite).
+    To keep it well scaled it is solved for ``v`` in the unit-diagonal form: with
+    ``G = D Ĝ D`` (``D`` the gradient norms, ``M = max D``, ``D̃ = D/M``) and
+    ``w = M^{-2α/(1+α)} v / D̃``, the system becomes ``Ĝ v = D̃^{(1−α)/α} ⊙ v^{-1/α}``.
+
+    No synchronisation inside an iteration: convergence is checked every 2 Newton steps
+    (up to ``max_iter``); each step has a line search that
+    evaluates 31 step lengths at once and keeps the feasible one (``v > 0``) of smallest φ
+    (near the solution, where φ stalls at rounding level, of smallest ``‖Ĝv − c v^{-1/α}‖``).
+    If after ``max_iter`` steps the residual is still above ``tol`` (relative to the size of the
+    terms ``|Ĝ| v`` and ``c v^{-1/α}``, a backward error) the call raises
+    ``RuntimeError`` rather than return unconverged weights.
+
+    Degenerate cases (documented, finite): a zero gradient has no finite weight (its utility
+    can never be met); it gets weight 0, which does not change ``d = Jᵀw``. Gradients that can
+    cancel out (``Jᵀu = 0`` for some ``u ≥ 0``, e.g. opposite rows) leave the system without a
+    solution; a ridge ``ridge·I`` on ``Ĝ`` (negligible otherwise) keeps ``w`` finite, as for
+    Nash-MTL. ``Ĝ`` is first projected onto the PSD cone (negative eigenvalues from rounding,
+    e.g. of float32 gradient products, set to 0) so the problem stays convex. Known limit: for
+    α ≠ 1 the rescaled system carries ``D̃^{(1−α)/α}``, so gradient norms spread by more than
+    ~1e15 (e.g. 1e-11 next to 1e11 with α = 5) can exceed ``max_iter``; the call then raises.
+    """
+    Gu, Dt, live, M = _unit_system(G, ridge)
     c = Dt.pow((1.0 - alpha) / alpha)
     inv_a = 1.0 / alpha
     v = c.pow(alpha / (1.0 + alpha))  # exact for a diagonal Ĝ = I
-    steps = _STEPS.to(device)
+    steps = _STEPS.to(G.device)
 
     def phi(V: Tensor) -> Tensor:  # the convex objective per row of V ([k, n], entries > 0)
         h = V.log() if alpha == 1.0 else V.pow(1.0 - inv_a) / (1.0 - inv_a)
