@@ -6,6 +6,7 @@
     taskbalance train --benchmark B --method M ...        one training run
     taskbalance compare [--methods all|m1,m2] ...         leaderboard + plots of several methods
     taskbalance tune --benchmark B [--trials N] ...       Optuna search of static task weights
+    taskbalance diagnose --benchmark B [--steps N] ...    task conflicts, affinity, grouping
 
 User errors (unknown names, bad values, config typos) print one line to stderr and exit with
 status 2. Set ``TASKBALANCE_DEBUG=1`` to get the traceback instead.
@@ -410,6 +411,25 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_diagnose(args: argparse.Namespace) -> int:
+    from taskbalance.experiments.diagnose import run_diagnose, write_report
+
+    out_dir = _check_out(args.out or Path("runs") / f"diagnose-{args.benchmark}", "--out")
+    _log(f"diagnose: {args.steps} equal-weights steps on {args.benchmark}")
+    result = run_diagnose(
+        args.benchmark,
+        steps=args.steps,
+        seed=args.seed,
+        size=args.size,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        device=args.device,
+    )
+    summary = write_report(result, out_dir, args.benchmark)
+    print(f"summary: {summary}")
+    return 0
+
+
 def _log(message: str) -> None:
     print(message, flush=True)
 
@@ -520,6 +540,7 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_compare_command(sub, defaults)
     _add_annotate_command(sub, defaults)
     _add_tune_command(sub, defaults)
+    _add_diagnose_command(sub, defaults)
     return parser
 
 
@@ -756,6 +777,37 @@ def _add_tune_command(sub: Any, defaults: dict[str, Any]) -> None:
         p, defaults=defaults, out_help="output folder (default: runs/tune-<benchmark>)"
     )
     p.set_defaults(func=_cmd_tune)
+
+
+def _add_diagnose_command(sub: Any, defaults: dict[str, Any]) -> None:
+    """The ``diagnose`` command and its flags."""
+    del defaults  # its own defaults: one short run, not compare's
+    p = sub.add_parser(
+        "diagnose",
+        help="gradient conflicts, dominance, task affinity and a grouping recommendation",
+        description="Train a short equal-weights run and write summary.md, diagnostics.json "
+        "and PNG plots: pairwise gradient cosines, per-task gradient-norm and loss-scale "
+        "ratios, first-order TAG inter-task affinity (Fifty et al. 2021), the best split into "
+        "k groups for every k, and which family of balancing methods to test with compare. "
+        "Files of an earlier diagnose in --out are replaced.",
+    )
+    p.add_argument("--benchmark", required=True, help="benchmark name")
+    p.add_argument(
+        "--steps", type=_positive_int, default=200, help="training steps (default: %(default)s)"
+    )
+    p.add_argument(
+        "--size", choices=("tiny", "default"), default="default",
+        help="benchmark size (default: %(default)s)",
+    )  # fmt: skip
+    p.add_argument("--seed", type=int, default=0, help="data and training seed (default: 0)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default: cpu)")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: 1e-3)")
+    p.add_argument(
+        "--batch-size", type=_positive_int, default=64, help="batch size (default: %(default)s)"
+    )
+    p.add_argument("--out", default=None, help="output folder (default: runs/diagnose-<benchmark>)")
+    _add_threads_flag(p)
+    p.set_defaults(func=_cmd_diagnose)
 
 
 def _one_line(err: BaseException) -> str:

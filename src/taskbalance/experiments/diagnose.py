@@ -1,0 +1,230 @@
+"""``taskbalance diagnose``: a short equal-weights run, then conflict, dominance, affinity and a
+recommendation (markdown + PNG), from the per-task gradient statistics of every step.
+
+The run trains with equal weights in param mode through the ordinary
+:class:`~taskbalance.training.Trainer`; the update is ``Σ_t g_t`` (what ``ew`` does) but taken as
+a gradient method, so the Balancer computes the per-task Gramian each step and
+:class:`~taskbalance.balancing.StepInfo` carries norms and cosines. The analysis itself is in
+:mod:`taskbalance.experiments.diagnostics`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from taskbalance.balancing.base import GradientMethod
+
+from . import diagnostics as dg
+
+__all__ = ["DiagnoseResult", "analyse", "collect_steps", "run_diagnose", "write_report"]
+
+
+class _EqualGradientSum(GradientMethod):
+    """``d = Σ_t g_t`` (equal weights) from the Gramian, so per-task statistics exist."""
+
+    name = "ew"
+    uses_gramian = True
+
+    def _weights(
+        self, G: Tensor, losses: Tensor | None, present: Tensor | None, *, grad_dtype: torch.dtype
+    ) -> Tensor:
+        return torch.ones(G.shape[0], dtype=torch.float64)
+
+
+@dataclass
+class DiagnoseResult:
+    """Per-step arrays of a diagnose run (steps where every task had a label)."""
+
+    task_names: list[str]
+    lr: float
+    losses: np.ndarray  # [S, T]
+    norms: np.ndarray  # [S, T]
+    cosines: np.ndarray  # [S, T, T]
+
+
+def collect_steps(trainer: Any, steps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Train ``steps`` steps (cycling the loader) and stack losses, norms and cosines of the
+    steps where all tasks were present."""
+    losses, norms, cosines = [], [], []
+    done = 0
+    while done < steps:
+        before = done
+        for batch in trainer.train_loader:
+            info = trainer.train_step(batch)
+            done += 1
+            if info is not None and info.cosines is not None and bool(info.present.all()):
+                losses.append(info.losses.double().cpu().numpy())
+                norms.append(info.grad_norms.double().cpu().numpy())
+                cosines.append(info.cosines.double().cpu().numpy())
+            if done >= steps:
+                break
+        if done == before:
+            raise ValueError("the training loader yielded no batch")
+    if not losses:
+        raise ValueError(
+            f"none of the {steps} steps had a label for every task; raise --steps or use a "
+            "benchmark with full labels"
+        )
+    return np.stack(losses), np.stack(norms), np.stack(cosines)
+
+
+def run_diagnose(
+    benchmark: str,
+    *,
+    steps: int = 200,
+    seed: int = 0,
+    size: str = "default",
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    device: str = "cpu",
+) -> DiagnoseResult:
+    """Train ``steps`` equal-weights steps on a built-in benchmark; return the step statistics."""
+    from taskbalance.data import load_benchmark
+    from taskbalance.training import Trainer
+    from taskbalance.training.devices import seed_everything
+    from taskbalance.training.loaders import make_loaders
+
+    bench = load_benchmark(benchmark, seed=seed, size=size)
+    names = [t.name for t in bench.tasks]
+    seed_everything(seed)
+    model = bench.build_model()
+    train_loader, _, _ = make_loaders(bench.train, None, batch_size=batch_size, seed=seed)
+    trainer = Trainer(
+        model, bench.tasks, _EqualGradientSum(len(names)), train_loader, None,
+        mode="param", device=device, lr=lr, progress=False, save_best=False,
+    )  # fmt: skip
+    trainer.model.train()
+    losses, norms, cosines = collect_steps(trainer, steps)
+    return DiagnoseResult(names, lr, losses, norms, cosines)
+
+
+def analyse(result: DiagnoseResult) -> dict[str, Any]:
+    """Every statistic of the report, as plain numbers and arrays."""
+    mean_cos, neg_frac = dg.conflict_stats(result.cosines)
+    ratios = dg.norm_ratios_to_median(result.norms)
+    mean_ratios = np.nanmean(ratios, axis=0)
+    loss_ratios = dg.loss_scale_ratios(result.losses)
+    G = dg.gramians_from_stats(result.norms, result.cosines)
+    affinity = dg.tag_affinity(G, result.losses, result.lr)
+    groupings = dg.best_groupings(affinity)
+    hypotheses, evidence = dg.recommend_family(mean_ratios, loss_ratios, neg_frac)
+    return {
+        "mean_cosine": mean_cos, "negative_fraction": neg_frac, "norm_ratios": ratios,
+        "mean_norm_ratios": mean_ratios, "loss_scale_ratios": loss_ratios,
+        "affinity": affinity, "groupings": groupings, "hypotheses": hypotheses,
+        "evidence": evidence,
+    }  # fmt: skip
+
+
+def _heatmap(plt: Any, matrix: np.ndarray, names: list[str], title: str, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2.5, 1.0 * len(names) + 2))
+    lim = float(np.nanmax(np.abs(matrix))) or 1.0
+    im = ax.imshow(matrix, cmap="RdBu", vmin=-lim, vmax=lim)
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    for i in range(len(names)):
+        for j in range(len(names)):
+            ax.text(j, i, f"{matrix[i, j]:.2g}", ha="center", va="center", fontsize=8)
+    fig.colorbar(im, ax=ax)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _plots(result: DiagnoseResult, stats: dict[str, Any], out: Path) -> list[str]:
+    from .plots import _pyplot
+
+    plt = _pyplot()
+    names = result.task_names
+    _heatmap(plt, stats["mean_cosine"], names, "mean gradient cosine", out / "conflict.png")
+    _heatmap(
+        plt, stats["affinity"], names, "TAG affinity Z[i->j] (row i helps column j)",
+        out / "affinity.png",
+    )  # fmt: skip
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for t, n in enumerate(names):
+        ax.plot(stats["norm_ratios"][:, t], label=n)
+    ax.set_yscale("log")
+    ax.set_xlabel("measured step")
+    ax.set_ylabel("‖g_t‖ / median_t ‖g_t‖")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "dominance.png", dpi=100)
+    plt.close(fig)
+    return ["conflict.png", "affinity.png", "dominance.png"]
+
+
+def _table(names: list[str], matrix: np.ndarray, fmt: str) -> list[str]:
+    lines = ["| | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for i, n in enumerate(names):
+        lines.append(f"| {n} | " + " | ".join(format(v, fmt) for v in matrix[i]) + " |")
+    return lines
+
+
+def _markdown(result: DiagnoseResult, stats: dict[str, Any], benchmark: str) -> str:
+    names = result.task_names
+    ev = stats["evidence"]
+    md = [
+        f"# diagnose: {benchmark}", "",
+        f"{len(result.losses)} measured equal-weights steps (all tasks labelled), lr {result.lr}.",
+        "", "## Gradient conflict", "", "Mean pairwise cosine:", "",
+        *_table(names, stats["mean_cosine"], ".3f"), "",
+        "Fraction of steps with a negative cosine:", "",
+        *_table(names, stats["negative_fraction"], ".2f"), "", "![conflict](conflict.png)", "",
+        "## Magnitude dominance", "",
+        "| task | mean ‖g_t‖ / median | mean loss / median |", "|---|---|---|",
+        *(
+            f"| {n} | {stats['mean_norm_ratios'][t]:.3g} | {stats['loss_scale_ratios'][t]:.3g} |"
+            for t, n in enumerate(names)
+        ),
+        "", "![dominance](dominance.png)", "", "## Inter-task affinity (TAG)", "",
+        "First-order estimate of TAG's lookahead affinity (Fifty et al. 2021, arXiv:2109.04617):",
+        "Z[i->j] ≈ lr·g_i·g_j / L_j, the relative drop of task j's loss after an SGD step of",
+        "size lr on task i's gradient, averaged over the measured steps (no extra forward).", "",
+        *_table(names, stats["affinity"], ".3g"), "", "![affinity](affinity.png)", "",
+        "## Recommendation (hypotheses to test with `taskbalance compare`)", "",
+        "Best split into k groups by TAG's total affinity (exhaustive, disjoint groups):", "",
+        "| k | groups | score |", "|---|---|---|",
+        *(
+            f"| {g.k} | {' ; '.join(','.join(names[i] for i in grp) for grp in g.groups)} "
+            f"| {g.score:.3g} |"
+            for g in stats["groupings"]
+        ),
+        "",
+        f"Evidence: norm spread {ev['norm_spread']:.3g}, loss-scale spread "
+        f"{ev['loss_spread']:.3g} (threshold {dg.DOMINANCE_THRESHOLD}), conflict rate "
+        f"{ev['conflict_rate']:.2f} (threshold {dg.CONFLICT_THRESHOLD}).", "",
+        *(f"- {h}" for h in stats["hypotheses"]), "",
+    ]  # fmt: skip
+    return "\n".join(md)
+
+
+def write_report(result: DiagnoseResult, out: str | Path, benchmark: str) -> Path:
+    """Write ``summary.md``, ``diagnostics.json`` and the PNG plots to ``out``; return the
+    summary's path."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    stats = analyse(result)
+    _plots(result, stats, out)
+    (out / "summary.md").write_text(_markdown(result, stats, benchmark))
+    raw = {
+        "tasks": result.task_names, "lr": result.lr, "steps": len(result.losses),
+        "mean_cosine": stats["mean_cosine"].tolist(),
+        "negative_fraction": stats["negative_fraction"].tolist(),
+        "mean_norm_ratios": stats["mean_norm_ratios"].tolist(),
+        "loss_scale_ratios": stats["loss_scale_ratios"].tolist(),
+        "affinity": stats["affinity"].tolist(),
+        "groupings": [{"k": g.k, "groups": [list(x) for x in g.groups], "score": g.score}
+                      for g in stats["groupings"]],
+        "hypotheses": stats["hypotheses"], "evidence": stats["evidence"],
+    }  # fmt: skip
+    (out / "diagnostics.json").write_text(json.dumps(raw, indent=1))
+    return out / "summary.md"
