@@ -55,3 +55,10 @@ def test_the_measure_counts_def_to_last_line(tmp_path: Path) -> None:
     body = "\n".join(f"    x{i} = {i}" for i in range(LIMIT))
     (tmp_path / "m.py").write_text(f"def long():\n{body}\n\n\ndef short():\n    return 1\n")
     assert function_lengths(tmp_path) == {"m.py:long": LIMIT + 1, "m.py:short": 2}
+
+
+def test_the_trainer_stays_readable() -> None:
+    """Issue 11: trainer.py under 500 lines, Trainer.__init__ under 60."""
+    path = SRC / "training" / "trainer.py"
+    assert len(path.read_text(encoding="utf-8").splitlines()) < 500
+    assert function_lengths(SRC / "training")["trainer.py:__init__"] < 60

@@ -206,3 +206,22 @@ def test_run_result_json_round_trip() -> None:
     back = RunResult.from_json(json.loads(text))
     assert back == result
     assert RunResult.from_json({**result.to_json(), "added_later": 1}) == result
+
+
+# ------------------------------------------------------------------------------- progress
+def test_epoch_line_names_the_run_and_averages_task_losses(capsys, tmp_path) -> None:
+    from taskbalance.training.progress import epoch_line, progress_style
+
+    summary = {
+        "train_loss": {"a": 1.0, "b": 3.0, "c": None},
+        "steps": 5,
+        "samples_per_second": 640.4,
+        "seconds": 2.25,
+    }
+    epoch_line(tmp_path / "runs" / "ew", 2, 8, summary, best_epoch=1)
+    line = capsys.readouterr().err.strip()
+    assert line == (
+        "runs/ew: epoch 2/8: 5 steps, mean task loss 2, 640 samples/s, 2.2s; best epoch 1"
+    )
+    assert progress_style(False) == (False, False)
+    assert progress_style(True) == (False, True)  # stderr is not a terminal under pytest

@@ -513,7 +513,7 @@ def _measure_sharing(
     from taskbalance.data.loading import batch_loader
     from taskbalance.models.report import sharing_report
     from taskbalance.training import TrainConfig
-    from taskbalance.training.trainer import resolve_device
+    from taskbalance.training.devices import resolve_device
 
     cfg = TrainConfig.from_dict(config)
     device = resolve_device(cfg.device)

@@ -26,7 +26,7 @@ def build_trainer(config: Mapping[str, Any]) -> Any:
     from taskbalance import create
     from taskbalance.data import load_benchmark
     from taskbalance.training import TrainConfig, Trainer, make_loaders, seed_everything
-    from taskbalance.training.trainer import resolve_device
+    from taskbalance.training.devices import resolve_device
 
     cfg = TrainConfig.from_dict({**config, "out_dir": None} if "out_dir" in config else config)
     device = resolve_device(cfg.device)

@@ -3,18 +3,13 @@ checkpoints and history logging (see ``docs/architecture.md``, "Training")."""
 
 from .checkpoint import atomic_write, load_checkpoint, save_checkpoint
 from .config import TrainConfig
+from .devices import resolve_device, seed_everything
+from .loaders import make_loaders
 from .logging import HistoryWriter
+from .results import RunResult
 from .runner import train
-from .trainer import (
-    Callback,
-    RunResult,
-    Trainer,
-    comparable_metrics,
-    make_loaders,
-    resolve_device,
-    seed_everything,
-    selection_score,
-)
+from .selection import comparable_metrics, selection_score
+from .trainer import Callback, Trainer
 
 __all__ = [
     "Callback",

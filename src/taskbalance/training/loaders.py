@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-__all__ = ["batch_len", "make_loaders", "mask_for", "to_device", "unpack_batch"]
+__all__ = ["batch_len", "loader_len", "make_loaders", "mask_for", "to_device", "unpack_batch"]
 
 
 def to_device(obj: Any, device: torch.device) -> Any:
@@ -41,6 +41,14 @@ def batch_len(batch: Any) -> int:
     if isinstance(inputs, Mapping):
         inputs = next(iter(inputs.values()), None)
     return int(inputs.shape[0]) if isinstance(inputs, Tensor) and inputs.dim() else 0
+
+
+def loader_len(loader: Any) -> int | None:
+    """Batches in ``loader``, ``None`` when it has no length (an iterable)."""
+    try:
+        return len(loader)
+    except TypeError:
+        return None
 
 
 def mask_for(

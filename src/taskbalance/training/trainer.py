@@ -20,7 +20,6 @@ CPU run ends with exactly the metrics of an uninterrupted one.
 from __future__ import annotations
 
 import math
-import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -35,49 +34,35 @@ from taskbalance.balancing.base import Method
 from .build import check_counts, choose_mode, resolve_method, resolve_tasks, shared_of
 from .checkpoint import (
     CHECKPOINT_NAME,
-    atomic_replace,
-    atomic_write,
     atomic_write_json,
     atomic_write_text,
-    capture_rng_state,
     load_checkpoint,
     remove_stale_temporaries,
-    restore_rng_state,
     save_checkpoint,
 )
-from .config import RESUME_MAY_DIFFER
-from .devices import resolve_device, seed_everything
+from .devices import resolve_device
 from .epoch_stats import EpochStats
 from .factories import build_optimizer, build_scheduler
-from .loaders import batch_len, make_loaders, mask_for, to_device, unpack_batch
+from .loaders import batch_len, loader_len, mask_for, to_device, unpack_batch
 from .logging import HistoryWriter
 from .precision import Precision
+from .progress import bar, epoch_line, progress_style
 from .results import RunResult, count_parameters
 from .rundir import clear_run
-from .selection import SELECTION_RULE, comparable_metrics, selection_score
+from .selection import selection_score
+from .trainer_state import (
+    check_resumable,
+    commit_best,
+    load_trainer_state,
+    stage_best,
+    trainer_state,
+)
 
-__all__ = [
-    "SELECTION_RULE",
-    "Callback",
-    "RunResult",
-    "Trainer",
-    "comparable_metrics",
-    "make_loaders",
-    "resolve_device",
-    "seed_everything",
-    "selection_score",
-]
+__all__ = ["Callback", "Trainer"]
 
 #: ``callback(trainer, record)`` after every epoch (after the checkpoint is written). Raising
 #: stops training; the run can be resumed from the checkpoint.
 Callback = Callable[["Trainer", dict[str, Any]], None]
-
-BEST_NAME = "best.pt"
-
-
-def _staged_best(epoch: int | str) -> str:
-    return f".best-epoch{epoch}.pt"
-
 
 class Trainer:
     """Train a multi-task model with a balancing method; evaluate, select, checkpoint, log.
@@ -164,14 +149,7 @@ class Trainer:
         self.tasks, self.trainable_tasks = resolve_tasks(tasks, trainable_tasks)
         self.method = resolve_method(method, self.trainable_tasks, method_options).to(self.device)
         self.mode = choose_mode(mode, self.method, model)
-        # The Balancer skips shared parameters that are frozen at the time of a step.
-        shared, names = shared_of(model, shared_parameters), self.trainable_tasks
-        # One process: the Trainer does not shard data or reduce metrics yet (docs/distributed.md),
-        # so its Balancer must not reduce over a process group a user script may have set up.
-        self.balancer = Balancer(
-            self.method, shared, self.mode, task_names=names, process_group=None
-        )
-        self.balancer.check_finite = check_finite
+        self.balancer = self._balancer(shared_of(model, shared_parameters), check_finite)
         params = self._params()
         self.optimizer = build_optimizer(optimizer, params, lr, weight_decay, optimizer_options)
         self.scheduler = build_scheduler(scheduler, self.optimizer, epochs, scheduler_options)
@@ -183,6 +161,14 @@ class Trainer:
         self.bn_recalibration = bn_recalibration
         self._set_output(out_dir, run_config, progress, tensorboard, save_best, callbacks)
         self._reset_progress()
+
+    def _balancer(self, shared: list[nn.Parameter], check_finite: bool) -> Balancer:
+        """It skips shared parameters frozen at the time of a step. One process: the Trainer
+        does not shard data or reduce metrics yet (docs/distributed.md), so its Balancer must
+        not reduce over a process group a user script may have set up."""
+        names, mode = self.trainable_tasks, self.mode
+        kwargs: dict[str, Any] = {"task_names": names, "check_finite": check_finite}
+        return Balancer(self.method, shared, mode, process_group=None, **kwargs)
 
     def _set_output(
         self,
@@ -196,7 +182,7 @@ class Trainer:
         """Where and how the run reports: run folder, config, progress, logs, callbacks."""
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.run_config = dict(run_config or {})
-        self.progress, self.epoch_lines = _progress_style(progress)
+        self.progress, self.epoch_lines = progress_style(progress)
         self.tensorboard, self.save_best = tensorboard, save_best
         self.callbacks = list(callbacks)
         #: ``{file name: text}`` written to ``out_dir`` when :meth:`fit` starts (``config.yaml``).
@@ -239,13 +225,6 @@ class Trainer:
     # ------------------------------------------------------------------ training
     def _autocast(self) -> Any:
         return self.precision.autocast()
-
-    def _bar(self, iterable, desc: str, total: int | None, leave: bool):
-        if not self.progress:
-            return iterable
-        from tqdm.auto import tqdm
-
-        return tqdm(iterable, desc=desc, total=total, leave=leave, dynamic_ncols=True)
 
     def _predict(self, inputs: Any) -> Mapping[str, Tensor]:
         preds = self.model(inputs)
@@ -302,17 +281,15 @@ class Trainer:
         """Train one epoch; returns the epoch's statistics (plain numbers)."""
         self.model.train()
         stats = EpochStats(len(self.trainable_tasks), self.device)
-        try:
-            total = len(self.train_loader)  # type: ignore[arg-type]
-        except TypeError:
-            total = None
+        total = loader_len(self.train_loader)
         if self.steps is not None:
             total = self.steps if total is None else min(total, self.steps)
         start = time.perf_counter()
-        bar = self._bar(self.train_loader, f"epoch {self.epoch + 1}/{self.epochs}", total, True)
+        desc = f"epoch {self.epoch + 1}/{self.epochs}"
+        steps_bar = bar(self.train_loader, self.progress, desc, total, True)
         samples = 0
         shown = start
-        for i, batch in enumerate(bar):
+        for i, batch in enumerate(steps_bar):
             if self.steps is not None and i >= self.steps:
                 break
             self.train_step(batch, stats)
@@ -320,13 +297,13 @@ class Trainer:
             if self.progress and (i == 0 or time.perf_counter() - shown > 0.5):
                 # at most two host synchronisations a second, for the bar's loss
                 shown = time.perf_counter()
-                bar.set_postfix(  # type: ignore[attr-defined]
+                steps_bar.set_postfix(  # type: ignore[attr-defined]
                     loss=f"{float(stats.loss_sum.sum() / stats.loss_count.sum().clamp_min(1)):.4g}",
                     samples_s=f"{samples / (shown - start):.0f}",
                     refresh=False,
                 )
-        if hasattr(bar, "close"):
-            bar.close()
+        if hasattr(steps_bar, "close"):
+            steps_bar.close()
         if stats.steps == 0:
             raise ValueError(
                 "no training step was taken this epoch: the train loader is empty or no batch "
@@ -373,11 +350,7 @@ class Trainer:
         self.model.eval()
         metrics = {name: task.new_metrics() for name, task in self.tasks.items()}
         try:
-            total = len(loader)  # type: ignore[arg-type]
-        except TypeError:
-            total = None
-        try:
-            for batch in self._bar(loader, desc, total, False):
+            for batch in bar(loader, self.progress, desc, loader_len(loader), False):
                 inputs, targets, masks = unpack_batch(batch)
                 with self._autocast():
                     preds = self._predict(to_device(inputs, self.device))
@@ -469,44 +442,14 @@ class Trainer:
         }
         self.history.append(record)
         if self.epoch_lines:
-            losses = [v for v in summary["train_loss"].values() if v is not None]
-            print(
-                f"{self._run_name()}epoch {self.epoch}/{self.epochs}: {summary['steps']} steps, "
-                "mean task loss "
-                f"{sum(losses) / max(len(losses), 1):.4g}, "
-                f"{summary['samples_per_second']:.0f} samples/s, "
-                f"{summary['seconds']:.1f}s; best epoch {self.best['epoch']}",
-                file=sys.stderr,
-                flush=True,
-            )
+            epoch_line(self.out_dir, self.epoch, self.epochs, summary, self.best["epoch"])
         if improved and self.save_best and self.out_dir is not None:
-            # Staged: it becomes best.pt only once the checkpoint naming this epoch is written
-            # (see _commit_best), so a kill in between never leaves best.pt ahead of the run.
-            state = self.model.state_dict()
-            atomic_write(self.out_dir / _staged_best(self.epoch), lambda h: torch.save(state, h))
+            stage_best(self.out_dir, self.epoch, self.model.state_dict())
         return record
 
-    def _run_name(self) -> str:
-        """``"<parent>/<folder>: "`` of the run folder (which run a progress line is about)."""
-        if self.out_dir is None:
-            return ""
-        return f"{self.out_dir.parent.name}/{self.out_dir.name}: "
-
     def _commit_best(self) -> None:
-        """Promote the staged best weights of the checkpoint's best epoch to ``best.pt``; drop
-        staged weights of epochs the checkpoint does not hold (a kill before it was written)."""
-        if self.out_dir is None or not self.out_dir.is_dir():
-            return
         best_epoch = self.best["epoch"] if self.best is not None else None
-        for path in self.out_dir.glob(_staged_best("*")):
-            try:
-                epoch = int(path.name.removeprefix(".best-epoch").removesuffix(".pt"))
-            except ValueError:
-                continue
-            if epoch == best_epoch and epoch <= self.epoch:
-                atomic_replace(path, self.out_dir / BEST_NAME)
-            else:
-                path.unlink(missing_ok=True)
+        commit_best(self.out_dir, best_epoch, self.epoch)
 
     def result(self) -> RunResult:
         """The current result (best epoch so far)."""
@@ -530,47 +473,13 @@ class Trainer:
         )
 
     # ------------------------------------------------------------------ checkpoints
-    def _generators(self) -> dict[str, torch.Generator]:
-        return {"train_loader": self.loader_generator} if self.loader_generator is not None else {}
-
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue training exactly."""
-        return {
-            "epoch": self.epoch,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "method": self.method.state_dict(),
-            "rng": capture_rng_state(self._generators()),
-            "history": self.history,
-            "best": self.best,
-            "first_val": self._first_val,
-            "train_time": self._train_time,
-            "train_steps": self._train_steps,
-            "run_config": self.run_config,
-            "tasks": list(self.tasks),
-            "trainable_tasks": self.trainable_tasks,
-            "mode": self.mode,
-            "method_name": self.method.name,
-        }
+        return trainer_state(self)
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict` (RNG states included)."""
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.scheduler is not None and state.get("scheduler") is not None:
-            self.scheduler.load_state_dict(state["scheduler"])
-        if self.scaler is not None and state.get("scaler") is not None:
-            self.scaler.load_state_dict(state["scaler"])
-        self.method.load_state_dict(state["method"])
-        self.epoch = int(state["epoch"])
-        self.history = list(state["history"])
-        self.best = state["best"]
-        self._first_val = state["first_val"]
-        self._train_time = float(state["train_time"])
-        self._train_steps = int(state["train_steps"])
-        restore_rng_state(state["rng"], self._generators())
+        load_trainer_state(self, state)
 
     def save_checkpoint(self, path: str | Path) -> Path:
         """Write :meth:`state_dict` atomically to ``path``."""
@@ -580,46 +489,5 @@ class Trainer:
         if self.out_dir is None:
             raise ValueError("resume=True needs out_dir (the directory holding checkpoint.pt)")
         state = load_checkpoint(self.out_dir / CHECKPOINT_NAME, map_location=self.device)
-        problems = []
-        for key, mine in (
-            ("tasks", list(self.tasks)),
-            ("trainable_tasks", self.trainable_tasks),
-            ("mode", self.mode),
-            ("method_name", self.method.name),
-        ):
-            if state.get(key) != mine:
-                problems.append(f"{key}: checkpoint {state.get(key)!r}, now {mine!r}")
-        saved_cfg = state.get("run_config") or {}
-        ignore = set(RESUME_MAY_DIFFER)
-        if (
-            self._scheduler_name not in (None, "none")
-            or saved_cfg.get("scheduler", "none") != "none"
-        ):
-            ignore.discard("epochs")  # the schedule's shape depends on the number of epochs
-        for key in dict.fromkeys([*saved_cfg, *self.run_config]):
-            if key in ignore:
-                continue
-            if saved_cfg.get(key) != self.run_config.get(key):
-                problems.append(
-                    f"{key}: checkpoint {saved_cfg.get(key)!r}, now {self.run_config.get(key)!r}"
-                )
-        if problems:
-            raise ValueError(
-                f"cannot resume from {str(self.out_dir / CHECKPOINT_NAME)!r}: the config differs "
-                "from the checkpoint's in "
-                + "; ".join(problems)
-                + ". Resume with the original settings, or start the run again with --overwrite "
-                "(overwrite=True)."
-            )
+        check_resumable(self, state)
         self.load_state_dict(state)
-
-
-def _progress_style(progress: bool) -> tuple[bool, bool]:
-    """``(bars, epoch_lines)``: a terminal gets tqdm bars (steps, loss, samples/s), anything
-    else one line per epoch. Worker processes (e.g. compare's parallel runs) share the terminal:
-    lines, not bars."""
-    import multiprocessing
-
-    worker = multiprocessing.parent_process() is not None
-    bars = bool(progress) and sys.stderr.isatty() and not worker
-    return bars, bool(progress) and not bars
