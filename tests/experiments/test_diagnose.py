@@ -67,3 +67,28 @@ def test_diagnose_unknown_benchmark_is_one_line_error(
     err = capsys.readouterr().err.strip()
     assert err.startswith("taskbalance diagnose: error:") and "nope" in err
     assert "\n" not in err
+
+
+def test_diagnose_report_files_are_written_atomically_as_utf8(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from taskbalance.experiments.diagnose import DiagnoseResult, write_report
+
+    rng = np.random.default_rng(0)
+    S, T = 4, 2
+    cos = np.tile(np.eye(T), (S, 1, 1))
+    cos[:, 0, 1] = cos[:, 1, 0] = [-0.5, 0.2, -0.1, 0.3]
+    result = DiagnoseResult(
+        ["a", "b"], 1e-3, rng.uniform(0.5, 2.0, (S, T)), rng.uniform(0.5, 2.0, (S, T)), cos
+    )
+    log = tmp_path / "writes.log"
+    monkeypatch.setenv("TASKBALANCE_FAULT_LOG", str(log))
+    out = tmp_path / "diag"
+    summary = write_report(result, out, "toy")
+    written = {Path(line.split(" ", 1)[1]).name for line in log.read_text().splitlines()}
+    # Atomic writes (a killed call never leaves a half report), the same helper as every command.
+    assert {"summary.md", "diagnostics.json"} <= written
+    # UTF-8 whatever the platform's default encoding: the summary holds '‖' and '≈'.
+    text = summary.read_bytes().decode("utf-8")
+    assert "‖g_t‖" in text and "≈" in text
+    assert json.loads((out / "diagnostics.json").read_text(encoding="utf-8"))["steps"] == S

@@ -10,7 +10,6 @@ a gradient method, so the Balancer computes the per-task Gramian each step and
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import torch
 from torch import Tensor
 
 from taskbalance.balancing.base import GradientMethod
+from taskbalance.fileio import atomic_write_json, atomic_write_text
 
 from . import diagnostics as dg
 
@@ -214,7 +214,7 @@ def write_report(result: DiagnoseResult, out: str | Path, benchmark: str) -> Pat
     out.mkdir(parents=True, exist_ok=True)
     stats = analyse(result)
     _plots(result, stats, out)
-    (out / "summary.md").write_text(_markdown(result, stats, benchmark))
+    atomic_write_text(out / "summary.md", _markdown(result, stats, benchmark))
     raw = {
         "tasks": result.task_names, "lr": result.lr, "steps": len(result.losses),
         "mean_cosine": stats["mean_cosine"].tolist(),
@@ -226,5 +226,5 @@ def write_report(result: DiagnoseResult, out: str | Path, benchmark: str) -> Pat
                       for g in stats["groupings"]],
         "hypotheses": stats["hypotheses"], "evidence": stats["evidence"],
     }  # fmt: skip
-    (out / "diagnostics.json").write_text(json.dumps(raw, indent=1))
+    atomic_write_json(out / "diagnostics.json", raw)
     return out / "summary.md"
