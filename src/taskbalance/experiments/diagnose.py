@@ -22,6 +22,7 @@ from taskbalance.balancing.base import GradientMethod
 from taskbalance.fileio import atomic_write_json, atomic_write_text
 
 from . import diagnostics as dg
+from .plots import _pyplot, _save
 
 __all__ = ["DiagnoseResult", "analyse", "collect_steps", "run_diagnose", "write_report"]
 
@@ -134,13 +135,10 @@ def _heatmap(plt: Any, matrix: np.ndarray, names: list[str], title: str, path: P
             ax.text(j, i, f"{matrix[i, j]:.2g}", ha="center", va="center", fontsize=8)
     fig.colorbar(im, ax=ax)
     ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def _plots(result: DiagnoseResult, stats: dict[str, Any], out: Path) -> list[str]:
-    from .plots import _pyplot
 
     plt = _pyplot()
     names = result.task_names
@@ -156,9 +154,7 @@ def _plots(result: DiagnoseResult, stats: dict[str, Any], out: Path) -> list[str
     ax.set_xlabel("measured step")
     ax.set_ylabel("‖g_t‖ / median_t ‖g_t‖")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "dominance.png", dpi=100)
-    plt.close(fig)
+    _save(fig, out / "dominance.png")
     return ["conflict.png", "affinity.png", "dominance.png"]
 
 
