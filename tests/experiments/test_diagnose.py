@@ -92,3 +92,15 @@ def test_diagnose_report_files_are_written_atomically_as_utf8(
     text = summary.read_bytes().decode("utf-8")
     assert "‖g_t‖" in text and "≈" in text
     assert json.loads((out / "diagnostics.json").read_text(encoding="utf-8"))["steps"] == S
+
+
+@pytest.mark.parametrize("lr", ["nan", "-1", "0", "inf"])
+def test_diagnose_refuses_a_bad_lr_before_training(
+    lr: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "d"
+    argv = ["diagnose", "--benchmark", "multidigits", "--size", "tiny", "--steps", "2"]
+    assert main([*argv, "--lr", lr, "--out", str(out), "--threads", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"taskbalance diagnose: error: lr must be a finite number > 0, got {float(lr)!r}"
+    assert not out.exists()  # refused before the run, not after it

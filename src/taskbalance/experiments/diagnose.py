@@ -20,6 +20,7 @@ from torch import Tensor
 
 from taskbalance.balancing.base import GradientMethod
 from taskbalance.fileio import atomic_write_json, atomic_write_text
+from taskbalance.validation import check_positive
 
 from . import diagnostics as dg
 from .plots import _pyplot, _save
@@ -87,6 +88,9 @@ def run_diagnose(
     device: str = "cpu",
 ) -> DiagnoseResult:
     """Train ``steps`` equal-weights steps on a built-in benchmark; return the step statistics."""
+    # Before any work: the optimiser would name a bad lr in torch's words, or, for lr 0, the
+    # affinity would refuse it only after the whole run.
+    check_positive("lr", lr)
     from taskbalance.data import load_benchmark
     from taskbalance.training import Trainer
     from taskbalance.training.devices import seed_everything
