@@ -367,6 +367,44 @@ def test_state_dict_resumes_exactly_and_reset_restarts(name):
     torch.testing.assert_close(a.aggregate(Js[0]), first, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_device_row_norms_match_float64_norms_at_extreme_scales(dtype):
+    from taskbalance.balancing._per_parameter_state import device_gramian, device_row_norms
+
+    rng = np.random.default_rng(3)
+    base = rng.standard_normal((4, 50))
+    base[2] = 0.0  # a zero row has norm 0
+    scales = np.array([1e-30, 1.0, 1.0, 1e30])[:, None]  # float32 squares under/overflow
+    Y = torch.tensor(base * scales, dtype=dtype)
+    expected = np.linalg.norm(Y.double().numpy() / scales, axis=1) * scales[:, 0]
+    norms = device_row_norms(Y)
+    assert norms.dtype == torch.float64 and norms.shape == (4,)
+    np.testing.assert_allclose(norms.numpy(), expected, rtol=1e-6)
+    # the diagonal of device_gramian, which db_mtl and moco used to compute in full for this
+    diag = device_gramian(Y).diagonal().sqrt()
+    np.testing.assert_allclose(norms.numpy(), diag.numpy(), rtol=1e-6)
+
+
+def test_device_row_norms_of_half_rows_longer_than_the_half_range():
+    from taskbalance.balancing._per_parameter_state import device_row_norms
+
+    Y = torch.ones(2, 70_000, dtype=torch.float16)  # Σ squares = 70000 > float16 max 65504
+    Y[1] *= 0.5
+    np.testing.assert_allclose(device_row_norms(Y).numpy(), [70_000**0.5, 0.5 * 70_000**0.5])
+
+
+def test_db_mtl_half_gradients_longer_than_the_half_range():
+    # ‖g_t‖² = P·c² exceeds float16's max (65504): the weights must still be the float32 ones
+    J = torch.ones(2, 70_000)
+    J[1] *= 0.5
+    ref = tb.create("db_mtl", 2)
+    ref.aggregate(J)
+    m = tb.create("db_mtl", 2)
+    m.aggregate(J.half())
+    assert m.last_weights is not None and ref.last_weights is not None
+    torch.testing.assert_close(m.last_weights.float(), ref.last_weights, rtol=1e-3, atol=0)
+
+
 @pytest.mark.parametrize("name", ["excess_mtl", "db_mtl", "moco"])
 def test_per_parameter_state_refuses_another_width(name):
     m = tb.create(name, 2)

@@ -39,6 +39,14 @@ class PerParameterState:
         return False
 
 
+def _row_scaled(Y: Tensor) -> tuple[Tensor, Tensor]:
+    """``(Y / top, top)`` with ``top`` each row's largest magnitude (1 for zero rows): one
+    temporary of Y's size and dtype whose squares neither overflow nor underflow."""
+    top = Y.detach().abs().amax(dim=1) if Y.shape[1] > 0 else Y.new_zeros(Y.shape[0])
+    top = torch.where(top > 0, top, torch.ones_like(top))
+    return Y.detach() / top[:, None], top.to(torch.float64)
+
+
 def device_gramian(Y: Tensor) -> Tensor:
     """``Y Yᵀ`` in float64 on ``Y``'s device, with no host synchronisation.
 
@@ -47,10 +55,15 @@ def device_gramian(Y: Tensor) -> Tensor:
     the row scales are multiplied back in float64. For statistics of the methods' own state
     (``solvers.gramian`` decides on the host, which costs a device-to-host copy).
     """
-    top = Y.detach().abs().amax(dim=1) if Y.shape[1] > 0 else Y.new_zeros(Y.shape[0])
-    top = torch.where(top > 0, top, torch.ones_like(top))
-    Yn = Y.detach() / top[:, None]
+    Yn, t64 = _row_scaled(Y)
     G = (Yn @ Yn.T).to(torch.float64)
-    t64 = top.to(torch.float64)
     G = G * (t64[:, None] * t64[None, :])
     return 0.5 * (G + G.T)
+
+
+def device_row_norms(Y: Tensor) -> Tensor:
+    """``‖y_t‖`` per row, float64 on ``Y``'s device, no host synchronisation: the diagonal of
+    :func:`device_gramian` (same scaling, same range) without the ``T x T`` product."""
+    Yn, t64 = _row_scaled(Y)
+    acc = torch.promote_types(Yn.dtype, torch.float32)  # half rows: sum of P squares ≤ P
+    return torch.linalg.vector_norm(Yn, dim=1, dtype=acc).to(torch.float64) * t64

@@ -7,7 +7,7 @@ from torch import Tensor
 
 from taskbalance.validation import is_number
 
-from .._per_parameter_state import PerParameterState, device_gramian
+from .._per_parameter_state import PerParameterState, device_row_norms
 from ..base import GradientMethod, check_positive
 from ..registry import register
 from ..solvers import combine
@@ -97,7 +97,7 @@ class DBMTL(PerParameterState, GradientMethod):
         g = J.detach()
         ema = g + beta_k * (self.grad_ema.index_select(0, idx) - g)
         self.grad_ema.index_copy_(0, idx, ema)
-        norms = device_gramian(ema).diagonal().clamp_min(0).sqrt()  # float64, no overflow
+        norms = device_row_norms(ema)  # float64, no overflow
         live = norms > 0
         alpha = torch.where(live, norms.max() / torch.where(live, norms, 1.0), 0.0)
         self.last_weights = alpha.to(device=dev, dtype=J.dtype)

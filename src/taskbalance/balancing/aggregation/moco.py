@@ -9,7 +9,7 @@ from torch import Tensor
 
 from taskbalance.validation import is_number
 
-from .._per_parameter_state import PerParameterState, device_gramian
+from .._per_parameter_state import PerParameterState, device_gramian, device_row_norms
 from ..base import GradientMethod, check_choice, check_positive
 from ..registry import register
 from ..solvers import combine, project_simplex
@@ -120,7 +120,7 @@ class MoCo(PerParameterState, GradientMethod):
         h = J.detach()
         if self.normalize == "loss":
             assert losses is not None  # aggregate() raises first when needs_losses
-            norms = device_gramian(h).diagonal().clamp_min(0).sqrt()
+            norms = device_row_norms(h)
             scale = torch.where(
                 norms > 0, losses.to(norms) / torch.where(norms > 0, norms, 1.0), 0.0
             )
