@@ -405,6 +405,19 @@ def test_db_mtl_half_gradients_longer_than_the_half_range():
     torch.testing.assert_close(m.last_weights.float(), ref.last_weights, rtol=1e-3, atol=0)
 
 
+def test_moco_half_gradients_longer_than_the_half_range():
+    # MoCo's Gramian of its tracked gradients has entries of order P = 70000 > float16's max
+    J = torch.ones(2, 70_000)
+    J[1] *= -0.5
+    losses = torch.tensor([1.0, 2.0])
+    ref = tb.create("moco", 2)
+    ref.aggregate(J, losses)
+    m = tb.create("moco", 2)
+    m.aggregate(J.half(), losses.half())
+    assert m.last_weights is not None and ref.last_weights is not None
+    torch.testing.assert_close(m.last_weights.float(), ref.last_weights, rtol=1e-3, atol=1e-4)
+
+
 @pytest.mark.parametrize("name", ["excess_mtl", "db_mtl", "moco"])
 def test_per_parameter_state_refuses_another_width(name):
     m = tb.create(name, 2)

@@ -56,6 +56,8 @@ def device_gramian(Y: Tensor) -> Tensor:
     (``solvers.gramian`` decides on the host, which costs a device-to-host copy).
     """
     Yn, t64 = _row_scaled(Y)
+    # Half rows: the product in float32 (its entries reach P, beyond float16's range).
+    Yn = Yn.to(torch.promote_types(Yn.dtype, torch.float32))
     G = (Yn @ Yn.T).to(torch.float64)
     G = G * (t64[:, None] * t64[None, :])
     return 0.5 * (G + G.T)
