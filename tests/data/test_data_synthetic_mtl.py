@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -111,7 +112,10 @@ def test_registered_names_items_and_models(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("call", "match"),
     [
-        (lambda d: load_benchmark("synthetic-mtl", size={"correlation": 1.5}, cache_dir=d), "in"),
+        (
+            lambda d: load_benchmark("synthetic-mtl", size={"correlation": 1.5}, cache_dir=d),
+            r"correlation must be a number in \[-1, 1\]",
+        ),
         (lambda d: load_benchmark("synthetic-mtl", size={"input_dim": 1}, cache_dir=d), "input"),
         (
             lambda d: load_benchmark("synthetic-mtl", size="tiny", cache_dir=d).build_model(
@@ -130,6 +134,16 @@ def test_registered_names_items_and_models(tmp_path: Path) -> None:
 def test_bad_options_are_named(call, match: str, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=match):
         call(tmp_path)
+
+
+@pytest.mark.parametrize("key", ["scale", "noise"])
+@pytest.mark.parametrize("value", [math.nan, math.inf, -0.5])
+def test_scale_and_noise_must_be_finite_and_non_negative(
+    key: str, value: float, tmp_path: Path
+) -> None:
+    # A NaN or infinite noise would generate NaN labels and fail much later, in training.
+    with pytest.raises(ValueError, match=rf"^{key} must be a finite number >= 0, got {value!r}$"):
+        load_benchmark("synthetic-mtl", size={key: value}, cache_dir=tmp_path)
 
 
 def test_cli_trains_a_named_variant(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -45,7 +45,7 @@ from taskbalance.data.benchmark import (
     register_benchmark,
     split_seeds,
 )
-from taskbalance.validation import is_int, is_number
+from taskbalance.validation import check_positive, is_int, is_number
 
 __all__ = [
     "NAME",
@@ -91,9 +91,7 @@ def _check_params(params: dict[str, Any]) -> None:
     if not is_int(m) or m < 0:
         raise ValueError(f"num_sines must be a non-negative int, got {m!r}")
     for key in ("scale", "noise"):
-        value = params[key]
-        if not is_number(value) or value < 0:
-            raise ValueError(f"{key} must be a non-negative number, got {value!r}")
+        check_positive(key, params[key], allow_zero=True)  # NaN/inf would make NaN labels
 
 
 def task_parameters(seed: int, params: dict[str, Any]) -> dict[str, np.ndarray]:
