@@ -89,6 +89,28 @@ def test_batched_task_backward_gives_the_loop_update(name, features):
             torch.testing.assert_close(info_batched.cosines, info_loop.cosines)
 
 
+def test_streamed_gramian_is_exactly_symmetric():
+    # GradientMethod.solve takes a symmetric Gramian (as solvers.gramian returns); blocked
+    # float64 products of the parameter blocks differ from their transpose in the last bits.
+    from taskbalance.balancing.streaming import gramian_by_parameter
+
+    torch.manual_seed(0)
+    trunk = nn.Sequential(nn.Linear(30, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh())
+    heads = [nn.Linear(64, 1) for _ in range(5)]
+    z = trunk(torch.randn(16, 30))
+    losses = [h(z).pow(2).mean() for h in heads]
+    shared = list(trunk.parameters())
+    G = gramian_by_parameter(losses, None, shared)
+    assert torch.equal(G, G.T)
+    J = torch.stack(
+        [
+            torch.cat([g.reshape(-1) for g in torch.autograd.grad(L, shared, retain_graph=True)])
+            for L in losses
+        ]
+    ).double()
+    torch.testing.assert_close(G, J @ J.T, rtol=1e-6, atol=1e-12)
+
+
 def test_methods_that_need_J_or_rep_mode_are_refused_clearly():
     net = Net(3)
     shared = list(net.shared.parameters())

@@ -138,9 +138,9 @@ def batched_task_gradients(
 def gramian_by_parameter(
     losses: Sequence[Tensor], seeds: Sequence[Tensor] | None, shared: Sequence[nn.Parameter]
 ) -> Tensor:
-    """``G = J Jᵀ`` (float64, on the parameters' device) of ``d losses[t] / d shared``, from
-    :func:`batched_task_gradients` (each block's Gramian added, the block freed). The graph is
-    retained for the caller's next backward.
+    """``G = J Jᵀ`` (float64, on the parameters' device, symmetric like :func:`gramian`'s) of
+    ``d losses[t] / d shared``, from :func:`batched_task_gradients` (each block's Gramian added,
+    the block freed). The graph is retained for the caller's next backward.
     """
     G = torch.zeros(len(losses), len(losses), dtype=torch.float64, device=shared[0].device)
 
@@ -148,4 +148,5 @@ def gramian_by_parameter(
         G.add_(_chunked_gramian(block, exact=True))
 
     batched_task_gradients(losses, loss_cotangents(losses, seeds), shared, add)
-    return G
+    # Blocked products are symmetric only up to rounding; GradientMethod.solve expects exactly.
+    return 0.5 * (G + G.T)
