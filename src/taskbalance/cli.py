@@ -219,7 +219,7 @@ def _check_out(path: str | os.PathLike[str], option: str) -> Path:
 def _prepare_out(out: Path, names: Sequence[str], overwrite: bool, what: str) -> None:
     """Delete temporary files a killed call left in ``out``; with ``--overwrite``, also what an
     earlier ``what`` wrote there (``names`` only)."""
-    from taskbalance.training.checkpoint import remove_stale_temporaries
+    from taskbalance.fileio import remove_stale_temporaries
     from taskbalance.training.rundir import clear_run, held_results
 
     remove_stale_temporaries(out)  # left by a call killed while writing its report

@@ -13,14 +13,9 @@ import numpy as np
 import pytest
 import torch
 
+from taskbalance.fileio import atomic_write_text, content_digest
 from taskbalance.training import load_checkpoint, train
-from taskbalance.training.checkpoint import (
-    atomic_write_text,
-    capture_rng_state,
-    content_digest,
-    restore_rng_state,
-    save_checkpoint,
-)
+from taskbalance.training.checkpoint import capture_rng_state, restore_rng_state, save_checkpoint
 from taskbalance.training.rundir import RunFolderError, load_results_file
 
 

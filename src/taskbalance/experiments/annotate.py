@@ -497,7 +497,7 @@ def _annotation_folder(out_dir: str | Path | None) -> Path | None:
     """The output folder, cleared of temporaries left by an annotation killed while writing."""
     if out_dir is None:
         return None
-    from taskbalance.training.checkpoint import remove_stale_temporaries
+    from taskbalance.fileio import remove_stale_temporaries
 
     remove_stale_temporaries(Path(out_dir))
     return Path(out_dir)

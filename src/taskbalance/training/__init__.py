@@ -1,7 +1,9 @@
 """Training: :func:`train` from a :class:`TrainConfig`, the lower-level :class:`Trainer`,
 checkpoints and history logging (see ``docs/architecture.md``, "Training")."""
 
-from .checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from taskbalance.fileio import atomic_write
+
+from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .devices import resolve_device, seed_everything
 from .loaders import make_loaders

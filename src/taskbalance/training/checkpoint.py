@@ -2,8 +2,8 @@
 
 Checkpoints hold only tensors and plain Python values (the numpy RNG state is stored as a
 tensor), so they are read with ``torch.load(weights_only=True)``: a tampered file cannot run code.
-They are written atomically with a content digest by :mod:`taskbalance.fileio`, whose helpers
-are re-exported here for the code that imported them from this module.
+They are written atomically with a content digest by :mod:`taskbalance.fileio` (import its
+helpers from there).
 """
 
 from __future__ import annotations
@@ -17,33 +17,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from taskbalance.fileio import (
-    atomic_replace,
-    atomic_write,
-    atomic_write_bytes,
-    atomic_write_json,
-    atomic_write_text,
-    content_digest,
-    load_torch_file,
-    remove_stale_temporaries,
-    save_torch_file,
-)
+from taskbalance.fileio import load_torch_file, save_torch_file
 
 __all__ = [
     "CHECKPOINT_NAME",
-    "atomic_replace",
-    "atomic_write",
-    "atomic_write_bytes",
-    "atomic_write_json",
-    "atomic_write_text",
     "capture_rng_state",
-    "content_digest",
     "load_checkpoint",
-    "load_torch_file",
-    "remove_stale_temporaries",
     "restore_rng_state",
     "save_checkpoint",
-    "save_torch_file",
 ]
 
 CHECKPOINT_NAME = "checkpoint.pt"

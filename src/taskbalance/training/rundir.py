@@ -12,7 +12,9 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from .checkpoint import CHECKPOINT_NAME, remove_stale_temporaries
+from taskbalance.fileio import remove_stale_temporaries
+
+from .checkpoint import CHECKPOINT_NAME
 
 __all__ = [
     "RESULT_FILES",

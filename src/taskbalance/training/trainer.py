@@ -30,16 +30,10 @@ from torch import Tensor, nn
 
 from taskbalance.balancing import Balancer, StepInfo
 from taskbalance.balancing.base import Method
+from taskbalance.fileio import atomic_write_json, atomic_write_text, remove_stale_temporaries
 
 from .build import check_counts, choose_mode, resolve_method, resolve_tasks, shared_of
-from .checkpoint import (
-    CHECKPOINT_NAME,
-    atomic_write_json,
-    atomic_write_text,
-    load_checkpoint,
-    remove_stale_temporaries,
-    save_checkpoint,
-)
+from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from .devices import resolve_device
 from .epoch_stats import EpochStats
 from .factories import build_optimizer, build_scheduler

@@ -10,13 +10,9 @@ from typing import Any
 
 import torch
 
-from .checkpoint import (
-    CHECKPOINT_NAME,
-    atomic_replace,
-    atomic_write,
-    capture_rng_state,
-    restore_rng_state,
-)
+from taskbalance.fileio import atomic_replace, atomic_write
+
+from .checkpoint import CHECKPOINT_NAME, capture_rng_state, restore_rng_state
 from .config import RESUME_MAY_DIFFER
 
 __all__ = [
