@@ -201,6 +201,33 @@ def test_dualproj_is_the_projection_of_the_mean_onto_the_dual_cone():
         tb.create("dualproj", 2, pref_weights=[0.0, 0.0])
 
 
+def dual_cone_projection(J, v):
+    """``Jᵀv`` projected onto ``{x : J x ≥ 0}`` (nnls on the dual, independent of the solver)."""
+    mu, _ = nnls(J.T, -J.T @ v)
+    return J.T @ (v + mu)
+
+
+@pytest.mark.parametrize("name", ["upgrad", "dualproj"])
+def test_pref_weights_are_renormalised_over_the_tasks_present(name):
+    J = np.random.default_rng(7).standard_normal((3, 6))
+    J[1] = -0.8 * J[0] + 0.3 * J[1]
+
+    def expected(Jp, p):
+        if name == "dualproj":
+            return dual_cone_projection(Jp, p)
+        return sum(p[i] * dual_cone_projection(Jp, np.eye(len(p))[i]) for i in range(len(p)))
+
+    _, [(d, _)] = run(name, [J], pref_weights=[5.0, 3.0, 2.0])
+    assert rel(d, expected(J, np.array([0.5, 0.3, 0.2]))) < 1e-9
+    sub = J[[0, 2]]
+    G = torch.tensor(sub @ sub.T)
+    present = torch.tensor([True, False, True])
+    for pref, p in (([5.0, 3.0, 2.0], [5 / 7, 2 / 7]), ([0.0, 3.0, 0.0], [0.5, 0.5])):
+        m = tb.create(name, 3, pref_weights=pref)
+        w = m.solve(G, None, present, dtype=torch.float64, device=torch.device("cpu"))
+        assert rel(sub.T @ w.numpy(), expected(sub, np.array(p))) < 1e-9, pref
+
+
 def test_config_matches_torchjd_and_has_equal_cosines():
     ref = torchjd_agg.ConFIG()
     for seed, (kind, J) in enumerate(SAMPLES):

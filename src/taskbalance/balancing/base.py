@@ -33,6 +33,7 @@ __all__ = [
     "check_choice",
     "check_jacobian",
     "check_losses",
+    "check_pref_weights",
     "check_positive",
     "check_task_weights",
     "follow",
@@ -310,6 +311,19 @@ def check_task_weights(name: str, weights: Sequence[float] | Tensor, num_tasks: 
             f"{name} must be {num_tasks} finite numbers >= 0 (one per task), got {values}"
         )
     return torch.tensor(values, dtype=torch.float64)
+
+
+def check_pref_weights(
+    pref_weights: Sequence[float] | Tensor | None, num_tasks: int
+) -> Tensor | None:
+    """``pref_weights`` of a method that averages with them (None stays None): one finite
+    weight ``>= 0`` per task, not all zero; a float64 CPU tensor."""
+    if pref_weights is None:
+        return None
+    p = check_task_weights("pref_weights", pref_weights, num_tasks)
+    if not bool(p.any()):
+        raise ValueError(f"pref_weights must not be all zero, got {p.tolist()}")
+    return p
 
 
 # Helpers shared by several methods (method modules import these, never each other).

@@ -232,6 +232,18 @@ def present_weights(
     return w if present is None else w[present.to(device)]
 
 
+def present_preferences(
+    weights: Tensor | None, n: int, present: Tensor | None, device: torch.device
+) -> Tensor:
+    """:func:`present_weights` normalised to sum to 1 over the ``n`` tasks present (uniform
+    ``1/n`` when the user's weights of those tasks are all zero)."""
+    p = present_weights(weights, n, present, device)
+    if weights is None:
+        return p
+    total = p.sum()
+    return torch.where(total > 0, p / torch.where(total > 0, total, 1.0), 1.0 / n)
+
+
 def random_orders(n: int, generator: torch.Generator | None, device: torch.device) -> Tensor:
     """For each task ``i`` a random order of the other tasks: a long tensor ``[n, n - 1]``.
 

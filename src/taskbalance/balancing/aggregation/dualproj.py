@@ -7,9 +7,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ..base import GradientMethod, check_task_weights
+from ..base import GradientMethod, check_pref_weights
 from ..registry import register
-from ..solvers import dual_cone_weights, present_weights, unit_form
+from ..solvers import dual_cone_weights, present_preferences, unit_form
 
 __all__ = ["DualProj", "dualproj_weights"]
 
@@ -56,19 +56,10 @@ class DualProj(GradientMethod):
         self, num_tasks: int, pref_weights: Sequence[float] | Tensor | None = None
     ) -> None:
         super().__init__(num_tasks)
-        self.pref_weights: Tensor | None = None
-        if pref_weights is not None:
-            p = check_task_weights("pref_weights", pref_weights, num_tasks)
-            if not bool(p.any()):
-                raise ValueError(f"pref_weights must not be all zero, got {p.tolist()}")
-            self.pref_weights = p
+        self.pref_weights = check_pref_weights(pref_weights, num_tasks)
 
     def _weights(
         self, G: Tensor, losses: Tensor | None, present: Tensor | None, *, grad_dtype: torch.dtype
     ) -> Tensor:
         n = G.shape[0]
-        p = present_weights(self.pref_weights, n, present, G.device)
-        if self.pref_weights is not None:
-            total = p.sum()
-            p = torch.where(total > 0, p / torch.where(total > 0, total, 1.0), 1.0 / n)
-        return dualproj_weights(G, p)
+        return dualproj_weights(G, present_preferences(self.pref_weights, n, present, G.device))

@@ -15,12 +15,12 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ..base import GradientMethod, check_task_weights
+from ..base import GradientMethod, check_pref_weights
 from ..registry import register
 from ..solvers import (
     dual_cone_weights,
     normalized_gramian,
-    present_weights,
+    present_preferences,
     unit_form,
     unit_gramian,
 )
@@ -56,12 +56,7 @@ class UPGrad(GradientMethod):
         self, num_tasks: int, pref_weights: Sequence[float] | Tensor | None = None
     ) -> None:
         super().__init__(num_tasks)
-        self.pref_weights: Tensor | None = None
-        if pref_weights is not None:
-            p = check_task_weights("pref_weights", pref_weights, num_tasks)
-            if not bool(p.any()):
-                raise ValueError(f"pref_weights must not be all zero, got {p.tolist()}")
-            self.pref_weights = p
+        self.pref_weights = check_pref_weights(pref_weights, num_tasks)
 
     def _weights(
         self, G: Tensor, losses: Tensor | None, present: Tensor | None, *, grad_dtype: torch.dtype
@@ -71,10 +66,7 @@ class UPGrad(GradientMethod):
         # (Ĝ = D⁻¹GD⁻¹), homogeneous in D_i: solve min_{u ≥ e_i} uᵀĜu, v_i = D_i D⁻¹ u_i.
         Gu, D = unit_form(G)
         dev = Gu.device
-        p = present_weights(self.pref_weights, n, present, dev)
-        if self.pref_weights is not None:
-            total = p.sum()
-            p = torch.where(total > 0, p / torch.where(total > 0, total, 1.0), 1.0 / n)
+        p = present_preferences(self.pref_weights, n, present, dev)
         U = dual_cone_weights(Gu, torch.eye(n, dtype=torch.float64, device=dev))
         V = D[:, None] * U / D[None, :]
         return (p[:, None] * V).sum(0)
