@@ -7,6 +7,7 @@ import os
 import pytest
 import torch
 
+from taskbalance.fileio import atomic_write
 from taskbalance.training import checkpoint as ckpt
 
 
@@ -42,7 +43,7 @@ def test_interrupted_first_save_creates_nothing(tmp_path):
         raise OSError("disk full")
 
     with pytest.raises(OSError, match="disk full"):
-        ckpt.atomic_write(tmp_path / "results.json", boom)
+        atomic_write(tmp_path / "results.json", boom)
     assert _listing(tmp_path) == []
 
 
