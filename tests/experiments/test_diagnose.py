@@ -84,6 +84,8 @@ def test_diagnose_report_files_are_written_atomically_as_utf8(
     log = tmp_path / "writes.log"
     monkeypatch.setenv("TASKBALANCE_FAULT_LOG", str(log))
     out = tmp_path / "diag"
+    out.mkdir()
+    (out / ".summary.md.k1ll.tmp").write_text("# half a report")  # a killed earlier write
     summary = write_report(result, out, "toy")
     written = {Path(line.split(" ", 1)[1]).name for line in log.read_text().splitlines()}
     # Atomic writes (a killed call never leaves a half report), the same helper as every command.
@@ -92,6 +94,7 @@ def test_diagnose_report_files_are_written_atomically_as_utf8(
     text = summary.read_bytes().decode("utf-8")
     assert "‖g_t‖" in text and "≈" in text
     assert json.loads((out / "diagnostics.json").read_text(encoding="utf-8"))["steps"] == S
+    assert not list(out.glob(".*.tmp"))  # the killed write's temporary file is removed
 
 
 @pytest.mark.parametrize("lr", ["nan", "-1", "0", "inf"])

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from taskbalance.balancing.base import GradientMethod
-from taskbalance.fileio import atomic_write_json, atomic_write_text
+from taskbalance.fileio import atomic_write_json, atomic_write_text, remove_stale_temporaries
 from taskbalance.validation import check_positive
 
 from . import diagnostics as dg
@@ -212,6 +212,7 @@ def write_report(result: DiagnoseResult, out: str | Path, benchmark: str) -> Pat
     summary's path."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out)  # left by an earlier diagnose killed while writing
     stats = analyse(result)
     _plots(result, stats, out)
     atomic_write_text(out / "summary.md", _markdown(result, stats, benchmark))
