@@ -236,3 +236,39 @@ def test_paired_tests_match_scipy_and_mark_rows():
     assert report.critical_t(3) == pytest.approx(stats.t.ppf(0.975, 2))
     row = {"vs_reference": {"p": 0.01}, "vs_single_task": {"p": 0.2}}
     assert report.significance_marks(row) == "*"
+
+
+def _seeded(run: dict, seed: int) -> dict:
+    return {**run, "config": {"seed": seed}}
+
+
+def test_paired_tests_pair_runs_of_the_same_seed_in_any_order():
+    """Runs that arrive in another seed order (e.g. read back from a folder) are paired seed by
+    seed with ew and with the baselines, not position by position."""
+    methods = {m: [_seeded(r, s) for s, r in enumerate(runs)] for m, runs in METHODS.items()}
+    baselines = {t: [_seeded(r, s) for s, r in enumerate(runs)] for t, runs in BASELINES.items()}
+    ordered = report.build_leaderboard(methods, baselines, HIB)
+    # Only ew and b's baseline arrive reversed: position pairing would mix seeds.
+    shuffled = report.build_leaderboard(
+        {**methods, "ew": methods["ew"][::-1]},
+        {"a": baselines["a"], "b": baselines["b"][::-1]},
+        HIB,
+    )
+    want = {r["method"]: r for r in ordered["rows"]}
+    for row in shuffled["rows"]:
+        ref = want[row["method"]]
+        assert sorted(row["seed_ids"]) == [0, 1]
+        by_seed = dict(zip(ref["seed_ids"], ref["vs_single_task"]["values"]))
+        assert row["vs_single_task"]["values"] == pytest.approx(
+            [by_seed[s] for s in row["seed_ids"]]
+        )
+        if row["method"] != "ew":
+            assert row["vs_reference"]["values"] == pytest.approx(ref["vs_reference"]["values"])
+            assert row["vs_reference"]["p"] == pytest.approx(ref["vs_reference"]["p"])
+    assert shuffled["baseline"]["metrics"] == ordered["baseline"]["metrics"]
+
+
+def test_runs_that_share_a_seed_are_refused():
+    methods = {"ew": [_seeded(r, 0) for r in METHODS["ew"]]}
+    with pytest.raises(ValueError, match="share a seed"):
+        report.build_leaderboard(methods, BASELINES, HIB)

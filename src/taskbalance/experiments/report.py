@@ -315,6 +315,31 @@ def _seed_of(run: Mapping[str, Any], index: int) -> Any:
     return (run.get("config") or {}).get("seed", index)
 
 
+def _by_seed(runs: Sequence[Mapping[str, Any]]) -> dict[Any, Mapping[str, Any]]:
+    """Runs keyed by their seed (the position where a run names none), so paired tests pair
+    the runs of the same seed whatever order the runs arrive in."""
+    keyed = {_seed_of(run, k): run for k, run in enumerate(runs)}
+    if len(keyed) != len(runs):
+        raise ValueError(f"two runs share a seed: {[_seed_of(r, k) for k, r in enumerate(runs)]}")
+    return keyed
+
+
+
+def _baseline_by_seed(
+    baseline_runs: Mapping[str, Sequence[Mapping[str, Any]]], tasks: Sequence[str], split: str
+) -> dict[Any, dict[str, Any]]:
+    """Per seed that every task's baseline has: the single-task runs merged into one metrics
+    dict (seed order of the first task)."""
+    by_task = {t: _by_seed(baseline_runs[t]) for t in tasks}
+    merged = {
+        seed: merge_task_metrics({t: by_task[t][seed][split] for t in tasks})
+        for seed in by_task[tasks[0]]
+        if all(seed in by_task[t] for t in tasks)
+    }
+    if not merged:
+        raise ValueError("the single-task baselines of the tasks share no seed")
+    return merged
+
 def build_leaderboard(
     method_runs: Mapping[str, Sequence[Mapping[str, Any]]],
     baseline_runs: Mapping[str, Sequence[Mapping[str, Any]]],
@@ -328,10 +353,10 @@ def build_leaderboard(
 
     Args:
         method_runs: method -> one ``results.json`` dict per seed (needs ``split`` metrics and
-            ``seconds_per_step``), in seed order.
+            ``seconds_per_step``; the seed is read from ``config.seed``, else the position).
         baseline_runs: task -> one ``results.json`` dict per seed of the run trained on that task
-            alone, in the same seed order (run ``k`` of a method is paired with run ``k`` of
-            every baseline and of ``reference``).
+            alone. Paired tests pair the runs of the same seed, in any order; the baseline is
+            the mean over the seeds every task's baseline has.
         higher_is_better: ``{task: {metric: bool}}``; its order is the column order.
         split: which metrics to report (``"test"``: measured at the epoch chosen on validation).
         reference: the method the paired test and the time ratio compare against.
@@ -356,32 +381,32 @@ def build_leaderboard(
     from taskbalance.tasks import DELTA_RULE, excluded_metrics, flatten_results
 
     tasks = list(higher_is_better)
-    n_base = min(len(baseline_runs[t]) for t in tasks)
-    # Per seed: the single-task runs of all tasks merged into one metrics dict; then the mean.
-    base_seeds = [
-        merge_task_metrics({t: baseline_runs[t][k][split] for t in tasks}) for k in range(n_base)
-    ]
-    baseline = mean_metrics(base_seeds)
+    base_seeds = _baseline_by_seed(baseline_runs, tasks, split)
+    baseline = mean_metrics(list(base_seeds.values()))
     excluded = excluded_metrics(flatten_results(baseline), flatten_results(higher_is_better))
 
     rows: list[dict[str, Any]] = []
-    per_seed_delta: dict[str, list[float]] = {}
+    per_seed_delta: dict[str, dict[Any, float]] = {}
     for method, runs in method_runs.items():
         if not runs:
             raise ValueError(f"method {method!r} has no runs")
+        by_seed = _by_seed(runs)
         per_seed = [run[split] for run in runs]
         deltas = [delta(m, baseline, higher_is_better) for m in per_seed]
-        per_seed_delta[method] = deltas
+        per_seed_delta[method] = dict(zip(by_seed, deltas))
         d_mean, d_std = mean_std(deltas)
         s_mean, s_std = mean_std([float(run["seconds_per_step"]) for run in runs])
-        paired = min(len(runs), n_base)
-        vs_single = [delta(per_seed[k], base_seeds[k], higher_is_better) for k in range(paired)]
+        vs_single = [
+            delta(run[split], base_seeds[seed], higher_is_better)
+            for seed, run in by_seed.items()
+            if seed in base_seeds
+        ]
         single_test = paired_t_test(vs_single)
         rows.append(
             {
                 "method": method,
                 "seeds": len(runs),
-                "seed_ids": [_seed_of(run, k) for k, run in enumerate(runs)],
+                "seed_ids": list(by_seed),
                 "metrics": aggregate_metrics(per_seed),
                 "delta_m": {"mean": d_mean, "std": d_std, "values": deltas},
                 "vs_single_task": None
@@ -395,8 +420,8 @@ def build_leaderboard(
         ref = per_seed_delta.get(reference)
         test = None
         if ref is not None and row["method"] != reference:
-            n = min(len(ref), len(per_seed_delta[row["method"]]))
-            diffs = [per_seed_delta[row["method"]][k] - ref[k] for k in range(n)]
+            own = per_seed_delta[row["method"]]
+            diffs = [d - ref[seed] for seed, d in own.items() if seed in ref]
             result = paired_t_test(diffs)
             test = None if result is None else {**result, "values": diffs}
         row["vs_reference"] = test
@@ -440,8 +465,8 @@ def build_leaderboard(
         "timing_source": "interleaved" if summary is not None else "training",
         "baseline": {
             "metrics": baseline,
-            "seeds": n_base,
-            "per_seed": base_seeds,
+            "seeds": len(base_seeds),
+            "per_seed": list(base_seeds.values()),
             "seconds_per_step": base_seconds,
             "timing": None if summary is None else {t: summary[f"single-task/{t}"] for t in tasks},
             "time_ratio": ratios["\0single-task"],
