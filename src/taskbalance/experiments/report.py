@@ -373,87 +373,22 @@ def build_leaderboard(
         ``mean_rank``, ``seconds_per_step`` (training, ``{mean, std}``), ``timing`` (the
         :func:`summarise_timing` entry or ``None``), ``time_ratio``, ``num_parameters``.
     """
-    if not method_runs:
-        raise ValueError("no method runs to put on a leaderboard")
-    missing = [t for t in higher_is_better if not baseline_runs.get(t)]
-    if missing:
-        raise ValueError(f"no single-task baseline run for task(s) {missing}")
+    _check_leaderboard_input(method_runs, baseline_runs, higher_is_better)
     from taskbalance.tasks import DELTA_RULE, excluded_metrics, flatten_results
 
     tasks = list(higher_is_better)
     base_seeds = _baseline_by_seed(baseline_runs, tasks, split)
     baseline = mean_metrics(list(base_seeds.values()))
     excluded = excluded_metrics(flatten_results(baseline), flatten_results(higher_is_better))
-
-    rows: list[dict[str, Any]] = []
-    per_seed_delta: dict[str, dict[Any, float]] = {}
-    for method, runs in method_runs.items():
-        if not runs:
-            raise ValueError(f"method {method!r} has no runs")
-        by_seed = _by_seed(runs)
-        per_seed = [run[split] for run in runs]
-        deltas = [delta(m, baseline, higher_is_better) for m in per_seed]
-        per_seed_delta[method] = dict(zip(by_seed, deltas))
-        d_mean, d_std = mean_std(deltas)
-        s_mean, s_std = mean_std([float(run["seconds_per_step"]) for run in runs])
-        vs_single = [
-            delta(run[split], base_seeds[seed], higher_is_better)
-            for seed, run in by_seed.items()
-            if seed in base_seeds
-        ]
-        single_test = paired_t_test(vs_single)
-        rows.append(
-            {
-                "method": method,
-                "seeds": len(runs),
-                "seed_ids": list(by_seed),
-                "metrics": aggregate_metrics(per_seed),
-                "delta_m": {"mean": d_mean, "std": d_std, "values": deltas},
-                "vs_single_task": None
-                if single_test is None
-                else {**single_test, "values": vs_single},
-                "seconds_per_step": {"mean": s_mean, "std": s_std},
-                "num_parameters": parameter_count(runs),
-            }
-        )
-    for row in rows:
-        ref = per_seed_delta.get(reference)
-        test = None
-        if ref is not None and row["method"] != reference:
-            own = per_seed_delta[row["method"]]
-            diffs = [d - ref[seed] for seed, d in own.items() if seed in ref]
-            result = paired_t_test(diffs)
-            test = None if result is None else {**result, "values": diffs}
-        row["vs_reference"] = test
-    ranks = mean_ranks(
-        {
-            r["method"]: {
-                t: {m: s["mean"] for m, s in ms.items()} for t, ms in r["metrics"].items()
-            }
-            for r in rows
-        },
-        higher_is_better,
-    )
-    summary = summarise_timing(timing) if timing is not None else None
-    if summary is not None:
-        absent = [r["method"] for r in rows if r["method"] not in summary]
-        absent += [t for t in tasks if f"single-task/{t}" not in summary]
-        if absent:
-            raise ValueError(f"the timing pass has no measurement of {absent}")
-        seconds = {r["method"]: summary[r["method"]]["median"] for r in rows}
-        base_seconds = math.fsum(summary[f"single-task/{t}"]["median"] for t in tasks)
-    else:
-        seconds = {r["method"]: r["seconds_per_step"]["mean"] for r in rows}
-        base_seconds = math.fsum(
-            mean_std([float(run["seconds_per_step"]) for run in baseline_runs[t]])[0] for t in tasks
-        )
+    rows = [
+        _method_row(method, runs, baseline, base_seeds, higher_is_better, split)
+        for method, runs in method_runs.items()
+    ]
+    _add_reference_tests(rows, reference)
+    _add_ranks(rows, higher_is_better)
+    summary, base_seconds = _add_times(rows, baseline_runs, tasks, timing, reference)
     base_counts = [parameter_count(baseline_runs[t]) for t in tasks]
     base_params = None if None in base_counts else sum(c for c in base_counts if c is not None)
-    ratios = time_ratios({**seconds, "\0single-task": base_seconds}, reference)
-    for row in rows:
-        row["mean_rank"] = ranks[row["method"]]
-        row["timing"] = None if summary is None else summary[row["method"]]
-        row["time_ratio"] = ratios[row["method"]]
     return {
         "split": split,
         "reference": reference,
@@ -467,13 +402,122 @@ def build_leaderboard(
             "metrics": baseline,
             "seeds": len(base_seeds),
             "per_seed": list(base_seeds.values()),
-            "seconds_per_step": base_seconds,
-            "timing": None if summary is None else {t: summary[f"single-task/{t}"] for t in tasks},
-            "time_ratio": ratios["\0single-task"],
+            **base_seconds,
             "num_parameters": base_params,
         },
         "rows": rows,
     }
+
+
+def _check_leaderboard_input(
+    method_runs: Mapping[str, Sequence[Mapping[str, Any]]],
+    baseline_runs: Mapping[str, Sequence[Mapping[str, Any]]],
+    higher_is_better: Mapping[str, Mapping[str, bool]],
+) -> None:
+    if not method_runs:
+        raise ValueError("no method runs to put on a leaderboard")
+    missing = [t for t in higher_is_better if not baseline_runs.get(t)]
+    if missing:
+        raise ValueError(f"no single-task baseline run for task(s) {missing}")
+    empty = [m for m, runs in method_runs.items() if not runs]
+    if empty:
+        raise ValueError(f"method {empty[0]!r} has no runs")
+
+
+def _method_row(
+    method: str,
+    runs: Sequence[Mapping[str, Any]],
+    baseline: Metrics,
+    base_seeds: Mapping[Any, Metrics],
+    higher_is_better: Mapping[str, Mapping[str, bool]],
+    split: str,
+) -> dict[str, Any]:
+    """One method's row before ranks, reference tests and times are added; ``_per_seed``
+    (seed -> Δm%, removed by :func:`_add_reference_tests`) feeds the paired test."""
+    by_seed = _by_seed(runs)
+    per_seed = [run[split] for run in runs]
+    deltas = [delta(m, baseline, higher_is_better) for m in per_seed]
+    d_mean, d_std = mean_std(deltas)
+    s_mean, s_std = mean_std([float(run["seconds_per_step"]) for run in runs])
+    vs_single = [
+        delta(run[split], base_seeds[seed], higher_is_better)
+        for seed, run in by_seed.items()
+        if seed in base_seeds
+    ]
+    single_test = paired_t_test(vs_single)
+    return {
+        "method": method,
+        "seeds": len(runs),
+        "seed_ids": list(by_seed),
+        "metrics": aggregate_metrics(per_seed),
+        "delta_m": {"mean": d_mean, "std": d_std, "values": deltas},
+        "vs_single_task": None if single_test is None else {**single_test, "values": vs_single},
+        "seconds_per_step": {"mean": s_mean, "std": s_std},
+        "num_parameters": parameter_count(runs),
+        "_per_seed": dict(zip(by_seed, deltas, strict=True)),
+    }
+
+
+def _add_reference_tests(rows: list[dict[str, Any]], reference: str) -> None:
+    """``vs_reference``: each row's per-seed Δm% minus the reference's of the same seed."""
+    per_seed = {row["method"]: row["_per_seed"] for row in rows}
+    ref = per_seed.get(reference)
+    for row in rows:
+        own = row.pop("_per_seed")
+        test = None
+        if ref is not None and row["method"] != reference:
+            diffs = [d - ref[seed] for seed, d in own.items() if seed in ref]
+            result = paired_t_test(diffs)
+            test = None if result is None else {**result, "values": diffs}
+        row["vs_reference"] = test
+
+
+def _add_times(
+    rows: list[dict[str, Any]],
+    baseline_runs: Mapping[str, Sequence[Mapping[str, Any]]],
+    tasks: Sequence[str],
+    timing: Mapping[str, Sequence[float]] | None,
+    reference: str,
+) -> tuple[dict[str, dict[str, float]] | None, dict[str, Any]]:
+    """Each row's ``timing`` and ``time_ratio``; returns the timing summary and the baseline's
+    time keys (``seconds_per_step``, ``timing``, ``time_ratio``)."""
+    summary = summarise_timing(timing) if timing is not None else None
+    if summary is not None:
+        absent = [r["method"] for r in rows if r["method"] not in summary]
+        absent += [t for t in tasks if f"single-task/{t}" not in summary]
+        if absent:
+            raise ValueError(f"the timing pass has no measurement of {absent}")
+        seconds = {r["method"]: summary[r["method"]]["median"] for r in rows}
+        base_seconds = math.fsum(summary[f"single-task/{t}"]["median"] for t in tasks)
+    else:
+        seconds = {r["method"]: r["seconds_per_step"]["mean"] for r in rows}
+        base_seconds = math.fsum(
+            mean_std([float(run["seconds_per_step"]) for run in baseline_runs[t]])[0] for t in tasks
+        )
+    ratios = time_ratios({**seconds, "\0single-task": base_seconds}, reference)
+    for row in rows:
+        row["timing"] = None if summary is None else summary[row["method"]]
+        row["time_ratio"] = ratios[row["method"]]
+    return summary, {
+        "seconds_per_step": base_seconds,
+        "timing": None if summary is None else {t: summary[f"single-task/{t}"] for t in tasks},
+        "time_ratio": ratios["\0single-task"],
+    }
+
+
+def _add_ranks(rows: list[dict[str, Any]], higher_is_better: Mapping[str, Mapping[str, bool]]):
+    """Each row's ``mean_rank`` over the means of every metric."""
+    ranks = mean_ranks(
+        {
+            r["method"]: {
+                t: {m: s["mean"] for m, s in ms.items()} for t, ms in r["metrics"].items()
+            }
+            for r in rows
+        },
+        higher_is_better,
+    )
+    for row in rows:
+        row["mean_rank"] = ranks[row["method"]]
 
 
 def _fmt(mean: float, std: float | None, seeds: int, digits: int = 4) -> str:
@@ -528,14 +572,33 @@ def to_markdown(
     """The leaderboard as a Markdown table (rows sorted by Δm%, best first) and the notes that
     say how every number was obtained; ``sharing`` (from :func:`sharing_summary`) adds the line
     of :func:`sharing_line` below."""
+    from .tables import markdown_table
+
     columns = [tuple(c) for c in board["columns"]]
+    alpha = board.get("alpha", ALPHA)
+    seeds = max(r["seeds"] for r in board["rows"])
+    tested = seeds > 1
+    order = sorted(
+        board["rows"],
+        key=lambda r: (not math.isfinite(r["delta_m"]["mean"]), r["delta_m"]["mean"]),
+    )
+    cells = [_baseline_cells(board["baseline"], columns, tested)]
+    cells += [_row_cells(row, columns, tested, alpha) for row in order]
+    lines = [f"## {title}", ""] if title else []
+    lines += markdown_table(_leaderboard_header(board, columns, tested), cells)
+    lines += ["", " ".join(_leaderboard_notes(board, seeds, alpha))]
+    if sharing is not None:
+        lines += ["", sharing_line(sharing)]
+    return "\n".join(lines) + "\n"
+
+
+def _leaderboard_header(
+    board: Mapping[str, Any], columns: Sequence[tuple[str, str]], tested: bool
+) -> list[str]:
     hib = board["higher_is_better"]
     ref_name = board.get("reference", "ew")
     excluded = board.get("excluded") or {}
-    alpha = board.get("alpha", ALPHA)
     arrow = {True: "↑", False: "↓"}
-    seeds = max(r["seeds"] for r in board["rows"])
-    tested = seeds > 1
     header = ["method"]
     for t, m in columns:
         header.append(
@@ -544,44 +607,48 @@ def to_markdown(
     header.append("Δm% ↓")
     if tested:
         header += [f"p vs {ref_name}", "p vs single-task"]
-    header += ["mean rank ↓", "params", "ms/step", "time vs " + ref_name]
-    lines = []
-    if title:
-        lines += [f"## {title}", ""]
-    lines += ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
-    base = board["baseline"]
+    return header + ["mean rank ↓", "params", "ms/step", "time vs " + ref_name]
+
+
+def _baseline_cells(
+    base: Mapping[str, Any], columns: Sequence[tuple[str, str]], tested: bool
+) -> list[str]:
     cells = ["single-task"] + [f"{base['metrics'][t][m]:.4f}" for t, m in columns]
     cells.append("0.00")
     if tested:
         cells += ["-", "-"]
     ratio = base.get("time_ratio")
-    base_time = f"{1000 * base['seconds_per_step']:.1f}"
-    cells += [
+    return cells + [
         "-",
         _params(base.get("num_parameters")),
-        base_time,
+        f"{1000 * base['seconds_per_step']:.1f}",
         "-" if ratio is None else f"{ratio:.2f}x",
     ]
-    lines.append("| " + " | ".join(cells) + " |")
-    order = sorted(
-        board["rows"],
-        key=lambda r: (not math.isfinite(r["delta_m"]["mean"]), r["delta_m"]["mean"]),
-    )
-    for row in order:
-        n = row["seeds"]
-        cells = [row["method"]]
-        for t, m in columns:
-            stats = row["metrics"].get(t, {}).get(m)
-            cells.append("-" if stats is None else _fmt(stats["mean"], stats["std"], n))
-        d = row["delta_m"]
-        cells.append(_fmt(d["mean"], d["std"], n, 2) + significance_marks(row, alpha))
-        if tested:
-            cells += [_p_value(row.get("vs_reference")), _p_value(row.get("vs_single_task"))]
-        cells.append(f"{row['mean_rank']:.2f}")
-        cells.append(_params(row.get("num_parameters")))
-        cells.append(_time_cell(row, n))
-        cells.append("-" if row["time_ratio"] is None else f"{row['time_ratio']:.2f}x")
-        lines.append("| " + " | ".join(cells) + " |")
+
+
+def _row_cells(
+    row: Mapping[str, Any], columns: Sequence[tuple[str, str]], tested: bool, alpha: float
+) -> list[str]:
+    n = row["seeds"]
+    cells = [row["method"]]
+    for t, m in columns:
+        stats = row["metrics"].get(t, {}).get(m)
+        cells.append("-" if stats is None else _fmt(stats["mean"], stats["std"], n))
+    d = row["delta_m"]
+    cells.append(_fmt(d["mean"], d["std"], n, 2) + significance_marks(row, alpha))
+    if tested:
+        cells += [_p_value(row.get("vs_reference")), _p_value(row.get("vs_single_task"))]
+    cells.append(f"{row['mean_rank']:.2f}")
+    cells.append(_params(row.get("num_parameters")))
+    cells.append(_time_cell(row, n))
+    cells.append("-" if row["time_ratio"] is None else f"{row['time_ratio']:.2f}x")
+    return cells
+
+
+def _leaderboard_notes(board: Mapping[str, Any], seeds: int, alpha: float) -> list[str]:
+    """The sentences under the leaderboard: split, Δm rule, test, ranks, times."""
+    ref_name = board.get("reference", "ew")
+    excluded = board.get("excluded") or {}
     notes = [
         f"Metrics on the {board['split']} split at the epoch selected on validation"
         + (f"; mean ± std over {seeds} seeds." if seeds > 1 else "; 1 seed."),
@@ -592,7 +659,7 @@ def to_markdown(
     ]
     if excluded:
         notes.append("Not in Δm: " + "; ".join(f"{m} ({why})" for m, why in excluded.items()) + ".")
-    if tested:
+    if seeds > 1:
         crit = critical_t(seeds, alpha)
         notes.append(
             f"Test: paired t-test over seeds, two-sided, α = {alpha:g}. p vs {ref_name}: each "
@@ -604,21 +671,20 @@ def to_markdown(
             "'not shown different', not 'equal'."
         )
     notes.append("Mean rank over all metrics (1 = best). Params: parameters of the model.")
+    return notes + [_timing_note(board)]
+
+
+def _timing_note(board: Mapping[str, Any]) -> str:
     if board.get("timing_source") == "interleaved":
         rounds = min(r["timing"]["rounds"] for r in board["rows"])
-        notes.append(
+        return (
             "ms/step: median [min–max] over "
             f"{rounds} rounds of a timing pass after training in which every method (and each "
             "single-task network) took a few training steps in turn, in one process under the "
             "same conditions; single-task: the sum of its networks' medians."
         )
-    else:
-        notes.append(
-            "ms/step: training seconds per step of each run (runs measured at different times "
-            "on a shared machine are only roughly comparable). Single-task: the sum over its "
-            "networks."
-        )
-    lines += ["", " ".join(notes)]
-    if sharing is not None:
-        lines += ["", sharing_line(sharing)]
-    return "\n".join(lines) + "\n"
+    return (
+        "ms/step: training seconds per step of each run (runs measured at different times "
+        "on a shared machine are only roughly comparable). Single-task: the sum over its "
+        "networks."
+    )

@@ -389,6 +389,8 @@ def workflow_table(
     and named below), each task's Δ% (the mean of its metrics that enter) and Δm%."""
     from taskbalance.tasks import DELTA_RULE
 
+    from .tables import markdown_table
+
     excluded: dict[str, str] = {}
     for row in rows:
         excluded.update(row.get("delta_skipped") or {})
@@ -403,8 +405,7 @@ def workflow_table(
             head.append(f"{t.name} {m} {arrow}{mark}")
     head += [f"Δ {t.name} %" for t in tasks]
     head += ["Δm% ↓", "time s"]
-    lines.append("| " + " | ".join(head) + " |")
-    lines.append("|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|")
+    body = []
     for row in rows:
         metrics = row[split]
         cells = [row["workflow"]]
@@ -412,7 +413,8 @@ def workflow_table(
         per_task = row.get("delta_per_task") or {}
         cells += [_signed(per_task.get(t.name)) for t in tasks]
         cells += [_signed(row.get("delta_m")), f"{row['seconds']:.0f}"]
-        lines.append("| " + " | ".join(cells) + " |")
+        body.append(cells)
+    lines += markdown_table(head, body, align=["left"] + ["right"] * (len(head) - 1))
     lines.append("")
     lines.append(
         f"Δ: relative change in % against the first row ({REFERENCE}), sign-flipped for ↑ metrics "
