@@ -15,11 +15,13 @@ from taskbalance.models.cgc import CGC
 from taskbalance.models.cross_stitch import CrossStitchNetwork, CrossStitchUnit
 from taskbalance.models.dselect_k import DSelectK, DSelectKGate
 from taskbalance.models.heads import ClassificationHead, CoordinateHead, DenseHead, NormalHead
+from taskbalance.models.lenet import LeNetHead, LeNetShared, lenet_multimnist
 from taskbalance.models.ltb import LTB
 from taskbalance.models.mmoe import MMoE
 from taskbalance.models.mtan import MTAN, AttentionModule
 from taskbalance.models.multitask import MultiTaskModel, MultiTaskNetwork, reset_parameters
 from taskbalance.models.ple import PLE
+from taskbalance.models.resnet import basic_resnet, celeba_resnet18
 from taskbalance.models.report import (
     count_parameters,
     sharing_report,
@@ -37,6 +39,11 @@ __all__ = [
     "ResNetBackbone",
     "resnet_backbone",
     "RESNET_NAMES",
+    "basic_resnet",
+    "celeba_resnet18",
+    "LeNetShared",
+    "LeNetHead",
+    "lenet_multimnist",
     "ClassificationHead",
     "DenseHead",
     "NormalHead",

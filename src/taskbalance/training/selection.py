@@ -6,7 +6,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["SELECTION_RULE", "comparable_metrics", "selection_score"]
+__all__ = ["SELECTION_RULE", "comparable_metrics", "mean_of_last_epochs", "selection_score"]
 
 SELECTION_RULE = (
     "lowest validation Δm% (taskbalance.tasks.task_delta over every metric of the trained tasks) "
@@ -14,6 +14,37 @@ SELECTION_RULE = (
     "Metrics are left out by the rule of taskbalance.tasks.DELTA_RULE (first-epoch value 0, not "
     "finite, or a higher-is-better value below 0.05); ties keep the earlier epoch."
 )
+
+
+def mean_of_last_epochs(
+    history: Sequence[Mapping[str, Any]], k: int, split: str = "test"
+) -> tuple[dict[str, dict[str, float]], int]:
+    """Each metric's mean over the last ``k`` epochs of ``history`` (the records of
+    ``history.jsonl``), and how many epochs entered (``min(k, epochs)``).
+
+    The final number of the MTAN protocol (Liu et al., CVPR 2019) and of the papers that follow
+    it (CAGrad, Nash-MTL, FAMO): the test metrics averaged over the last 10 epochs instead of
+    one epoch chosen on validation. A metric missing from one of those epochs is left out (never
+    averaged over fewer epochs than the others).
+
+    Raises:
+        ValueError: ``k < 1``, no epoch holds ``split`` metrics.
+    """
+    from taskbalance.validation import is_int
+
+    if not is_int(k) or k < 1:
+        raise ValueError(f"k (epochs to average) must be an integer >= 1, got {k!r}")
+    records = [r[split] for r in history if isinstance(r.get(split), Mapping)]
+    if not records:
+        raise ValueError(f"no epoch of the history has {split!r} metrics to average")
+    last = records[-k:]
+    out: dict[str, dict[str, float]] = {}
+    for task, metrics in last[0].items():
+        for metric in metrics:
+            values = [r.get(task, {}).get(metric) for r in last]
+            if all(v is not None for v in values):
+                out.setdefault(task, {})[metric] = math.fsum(map(float, values)) / len(values)
+    return out, len(last)
 
 
 
