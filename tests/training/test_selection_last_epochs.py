@@ -33,3 +33,30 @@ def test_bad_arguments() -> None:
         mean_of_last_epochs(_history([1.0]), 0)
     with pytest.raises(ValueError, match="no epoch"):
         mean_of_last_epochs([{"epoch": 1}], 10)
+
+
+def test_a_run_with_final_epochs_reports_the_mean_of_its_last_epochs(tmp_path) -> None:
+    from taskbalance.training import train
+
+    config = {
+        "benchmark": "multidigits",
+        "size": "tiny",
+        "epochs": 3,
+        "steps": 1,
+        "batch_size": 8,
+        "final_epochs": 2,
+        "out_dir": str(tmp_path / "run"),
+        "progress": False,
+        "tensorboard": False,
+        "save_best": False,
+    }
+    result = train(config)
+    last = result.history[-2:]
+    for task in ("left", "right"):
+        by_hand = (last[0]["test"][task]["accuracy"] + last[1]["test"][task]["accuracy"]) / 2
+        assert result.test[task]["accuracy"] == pytest.approx(by_hand)
+    assert "last 2 epoch" in result.selection
+    import json
+
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert saved["test"] == result.test

@@ -35,7 +35,10 @@ SIZES = ("default", "tiny")
 
 #: Keys that may change between a run and its resumption (everything else must match).
 RESUME_MAY_DIFFER = frozenset(
-    {"epochs", "resume", "progress", "out_dir", "tensorboard", "num_workers", "device", "cache_dir"}
+    {
+        "epochs", "resume", "progress", "out_dir", "tensorboard", "num_workers", "device",
+        "cache_dir", "final_epochs",
+    }
 )
 
 _DEVICE_RE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
@@ -81,6 +84,9 @@ class TrainConfig:
         progress: tqdm progress bars (only shown when stderr is a terminal).
         tensorboard: also log to TensorBoard when the ``tensorboard`` package is importable.
         save_best: keep the weights of the best validation epoch in ``out_dir/best.pt``.
+        final_epochs: report val and test metrics as their mean over the last K epochs (the
+            MTAN protocol; the recipes set it) instead of those of the best validation epoch
+            (``None``).
     """
 
     benchmark: str = "multidigits"
@@ -115,6 +121,7 @@ class TrainConfig:
     progress: bool = True
     tensorboard: bool = True
     save_best: bool = True
+    final_epochs: int | None = None
 
     # ------------------------------------------------------------------ validation
     def __post_init__(self) -> None:
@@ -185,7 +192,7 @@ class TrainConfig:
             value = getattr(self, key)
             if not is_int(value) or value < 1:
                 raise self._bad(key, "an integer >= 1", value)
-        for key in ("steps", "eval_batch_size"):
+        for key in ("steps", "eval_batch_size", "final_epochs"):
             value = getattr(self, key)
             if value is not None and (not is_int(value) or value < 1):
                 raise self._bad(key, "None or an integer >= 1", value)
