@@ -21,13 +21,13 @@ from taskbalance.models.mmoe import MMoE
 from taskbalance.models.mtan import MTAN, AttentionModule
 from taskbalance.models.multitask import MultiTaskModel, MultiTaskNetwork, reset_parameters
 from taskbalance.models.ple import PLE
-from taskbalance.models.resnet import basic_resnet, celeba_resnet18
 from taskbalance.models.report import (
     count_parameters,
     sharing_report,
     single_task_models,
     time_forward,
 )
+from taskbalance.models.resnet import basic_resnet, celeba_resnet18
 
 __all__ = [
     "MultiTaskNetwork",
