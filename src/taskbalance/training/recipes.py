@@ -1,0 +1,279 @@
+"""Recipes: the published training protocols, each set in one place (``--recipe NAME``).
+
+A recipe is a set of :class:`~taskbalance.training.TrainConfig` values (dataset, model,
+optimizer, schedule, epochs, batch size, augmentation, how the final number is taken) plus the
+seeds to run, the paper and table it follows, and a few published numbers to print beside ours.
+:func:`recipe_config` applies one: explicit values (command-line flags, a config file) override
+the recipe's, option dicts (``model_options``, ``dataset_options``, ...) key by key.
+
+The defaults assume a GPU (``device: auto`` picks CUDA, then MPS, then the CPU); every recipe
+also runs on the CPU with ``--steps 1`` for a smoke test.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "RECIPES",
+    "PublishedRow",
+    "Recipe",
+    "available_recipes",
+    "get_recipe",
+    "recipe_config",
+]
+
+#: Config keys whose values are option dicts: an explicit value updates the recipe's key by key.
+_MERGED_KEYS = ("model_options", "dataset_options", "optimizer_options", "scheduler_options")
+
+
+@dataclass(frozen=True)
+class PublishedRow:
+    """Published test numbers of one method under a recipe's protocol.
+
+    Attributes:
+        method: our method name (``"ew"``, ``"nash_mtl"``, ...).
+        label: the row's name in the paper (``"LS"``, ``"Nash-MTL"``).
+        metrics: ``{task: {metric: value}}`` in taskbalance's names and units (fractions, not
+            percentages); only the cells that were checked are stored.
+        source: paper and table.
+        checked: where the numbers were read (so a reader can tell how far to trust them).
+    """
+
+    method: str
+    label: str
+    metrics: Mapping[str, Mapping[str, float]]
+    source: str
+    checked: str
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A published protocol (see the module docstring).
+
+    Attributes:
+        name: ``--recipe`` name.
+        dataset: the registered dataset it trains on.
+        model: the architecture, in words.
+        config: the TrainConfig values it sets.
+        seeds: the seeds a comparison runs (when none are given).
+        source: paper and table (or section) it follows; ``code``: the reference code read for
+            the settings the paper does not state.
+        notes: where we differ from the reference, and why.
+        published: published rows to print beside ours.
+    """
+
+    name: str
+    dataset: str
+    model: str
+    config: Mapping[str, Any]
+    seeds: tuple[int, ...]
+    source: str
+    code: str
+    notes: tuple[str, ...] = ()
+    published: tuple[PublishedRow, ...] = field(default_factory=tuple)
+
+    @property
+    def final(self) -> str:
+        """How the final number is taken, in words."""
+        k = self.config.get("final_epochs")
+        if k:
+            return f"mean of the last {k} epochs' test metrics"
+        return "test metrics at the best validation epoch"
+
+    def summary(self) -> str:
+        """One line: optimizer, lr, schedule, epochs, batch, augmentation, final number."""
+        c = self.config
+        schedule = c.get("scheduler", "none")
+        if schedule == "step":
+            opts = c.get("scheduler_options", {})
+            schedule = f"x{opts.get('gamma')} every {opts.get('step_size')} epochs"
+        augment = "scale-crop-flip" if c.get("dataset_options", {}).get("augment") else "none"
+        return (
+            f"{c['optimizer']} lr {c['lr']:g}, lr {schedule}, {c['epochs']} epochs, batch "
+            f"{c['batch_size']}, augmentation {augment}, {self.final}, seeds "
+            f"{','.join(map(str, self.seeds))}"
+        )
+
+
+_MTAN_CODE = (
+    "https://github.com/Cranial-XIX/CAGrad and https://github.com/AvivNavon/nash-mtl "
+    "(experiments/nyuv2/trainer.py, data.py; cityscapes/model_segnet_mtan.py, create_dataset.py)"
+)
+_MTAN_NOTES = (
+    "taskbalance computes depth and normal metrics over the whole test set; the reference code "
+    "averages them over test batches (batch 2 for NYUv2) without weights (about 1% apart on "
+    "random predictions; DESIGN.md 'Metric protocols')",
+    "the published tables report angle thresholds in percent; taskbalance in fractions",
+)
+_SENER_KOLTUN_CODE = (
+    "https://github.com/isl-org/MultiObjectiveOptimization (sample.json, train_multi_task.py, "
+    "models/multi_faces_resnet.py, models/multi_lenet.py, loaders/multi_mnist_loader.py)"
+)
+_PWC = "Papers with Code entry of the paper; not checked against the paper's table itself"
+
+RECIPES: dict[str, Recipe] = {
+    "nyuv2-mtan": Recipe(
+        name="nyuv2-mtan",
+        dataset="nyuv2",
+        model="MTAN on MTAN's SegNet (64-128-256-512-512, 2-2-3-3-3 convs), dense heads",
+        config={
+            "dataset": "nyuv2",
+            "dataset_options": {"val_fraction": 0, "augment": True},
+            "model_options": {"architecture": "mtan"},
+            "optimizer": "adam",
+            "lr": 1e-4,
+            "weight_decay": 0.0,
+            "scheduler": "step",
+            "scheduler_options": {"step_size": 100, "gamma": 0.5},
+            "epochs": 200,
+            "batch_size": 2,
+            "eval_batch_size": 2,
+            "final_epochs": 10,
+            "device": "auto",
+        },
+        seeds=(0, 1, 2),
+        source="Navon et al., 'Multi-Task Learning as a Bargaining Game', ICML 2022, Table 2 "
+        "(protocol of Liu et al., CVPR 2019, with CAGrad's augmentation)",
+        code=_MTAN_CODE,
+        notes=_MTAN_NOTES + ("validation = the test split, as in the reference code",),
+        published=(
+            PublishedRow(
+                method="nash_mtl",
+                label="Nash-MTL",
+                metrics={"segmentation": {"miou": 0.4013}},
+                source="Navon et al., ICML 2022, Table 2",
+                checked=_PWC,
+            ),
+        ),
+    ),
+    "cityscapes-mtan": Recipe(
+        name="cityscapes-mtan",
+        dataset="cityscapes",
+        model="MTAN on MTAN's SegNet, dense heads; 7 classes + depth at 128 x 256",
+        config={
+            "dataset": "cityscapes",
+            "dataset_options": {"val_fraction": 0, "augment": True, "num_classes": 7},
+            "model_options": {"architecture": "mtan"},
+            "optimizer": "adam",
+            "lr": 1e-4,
+            "weight_decay": 0.0,
+            "scheduler": "step",
+            "scheduler_options": {"step_size": 100, "gamma": 0.5},
+            "epochs": 200,
+            "batch_size": 8,
+            "eval_batch_size": 8,
+            "final_epochs": 10,
+            "device": "auto",
+        },
+        seeds=(0, 1, 2),
+        source="Navon et al., ICML 2022, Table 3 (Cityscapes protocol of CAGrad, Liu et al., "
+        "NeurIPS 2021)",
+        code=_MTAN_CODE,
+        notes=_MTAN_NOTES[:1] + ("validation = the test split, as in the reference code",),
+        published=(
+            PublishedRow(
+                method="nash_mtl",
+                label="Nash-MTL",
+                metrics={"segmentation": {"miou": 0.7541}},
+                source="Navon et al., ICML 2022, Table 3",
+                checked=_PWC,
+            ),
+        ),
+    ),
+    "celeba-resnet18": Recipe(
+        name="celeba-resnet18",
+        dataset="celeba",
+        model="ResNet-18 (3x3 stem, no max-pool) shared, 2x2 average pool, 40 linear heads",
+        config={
+            "dataset": "celeba",
+            "dataset_options": {"image_size": 64},
+            "model_options": {},
+            "optimizer": "adam",
+            "lr": 5e-4,
+            "weight_decay": 0.0,
+            "scheduler": "step",
+            "scheduler_options": {"step_size": 10, "gamma": 0.85},
+            "epochs": 100,
+            "batch_size": 256,
+            "device": "auto",
+        },
+        seeds=(0,),
+        source="Sener & Koltun, 'Multi-Task Learning as Multi-Objective Optimization', "
+        "NeurIPS 2018, CelebA experiment (Sec. 6)",
+        code=_SENER_KOLTUN_CODE,
+        notes=(
+            "images are scaled to [0, 1]; the reference code subtracts a per-channel mean",
+            "lr x0.85 every 10 epochs and 100 epochs: train_multi_task.py; Adam 5e-4, batch "
+            "256: the repository's sample.json (its CelebA configuration)",
+        ),
+    ),
+    "multimnist-lenet": Recipe(
+        name="multimnist-lenet",
+        dataset="multimnist",
+        model="LeNet (2 conv + fc 50) shared, two heads fc 50-50-10 (Sener & Koltun)",
+        config={
+            "dataset": "multimnist",
+            "dataset_options": {"val_size": 10_000},
+            "model_options": {},
+            "optimizer": "adam",
+            "lr": 5e-4,
+            "weight_decay": 0.0,
+            "scheduler": "step",
+            "scheduler_options": {"step_size": 10, "gamma": 0.85},
+            "epochs": 100,
+            "batch_size": 256,
+            "eval_batch_size": 100,
+            "device": "auto",
+        },
+        seeds=(0,),
+        source="Sener & Koltun, NeurIPS 2018, MultiMNIST experiment (Sec. 6)",
+        code=_SENER_KOLTUN_CODE,
+        notes=(
+            "the reference code has no validation split (it validates on test); here the last "
+            "10,000 MNIST training images build the validation set",
+            "Adam 5e-4 and batch 256 come from the repository's sample configuration, which it "
+            "gives for CelebA; the MultiMNIST values are not in the code",
+            "inputs are in [0, 1]; the reference code normalises with MNIST's mean and std",
+        ),
+    ),
+}
+
+
+def available_recipes() -> list[str]:
+    """The recipe names, sorted."""
+    return sorted(RECIPES)
+
+
+def get_recipe(name: str) -> Recipe:
+    """The recipe ``name``; ``ValueError`` naming the valid ones (and the closest) otherwise."""
+    if name not in RECIPES:
+        close = difflib.get_close_matches(str(name), list(RECIPES), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(
+            f"unknown recipe {name!r}{hint}; available recipes: {', '.join(available_recipes())} "
+            "(list them with `taskbalance recipes`)"
+        )
+    return RECIPES[name]
+
+
+def recipe_config(name: str, explicit: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The TrainConfig values of recipe ``name`` with ``explicit`` values on top.
+
+    ``explicit`` holds what the user set (flags, a config file): a plain key replaces the
+    recipe's value; an option dict (``model_options``, ``dataset_options``,
+    ``optimizer_options``, ``scheduler_options``) updates the recipe's dict key by key.
+    """
+    recipe = get_recipe(name)
+    data: dict[str, Any] = {
+        k: dict(v) if isinstance(v, Mapping) else v for k, v in recipe.config.items()
+    }
+    for key, value in dict(explicit or {}).items():
+        if key in _MERGED_KEYS and isinstance(value, Mapping):
+            data[key] = {**data.get(key, {}), **value}
+        else:
+            data[key] = value
+    return data
