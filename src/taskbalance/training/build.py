@@ -17,8 +17,11 @@ from taskbalance.validation import is_int
 __all__ = ["check_counts", "choose_mode", "resolve_method", "resolve_tasks", "shared_of"]
 
 
-def check_counts(epochs: Any, steps: Any, bn_recalibration: Any) -> None:
-    """``epochs >= 1``, ``steps`` ``None`` or ``>= 1``, ``bn_recalibration >= 0`` (integers)."""
+def check_counts(epochs: Any, steps: Any, bn_recalibration: Any, final_epochs: Any = None) -> None:
+    """``epochs >= 1``, ``steps`` and ``final_epochs`` ``None`` or ``>= 1``,
+    ``bn_recalibration >= 0`` (integers)."""
+    if final_epochs is not None and (not is_int(final_epochs) or final_epochs < 1):
+        raise ValueError(f"final_epochs must be None or an integer >= 1, got {final_epochs!r}")
     if not is_int(epochs) or epochs < 1:
         raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
     if steps is not None and (not is_int(steps) or steps < 1):

@@ -6,7 +6,13 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["SELECTION_RULE", "comparable_metrics", "mean_of_last_epochs", "selection_score"]
+__all__ = [
+    "SELECTION_RULE",
+    "comparable_metrics",
+    "final_metrics",
+    "mean_of_last_epochs",
+    "selection_score",
+]
 
 SELECTION_RULE = (
     "lowest validation Δm% (taskbalance.tasks.task_delta over every metric of the trained tasks) "
@@ -46,6 +52,24 @@ def mean_of_last_epochs(
                 out.setdefault(task, {})[metric] = math.fsum(map(float, values)) / len(values)
     return out, len(last)
 
+
+def final_metrics(
+    best: Mapping[str, Any], history: Sequence[Mapping[str, Any]], final_epochs: int | None
+) -> tuple[Any, Any, str]:
+    """``(val, test, rule)`` a run reports: those of the ``best`` epoch record by
+    :data:`SELECTION_RULE`, or with ``final_epochs`` each metric's mean over the last K epochs
+    (:func:`mean_of_last_epochs`; ``test`` stays ``None`` without a test split)."""
+    if final_epochs is None:
+        return best["val"], best["test"], SELECTION_RULE
+    val, used = mean_of_last_epochs(history, final_epochs, "val")
+    test = best["test"]
+    if test is not None:
+        test = mean_of_last_epochs(history, final_epochs, "test")[0]
+    rule = (
+        f"val and test: each metric's mean over the last {used} epoch(s) (final_epochs="
+        f"{final_epochs}); best_epoch by the rule: {SELECTION_RULE}"
+    )
+    return val, test, rule
 
 
 def comparable_metrics(

@@ -31,7 +31,6 @@ from torch import Tensor, nn
 from taskbalance.balancing import Balancer, StepInfo
 from taskbalance.balancing.base import Method
 from taskbalance.fileio import atomic_write_json, atomic_write_text, remove_stale_temporaries
-from taskbalance.validation import is_int
 
 from .build import check_counts, choose_mode, resolve_method, resolve_tasks, shared_of
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
@@ -44,7 +43,7 @@ from .precision import Precision
 from .progress import bar, epoch_line, progress_style
 from .results import RunResult, count_parameters
 from .rundir import clear_run
-from .selection import SELECTION_RULE, mean_of_last_epochs, selection_score
+from .selection import final_metrics, selection_score
 from .trainer_state import (
     check_resumable,
     commit_best,
@@ -102,8 +101,7 @@ class Trainer:
         method_options, shared_parameters: for a method given by name; the shared parameters
             (default ``model.shared_parameters()``).
         final_epochs: report val and test as each metric's mean over the last K epochs (the
-            MTAN protocol, :func:`~taskbalance.training.selection.mean_of_last_epochs`) instead
-            of the metrics of the best validation epoch (``None``, default).
+            MTAN protocol) instead of those of the best validation epoch (``None``).
     """
 
     def __init__(
@@ -142,9 +140,7 @@ class Trainer:
         bn_recalibration: int = 1024,
         final_epochs: int | None = None,
     ) -> None:
-        check_counts(epochs, steps, bn_recalibration)
-        if final_epochs is not None and (not is_int(final_epochs) or final_epochs < 1):
-            raise ValueError(f"final_epochs must be None or an integer >= 1, got {final_epochs!r}")
+        check_counts(epochs, steps, bn_recalibration, final_epochs)
         self.final_epochs = final_epochs
         self.device = resolve_device(device)
         self.model = model.to(self.device)
@@ -457,15 +453,7 @@ class Trainer:
         """The current result (best epoch so far)."""
         if self.best is None:
             raise RuntimeError("no epoch has been trained yet")
-        val, test, selection = self.best["val"], self.best["test"], SELECTION_RULE
-        if self.final_epochs is not None:  # the MTAN protocol: mean of the last K epochs
-            val, used = mean_of_last_epochs(self.history, self.final_epochs, "val")
-            if test is not None:
-                test = mean_of_last_epochs(self.history, self.final_epochs, "test")[0]
-            selection = (
-                f"val and test: each metric's mean over the last {used} epoch(s) "
-                f"(final_epochs={self.final_epochs}); best_epoch by the rule: {SELECTION_RULE}"
-            )
+        val, test, selection = final_metrics(self.best, self.history, self.final_epochs)
         return RunResult(
             best_epoch=self.best["epoch"],
             best_score=self.best["score"],
