@@ -39,6 +39,7 @@ REGISTRATION = {
     ("taskbalance.data.benchmark", "taskbalance.data.multidigits"),
     ("taskbalance.data.benchmark", "taskbalance.data.pingpong"),
     ("taskbalance.data.benchmark", "taskbalance.data.scenes"),
+    ("taskbalance.data.benchmark", "taskbalance.data.synthetic_groups"),
     ("taskbalance.data.benchmark", "taskbalance.data.synthetic_mtl"),
 }
 

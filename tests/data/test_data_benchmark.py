@@ -37,9 +37,10 @@ def _arrays(bench: Benchmark) -> dict[str, torch.Tensor]:
 
 
 def test_available_benchmarks() -> None:
+    from taskbalance.data.synthetic_groups import NAME as GROUPS
     from taskbalance.data.synthetic_mtl import VARIANTS
 
-    assert available_benchmarks() == sorted([*BENCHMARKS, *VARIANTS])
+    assert available_benchmarks() == sorted([*BENCHMARKS, *VARIANTS, GROUPS])
 
 
 def test_unknown_benchmark_lists_valid_names(tmp_path: Path) -> None:

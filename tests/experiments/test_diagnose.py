@@ -107,3 +107,23 @@ def test_diagnose_refuses_a_bad_lr_before_training(
     err = capsys.readouterr().err.strip()
     assert err == f"taskbalance diagnose: error: lr must be a finite number > 0, got {float(lr)!r}"
     assert not out.exists()  # refused before the run, not after it
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_diagnose_recovers_the_planted_grouping(seed: int) -> None:
+    """On synthetic-groups the best split into two groups is the planted one."""
+    from taskbalance.data.synthetic_groups import GROUPS
+    from taskbalance.experiments.diagnose import analyse, run_diagnose
+
+    result = run_diagnose("synthetic-groups", steps=200, seed=seed)
+    stats = analyse(result)
+    two = stats["groupings"][1]
+    found = {frozenset(result.task_names[i] for i in g) for g in two.groups}
+    assert found == {frozenset(g) for g in GROUPS}
+    # and the reason: every pair inside a group helps more than any pair across
+    Z = stats["affinity"]
+    idx = {n: i for i, n in enumerate(result.task_names)}
+    inside = [Z[idx[s], idx[t]] for g in GROUPS for s in g for t in g if s != t]
+    across = [Z[idx[s], idx[t]] for s in GROUPS[0] for t in GROUPS[1]]
+    across += [Z[idx[t], idx[s]] for s in GROUPS[0] for t in GROUPS[1]]
+    assert np.mean(inside) > 3 * max(np.max(across), 0.0)

@@ -172,6 +172,7 @@ def _ensure_builtins() -> None:
             multidigits,
             pingpong,
             scenes,
+            synthetic_groups,
             synthetic_mtl,  # noqa: F401  (registers)
         )
 

@@ -53,6 +53,7 @@ __all__ = [
     "VARIANTS",
     "generate_synthetic_mtl",
     "label_correlation",
+    "label_function",
     "task_parameters",
 ]
 
@@ -109,7 +110,7 @@ def task_parameters(seed: int, params: dict[str, Any]) -> dict[str, np.ndarray]:
     return {"u": u, "w": w, "alpha": alpha, "beta": beta}
 
 
-def _labels(s: np.ndarray, alpha: np.ndarray, beta: np.ndarray) -> np.ndarray:
+def label_function(s: np.ndarray, alpha: np.ndarray, beta: np.ndarray) -> np.ndarray:
     """``s + Σ_i sin(α_i s + β_i)`` for projections ``s`` of any shape (float64)."""
     out = s.copy()
     for a, b in zip(alpha, beta, strict=True):
@@ -128,7 +129,7 @@ def generate_synthetic_mtl(seed: int, params: dict[str, Any]) -> dict[str, Split
         x = rng.standard_normal((n, params["input_dim"]))
         noise = rng.standard_normal((2, n)) * float(params["noise"])
         s = tp["w"] @ x.T  # [2, n]
-        y = _labels(s, tp["alpha"], tp["beta"]) + noise
+        y = label_function(s, tp["alpha"], tp["beta"]) + noise
         out[split] = SplitArrays(
             inputs=x.astype(np.float32),
             targets={t: y[i].astype(np.float32)[:, None] for i, t in enumerate(TASKS)},
