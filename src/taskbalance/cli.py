@@ -169,6 +169,10 @@ def _train_config_dict(args: argparse.Namespace) -> dict[str, Any]:
 def _cmd_train(args: argparse.Namespace) -> int:
     from taskbalance.training import TrainConfig, train
 
+    if args.groups is not None:
+        return _train_groups(args)
+    if args.baselines is not None or args.shared:
+        raise UserError("--baselines and --shared go with --groups")
     config = TrainConfig.from_dict(_train_config_dict(args))
     _check_out(config.out_dir, "--out" if args.out is not None else "config key 'out_dir'")
     if config.pseudo_labels is not None:
@@ -183,6 +187,23 @@ def _cmd_train(args: argparse.Namespace) -> int:
         shown = ", ".join(f"{m} {v:.4f}" for m, v in metrics.items())
         print(f"  test {task}: {shown}")
     print(f"results: {out / 'results.json'}")
+    return 0
+
+
+def _train_groups(args: argparse.Namespace) -> int:
+    from taskbalance.experiments.grouped import parse_groups, train_groups, write_grouped_report
+
+    data = _train_config_dict(args)
+    if args.out is None and args.config is None:  # the default folder, marked as groups
+        data["out_dir"] += "-groups"
+    _check_out(data["out_dir"], "--out" if args.out is not None else "config key 'out_dir'")
+    result = train_groups(
+        data, parse_groups(args.groups), baselines=args.baselines, shared=args.shared,
+        overwrite=args.overwrite, log=_log,
+    )  # fmt: skip
+    report = write_grouped_report(result)
+    print(report.read_text(encoding="utf-8"), end="")
+    print(f"report: {report}")
     return 0
 
 
@@ -610,7 +631,27 @@ def _add_train_command(sub: Any, defaults: dict[str, Any]) -> None:
         metavar="PATH",
         help="pseudo_labels.pt written by 'taskbalance annotate' (fills missing labels)",
     )
+    _add_group_flags(p)
     p.set_defaults(func=_cmd_train)
+
+
+def _add_group_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--groups", metavar="'a,b;c'",
+        help="train one network per task group (';' between groups, ',' inside one: hard "
+        "sharing inside a group) into --out/<tasks>/ and report the combination: metrics, "
+        "parameters and step time against one shared network (groups.md, groups.json)",
+    )  # fmt: skip
+    p.add_argument(
+        "--baselines", metavar="DIR",
+        help="with --groups: single-task runs for Δm%%, DIR/<task>/seed<seed>/results.json "
+        "(compare's baselines folder) or DIR/<task>/results.json",
+    )  # fmt: skip
+    p.add_argument(
+        "--shared", action="store_true",
+        help="with --groups: also train one network shared by all the grouped tasks "
+        "(--out/shared/) and report it beside the groups",
+    )  # fmt: skip
 
 
 def _add_compare_command(sub: Any, defaults: dict[str, Any]) -> None:

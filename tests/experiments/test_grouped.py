@@ -1,0 +1,77 @@
+"""``train --groups``: one network per group, combined metrics, compute and Δm% checked against
+the per-group results files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from taskbalance.cli import main
+from taskbalance.experiments.grouped import check_groups, parse_groups
+
+TINY = ["--benchmark", "synthetic-groups", "--size", "tiny", "--epochs", "1", "--steps", "2"]
+
+
+def test_parse_groups_and_refusals() -> None:
+    assert parse_groups(" a1 , a2 ;b1") == [["a1", "a2"], ["b1"]]
+    with pytest.raises(ValueError, match="empty group or task name"):
+        parse_groups("a1,;b1")
+    with pytest.raises(ValueError, match=r"unknown task 'c'.*\['a', 'b'\]"):
+        check_groups([["a"], ["c"]], ["a", "b"])
+    with pytest.raises(ValueError, match="'a' is in groups 1 and 2"):
+        check_groups([["a", "b"], ["a"]], ["a", "b"])
+
+
+def _results(folder: Path) -> dict:
+    return json.loads((folder / "results.json").read_text())
+
+
+def test_groups_report_matches_the_group_runs(tmp_path: Path) -> None:
+    base, out = tmp_path / "single", tmp_path / "grouped"
+    assert main(["train", *TINY, "--groups", "a1;a2;b1", "--out", str(base), "--threads", "1"]) == 0
+    argv = ["train", *TINY, "--groups", "a1,a2;b1", "--shared", "--baselines", str(base)]
+    assert main([*argv, "--out", str(out), "--threads", "1"]) == 0
+    report = json.loads((out / "groups.json").read_text())
+    runs = {"a1+a2": _results(out / "a1+a2"), "b1": _results(out / "b1")}
+    shared = _results(out / "shared")
+    assert runs["a1+a2"]["trainable_tasks"] == ["a1", "a2"]  # hard sharing inside the group
+    assert shared["trainable_tasks"] == ["a1", "a2", "b1"]
+    # each task's metrics come from its own group's run
+    assert report["test"] == {
+        "a1": runs["a1+a2"]["test"]["a1"], "a2": runs["a1+a2"]["test"]["a2"],
+        "b1": runs["b1"]["test"]["b1"],
+    }  # fmt: skip
+    # compute: the sum over the group networks, against the shared network's own count
+    assert report["num_parameters"] == sum(r["num_parameters"] for r in runs.values())
+    assert report["seconds_per_step"] == pytest.approx(
+        sum(r["seconds_per_step"] for r in runs.values())
+    )
+    assert report["shared_parameters"] == shared["num_parameters"]
+    # Δm%: every metric here is an error (lower is better): mean of (M - B) / B × 100
+    for key, test in (("delta_m", report["test"]), ("shared_delta_m", shared["test"])):
+        changes = []
+        for task in ("a1", "a2", "b1"):
+            b = _results(base / task)["test"][task]
+            changes += [(test[task][m] - b[m]) / b[m] * 100 for m in b]
+        assert report[key]["overall"] == pytest.approx(np.mean(changes), rel=1e-9)
+    md = (out / "groups.md").read_text(encoding="utf-8")
+    assert f"{report['delta_m']['overall']:+.2f}" in md and str(report["num_parameters"]) in md
+
+
+def test_groups_refuse_a_missing_baseline_before_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "g"
+    argv = ["train", *TINY, "--groups", "a1;b1", "--baselines", str(tmp_path / "none")]
+    assert main([*argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "no single-task baseline of 'a1'" in err and "results.json" in err
+    assert not out.exists()
+
+
+def test_baselines_without_groups_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", *TINY, "--shared"]) == 2
+    assert "--baselines and --shared go with --groups" in capsys.readouterr().err
