@@ -37,6 +37,7 @@ __all__ = [
 ]
 
 Metrics = dict[str, dict[str, float]]
+Directions = dict[str, dict[str, bool]]
 
 
 def parse_groups(text: str) -> list[list[str]]:
@@ -136,7 +137,7 @@ class GroupedResult:
         }  # fmt: skip
 
 
-def _delta(test: Metrics, baseline: Metrics, directions: Metrics) -> dict[str, Any]:
+def _delta(test: Metrics, baseline: Metrics, directions: Directions) -> dict[str, Any]:
     from taskbalance.tasks import task_delta
 
     breakdown = task_delta(test, baseline, directions)
@@ -213,7 +214,7 @@ def train_groups(
     return grouped
 
 
-def _directions(config: Any, tasks: Sequence[str]) -> Metrics:
+def _directions(config: Any, tasks: Sequence[str]) -> Directions:
     """``{task: {metric: higher_is_better}}`` of ``tasks`` (the benchmark's Task objects)."""
     from taskbalance.data.benchmark import get_spec
 
