@@ -4,6 +4,7 @@
 
     taskbalance methods                                   list balancing methods
     taskbalance train --benchmark B --method M ...        one training run
+    taskbalance train --dataset D --data-root DIR ...     ... on a real dataset (docs/datasets.md)
     taskbalance compare [--methods all|m1,m2] ...         leaderboard + plots of several methods
     taskbalance tune --benchmark B [--trials N] ...       Optuna search of static task weights
     taskbalance diagnose --benchmark B [--steps N] ...    task conflicts, affinity, grouping
@@ -137,6 +138,8 @@ _TRAIN_FLAGS = {
     "size": "size",
     "labels": "labels",
     "pseudo_labels": "pseudo_labels",
+    "dataset": "dataset",
+    "data_root": "data_root",
 }
 
 
@@ -159,8 +162,13 @@ def _train_config_dict(args: argparse.Namespace) -> dict[str, Any]:
         if not isinstance(options, dict):
             raise UserError(f"config key 'method_options' must be a mapping, got {options!r}")
         data["method_options"] = {**options, **dict(args.option)}
+    if args.dataset_option:
+        options = data.get("dataset_options") or {}
+        if not isinstance(options, dict):
+            raise UserError(f"config key 'dataset_options' must be a mapping, got {options!r}")
+        data["dataset_options"] = {**options, **dict(args.dataset_option)}
     if "out_dir" not in data:
-        bench = data.get("benchmark", "multidigits")
+        bench = data.get("dataset") or data.get("benchmark", "multidigits")
         method = data.get("method", "ew")
         data["out_dir"] = str(Path("runs") / f"{bench}-{method}-seed{data.get('seed', 0)}")
     return data
@@ -268,8 +276,12 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
     benchmark = args.benchmark
     if args.labels is not None or args.workflows is not None:
+        if args.dataset is not None:
+            raise UserError(
+                "--labels workflows run on the built-in benchmarks; remove --dataset or --labels"
+            )
         return _compare_workflows(args)
-    out_dir = _check_out(args.out or Path("runs") / f"compare-{benchmark}", "--out")
+    out_dir = _check_out(args.out or Path("runs") / f"compare-{_data_name(args)}", "--out")
     _prepare_out(out_dir, _COMPARE_FILES, args.overwrite, "comparison")
     if args.finetune_rounds:
         raise UserError(
@@ -277,6 +289,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         )
     settings = CompareSettings(
         benchmark=benchmark,
+        **_data_settings(args),
         methods=args.methods,
         seeds=args.seeds if args.seeds is not None else list(DEFAULT_SEEDS),
         epochs=args.epochs,
@@ -301,6 +314,33 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         print(f"plot {name}: {path}")
     print(f"took {result.seconds:.1f}s")
     return 0
+
+
+def _data_name(args: argparse.Namespace) -> str:
+    return str(args.dataset or args.benchmark)
+
+
+def _data_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """``dataset``, ``data_root`` and ``dataset_options`` of compare's and tune's settings."""
+    if args.dataset is None and (args.data_root is not None or args.dataset_option):
+        flag = "--data-root" if args.data_root is not None else "--dataset-option"
+        raise UserError(f"{flag} applies to a real dataset: give --dataset NAME too")
+    return {
+        "dataset": args.dataset,
+        "data_root": args.data_root,
+        "dataset_options": dict(args.dataset_option) if args.dataset_option else None,
+    }
+
+
+def _require_data(args: argparse.Namespace) -> None:
+    """Exactly one of ``--benchmark`` and ``--dataset`` (tune, diagnose)."""
+    if (args.benchmark is None) == (args.dataset is None):
+        given = "both" if args.benchmark is not None else "neither"
+        raise UserError(f"give --benchmark NAME or --dataset NAME --data-root DIR ({given} given)")
+    if args.benchmark is None:
+        from taskbalance.training.config import DEFAULT_BENCHMARK
+
+        args.benchmark = DEFAULT_BENCHMARK
 
 
 def _optional_training_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -406,10 +446,12 @@ def _cmd_annotate(args: argparse.Namespace) -> int:
 def _cmd_tune(args: argparse.Namespace) -> int:
     from taskbalance.experiments.tune import TuneSettings, run_tune
 
-    out_dir = _check_out(args.out or Path("runs") / f"tune-{args.benchmark}", "--out")
+    _require_data(args)
+    out_dir = _check_out(args.out or Path("runs") / f"tune-{_data_name(args)}", "--out")
     _prepare_out(out_dir, _TUNE_FILES, args.overwrite, "study")
     settings = TuneSettings(
         benchmark=args.benchmark,
+        **_data_settings(args),
         trials=args.trials,
         storage=args.storage,
         study=args.study,
@@ -435,10 +477,19 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 def _cmd_diagnose(args: argparse.Namespace) -> int:
     from taskbalance.experiments.diagnose import run_diagnose, write_report
 
-    out_dir = _check_out(args.out or Path("runs") / f"diagnose-{args.benchmark}", "--out")
-    _log(f"diagnose: {args.steps} equal-weights steps on {args.benchmark}")
+    _require_data(args)
+    settings = _data_settings(args)
+    if settings["dataset_options"] is not None:
+        raise UserError(
+            "diagnose reads a dataset with its default options; remove --dataset-option"
+        )
+    name = _data_name(args)
+    out_dir = _check_out(args.out or Path("runs") / f"diagnose-{name}", "--out")
+    _log(f"diagnose: {args.steps} equal-weights steps on {name}")
     result = run_diagnose(
         args.benchmark,
+        dataset=settings["dataset"],
+        data_root=settings["data_root"],
         steps=args.steps,
         seed=args.seed,
         size=args.size,
@@ -446,7 +497,7 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
         lr=args.lr,
         device=args.device,
     )
-    summary = write_report(result, out_dir, args.benchmark)
+    summary = write_report(result, out_dir, name)
     print(f"summary: {summary}")
     return 0
 
@@ -534,6 +585,28 @@ def _add_training_flags(
     _add_threads_flag(p)
 
 
+def _add_data_flags(p: argparse.ArgumentParser, *, options: bool = True) -> None:
+    """``--dataset NAME --data-root DIR [--dataset-option KEY=VALUE]``: a real dataset."""
+    p.add_argument(
+        "--dataset",
+        default=None,
+        help="a real dataset instead of a built-in benchmark: nyuv2, cityscapes, fingers, ... "
+        "(layouts and how to get them: docs/datasets.md)",
+    )
+    p.add_argument("--data-root", default=None, metavar="DIR", help="the dataset's folder")
+    if options:
+        p.add_argument(
+            "--dataset-option",
+            action="append",
+            type=_option,
+            metavar="KEY=VALUE",
+            help="dataset option, repeatable, e.g. num_classes=19 (cityscapes) or "
+            "val_fraction=0 (validate on the test split)",
+        )
+    else:
+        p.set_defaults(dataset_option=None)
+
+
 def _add_threads_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--threads",
@@ -588,6 +661,7 @@ def _add_train_command(sub: Any, defaults: dict[str, Any]) -> None:
     )
     p.add_argument("--config", help="YAML file of TrainConfig keys (flags override it)")
     p.add_argument("--benchmark", help="benchmark name (default: multidigits)")
+    _add_data_flags(p)
     p.add_argument("--method", help="balancing method (see 'taskbalance methods'; default: ew)")
     p.add_argument("--epochs", type=_positive_int)
     steps = p.add_mutually_exclusive_group()
@@ -679,6 +753,7 @@ def _add_compare_command(sub: Any, defaults: dict[str, Any]) -> None:
         "an interleaved timing pass measures every method's time per step.",
     )
     p.add_argument("--benchmark", default=DEFAULT_BENCHMARK, help="(default: %(default)s)")
+    _add_data_flags(p)
     p.add_argument(
         "--methods",
         default=None,
@@ -801,7 +876,8 @@ def _add_tune_command(sub: Any, defaults: dict[str, Any]) -> None:
         "(trained once, cached in the output folder). The study is stored (default "
         "sqlite:///OUT/tune.db), so calling tune again continues it.",
     )
-    p.add_argument("--benchmark", required=True, help="benchmark name")
+    p.add_argument("--benchmark", default=None, help="benchmark name (or --dataset)")
+    _add_data_flags(p)
     p.add_argument(
         "--trials",
         type=_positive_int,
@@ -832,7 +908,8 @@ def _add_diagnose_command(sub: Any, defaults: dict[str, Any]) -> None:
         "k groups for every k, and which family of balancing methods to test with compare. "
         "Files of an earlier diagnose in --out are replaced.",
     )
-    p.add_argument("--benchmark", required=True, help="benchmark name")
+    p.add_argument("--benchmark", default=None, help="benchmark name (or --dataset)")
+    _add_data_flags(p, options=False)
     p.add_argument(
         "--steps", type=_positive_int, default=200, help="training steps (default: %(default)s)"
     )

@@ -38,12 +38,15 @@ def segnet_dense(
     normalize: Sequence[str] = (),
     width: int = 16,
     depth: int = 3,
+    convs_per_stage: int | Sequence[int] = 2,
 ) -> Any:
     """:class:`~taskbalance.models.SegNetBackbone` shared by dense heads (task -> channels);
     tasks in ``normalize`` get a :class:`~taskbalance.models.NormalHead` (unit vectors)."""
     from taskbalance.models import DenseHead, MultiTaskModel, NormalHead, SegNetBackbone
 
-    backbone = SegNetBackbone(in_channels, width=width, depth=depth)
+    backbone = SegNetBackbone(
+        in_channels, width=width, depth=depth, convs_per_stage=convs_per_stage
+    )
     c = backbone.out_channels
     modules = {
         name: NormalHead(c, channels) if name in normalize else DenseHead(c, channels)

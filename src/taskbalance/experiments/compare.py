@@ -42,6 +42,7 @@ __all__ = [
     "CompareSettings",
     "TaskInfo",
     "base_config",
+    "data_name",
     "parse_pareto",
     "resolve_jobs",
     "resolve_methods",
@@ -94,12 +95,18 @@ class TaskInfo:
     higher_is_better: dict[str, dict[str, bool]]
 
 
-def task_info(benchmark: str, size: Any = "default") -> TaskInfo:
-    """Task names, primary metrics and metric directions of ``benchmark`` (no data generated)."""
-    from taskbalance.data.benchmark import get_spec
+def task_info(benchmark: str | Mapping[str, Any], size: Any = "default") -> TaskInfo:
+    """Task names, primary metrics and metric directions (no data generated or read) of a
+    built-in ``benchmark`` of ``size``, or of the data of a ``TrainConfig`` dict (a benchmark or
+    a real dataset)."""
+    from taskbalance.training import TrainConfig
+    from taskbalance.training.sources import data_tasks
 
-    spec = get_spec(benchmark)
-    tasks = spec.make_tasks(spec.resolve_size(size))
+    if isinstance(benchmark, str):
+        config = TrainConfig(benchmark=benchmark, size=size)
+    else:
+        config = TrainConfig.from_dict(benchmark)
+    tasks = data_tasks(config)
     return TaskInfo(
         names=[t.name for t in tasks],
         primary={t.name: t.primary_metric for t in tasks},
@@ -214,6 +221,9 @@ class CompareSettings:
     """Settings of a comparison (the ``taskbalance compare`` flags)."""
 
     benchmark: str = DEFAULT_BENCHMARK
+    dataset: str | None = None  # a real dataset instead of the benchmark (docs/datasets.md)
+    data_root: str | None = None
+    dataset_options: dict[str, Any] | None = None
     methods: str | Sequence[str] | None = None  # None: the standard methods
     seeds: Sequence[int] = DEFAULT_SEEDS
     epochs: int = DEFAULT_EPOCHS
@@ -246,8 +256,9 @@ class CompareResult:
 def base_config(s: CompareSettings | Any, **fixed: Any) -> dict[str, Any]:
     """The ``TrainConfig`` keys every run of a comparison or a tuning study shares, from settings
     with ``benchmark``, ``epochs``, ``steps``, ``size``, ``device``, ``lr``, ``batch_size``,
-    optionally ``scheduler``, and ``extra`` (``lr`` / ``batch_size`` left out when ``None``: the
-    trainer's defaults); ``fixed`` adds keys (e.g. ``seed``) before ``extra``."""
+    optionally ``scheduler``, ``dataset`` / ``data_root`` / ``dataset_options``, and ``extra``
+    (``None`` values left out: the trainer's defaults); ``fixed`` adds keys (e.g. ``seed``)
+    before ``extra``."""
     cfg: dict[str, Any] = {
         "benchmark": s.benchmark,
         "epochs": s.epochs,
@@ -264,8 +275,16 @@ def base_config(s: CompareSettings | Any, **fixed: Any) -> dict[str, Any]:
         cfg["lr"] = s.lr
     if s.batch_size is not None:
         cfg["batch_size"] = s.batch_size
+    for key in ("dataset", "data_root", "dataset_options"):
+        if getattr(s, key, None) is not None:
+            cfg[key] = getattr(s, key)
     cfg.update(s.extra)
     return cfg
+
+
+def data_name(config: Mapping[str, Any]) -> str:
+    """What a ``TrainConfig`` dict trains on: its dataset, else its benchmark."""
+    return str(config.get("dataset") or config.get("benchmark") or DEFAULT_BENCHMARK)
 
 
 def run_compare(settings: CompareSettings, log: Log = print) -> CompareResult:
@@ -276,17 +295,17 @@ def run_compare(settings: CompareSettings, log: Log = print) -> CompareResult:
     """
     start = time.perf_counter()
     s = settings
-    info = task_info(s.benchmark, s.size)
+    base = base_config(s)
+    info = task_info(base)
     methods = resolve_methods(s.methods, len(info.names), log)
     pareto = parse_pareto(s.pareto, info)
     seeds = list(s.seeds)
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must be distinct, got {seeds}")
     out = Path(s.out_dir)
-    base = base_config(s)
     total = len(seeds) * (len(info.names) + len(methods))
     log(
-        f"compare on {s.benchmark}: {len(methods)} methods x {len(seeds)} seed(s) + "
+        f"compare on {data_name(base)}: {len(methods)} methods x {len(seeds)} seed(s) + "
         f"{len(info.names)} single-task baselines = {total} runs -> {out}"
     )
     plan = _plan(out, base, seeds, info.names, methods)
@@ -319,7 +338,7 @@ def run_compare(settings: CompareSettings, log: Log = print) -> CompareResult:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "leaderboard.md", markdown)
     payload = {
-        "benchmark": s.benchmark,
+        "benchmark": data_name(base),
         "methods": methods,
         "seeds": seeds,
         "settings": json.loads(json.dumps(base, default=str)),
@@ -364,9 +383,8 @@ def _plan(
 def _title(s: CompareSettings, n_methods: int, n_seeds: int, base: Mapping[str, Any]) -> str:
     steps_text = "full epochs" if s.steps is None else f"epochs of {s.steps} steps"
     scheduler = base.get("scheduler", "none")
-    return (
-        f"{s.benchmark}: {n_methods} methods, {n_seeds} seed(s), {s.epochs} {steps_text}"
-        + (f", {scheduler} learning rate" if scheduler != "none" else "")
+    return f"{data_name(base)}: {n_methods} methods, {n_seeds} seed(s), {s.epochs} {steps_text}" + (
+        f", {scheduler} learning rate" if scheduler != "none" else ""
     )
 
 
@@ -509,16 +527,15 @@ def _measure_sharing(
     """
     import torch
 
-    from taskbalance.data import load_benchmark
     from taskbalance.data.loading import batch_loader
     from taskbalance.models.report import sharing_report
     from taskbalance.training import TrainConfig
     from taskbalance.training.devices import resolve_device
+    from taskbalance.training.sources import load_data
 
     cfg = TrainConfig.from_dict(config)
     device = resolve_device(cfg.device)
-    data_seed = cfg.seed if cfg.data_seed is None else cfg.data_seed
-    bench = load_benchmark(cfg.benchmark, seed=data_seed, size=cfg.size, cache_dir=cfg.cache_dir)
+    bench = load_data(cfg.replace(labels=None, pseudo_labels=None))
     with torch.random.fork_rng(devices=[]):  # leave the global generator as it was
         torch.manual_seed(cfg.seed)
         model = bench.build_model(**cfg.model_options)

@@ -86,17 +86,24 @@ def run_diagnose(
     batch_size: int = 64,
     lr: float = 1e-3,
     device: str = "cpu",
+    dataset: str | None = None,
+    data_root: str | None = None,
 ) -> DiagnoseResult:
-    """Train ``steps`` equal-weights steps on a built-in benchmark; return the step statistics."""
+    """Train ``steps`` equal-weights steps on a built-in benchmark (or on the real ``dataset`` in
+    ``data_root``, then ``benchmark`` is ignored); return the step statistics."""
     # Before any work: the optimiser would name a bad lr in torch's words, or, for lr 0, the
     # affinity would refuse it only after the whole run.
     check_positive("lr", lr)
-    from taskbalance.data import load_benchmark
-    from taskbalance.training import Trainer
+    from taskbalance.training import TrainConfig, Trainer
     from taskbalance.training.devices import seed_everything
     from taskbalance.training.loaders import make_loaders
+    from taskbalance.training.sources import load_data
 
-    bench = load_benchmark(benchmark, seed=seed, size=size)
+    if dataset is not None:
+        config = TrainConfig(dataset=dataset, data_root=data_root, seed=seed)
+    else:
+        config = TrainConfig(benchmark=benchmark, size=size, seed=seed)
+    bench = load_data(config)
     names = [t.name for t in bench.tasks]
     seed_everything(seed)
     model = bench.build_model()

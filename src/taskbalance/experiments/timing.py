@@ -24,16 +24,13 @@ def build_trainer(config: Mapping[str, Any]) -> Any:
     """A :class:`~taskbalance.training.Trainer` for ``config`` (a ``TrainConfig`` dict) built as
     :func:`taskbalance.training.train` builds it, without a run folder (nothing is written)."""
     from taskbalance import create
-    from taskbalance.data import load_benchmark
     from taskbalance.training import TrainConfig, Trainer, make_loaders, seed_everything
     from taskbalance.training.devices import resolve_device
+    from taskbalance.training.sources import load_data
 
     cfg = TrainConfig.from_dict({**config, "out_dir": None} if "out_dir" in config else config)
     device = resolve_device(cfg.device)
-    data_seed = cfg.seed if cfg.data_seed is None else cfg.data_seed
-    bench = load_benchmark(
-        cfg.benchmark, seed=data_seed, size=cfg.size, cache_dir=cfg.cache_dir, labels=cfg.labels
-    )
+    bench = load_data(cfg.replace(pseudo_labels=None))
     tasks_by_name = {t.name: t for t in bench.tasks}
     names = cfg.tasks if cfg.tasks is not None else list(tasks_by_name)
     tasks = [tasks_by_name[n] for n in names]

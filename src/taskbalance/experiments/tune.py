@@ -46,6 +46,7 @@ from .compare import (
     DEFAULT_STEPS,
     Log,
     base_config,
+    data_name,
     run_or_reuse,
     task_info,
 )
@@ -62,9 +63,12 @@ class TuneSettings:
     """Settings of a weight search (the ``taskbalance tune`` flags)."""
 
     benchmark: str = "multidigits"
+    dataset: str | None = None  # a real dataset instead of the benchmark (docs/datasets.md)
+    data_root: str | None = None
+    dataset_options: dict[str, Any] | None = None
     trials: int = 20
     storage: str | None = None  # default sqlite:///<out_dir>/tune.db
-    study: str | None = None  # default "<benchmark>-static-weights"
+    study: str | None = None  # default "<benchmark or dataset>-static-weights"
     epochs: int = DEFAULT_EPOCHS
     steps: int | None = DEFAULT_STEPS
     size: str = DEFAULT_SIZE
@@ -102,11 +106,15 @@ def normalise_weights(raw: Sequence[float]) -> list[float]:
 
 def train_command(settings: TuneSettings, weights: Sequence[float]) -> str:
     """The ``taskbalance train`` command line that trains with ``weights`` and these settings."""
+    if settings.dataset is not None:
+        data = ["--dataset", settings.dataset, "--data-root", str(settings.data_root)]
+        data += [f"--dataset-option={k}={v}" for k, v in (settings.dataset_options or {}).items()]
+    else:
+        data = ["--benchmark", settings.benchmark]
     args = [
         "taskbalance",
         "train",
-        "--benchmark",
-        settings.benchmark,
+        *data,
         "--method",
         "static",
         "--option",
@@ -186,7 +194,10 @@ def _alive(pid: int) -> bool:
 
 
 def _study_settings(s: TuneSettings) -> dict[str, Any]:
-    return {k: getattr(s, k) for k in _STUDY_KEYS}
+    settings = {k: getattr(s, k) for k in _STUDY_KEYS}
+    if s.dataset is not None:  # only then: studies of earlier versions keep matching
+        settings.update(dataset=s.dataset, dataset_options=s.dataset_options)
+    return settings
 
 
 def run_tune(settings: TuneSettings, log: Log = print) -> TuneResult:
@@ -195,14 +206,15 @@ def run_tune(settings: TuneSettings, log: Log = print) -> TuneResult:
 
     s = settings
     _check_settings(s)
-    info = task_info(s.benchmark, s.size)
+    base = base_config(s, seed=s.seed)
+    info = task_info(base)
+    name = data_name(base)
     if len(info.names) < 2:
-        raise ValueError(f"benchmark {s.benchmark!r} has one task; there are no weights to tune")
+        raise ValueError(f"{name!r} has one task; there are no weights to tune")
     out = Path(s.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     storage_url = s.storage or f"sqlite:///{out.resolve() / 'tune.db'}"
-    study_name = s.study or f"{s.benchmark}-static-weights"
-    base = base_config(s, seed=s.seed)
+    study_name = s.study or f"{name}-static-weights"
     # The storage is opened (and a bad URL refused) before anything trains.
     storage, existing = _open_storage(storage_url, study_name, s.overwrite)
     baseline, left_out = _baselines(s, info.names, info.higher_is_better, base, out, log)

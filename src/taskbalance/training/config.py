@@ -32,12 +32,13 @@ SCHEDULERS = ("none", "cosine", "step")
 MODES = ("param", "rep")
 AMP_DTYPES = ("bfloat16", "float16")
 SIZES = ("default", "tiny")
+DEFAULT_BENCHMARK = "multidigits"
 
 #: Keys that may change between a run and its resumption (everything else must match).
 RESUME_MAY_DIFFER = frozenset(
     {
         "epochs", "resume", "progress", "out_dir", "tensorboard", "num_workers", "device",
-        "cache_dir", "final_epochs",
+        "cache_dir", "final_epochs", "data_root",
     }
 )
 
@@ -78,6 +79,13 @@ class TrainConfig:
             kept pseudo-labels fill training samples that lack a real label.
         model_options: keyword options of ``benchmark.build_model(**model_options)``.
         cache_dir: where generated benchmarks are cached (default: the data package's default).
+        dataset: a real dataset read from disk instead of a built-in benchmark: a name from
+            ``taskbalance.data.available_datasets()`` (``nyuv2``, ``cityscapes``, ...); needs
+            ``data_root``. ``benchmark``, ``size``, ``labels`` and ``pseudo_labels`` then stay at
+            their defaults. See ``docs/datasets.md``.
+        data_root: the dataset's folder (with ``dataset``).
+        dataset_options: the dataset's options (e.g. ``{"num_classes": 19}`` for cityscapes,
+            ``{"val_fraction": 0}``); ``None`` = its defaults.
         num_workers: DataLoader workers (0 = load in the main process, exact repeatability).
         out_dir: directory of the run's files.
         resume: continue from ``out_dir/checkpoint.pt``.
@@ -89,7 +97,7 @@ class TrainConfig:
             (``None``).
     """
 
-    benchmark: str = "multidigits"
+    benchmark: str = DEFAULT_BENCHMARK
     method: str = "ew"
     method_options: dict[str, Any] = field(default_factory=dict)
     mode: str | None = None
@@ -115,6 +123,9 @@ class TrainConfig:
     pseudo_labels: str | None = None
     model_options: dict[str, Any] = field(default_factory=dict)
     cache_dir: str | None = None
+    dataset: str | None = None
+    data_root: str | None = None
+    dataset_options: dict[str, Any] | None = None
     num_workers: int = 0
     out_dir: str = "runs/run"
     resume: bool = False
@@ -162,12 +173,15 @@ class TrainConfig:
             self.out_dir = os.fspath(self.out_dir)
         if not isinstance(self.out_dir, str) or not self.out_dir:
             raise self._bad("out_dir", "a non-empty path", self.out_dir)
-        if isinstance(self.cache_dir, os.PathLike):
-            self.cache_dir = os.fspath(self.cache_dir)
-        if self.cache_dir is not None and (
-            not isinstance(self.cache_dir, str) or not self.cache_dir
-        ):
-            raise self._bad("cache_dir", "a non-empty path or None", self.cache_dir)
+        for key in ("cache_dir", "data_root"):
+            value = getattr(self, key)
+            if isinstance(value, os.PathLike):
+                value = os.fspath(value)
+                setattr(self, key, value)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise self._bad(key, "a non-empty path or None", value)
+        if self.dataset is not None and (not isinstance(self.dataset, str) or not self.dataset):
+            raise self._bad("dataset", "None or a dataset name", self.dataset)
         if self.tasks is not None:
             if isinstance(self.tasks, str):
                 self.tasks = [self.tasks]
@@ -221,6 +235,11 @@ class TrainConfig:
             if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
                 raise self._bad(key, "a mapping of option names to values", value)
             setattr(self, key, dict(value))
+        options = self.dataset_options
+        if options is not None:
+            if not isinstance(options, Mapping) or not all(isinstance(k, str) for k in options):
+                raise self._bad("dataset_options", "None or a mapping of option names", options)
+            self.dataset_options = dict(options) or None  # {} and None mean the same
         if self.pseudo_labels is not None:
             if not isinstance(self.pseudo_labels, str) or not self.pseudo_labels:
                 raise self._bad(
@@ -273,6 +292,23 @@ class TrainConfig:
                 f"config key 'method_options' has unknown option(s) {unknown} for method "
                 f"{self.method!r}; valid options: {', '.join(valid_options) or 'none'}"
             )
+        names = self._check_dataset() if self.dataset is not None else self._check_benchmark()
+        what = "dataset" if self.dataset is not None else "benchmark"
+        if names is not None:
+            for key, given in (("tasks", self.tasks), ("labels", self.labels)):
+                unknown = [t for t in (given or []) if t not in names]
+                if unknown:
+                    raise ValueError(
+                        f"config key {key!r} names unknown task(s) {unknown} of {what} "
+                        f"{self.data_name!r}; its tasks are {names}"
+                    )
+
+    @property
+    def data_name(self) -> str:
+        """The name of the run's data: the dataset if given, else the benchmark."""
+        return self.dataset if self.dataset is not None else self.benchmark
+
+    def _check_benchmark(self) -> list[str] | None:
         from taskbalance.data import available_benchmarks
 
         benchmarks = available_benchmarks()
@@ -281,15 +317,48 @@ class TrainConfig:
                 f"config key 'benchmark' must be one of {', '.join(benchmarks)}; got "
                 f"{self.benchmark!r}" + _suggest(self.benchmark, benchmarks)
             )
-        names = _benchmark_task_names(self.benchmark)
-        if names is not None:
-            for key, given in (("tasks", self.tasks), ("labels", self.labels)):
-                unknown = [t for t in (given or []) if t not in names]
-                if unknown:
-                    raise ValueError(
-                        f"config key {key!r} names unknown task(s) {unknown} of benchmark "
-                        f"{self.benchmark!r}; its tasks are {names}"
-                    )
+        if self.data_root is not None or self.dataset_options is not None:
+            key = "data_root" if self.data_root is not None else "dataset_options"
+            raise ValueError(
+                f"config key {key!r} applies to a real dataset: give 'dataset' too "
+                "(see docs/datasets.md), or remove it"
+            )
+        return _benchmark_task_names(self.benchmark)
+
+    def _check_dataset(self) -> list[str]:
+        """A real dataset: the benchmark-only keys stay at their defaults, ``data_root`` given,
+        the name and options valid (the folder itself is read when the run starts)."""
+        from taskbalance.data.registry import available_datasets, dataset_options, get_dataset_spec
+
+        assert self.dataset is not None
+        if self.benchmark != DEFAULT_BENCHMARK:
+            raise ValueError(
+                f"config keys 'benchmark' ({self.benchmark!r}) and 'dataset' ({self.dataset!r}) "
+                "are both given; a run trains on one: remove one of them"
+            )
+        for key, default in (("size", "default"), ("labels", None), ("pseudo_labels", None)):
+            if getattr(self, key) != default:
+                raise ValueError(
+                    f"config key {key!r} applies to the built-in benchmarks, not to dataset "
+                    f"{self.dataset!r}; remove it"
+                )
+        datasets = available_datasets()
+        if self.dataset not in datasets:
+            raise ValueError(
+                f"config key 'dataset' must be one of {', '.join(datasets)}; got "
+                f"{self.dataset!r}" + _suggest(self.dataset, datasets)
+            )
+        if self.data_root is None:
+            raise ValueError(
+                f"config key 'dataset' is {self.dataset!r} but 'data_root' is not given: set it "
+                f"to the dataset's folder (--data-root DIR; layouts in docs/datasets.md)"
+            )
+        spec = get_dataset_spec(self.dataset)
+        try:
+            dataset_options(spec, self.dataset_options)
+        except ValueError as err:
+            raise ValueError(f"config key 'dataset_options': {err}") from None
+        return list(spec.task_names)
 
     # ------------------------------------------------------------------ conversion
     @classmethod

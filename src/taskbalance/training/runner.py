@@ -1,5 +1,6 @@
-"""Training from a config: :func:`train` builds a built-in benchmark's data, model, method and
-:class:`~taskbalance.training.Trainer` from a :class:`TrainConfig` and fits it (resumably)."""
+"""Training from a config: :func:`train` builds the data (a built-in benchmark or a real dataset),
+model, method and :class:`~taskbalance.training.Trainer` from a :class:`TrainConfig` and fits it
+(resumably)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from .devices import resolve_device, seed_everything
 from .loaders import make_loaders
 from .results import RunResult
 from .rundir import check_new_run
+from .sources import load_data
 from .trainer import Callback, Trainer
 
 __all__ = ["train"]
@@ -26,7 +28,8 @@ def train(
     callbacks: Sequence[Callback] = (),
     overwrite: bool = False,
 ) -> RunResult:
-    """Train a built-in benchmark as described by ``config`` (see ``docs/architecture.md``).
+    """Train on a built-in benchmark or a real dataset as described by ``config`` (see
+    ``docs/architecture.md``).
 
     ``config`` may be a :class:`TrainConfig`, a dict of its keys or a YAML file. Writes
     ``config.yaml``, ``history.jsonl``, ``history.csv``, ``checkpoint.pt``, ``best.pt`` and
@@ -92,22 +95,8 @@ def _as_config(config: TrainConfig | Mapping[str, Any] | str | Path) -> TrainCon
 
 
 def _benchmark(config: TrainConfig) -> Any:
-    """The config's benchmark (partial labels applied, pseudo-labels filled in)."""
-    from taskbalance.data import load_benchmark
-
-    data_seed = config.seed if config.data_seed is None else config.data_seed
-    bench = load_benchmark(
-        config.benchmark,
-        seed=data_seed,
-        size=config.size,
-        cache_dir=config.cache_dir,
-        labels=config.labels,
-    )
-    if config.pseudo_labels is not None:
-        from taskbalance.data.pseudo_labels import with_pseudo_labels
-
-        bench = with_pseudo_labels(bench, config.pseudo_labels)
-    return bench
+    """The config's data source (:func:`~taskbalance.training.sources.load_data`)."""
+    return load_data(config)
 
 
 def _method(config: TrainConfig, num_tasks: int) -> Any:

@@ -1,0 +1,160 @@
+"""The registry of real datasets read from disk (``--dataset NAME --data-root DIR``).
+
+Registering one more dataset is one call::
+
+    register_dataset(DatasetSpec(name="mydata", ...))
+
+:func:`load_dataset` reads a registered dataset into a :class:`~taskbalance.data.source.
+RealDataSource`; a missing or malformed folder raises one error that names the problem, the
+expected layout (files, shapes, dtypes) and the section of ``docs/datasets.md`` to read.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch.utils.data import Subset
+
+from taskbalance.data.source import DatasetSpec, RealDataSource
+from taskbalance.validation import is_int, is_real
+
+__all__ = [
+    "available_datasets",
+    "dataset_options",
+    "get_dataset_spec",
+    "load_dataset",
+    "register_dataset",
+]
+
+#: Options every dataset without a ``val`` folder takes: the fraction of the training folder held
+#: out for validation (0: validate on the test split, as the published NYUv2/Cityscapes tables
+#: do) and the seed of that split (fixed, so every run of a comparison sees the same split).
+HOLDOUT_OPTIONS = {"val_fraction": 0.1, "split_seed": 0}
+
+_REGISTRY: dict[str, DatasetSpec] = {}
+_BUILTINS_LOADED = False
+
+
+def register_dataset(spec: DatasetSpec) -> DatasetSpec:
+    """Add a dataset to the registry (re-registering a name replaces it)."""
+    if not isinstance(spec, DatasetSpec):
+        raise TypeError(f"register_dataset expects a DatasetSpec, got {type(spec).__name__}")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def _ensure_builtins() -> None:
+    global _BUILTINS_LOADED
+    if not _BUILTINS_LOADED:
+        _BUILTINS_LOADED = True
+        from taskbalance.data.real.specs import BUILTIN_DATASETS
+
+        for spec in BUILTIN_DATASETS:
+            _REGISTRY.setdefault(spec.name, spec)
+
+
+def available_datasets() -> list[str]:
+    """Names of the registered real datasets, sorted."""
+    _ensure_builtins()
+    return sorted(_REGISTRY)
+
+
+def get_dataset_spec(name: str) -> DatasetSpec:
+    """The :class:`DatasetSpec` of ``name``; ``ValueError`` naming the valid names otherwise."""
+    _ensure_builtins()
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(str(name), list(_REGISTRY), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(
+            f"unknown dataset {name!r}{hint}; available datasets: {', '.join(sorted(_REGISTRY))}"
+        )
+    return _REGISTRY[name]
+
+
+def dataset_options(spec: DatasetSpec, options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The dataset's options with their defaults filled in; ``ValueError`` naming an unknown
+    option or a bad ``val_fraction`` / ``split_seed``."""
+    valid = dict(spec.options)
+    if "val" not in spec.folders:
+        valid.update(HOLDOUT_OPTIONS)
+    given = dict(options or {})
+    unknown = sorted(set(given) - set(valid))
+    if unknown:
+        raise ValueError(
+            f"unknown option(s) {unknown} for dataset {spec.name!r}; valid options: "
+            f"{', '.join(sorted(valid)) or 'none'}"
+        )
+    resolved = {**valid, **given}
+    if spec.check_options is not None:
+        spec.check_options(resolved)
+    if "val_fraction" in resolved:
+        fraction = resolved["val_fraction"]
+        if not is_real(fraction) or not 0 <= fraction < 1:
+            raise ValueError(
+                f"dataset option 'val_fraction' must be a number in [0, 1), got {fraction!r}"
+            )
+        if not is_int(resolved["split_seed"]) or resolved["split_seed"] < 0:
+            raise ValueError(
+                f"dataset option 'split_seed' must be an int >= 0, got {resolved['split_seed']!r}"
+            )
+    return resolved
+
+
+def layout_error(spec: DatasetSpec, err: BaseException) -> Exception:
+    """``err`` (a missing or malformed file) with the expected layout and the docs appended."""
+    message = (
+        f"{spec.name}: {err}. Expected layout: {spec.layout}. How to obtain and arrange the "
+        f"data: {spec.docs}"
+    )
+    return FileNotFoundError(message) if isinstance(err, FileNotFoundError) else ValueError(message)
+
+
+def load_dataset(name: str, root: str | os.PathLike[str], **options: Any) -> RealDataSource:
+    """Read the registered dataset ``name`` from the folder ``root``.
+
+    Args:
+        name: one of :func:`available_datasets`.
+        root: the dataset folder (see ``docs/datasets.md`` for each dataset's layout).
+        options: the dataset's options (``DatasetSpec.options``), plus ``val_fraction`` and
+            ``split_seed`` for datasets without a validation folder.
+
+    Raises:
+        ValueError: unknown dataset or option, a malformed file (wrong name, shape, dtype or
+            label value; the message names the file and the expected layout).
+        FileNotFoundError: ``root`` or a split folder or file is missing (same message form).
+    """
+    spec = get_dataset_spec(name)
+    resolved = dataset_options(spec, options)
+    path = Path(root).expanduser()
+    try:
+        if not path.is_dir():
+            what = "is not a folder" if path.exists() else "does not exist"
+            raise FileNotFoundError(f"data root {str(path)!r} {what}")
+        read = {split: spec.read(path, folder, resolved) for split, folder in spec.folders.items()}
+    except (FileNotFoundError, ValueError) as err:
+        raise layout_error(spec, err) from err
+    if "val" not in read:
+        read["train"], read["val"] = _hold_out(read["train"], resolved, read["test"], name)
+    return RealDataSource(spec, path, resolved, read)
+
+
+def _hold_out(train: Any, options: dict[str, Any], test: Any, name: str) -> tuple[Any, Any]:
+    """``(train, val)``: a seeded ``val_fraction`` of the training folder as validation, the
+    rest for training; with fraction 0 the test split validates (the published protocol)."""
+    fraction = float(options["val_fraction"])
+    if fraction == 0:
+        return train, test
+    n = len(train)
+    n_val = max(1, round(fraction * n))
+    if n_val >= n:
+        raise ValueError(
+            f"{name}: the training folder has {n} sample(s), too few to hold out "
+            f"val_fraction={fraction:g} for validation; add samples or set val_fraction to 0"
+        )
+    order = np.random.default_rng(int(options["split_seed"])).permutation(n)
+    val_idx, train_idx = sorted(order[:n_val].tolist()), sorted(order[n_val:].tolist())
+    return Subset(train, train_idx), Subset(train, val_idx)

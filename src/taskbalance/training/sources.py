@@ -1,0 +1,64 @@
+"""Where a run's data comes from: one small dispatch from a :class:`TrainConfig` to a
+:class:`~taskbalance.data.DataSource` (a built-in benchmark, or a real dataset read from disk).
+
+Every part that builds a run's data (the runner, compare's timing and sharing passes, tune,
+diagnose) goes through :func:`load_data`, so a new kind of source is one more branch here.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .config import TrainConfig
+
+if TYPE_CHECKING:  # pragma: no cover
+    from taskbalance.data.source import DataSource
+    from taskbalance.tasks import Task
+
+__all__ = ["data_tasks", "load_data"]
+
+
+def load_data(config: TrainConfig) -> DataSource:
+    """The data of ``config``: ``dataset`` -> :func:`~taskbalance.data.load_dataset`, else the
+    built-in ``benchmark`` (partial labels applied, pseudo-labels filled in)."""
+    if config.dataset is not None:
+        return _real_dataset(config)
+    return _builtin_benchmark(config)
+
+
+def data_tasks(config: TrainConfig) -> list[Task]:
+    """The tasks of ``config``'s data, without generating or reading any data."""
+    if config.dataset is not None:
+        from taskbalance.data.registry import dataset_options, get_dataset_spec
+
+        spec = get_dataset_spec(config.dataset)
+        return list(spec.make_tasks(dataset_options(spec, config.dataset_options)))
+    from taskbalance.data.benchmark import get_spec
+
+    bench = get_spec(config.benchmark)
+    return list(bench.make_tasks(bench.resolve_size(config.size)))
+
+
+def _real_dataset(config: TrainConfig) -> Any:
+    from taskbalance.data.registry import load_dataset
+
+    assert config.dataset is not None and config.data_root is not None  # TrainConfig checks
+    return load_dataset(config.dataset, config.data_root, **(config.dataset_options or {}))
+
+
+def _builtin_benchmark(config: TrainConfig) -> Any:
+    from taskbalance.data import load_benchmark
+
+    data_seed = config.seed if config.data_seed is None else config.data_seed
+    bench = load_benchmark(
+        config.benchmark,
+        seed=data_seed,
+        size=config.size,
+        cache_dir=config.cache_dir,
+        labels=config.labels,
+    )
+    if config.pseudo_labels is not None:
+        from taskbalance.data.pseudo_labels import with_pseudo_labels
+
+        bench = with_pseudo_labels(bench, config.pseudo_labels)
+    return bench
