@@ -89,7 +89,8 @@ def test_dataset_user_errors(roots, tmp_path, capsys):
     (broken / "train" / "label" / "0.npy").write_bytes(b"not numpy")
     bad = ["train", "--dataset", "nyuv2", "--data-root", str(broken), *out]
     _user_error(capsys, bad, "cannot read", "label", "Expected layout", "float H x W")
-    opt = ["train", "--dataset", "cityscapes", "--data-root", "d", "--dataset-option", "num_classes=5"]
+    opt = ["train", "--dataset", "cityscapes", "--data-root", "d"]
+    opt += ["--dataset-option", "num_classes=5"]
     _user_error(capsys, [*opt, *out], "num_classes", "7 or 19")
     _user_error(capsys, ["compare", "--data-root", "d", *out], "--data-root", "--dataset")
     _user_error(capsys, ["tune", "--dataset", "nyuv2", "--benchmark", "scenes", *out], "both")

@@ -78,8 +78,8 @@ def test_layout_errors_name_layout_and_docs(nyu_root: Path, tmp_path: Path) -> N
     (nyu_root / "val" / "depth" / "1.npy").unlink()
     with pytest.raises(FileNotFoundError, match=r"depth[/\\]1\.npy.*docs/datasets\.md#nyuv2"):
         load_dataset("nyuv2", nyu_root)
-    with pytest.raises(FileNotFoundError, match=r"label_7.*docs/datasets\.md#cityscapes"):
-        load_dataset("cityscapes", nyu_root)
+    with pytest.raises(FileNotFoundError, match=r"label_19.*docs/datasets\.md#cityscapes"):
+        load_dataset("cityscapes", nyu_root, num_classes=19)
 
 
 def test_data_sources_satisfy_protocol(nyu_root: Path) -> None:
@@ -133,3 +133,23 @@ def test_register_one_more_dataset(nyu_root: Path) -> None:
             name="x", description="", task_names=(), folders={"train": "a"}, read=read,
             make_tasks=spec.make_tasks, make_model=spec.make_model, layout="",
         )  # fmt: skip
+
+
+def test_cityscapes_label_folders(tmp_path: Path) -> None:
+    root = write_fake_dataset("cityscapes", tmp_path / "city", train=3, test=1, size=(8, 8))
+    for classes in (2, 7, 19):
+        data = load_dataset("cityscapes", root, num_classes=classes, val_fraction=0)
+        raw = np.load(root / "val" / f"label_{classes}" / "0.npy")
+        seg = data.test[0][1]["segmentation"].numpy()
+        np.testing.assert_array_equal(seg, np.where(raw == -1, 255, raw).astype(np.int64))
+        assert data.tasks[0].new_metrics() is not None
+    # LibMTL's copy keeps the 7-class labels in label/
+    for split in ("train", "val"):
+        (root / split / "label_7").rename(root / split / "label")
+    data = load_dataset("cityscapes", root, val_fraction=0)
+    raw = np.load(root / "val" / "label" / "0.npy")
+    np.testing.assert_array_equal(data.test[0][1]["segmentation"].numpy() == 255, raw == -1)
+    for split in ("train", "val"):
+        (root / split / "label_19").rename(root / split / "other")
+    with pytest.raises(FileNotFoundError, match="label_19"):  # label/ holds 7 classes only
+        load_dataset("cityscapes", root, num_classes=19, val_fraction=0)

@@ -47,10 +47,12 @@ def _write_npy(
         for i in range(count):
             if name == "nyuv2":
                 sample = _npy_sample(rng, height, width, 13, normals=True)
-            else:  # cityscapes: both label sets, 7 and 19 classes
+            else:  # cityscapes: the three label sets, 7, 19 and 2 classes
                 sample = _npy_sample(rng, height, width, 7, normals=False)
                 sample["label_7"] = sample.pop("label")
-                sample["label_19"] = _npy_sample(rng, height, width, 19, False)["label"]
+                for classes in (19, 2):
+                    labels = _npy_sample(rng, height, width, classes, False)["label"]
+                    sample[f"label_{classes}"] = labels
             for modality, array in sample.items():
                 path = root / folder / modality
                 path.mkdir(parents=True, exist_ok=True)

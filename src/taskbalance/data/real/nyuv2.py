@@ -8,7 +8,8 @@ preprocessed by Liu et al. for MTAN (https://github.com/lorenmt/mtan)::
     <root>/train|val/depth/<i>.npy    H x W x 1, 0 = invalid
     <root>/train|val/normal/<i>.npy   H x W x 3
 
-Cityscapes in the same layout (``image``, ``label_7`` or ``label_19``, ``depth``; 128 x 256).
+Cityscapes in the same layout (``image``, ``label_7``, ``label_19`` or ``label_2``, ``depth``;
+128 x 256); LibMTL's copy keeps the 7-class labels in ``label``.
 Nothing is downloaded: point ``root`` at a copy you already have.
 """
 
@@ -19,7 +20,7 @@ from typing import Any
 
 from taskbalance.data.real._npy import IGNORE_INDEX, NpyLayoutDataset
 
-__all__ = ["IGNORE_INDEX", "NYUV2_CLASSES", "Cityscapes", "NYUv2"]
+__all__ = ["CITYSCAPES_CLASSES", "IGNORE_INDEX", "NYUV2_CLASSES", "Cityscapes", "NYUv2"]
 
 NYUV2_CLASSES = 13
 
@@ -60,24 +61,33 @@ class NYUv2(NpyLayoutDataset):
         ]
 
 
+CITYSCAPES_CLASSES = (2, 7, 19)
+
+
 class Cityscapes(NpyLayoutDataset):
-    """One split of Cityscapes (tasks ``segmentation`` with 7 or 19 classes, ``depth``).
+    """One split of Cityscapes (tasks ``segmentation`` with 7, 19 or 2 classes, ``depth``).
 
     Args:
         root: the folder holding ``train/`` and ``val/``.
         split: ``"train"`` or ``"val"``.
-        num_classes: 7 (reads ``label_7/``) or 19 (reads ``label_19/``).
+        num_classes: 7 (reads ``label_7/``, or ``label/`` of LibMTL's copy when there is no
+            ``label_7/``), 19 (``label_19/``) or 2 (``label_2/``).
     """
 
     dataset_name = "Cityscapes"
 
     def __init__(self, root: str | Path, split: str = "train", num_classes: int = 7) -> None:
-        if num_classes not in (7, 19):
-            raise ValueError(f"Cityscapes num_classes must be 7 or 19, got {num_classes!r}")
+        if num_classes not in CITYSCAPES_CLASSES:
+            raise ValueError(f"Cityscapes num_classes must be 2, 7 or 19, got {num_classes!r}")
+        folder = f"label_{num_classes}"
+        split_dir = Path(root).expanduser() / split
+        if num_classes == 7 and not (split_dir / folder).is_dir():
+            if (split_dir / "label").is_dir():
+                folder = "label"  # LibMTL's copy of MTAN's files names the 7-class folder label/
         super().__init__(
             root,
             split,
-            {"segmentation": (f"label_{num_classes}", "label"), "depth": ("depth", "depth")},
+            {"segmentation": (folder, "label"), "depth": ("depth", "depth")},
             num_classes,
         )
 

@@ -77,10 +77,12 @@ NYUV2 = DatasetSpec(
 
 # ---------------------------------------------------------------------------------- Cityscapes
 def _cityscapes_classes(options: dict[str, Any]) -> int:
+    from taskbalance.data.real.nyuv2 import CITYSCAPES_CLASSES
+
     classes = options.get("num_classes")
-    if classes not in (7, 19):
+    if classes not in CITYSCAPES_CLASSES:
         raise ValueError(
-            f"dataset option 'num_classes' of cityscapes must be 7 or 19, got {classes!r}"
+            f"dataset option 'num_classes' of cityscapes must be 2, 7 or 19, got {classes!r}"
         )
     return int(classes)
 
@@ -113,7 +115,7 @@ def _cityscapes_model(options: dict[str, Any], model_options: dict[str, Any]) ->
 
 CITYSCAPES = DatasetSpec(
     name="cityscapes",
-    description="Cityscapes, 7 (or 19) classes + depth (MTAN's preprocessed .npy files)",
+    description="Cityscapes, 7 (or 19 or 2) classes + depth (MTAN's preprocessed .npy files)",
     task_names=("segmentation", "depth"),
     folders={"train": "train", "test": "val"},
     read=_read_cityscapes,
@@ -121,10 +123,10 @@ CITYSCAPES = DatasetSpec(
     make_model=_cityscapes_model,
     layout=(
         "<root>/train/ (2975 samples) and <root>/val/ (500, the test split), each with "
-        "image/<i>.npy (float H x W x 3, values in [0, 1]), label_7/<i>.npy (or label_19/ with "
-        "num_classes=19; float H x W, classes 0..6 or 0..18, -1 = ignored pixel) and "
-        "depth/<i>.npy (float H x W x 1, 0 = no measurement), i = 0, 1, 2, ...; H x W = "
-        "128 x 256 in the release"
+        "image/<i>.npy (float H x W x 3, values in [0, 1]), label_7/<i>.npy (or label/ in "
+        "LibMTL's copy; label_19/ with num_classes=19, label_2/ with 2; float H x W, classes "
+        "0..num_classes-1, -1 = ignored pixel) and depth/<i>.npy (float H x W x 1, inverse "
+        "depth, 0 = no measurement), i = 0, 1, 2, ...; H x W = 128 x 256 in the release"
     ),
     options={"num_classes": 7},
     check_options=_cityscapes_classes,
