@@ -13,7 +13,8 @@ For each chosen task, :func:`annotate`
 real label of a task gets the stored pseudo-label as target and ``mask = True``; samples with a
 real label are never changed; samples whose pseudo-label was rejected stay unlabelled.
 
-Confidence of a label, by task kind (see :data:`CONFIDENCE_RULES`):
+Confidence of a label, by task kind (each :class:`~taskbalance.tasks.kinds.TaskKind` carries its
+rule; :mod:`taskbalance.tasks.confidence` holds the built-in ones):
 
 * ``classification`` / ``event``: the largest softmax probability; a sample is kept when it
   reaches the threshold.
@@ -48,7 +49,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 
@@ -60,10 +60,10 @@ from taskbalance.data.pseudo_labels import (
     label_mask,
     with_pseudo_labels,
 )
+from taskbalance.tasks.kinds import TaskKind, find_kind, get_kind, task_kinds
 from taskbalance.validation import is_number
 
 __all__ = [
-    "CONFIDENCE_RULES",
     "STORE_NAME",
     "PseudoLabelStore",
     "PseudoLabels",
@@ -76,21 +76,6 @@ __all__ = [
     "train_teacher",
     "with_pseudo_labels",
 ]
-
-
-#: Task kind -> how the confidence of a pseudo-label is computed (stored with the labels).
-CONFIDENCE_RULES: dict[str, str] = {
-    "classification": "max softmax probability",
-    "event": "max softmax probability",
-    "binary": "min over elements of max(p, 1-p) of the sigmoid",
-    "segmentation": "per-pixel max softmax probability; low pixels -> ignore index",
-    "depth": "horizontal-flip agreement clip(1 - |d1-d2| / mean(|d1|,|d2|), 0, 1) per pixel",
-    "normal": "horizontal-flip agreement max(0, cos(n1, n2)) per pixel",
-    "ball_position": "min over x, y of the softmax mass within +-2 bins of the argmax",
-}
-_DENSE = ("segmentation", "depth", "normal")
-_FLIP = ("depth", "normal")
-_BALL_RADIUS = 2
 
 
 # ---------------------------------------------------------------------------------- teachers
@@ -246,85 +231,15 @@ def train_teacher(
 # ---------------------------------------------------------------------------------- prediction
 
 
-def _ball_size(task: Any) -> tuple[int, int]:
-    for metric in task.metrics:
-        if hasattr(metric, "width") and hasattr(metric, "height"):
-            return int(metric.width), int(metric.height)
-    keywords = getattr(task.loss_fn, "keywords", {}) or {}
-    if "width" in keywords and "height" in keywords:
-        return int(keywords["width"]), int(keywords["height"])
-    raise ValueError(f"cannot tell the width and height of ball task {task.name!r}")
-
-
-def _peak_mass(logits: Tensor, radius: int) -> tuple[Tensor, Tensor]:
-    """Argmax bin and softmax mass within ``radius`` bins of it, per row."""
-    p = logits.float().softmax(dim=1)
-    peak = p.argmax(dim=1)
-    bins = torch.arange(p.shape[1], device=p.device)
-    near = (bins[None, :] - peak[:, None]).abs() <= radius
-    return peak, (p * near).sum(dim=1)
-
-
-def _flip(x: Tensor) -> Tensor:
-    return x.flip(-1)
-
-
-def _label_batch(
-    task: Any, pred: Tensor, mirrored: Tensor | None, threshold: float
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``(values, confidence, coverage, kept)`` of one batch (see the module docstring)."""
-    kind = task.kind
-    b = pred.shape[0]
-    if kind in ("classification", "event"):
-        conf, values = pred.float().softmax(dim=1).max(dim=1)
-        return values, conf, torch.ones(b, device=pred.device), conf >= threshold
-    if kind == "binary":
-        p = pred.float().sigmoid()
-        values = (p > 0.5).to(pred.dtype)
-        conf = torch.maximum(p, 1 - p).reshape(b, -1).min(dim=1).values
-        return values, conf, torch.ones(b, device=pred.device), conf >= threshold
-    if kind == "ball_position":
-        width, height = _ball_size(task)
-        x, cx = _peak_mass(pred[:, :width], _BALL_RADIUS)
-        y, cy = _peak_mass(pred[:, width : width + height], _BALL_RADIUS)
-        conf = torch.minimum(cx, cy)
-        values = torch.stack([x, y], dim=1).float()
-        return values, conf, torch.ones(b, device=pred.device), conf >= threshold
-    if kind == "segmentation":
-        conf_px, values = pred.float().softmax(dim=1).max(dim=1)
-        ok = conf_px >= threshold
-        ignore = int(task.ignore_value if task.ignore_value is not None else 255)
-        values = torch.where(ok, values, torch.full_like(values, ignore))
-    elif kind == "depth":
-        assert mirrored is not None
-        d1, d2 = pred.float(), mirrored.float()
-        scale = (d1.abs() + d2.abs()) / 2
-        conf_px = (1 - (d1 - d2).abs() / scale.clamp_min(1e-6)).clamp(0, 1)
-        values = (d1 + d2) / 2
-        ok = (conf_px >= threshold) & (values > 0)
-        values = torch.where(ok, values, torch.zeros_like(values))
-    elif kind == "normal":
-        assert mirrored is not None
-        n1 = F.normalize(pred.float(), dim=1)
-        n2 = F.normalize(mirrored.float(), dim=1)
-        conf_px = (n1 * n2).sum(dim=1, keepdim=True).clamp(0, 1)
-        values = F.normalize(n1 + n2, dim=1)
-        ok = conf_px >= threshold
-        values = torch.where(ok, values, torch.zeros_like(values))
-        conf_px, ok = conf_px[:, 0], ok[:, 0]
-    else:  # pragma: no cover - filtered by _check_kind
-        raise AssertionError(kind)
-    coverage = ok.reshape(b, -1).float().mean(dim=1)
-    conf = conf_px.reshape(b, -1).mean(dim=1)
-    return values, conf, coverage, coverage > 0
-
-
-def _check_kind(task: Any) -> None:
-    if task.kind not in CONFIDENCE_RULES:
+def _labelling_kind(task: Any) -> TaskKind:
+    """The task's kind, refused when it has no confidence rule."""
+    kind = get_kind(task.kind)
+    if kind.confidence is None:
         raise ValueError(
             f"task {task.name!r} is of kind {task.kind!r}, which auto-annotation does not support; "
-            f"supported kinds: {', '.join(CONFIDENCE_RULES)}"
+            f"supported kinds: {', '.join(task_kinds(with_confidence=True))}"
         )
+    return kind
 
 
 def _smallest_int(values: Tensor) -> Tensor:
@@ -355,7 +270,8 @@ def predict_pseudo_labels(
     Raises:
         ValueError: a task kind without a confidence rule; a threshold outside [0, 1].
     """
-    _check_kind(task)
+    kind = _labelling_kind(task)
+    assert kind.confidence is not None
     _check_threshold(task.name, threshold)
     device = torch.device(device)
     teacher = teacher.to(device).eval()
@@ -368,12 +284,9 @@ def predict_pseudo_labels(
         inputs = inputs.to(device)
         pred = teacher(inputs)[task.name]
         mirrored = None
-        if task.kind in _FLIP:
-            mirrored = _flip(teacher(_flip(inputs))[task.name])
-            if task.kind == "normal":
-                mirrored = mirrored.clone()
-                mirrored[:, 0] = -mirrored[:, 0]
-        values, conf, coverage, kept = _label_batch(task, pred, mirrored, threshold)
+        if kind.mirror_back is not None:  # confidence by test-time flip agreement
+            mirrored = kind.mirror_back(teacher(inputs.flip(-1))[task.name])
+        values, conf, coverage, kept = kind.confidence(task, pred, mirrored, threshold)
         kept = kept & (coverage >= min_coverage)
         b = inputs.shape[0]
         rows = order[offset : offset + b]
@@ -401,7 +314,7 @@ def predict_pseudo_labels(
         confidences=conf_t,
         coverage=cov_t,
         threshold=float(threshold),
-        rule=CONFIDENCE_RULES[task.kind],
+        rule=kind.confidence_rule,
         candidates=len(indices),
     )
 
@@ -542,7 +455,7 @@ def _thresholds(
         raise ValueError(f"min_coverage must be in [0, 1], got {min_coverage!r}")
     by_name = {t.name: t for t in benchmark.tasks}
     for t in chosen:
-        _check_kind(by_name[t])
+        _labelling_kind(by_name[t])
         if not bool(label_mask(benchmark.train, t).any()):
             raise ValueError(
                 f"task {t!r} has no labelled training sample: a teacher cannot be trained for "
@@ -598,6 +511,11 @@ def annotate_benchmark(
     return annotate(bench, tasks, seed=seed, out_dir=out_dir, **options)
 
 
+def _is_dense(kind: str) -> bool:
+    found = find_kind(kind)
+    return found is not None and found.dense
+
+
 def format_summary(store: PseudoLabelStore) -> str:
     """One line per task: kept / candidates, mean confidence and coverage, teacher metric."""
     lines = []
@@ -610,7 +528,7 @@ def format_summary(store: PseudoLabelStore) -> str:
             f"{task}: kept {info['kept']}/{info['candidates']} unlabelled samples "
             f"({100 * info['kept_fraction']:.1f}%) at threshold {entry.threshold:g}"
             + (f", mean confidence {conf:.3f}" if conf is not None else "")
-            + (f", mean coverage {cov:.3f}" if cov is not None and entry.kind in _DENSE else "")
+            + (f", mean coverage {cov:.3f}" if cov is not None and _is_dense(entry.kind) else "")
             + (f"; teacher val: {teacher}" if teacher else "")
         )
     return "\n".join(lines)

@@ -12,6 +12,14 @@ from taskbalance.tasks.delta import (
     metric_groups,
     task_delta,
 )
+from taskbalance.tasks.kinds import (
+    ConfidentLabels,
+    TaskKind,
+    find_kind,
+    get_kind,
+    register_kind,
+    task_kinds,
+)
 from taskbalance.tasks.losses import (
     ball_position_loss,
     binary_cross_entropy,
@@ -48,9 +56,10 @@ from taskbalance.tasks.presets import (
     regression_task,
     segmentation_task,
 )
-from taskbalance.tasks.task import LossFn, Task, TaskKind, TaskMetrics
+from taskbalance.tasks.task import LossFn, Task, TaskMetrics
 
 __all__ = [
+    "ConfidentLabels",
     "DELTA_RULE",
     "MIN_HIGHER_BASELINE",
     "Accuracy",
@@ -81,8 +90,10 @@ __all__ = [
     "dice_loss",
     "event_task",
     "excluded_metrics",
+    "find_kind",
     "flatten_results",
     "gaussian_1d_target",
+    "get_kind",
     "l1_loss",
     "metric_directions",
     "metric_groups",
@@ -91,8 +102,10 @@ __all__ = [
     "normal_cosine_loss",
     "normal_task",
     "pixel_cross_entropy",
+    "register_kind",
     "regression_task",
     "segmentation_task",
     "select_labelled",
     "task_delta",
+    "task_kinds",
 ]

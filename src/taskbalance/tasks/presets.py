@@ -12,7 +12,9 @@
   ``rmse_px``.
 - ``event_task``: logits ``[B, C]`` / ``[B]``; cross-entropy; ``event_acc`` (and ``frame_acc``).
 
-The first metric listed is the primary one.
+The first metric listed is the primary one. Each factory is the ``preset`` of its
+:class:`~taskbalance.tasks.kinds.TaskKind`, registered at the end of this module with the kind's
+shapes and pseudo-label confidence rule.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from typing import Literal
 
 from torch import Tensor
 
-from taskbalance.tasks import losses
+from taskbalance.tasks import confidence, losses
+from taskbalance.tasks.kinds import Shape, TaskKind, register_kind, same_shape
 from taskbalance.tasks.metrics import (
     Accuracy,
     BallPositionError,
@@ -37,6 +40,14 @@ from taskbalance.tasks.task import Task
 from taskbalance.validation import is_int
 
 __all__ = [
+    "BALL_POSITION",
+    "BINARY",
+    "CLASSIFICATION",
+    "DEPTH",
+    "EVENT",
+    "NORMAL",
+    "REGRESSION",
+    "SEGMENTATION",
     "ball_position_task",
     "binary_task",
     "classification_task",
@@ -204,3 +215,96 @@ def event_task(name: str, num_classes: int, *, background_class: int | None = No
         primary_metric="event_acc",
         kind="event",
     )
+
+
+# ------------------------------------------------------------------------------ built-in kinds
+
+
+def _class_logits(p: Shape, t: Shape) -> bool:
+    return len(p) == 2 and t == p[:1]
+
+
+def _pixel_logits(p: Shape, t: Shape) -> bool:
+    return len(p) >= 3 and t == p[:1] + p[2:]
+
+
+def _normal_maps(p: Shape, t: Shape) -> bool:
+    return same_shape(p, t) and len(p) >= 2 and p[1] == 3
+
+
+def _ball_logits(p: Shape, t: Shape) -> bool:
+    return len(p) == 2 and len(t) == 2 and t == (p[0], 2)
+
+
+_MAX_SOFTMAX = "max softmax probability"
+_DEPTH_RULE = "horizontal-flip agreement clip(1 - |d1-d2| / mean(|d1|,|d2|), 0, 1) per pixel"
+
+CLASSIFICATION = TaskKind(
+    "classification",
+    "prediction [B, C] logits, target [B] class indices",
+    _class_logits,
+    classification_task,
+    confidence.max_softmax,
+    _MAX_SOFTMAX,
+)
+BINARY = TaskKind(
+    "binary",
+    "prediction and target of the same shape [B, ...]",
+    same_shape,
+    binary_task,
+    confidence.binary_margin,
+    "min over elements of max(p, 1-p) of the sigmoid",
+)
+REGRESSION = TaskKind(
+    "regression", "prediction and target of the same shape [B, ...]", same_shape, regression_task
+)
+SEGMENTATION = TaskKind(
+    "segmentation",
+    "prediction [B, C, H, W] logits, target [B, H, W] class indices",
+    _pixel_logits,
+    segmentation_task,
+    confidence.pixel_max_softmax,
+    "per-pixel max softmax probability; low pixels -> ignore index",
+    dense=True,
+)
+DEPTH = TaskKind(
+    "depth",
+    "prediction and target of the same shape [B, 1, H, W]",
+    same_shape,
+    depth_task,
+    confidence.depth_flip_agreement,
+    _DEPTH_RULE,
+    mirror_back=confidence.mirror_depth,
+    dense=True,
+)
+NORMAL = TaskKind(
+    "normal",
+    "prediction and target of the same shape [B, 3, H, W]",
+    _normal_maps,
+    normal_task,
+    confidence.normal_flip_agreement,
+    "horizontal-flip agreement max(0, cos(n1, n2)) per pixel",
+    mirror_back=confidence.mirror_normals,
+    dense=True,
+)
+BALL_POSITION = TaskKind(
+    "ball_position",
+    "prediction [B, width + height] logits, target [B, 2] (x, y) pixels",
+    _ball_logits,
+    ball_position_task,
+    confidence.ball_peak_mass,
+    "min over x, y of the softmax mass within +-2 bins of the argmax",
+)
+EVENT = TaskKind(
+    "event",
+    "prediction [B, C] logits, target [B] class indices",
+    _class_logits,
+    event_task,
+    confidence.max_softmax,
+    _MAX_SOFTMAX,
+)
+
+for _kind in (
+    CLASSIFICATION, BINARY, REGRESSION, SEGMENTATION, DEPTH, NORMAL, BALL_POSITION, EVENT
+):  # fmt: skip
+    register_kind(_kind)

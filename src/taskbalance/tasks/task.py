@@ -17,47 +17,19 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterable, Sequence
-from typing import Literal, get_args
 
 import torch
 from torch import Tensor
 
+from taskbalance.tasks.kinds import TaskKind, get_kind
 from taskbalance.tasks.losses import sample_mask
 from taskbalance.tasks.metrics import EmptyMetricError, Metric
 
-__all__ = ["LossFn", "Task", "TaskKind", "TaskMetrics"]
+__all__ = ["LossFn", "Task", "TaskMetrics"]
 
 LossFn = Callable[[Tensor, Tensor, "Tensor | None"], "Tensor | None"]
 """``loss_fn(prediction, target, mask) -> Tensor | None``: mean over labelled/valid elements, or
 ``None`` when there is none (see :mod:`taskbalance.tasks.losses`)."""
-
-TaskKind = Literal[
-    "classification",
-    "binary",
-    "regression",
-    "segmentation",
-    "depth",
-    "normal",
-    "ball_position",
-    "event",
-    "custom",
-]
-
-_KINDS: tuple[str, ...] = get_args(TaskKind)
-
-# kind -> human description of the expected shapes (used in error messages)
-_SHAPE_RULES = {
-    "classification": "prediction [B, C] logits, target [B] class indices",
-    "event": "prediction [B, C] logits, target [B] class indices",
-    "segmentation": "prediction [B, C, H, W] logits, target [B, H, W] class indices",
-    "binary": "prediction and target of the same shape [B, ...]",
-    "regression": "prediction and target of the same shape [B, ...]",
-    "depth": "prediction and target of the same shape [B, 1, H, W]",
-    "normal": "prediction and target of the same shape [B, 3, H, W]",
-    "ball_position": "prediction [B, width + height] logits, target [B, 2] (x, y) pixels",
-    "custom": "prediction and target with the same batch size",
-}
-
 
 class _MetricDirections(dict[str, bool]):
     """``dict`` metric -> higher-is-better whose missing-key error names the task."""
@@ -85,8 +57,10 @@ class Task:
             templates: :meth:`new_metrics` returns fresh copies, so one Task can be evaluated many
             times (and concurrently).
         primary_metric: the metric that model selection looks at; defaults to the first metric.
-        kind: the kind of task; selects the shape check (see ``_SHAPE_RULES``). ``"custom"`` checks
-            only that prediction and target have the same batch size.
+        kind: the kind of task, a registered name or a
+            :class:`~taskbalance.tasks.kinds.TaskKind`; it carries the shape check and the
+            pseudo-label confidence rule. ``"custom"`` checks only that prediction and target have
+            the same batch size.
         ignore_value: the value that marks an unlabelled element inside dense targets (255 for
             segmentation, 0 for depth and normals), or ``None``. Informational: the loss and
             metrics apply it.
@@ -103,13 +77,12 @@ class Task:
         metrics: Metric | Sequence[Metric],
         *,
         primary_metric: str | None = None,
-        kind: TaskKind = "custom",
+        kind: str | TaskKind = "custom",
         ignore_value: float | None = None,
     ) -> None:
         if not isinstance(name, str) or not name or "/" in name:
             raise ValueError(f"a task name must be a non-empty string without '/', got {name!r}")
-        if kind not in _KINDS:
-            raise ValueError(f"task {name!r}: unknown kind {kind!r}; valid kinds are {_KINDS}")
+        task_kind = get_kind(kind, task=name)
         if not callable(loss_fn):
             raise ValueError(
                 f"task {name!r}: loss_fn must be callable (prediction, target, mask) -> Tensor | "
@@ -141,7 +114,9 @@ class Task:
                 f"{list(directions)}"
             )
         self.name = name
-        self.kind: TaskKind = kind
+        #: The :class:`~taskbalance.tasks.kinds.TaskKind` object; ``kind`` is its name.
+        self.task_kind = task_kind
+        self.kind: str = task_kind.name
         self.loss_fn = loss_fn
         self.ignore_value = ignore_value
         self._templates: tuple[Metric, ...] = tuple(templates)
@@ -202,7 +177,7 @@ class Task:
         The labelled count and the NaN check are reduced on the device and read back together:
         one host sync per call (none for an integer target without a mask).
         """
-        self._check_shapes(prediction, target)
+        self.task_kind.check_shapes(self.name, prediction, target)
         batch = target.shape[0]
         if mask is not None:
             mask = sample_mask(mask, batch, target.device, prefix=f"task {self.name!r}: ")
@@ -232,27 +207,6 @@ class Task:
                 f"(masks[{self.name!r}] = False) {ignore}instead of NaN"
             )
         return mask, labelled
-
-    def _check_shapes(self, prediction: Tensor, target: Tensor) -> None:
-        p, t = tuple(prediction.shape), tuple(target.shape)
-        kind = self.kind
-        if kind in ("classification", "event"):
-            ok = len(p) == 2 and t == p[:1]
-        elif kind == "segmentation":
-            ok = len(p) >= 3 and t == p[:1] + p[2:]
-        elif kind == "ball_position":
-            ok = len(p) == 2 and len(t) == 2 and t == (p[0], 2)
-        elif kind == "custom":
-            ok = len(p) >= 1 and len(t) >= 1 and p[0] == t[0]
-        else:  # same shape
-            ok = p == t and len(p) >= 1
-            if ok and kind == "normal":
-                ok = len(p) >= 2 and p[1] == 3
-        if not ok:
-            raise ValueError(
-                f"task {self.name!r} ({kind}): prediction shape {list(p)} does not fit target "
-                f"shape {list(t)}; expected {_SHAPE_RULES[kind]}"
-            )
 
     # ------------------------------------------------------------------------------------ loss
 
