@@ -433,7 +433,7 @@ def test_gradvac_state_and_absent_tasks():
     assert "targets" in m.state_dict()
     J = torch.tensor([[1.0, 0.0], [-1.0, 0.2], [0.3, 1.0]], dtype=torch.float64)
     present = torch.tensor([True, False, True])
-    m._aggregate(J[present], None, present)
+    m.aggregate_present(J[present], None, present)
     changed = m.targets != 0
     assert not bool(changed[1].any()) and not bool(changed[:, 1].any())
     assert bool(changed[0, 2]) and bool(changed[2, 0])
@@ -447,7 +447,7 @@ def test_gradvac_state_and_absent_tasks():
 def test_graddrop_leak_follows_present_tasks():
     J = torch.randn(2, 20, dtype=torch.float64)
     m = taskbalance.create("graddrop", 3, seed=0, leak=[1.0, 0.0, 1.0])
-    d = m._aggregate(J, None, torch.tensor([True, False, True]))
+    d = m.aggregate_present(J, None, torch.tensor([True, False, True]))
     torch.testing.assert_close(d, J.sum(0))  # both present tasks leak fully
 
 

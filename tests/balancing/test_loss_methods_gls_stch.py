@@ -46,7 +46,7 @@ def test_gls_extreme_losses_and_many_tasks_stay_finite():
 def test_gls_absent_task_eps_and_bad_losses():
     m = tb.create("gls", 3)
     L = torch.tensor([2.0, 0.0, 8.0], requires_grad=True)
-    total = m._combine(L, torch.tensor([True, False, True]))
+    total = m.combine(L, torch.tensor([True, False, True]))
     total.backward()
     assert float(total.detach()) == pytest.approx(4.0)  # geometric mean of the present tasks
     assert torch.isfinite(L.grad).all() and float(L.grad[1]) == 0.0
@@ -138,14 +138,14 @@ def test_stch_is_a_smooth_max_and_resumes_from_state_dict():
 def test_stch_absent_tasks_and_bad_input():
     m = tb.create("stch", 3, warmup_epochs=0)
     present = torch.tensor([True, False, True])
-    m._combine(torch.tensor([1.0, 0.0, 2.0]), present)
+    m.combine(torch.tensor([1.0, 0.0, 2.0]), present)
     m.epoch_end(torch.tensor([1.0, float("nan"), 2.0]))
     assert m.nadir is None  # task 1 had no loss in the nadir epoch: it keeps collecting
-    m._combine(torch.tensor([1.0, 4.0, 2.0]), None)
+    m.combine(torch.tensor([1.0, 4.0, 2.0]), None)
     m.epoch_end(torch.tensor([1.0, 4.0, 2.0]))
     np.testing.assert_allclose(m.nadir.numpy(), [1.0, 4.0, 2.0])
     L = torch.tensor([0.5, 0.0, 3.0], requires_grad=True)
-    total = m._combine(L, present)
+    total = m.combine(L, present)
     total.backward()
     assert torch.isfinite(L.grad).all() and float(L.grad[1]) == 0.0
     f = np.log(np.array([0.5, 3.0]) / np.array([1.0, 2.0]) + 1e-20)

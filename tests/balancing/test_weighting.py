@@ -165,7 +165,7 @@ def test_uw_sigma_product_over_present_tasks_only():
     with torch.no_grad():
         m.sigmas.copy_(torch.tensor([0.5, 3.0, 2.0]))
     present = torch.tensor([True, False, True])
-    total = m._combine(torch.tensor([1.0, 0.0, 4.0]), present)
+    total = m.combine(torch.tensor([1.0, 0.0, 4.0]), present)
     expected = 1 / 0.25 + 4 / 4 + math.log(0.5 * 2.0 + 1e-8)
     assert float(total.detach()) == pytest.approx(expected, rel=1e-6)
     total.backward()
@@ -248,12 +248,12 @@ def test_gradnorm_absent_task_gets_no_gradient_or_initial_loss():
     m = create("gradnorm", 3, alpha=alpha)
     present = torch.tensor([True, False, True])
     m.observe_grad_norms(torch.tensor([2.0, 0.0, 1.0]))
-    m._combine(torch.tensor([4.0, 0.0, 2.0]), present)
+    m.combine(torch.tensor([4.0, 0.0, 2.0]), present)
     assert not bool(m.has_initial[1]) and m.initial_losses[1] == 0
     m.weights.grad = None
     n = np.array([2.0, 0.0, 0.5])
     m.observe_grad_norms(torch.tensor(n, dtype=torch.float32))
-    m._combine(torch.tensor([1.0, 0.0, 1.5]), present)
+    m.combine(torch.tensor([1.0, 0.0, 1.5]), present)
     _, grad_ref, _ = gradnorm_reference(
         np.ones(3),
         np.array([4.0, 1.0, 2.0]),
@@ -265,7 +265,7 @@ def test_gradnorm_absent_task_gets_no_gradient_or_initial_loss():
     close(m.weights.grad, grad_ref, torch.float32)
     assert m.weights.grad[1] == 0 and m.last_weights[1] == 0
     # the first step task 1 is present records its L(0)
-    m._combine(torch.tensor([1.0, 7.0, 1.5]), None)
+    m.combine(torch.tensor([1.0, 7.0, 1.5]), None)
     assert float(m.initial_losses[1]) == 7.0
 
 
@@ -314,7 +314,7 @@ def test_dwa_present_tasks_share_the_softmax():
     m = create("dwa", 3)
     m.epoch_end(torch.tensor([1.0, 1.0, 1.0]))
     m.epoch_end(torch.tensor([0.5, 1.0, 2.0]))
-    m._combine(torch.tensor([1.0, 0.0, 1.0]), torch.tensor([True, False, True]))
+    m.combine(torch.tensor([1.0, 0.0, 1.0]), torch.tensor([True, False, True]))
     expected = np.array([1.0, 0.0, 1.0]) * 2 * np.exp(np.array([0.25, 0.0, 1.0]))
     expected[[0, 2]] /= np.exp([0.25, 1.0]).sum()
     close(m.last_weights, expected, torch.float32)
@@ -349,7 +349,7 @@ def test_rlw_present_tasks_renormalised():
     g = torch.Generator().manual_seed(5)
     z = torch.randn(3, generator=g, dtype=torch.float64).numpy()
     m = create("rlw", 3, seed=5)
-    m._combine(torch.tensor([1.0, 0.0, 1.0]), torch.tensor([True, False, True]))
+    m.combine(torch.tensor([1.0, 0.0, 1.0]), torch.tensor([True, False, True]))
     expected = np.zeros(3)
     expected[[0, 2]] = np_softmax(z[[0, 2]])
     close(m.last_weights, expected, torch.float32)
@@ -531,7 +531,7 @@ def test_absent_tasks_get_zero_weight_and_no_state_update(name):
     for prm in m.parameters():
         prm.grad = None
     L = torch.tensor([0.5, 0.0, 4.0], requires_grad=True)
-    total = m._combine(L, present)
+    total = m.combine(L, present)
     total.backward()
     assert m.last_weights[1] == 0
     assert m.last_weights[0] > 0 and m.last_weights[2] > 0
@@ -552,8 +552,8 @@ def test_absent_tasks_get_zero_weight_and_no_state_update(name):
 def test_state_starts_when_a_task_first_appears(name):
     m = create(name, 2)
     present = torch.tensor([True, False])
-    m._combine(torch.tensor([2.0, 0.0]), present)
-    m._combine(torch.tensor([2.0, 5.0]), None)
+    m.combine(torch.tensor([2.0, 0.0]), present)
+    m.combine(torch.tensor([2.0, 5.0]), None)
     if name == "scaled":
         close(m.reference_losses, [2.0, 5.0], torch.float32)
     elif name == "gradnorm":

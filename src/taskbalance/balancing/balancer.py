@@ -219,7 +219,7 @@ class Balancer:
         each head its own task's gradient (the direction only matters on shared parameters)."""
         method = self.method
         if isinstance(method, LossMethod):
-            total = method._combine(stacked, None if all_present else present)
+            total = method.combine_present(stacked, None if all_present else present)
             info.weights = self._full_weights(method.last_weights, present, all_present)
         else:
             total = torch.stack([x for x in items if x is not None]).sum()
@@ -294,7 +294,7 @@ class Balancer:
                     norms = self._last_layer_grad_norms(items, stacked)
                     method.observe_grad_norms(norms)
                     info.grad_norms = norms
-                total = method._combine(stacked, mask)
+                total = method.combine_present(stacked, mask)
                 if total.requires_grad:
                     total.backward()
         elif isinstance(method, GradientMethod):
@@ -353,7 +353,7 @@ class Balancer:
                     write(combine(w, J))
             else:
                 assert J is not None and write is not None
-                write(method._aggregate(J, losses_arg, None if all_present else present))
+                write(method.aggregate_present(J, losses_arg, None if all_present else present))
         if G is not None and self.track_gradients:
             info.grad_norms, info.cosines = self._gradient_stats(
                 G, dtype, device, present, all_present
@@ -595,7 +595,7 @@ class Balancer:
         method.observe_grad_norms(norms)
         info.grad_norms = norms
         raw = stacked.detach().requires_grad_(True)
-        total = method._combine(raw, mask)
+        total = method.combine_present(raw, mask)
         total.backward()  # c = ∂total/∂L, and the gradients of the method's own parameters
         assert raw.grad is not None
         c = raw.grad[idx]

@@ -8,8 +8,12 @@ Two kinds of method exist (see ``docs/architecture.md``):
   direction (:meth:`GradientMethod.aggregate`).
 
 Both kinds can be asked to balance only the tasks present in a batch (labels may be missing):
-the public calls validate and forward to ``_combine`` / ``_aggregate``, which receive a boolean
-``present`` mask over the ``T`` tasks (``None`` when all are present).
+``combine(L, present)`` validates and forwards to :meth:`LossMethod.combine_present`; the
+Balancer, which has validated the step already, calls :meth:`LossMethod.combine_present`,
+:meth:`GradientMethod.solve` (weights from the Gramian) and
+:meth:`GradientMethod.aggregate_present` (methods that need ``J``) directly. Those receive a
+boolean ``present`` mask over the ``T`` tasks (``None`` when all are present). Subclasses
+implement the hooks ``_terms`` / ``_combine``, ``_weights`` or ``_aggregate``; callers never do.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ __all__ = [
     "check_choice",
     "check_jacobian",
     "check_losses",
+    "check_present",
     "check_pref_weights",
     "check_positive",
     "check_task_weights",
@@ -113,10 +118,23 @@ class LossMethod(Method):
     #: Set by methods that need ``‖∇_W L_t‖`` on the last shared layer W (GradNorm).
     needs_last_layer_grad_norms: ClassVar[bool] = False
 
-    def combine(self, losses: Tensor) -> Tensor:
-        """The scalar to backpropagate for a loss vector of shape ``[T]``."""
+    def combine(self, losses: Tensor, present: Tensor | None = None) -> Tensor:
+        """The scalar to backpropagate for a loss vector of shape ``[T]``.
+
+        ``present``: bool ``[T]``, ``False`` for a task without labels in the batch (its entry
+        in ``losses`` is a finite placeholder and is ignored); ``None`` when all are present.
+
+        Raises:
+            ValueError: losses not a finite ``[T]`` vector (the error names the task); a
+                ``present`` mask that is not ``T`` bools with at least one ``True``.
+        """
         check_losses(losses, self.num_tasks)
-        return self._combine(losses, None)
+        return self.combine_present(losses, check_present(present, self.num_tasks))
+
+    def combine_present(self, losses: Tensor, present: Tensor | None) -> Tensor:
+        """:meth:`combine` without validation, for a caller that has checked the losses and
+        the mask already (the Balancer, once per step). Updates the method's state."""
+        return self._combine(losses, present)
 
     def _combine(self, losses: Tensor, present: Tensor | None) -> Tensor:
         terms = self._terms(losses, present)
@@ -128,7 +146,8 @@ class LossMethod(Method):
         raise NotImplementedError
 
     def observe_grad_norms(self, norms: Tensor) -> None:
-        """Receive ``‖∇_W L_t‖`` [T] before ``_combine`` (if ``needs_last_layer_grad_norms``)."""
+        """Receive ``‖∇_W L_t‖`` [T] before :meth:`combine_present` (if
+        ``needs_last_layer_grad_norms``)."""
         del norms
 
 
@@ -230,8 +249,21 @@ class GradientMethod(Method):
         del present
         return w.detach()
 
+    def aggregate_present(self, J: Tensor, losses: Tensor | None, present: Tensor | None) -> Tensor:
+        """The direction for the ``n`` tasks present, without validation: for a caller that has
+        checked ``J`` already (the Balancer, once per step).
+
+        Args:
+            J: ``[n, P]``, finite, the gradient rows of the tasks present, in task order.
+            losses: ``[n]`` losses of the tasks present (``None`` unless ``needs_losses``).
+            present: bool ``[T]`` over all tasks (``None`` when all are present); stateful
+                methods index their per-task state with it.
+        """
+        return self._aggregate(J, losses, present)
+
     def _aggregate(self, J: Tensor, losses: Tensor | None, present: Tensor | None) -> Tensor:
-        """``d`` for the ``n`` rows present (methods that need J; others use the Gramian)."""
+        """Hook: ``d`` for the ``n`` rows present (methods that need J; others use the
+        Gramian)."""
         if not self.uses_gramian:
             raise NotImplementedError
         w = self.solve(gramian(J, "cpu"), losses, present, dtype=J.dtype, device=J.device)
@@ -275,6 +307,25 @@ def check_losses(losses: Tensor, num_tasks: int, names: Sequence[str] | None = N
         raise TypeError(f"losses must be floating point, got {losses.dtype}")
     check_finite_losses(losses, names)
     return losses
+
+
+def check_present(present: Tensor | None, num_tasks: int) -> Tensor | None:
+    """Validate a ``present`` mask: ``T`` bools (or 0/1 integers), at least one ``True``."""
+    if present is None:
+        return None
+    if not isinstance(present, Tensor) or present.shape != (num_tasks,):
+        got = list(present.shape) if isinstance(present, Tensor) else type(present).__name__
+        raise ValueError(
+            f"present must be a bool tensor of shape [{num_tasks}] (True = the task has labels "
+            f"in this batch), got {got}"
+        )
+    if present.dtype != torch.bool:
+        if present.is_floating_point() or bool(((present != 0) & (present != 1)).any()):
+            raise ValueError(f"present must hold bools (or 0/1), got {present.tolist()}")
+        present = present.to(torch.bool)
+    if not bool(present.any()):
+        raise ValueError("present must mark at least one task (every entry is False)")
+    return present
 
 
 def check_jacobian(J: Tensor, num_tasks: int) -> Tensor:

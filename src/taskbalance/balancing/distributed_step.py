@@ -210,7 +210,7 @@ def _loss_step(
         method.observe_grad_norms(norms)
         info.grad_norms = norms
     raw = union.detach().clone().requires_grad_(True)
-    total = method._combine(raw, mask)
+    total = method.combine_present(raw, mask)
     if total.requires_grad:
         total.backward()  # identical on every rank: the method's parameters agree
     if raw.grad is None or not own:
@@ -360,7 +360,7 @@ def _decide(
         write(combine(w, J))
     else:
         present = None if host_mask is None else host_mask.to(J.device)
-        write(method._aggregate(J, losses_arg, present))
+        write(method.aggregate_present(J, losses_arg, present))
 
 
 def _streamed_union_gramian(
