@@ -20,6 +20,7 @@ Every rank takes the same decision from the same reduced numbers:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -241,6 +242,32 @@ def _union_last_layer_norms(
     return rows.pow(2).sum(dim=1).sqrt().to(union.dtype)
 
 
+@dataclass
+class _UnionStep:
+    """What the three ways of a distributed gradient step share (see :func:`_gradient_step`).
+
+    ``saved_shared``/``saved_others``: the parameters' gradients from before the step; a way
+    that restores them itself (reduced over ranks) empties the list.
+    """
+
+    balancer: Balancer
+    ctx: DistributedContext
+    method: GradientMethod
+    idx: list[int]
+    local_idx: list[int]
+    own: list[Tensor]
+    coef: list[Tensor]
+    pos: list[int]
+    losses_arg: Tensor | None
+    host_mask: Tensor | None
+    info: StepInfo
+    others: list[nn.Parameter]
+    saved_shared: list[Tensor | None]
+    saved_others: list[Tensor | None]
+    dtype: torch.dtype
+    device: torch.device
+
+
 def _gradient_step(
     balancer: Balancer,
     ctx: DistributedContext,
@@ -256,85 +283,116 @@ def _gradient_step(
     streaming_safe: bool,
     info: StepInfo,
 ) -> None:
-    names = info.task_names
     all_present = bool(present_host.all())
-    n = len(idx)
-    pos = [idx.index(t) for t in local_idx]  # rows of this rank's tasks among those present
     seeds = balancer._loss_seeds(method, union, idx)  # f'(L) of the union losses, or None
     coef = [
         share[t] * (1.0 if seeds is None else seeds[idx.index(t)].to(share.dtype))
         for t in local_idx
     ]
-    host_mask = None if all_present else present_host
-    losses_arg = union.detach()[present_host.to(union.device)] if method.needs_losses else None
     shared_ids = {id(p) for p in balancer.shared}
     others = [p for p in sync if id(p) not in shared_ids]
     saved_shared = _save_grads(balancer.shared)
     saved_others = _save_grads(others)
     first = balancer.shared[0]
-    dtype, device = first.dtype, first.device
-    G: Tensor | None = None
-    J: Tensor | None = None
-
+    step = _UnionStep(
+        balancer=balancer,
+        ctx=ctx,
+        method=method,
+        idx=idx,
+        local_idx=local_idx,
+        own=own,
+        coef=coef,
+        pos=[idx.index(t) for t in local_idx],  # rows of this rank's tasks among those present
+        losses_arg=union.detach()[present_host.to(union.device)] if method.needs_losses else None,
+        host_mask=None if all_present else present_host,
+        info=info,
+        others=others,
+        saved_shared=saved_shared,
+        saved_others=saved_others,
+        dtype=first.dtype,
+        device=first.device,
+    )
+    G: Tensor | None
     if balancer.mode == "param" and balancer.memory == "gramian" and streaming_safe:
-        G = _streamed_union_gramian(ctx, balancer, own, coef, pos, n)
-        _restore_reduced(ctx, others, saved_others, reduce=True)  # heads from the batched pass
-        bad = first_nonfinite_row(G)
-        if bad is not None:
-            balancer._refuse_nonfinite(names[idx[bad]], info)
-        else:
-            w = method.solve(G, losses_arg, host_mask, dtype=dtype, device=device)
-            if own:
-                wl = torch.stack([w[p].to(device=device, dtype=dtype) for p in pos])
-                balancer._write_weighted_backward(own, None, wl * torch.stack(coef).to(dtype))
-            _restore_reduced(ctx, balancer.shared, saved_shared, reduce=True)
-            saved_shared = []
+        G = _streamed_param_step(step)
     elif balancer.mode == "param":
-        if balancer.task_backward == "batched" and own:
-            local = balancer._batched_param_jacobian(own, coef, local_idx, features)
-        else:
-            local = balancer._param_jacobian(own, coef)
-        J = torch.zeros(n, balancer._num_shared, dtype=dtype, device=device)
-        if own:
-            J[pos] = local
-        del local
-        heads = [torch.zeros_like(p) if p.grad is None else p.grad for p in others]
-        reduced = _flat_reduce(ctx, [J, *heads], J)
-        J = reduced[0]
-        for p, g, old in zip(others, reduced[1:], saved_others):
-            p.grad = g if old is None else old + g
-        if method.uses_gramian or balancer.track_gradients:
-            G = gramian(J, device="cpu")
-        _decide(balancer, method, J, G, losses_arg, host_mask, idx, info, balancer._param_writer())
+        G = _param_step(step, features)
     else:
-        feats = feature_list(features)
-        rows_local, write = balancer._rep_jacobian(own, coef, local_idx, feats)
-        rows = rows_local.new_zeros(n, rows_local.shape[1])
-        if own:
-            rows[pos] = rows_local
-        if method.uses_gramian or balancer.track_gradients:
-            Gd = gramian(rows, device=rows.device)
-            G = ctx.all_reduce(Gd.contiguous()).cpu()
-        if method.uses_gramian:
-            _decide(balancer, method, rows, G, losses_arg, host_mask, idx, info, write)
-        else:
-            union_rows, offsets = ctx.all_gather_columns(rows, [f.numel() for f in feats])
-            parts = [f.numel() for f in feats]
-
-            def write_own(d: Tensor) -> None:
-                write(torch.cat([d[o : o + k] for o, k in zip(offsets, parts)]))
-
-            _decide(balancer, method, union_rows, G, losses_arg, host_mask, idx, info, write_own)
-        _restore_reduced(ctx, [*balancer.shared, *others], [*saved_shared, *saved_others], True)
-        saved_shared, saved_others = [], []
-    for p, old in zip(balancer.shared, saved_shared):
+        G = _rep_step(step, features)
+    for p, old in zip(balancer.shared, step.saved_shared):
         if old is not None:
             p.grad = old if p.grad is None else old + p.grad
     if G is not None and balancer.track_gradients:
-        present = present_host.to(device)
+        present = present_host.to(step.device)
         info.grad_norms, info.cosines = balancer._gradient_stats(
-            G, dtype, device, present, all_present
+            G, step.dtype, step.device, present, all_present
         )
+
+
+def _streamed_param_step(s: _UnionStep) -> Tensor:
+    """Param mode, ``memory="gramian"``: the union Gramian streamed, J never held."""
+    b, dtype, device = s.balancer, s.dtype, s.device
+    G = _streamed_union_gramian(s.ctx, b, s.own, s.coef, s.pos, len(s.idx))
+    _restore_reduced(s.ctx, s.others, s.saved_others, reduce=True)  # heads from the batched pass
+    bad = first_nonfinite_row(G)
+    if bad is not None:
+        b._refuse_nonfinite(s.info.task_names[s.idx[bad]], s.info)
+    else:
+        w = s.method.solve(G, s.losses_arg, s.host_mask, dtype=dtype, device=device)
+        if s.own:
+            wl = torch.stack([w[p].to(device=device, dtype=dtype) for p in s.pos])
+            b._write_weighted_backward(s.own, None, wl * torch.stack(s.coef).to(dtype))
+        _restore_reduced(s.ctx, b.shared, s.saved_shared, reduce=True)
+        s.saved_shared = []
+    return G
+
+
+def _param_step(s: _UnionStep, features: Tensor | Sequence[Tensor] | None) -> Tensor | None:
+    """Param mode: the ranks' rows of J (and the heads' gradients) summed in one collective."""
+    b = s.balancer
+    if b.task_backward == "batched" and s.own:
+        local = b._batched_param_jacobian(s.own, s.coef, s.local_idx, features)
+    else:
+        local = b._param_jacobian(s.own, s.coef)
+    J = torch.zeros(len(s.idx), b._num_shared, dtype=s.dtype, device=s.device)
+    if s.own:
+        J[s.pos] = local
+    del local
+    heads = [torch.zeros_like(p) if p.grad is None else p.grad for p in s.others]
+    reduced = _flat_reduce(s.ctx, [J, *heads], J)
+    J = reduced[0]
+    for p, g, old in zip(s.others, reduced[1:], s.saved_others):
+        p.grad = g if old is None else old + g
+    G = gramian(J, device="cpu") if s.method.uses_gramian or b.track_gradients else None
+    _decide(b, s.method, J, G, s.losses_arg, s.host_mask, s.idx, s.info, b._param_writer())
+    return G
+
+
+def _rep_step(s: _UnionStep, features: Tensor | Sequence[Tensor] | None) -> Tensor | None:
+    """Rep mode: the Gramian is the sum of the ranks' Gramians; J-methods gather the rows."""
+    b, method = s.balancer, s.method
+    feats = feature_list(features)
+    rows_local, write = b._rep_jacobian(s.own, s.coef, s.local_idx, feats)
+    rows = rows_local.new_zeros(len(s.idx), rows_local.shape[1])
+    if s.own:
+        rows[s.pos] = rows_local
+    G: Tensor | None = None
+    if method.uses_gramian or b.track_gradients:
+        Gd = gramian(rows, device=rows.device)
+        G = s.ctx.all_reduce(Gd.contiguous()).cpu()
+    if method.uses_gramian:
+        _decide(b, method, rows, G, s.losses_arg, s.host_mask, s.idx, s.info, write)
+    else:
+        union_rows, offsets = s.ctx.all_gather_columns(rows, [f.numel() for f in feats])
+        parts = [f.numel() for f in feats]
+
+        def write_own(d: Tensor) -> None:
+            write(torch.cat([d[o : o + k] for o, k in zip(offsets, parts)]))
+
+        _decide(b, method, union_rows, G, s.losses_arg, s.host_mask, s.idx, s.info, write_own)
+    _restore_reduced(s.ctx, [*b.shared, *s.others], [*s.saved_shared, *s.saved_others], True)
+    s.saved_shared, s.saved_others = [], []
+    return G
 
 
 def _decide(

@@ -253,26 +253,11 @@ def render_scenes(
         world position x, y (height above the floor; z = 0) and its pitch and yaw in radians
         (camera-to-world rotation ``R = R_yaw @ R_pitch``, see :func:`camera_rotation`).
     """
-    height, width, k = params["height"], params["width"], params["max_per_type"]
-    if not (isinstance(height, int) and isinstance(width, int) and height >= 4 and width >= 4):
-        raise ValueError(f"height and width must be ints >= 4, got {height!r}, {width!r}")
-    if not (isinstance(k, int) and k >= 1):
-        raise ValueError(f"max_per_type must be an int >= 1, got {k!r}")
-    if not 10.0 <= float(params["fov_degrees"]) <= 120.0:
-        raise ValueError(f"fov_degrees must be in [10, 120], got {params['fov_degrees']!r}")
+    height, width, k = _check_render_params(params)
     p = _sample_scenes(rng, n, k)
     noise = sensor_noise(rng, (n, 3, height * width), float(params["noise"]))
     texture = rng.standard_normal((n, height * width), dtype=np.float32) * 0.04
-
-    focal = (width / 2.0) / np.tan(np.deg2rad(float(params["fov_degrees"])) / 2.0)
-    v, u = np.meshgrid(np.arange(height) + 0.5, np.arange(width) + 0.5, indexing="ij")
-    cam_dirs = np.stack(
-        [
-            (u.ravel() - width / 2.0) / focal,
-            -(v.ravel() - height / 2.0) / focal,
-            np.ones(height * width),
-        ]
-    ).astype(np.float32)  # fmt: skip  [3, P], z = 1 so the ray parameter t is the camera-z depth
+    cam_dirs = _camera_rays(height, width, float(params["fov_degrees"]))
     rot = camera_rotation(p["pitch"], p["yaw"])
 
     rgb = np.empty((n, 3, height * width), dtype=np.float32)
@@ -281,50 +266,16 @@ def render_scenes(
     normals = np.empty((n, 3, height * width), dtype=np.float32)
     for start in range(0, n, _CHUNK):
         sl = slice(start, min(n, start + _CHUNK))
-        m = sl.stop - sl.start
         r = rot[sl]
         d = tuple(np.einsum("nj,jp->np", r[:, i, :], cam_dirs) for i in range(3))
+        m = sl.stop - sl.start
         o = (p["cam_x"][sl, None], p["cam_y"][sl, None], np.zeros((m, 1), np.float32))
-        hits = _Hits((m, height * width))
-        # room: the camera is inside an axis-aligned box; the exit face is what the ray sees
-        bounds: tuple[tuple[np.ndarray, np.ndarray, int, int], ...] = (
-            (-p["room_w"][sl] / 2, p["room_w"][sl] / 2, WALL, WALL),
-            (np.zeros(m, np.float32), p["room_h"][sl], FLOOR, CEILING),
-            (np.full(m, -1.0, np.float32), p["room_d"][sl], WALL, WALL),
-        )
-        colours = {FLOOR: p["floor_rgb"][sl], WALL: p["wall_rgb"][sl], CEILING: p["ceil_rgb"][sl]}
-        for axis, (lo, hi, cls_lo, cls_hi) in enumerate(bounds):
-            for plane, c, sign in ((lo, cls_lo, 1.0), (hi, cls_hi, -1.0)):
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    t = (plane[:, None] - o[axis]) / d[axis]
-                t = np.where((t > _EPS) & np.isfinite(t), t, np.inf)
-                normal = tuple(np.full_like(t, sign if i == axis else 0.0) for i in range(3))
-                hits.update(t, c, normal, colours[c])
-        _objects(o, d, p, sl, k, hits)
-
-        t = hits.t
-        px, py, pz = (o[i] + t * d[i] for i in range(3))
-        nx, ny, nz = hits.normal
-        # floor checker texture
-        tile = p["checker"][sl, None]
-        checker = (np.floor(px / tile) + np.floor(pz / tile)) % 2
-        pattern = np.where(hits.cls == FLOOR, 0.8 + 0.3 * checker, 1.0) * (1.0 + texture[sl])
-        albedo = np.moveaxis(hits.rgb, 0, 1) * pattern[:, None]  # [m, 3, P]
-        light = p["light"][sl]
-        lam = np.maximum(
-            nx * light[:, 0, None] + ny * light[:, 1, None] + nz * light[:, 2, None], 0
-        )
-        # hard shadows: a ray from the surface towards the light, against the primitives only
-        so = (px + 1e-3 * nx, py + 1e-3 * ny, pz + 1e-3 * nz)
-        sd = tuple(np.broadcast_to(light[:, i, None], t.shape) for i in range(3))
-        lit = np.isinf(_objects(so, sd, p, sl, k, None))
-        ambient = p["ambient"][sl, None]
-        shade = ambient + (1.0 - ambient) * lam * lit
-        rgb[sl] = albedo * shade[:, None] + noise[sl]
+        hits = _trace(o, d, p, sl, k)
+        rgb[sl] = _shade(o, d, hits, p, sl, k, texture[sl]) + noise[sl]
         cls[sl] = hits.cls
-        depth[sl] = t
+        depth[sl] = hits.t
         # world -> camera frame: n_cam = R^T n_world
-        n_world = np.stack([nx, ny, nz], axis=1)  # [m, 3, P]
+        n_world = np.stack(list(hits.normal), axis=1)  # [m, 3, P]
         n_cam = np.einsum("nij,nip->njp", r, n_world)
         n_cam /= np.linalg.norm(n_cam, axis=1, keepdims=True)
         normals[sl] = n_cam
@@ -338,6 +289,83 @@ def render_scenes(
         normals.reshape(n, 3, *shape),
         camera.astype(np.float32),
     )
+
+
+def _check_render_params(params: dict[str, Any]) -> tuple[int, int, int]:
+    """``(height, width, max_per_type)`` after checking them and ``fov_degrees``."""
+    height, width, k = params["height"], params["width"], params["max_per_type"]
+    if not (isinstance(height, int) and isinstance(width, int) and height >= 4 and width >= 4):
+        raise ValueError(f"height and width must be ints >= 4, got {height!r}, {width!r}")
+    if not (isinstance(k, int) and k >= 1):
+        raise ValueError(f"max_per_type must be an int >= 1, got {k!r}")
+    if not 10.0 <= float(params["fov_degrees"]) <= 120.0:
+        raise ValueError(f"fov_degrees must be in [10, 120], got {params['fov_degrees']!r}")
+    return height, width, k
+
+
+def _camera_rays(height: int, width: int, fov_degrees: float) -> np.ndarray:
+    """Pixel ray directions ``[3, H*W]`` in the camera frame, with z = 1 so that the ray
+    parameter t is the camera-z depth."""
+    focal = (width / 2.0) / np.tan(np.deg2rad(fov_degrees) / 2.0)
+    v, u = np.meshgrid(np.arange(height) + 0.5, np.arange(width) + 0.5, indexing="ij")
+    return np.stack(
+        [
+            (u.ravel() - width / 2.0) / focal,
+            -(v.ravel() - height / 2.0) / focal,
+            np.ones(height * width),
+        ]
+    ).astype(np.float32)  # fmt: skip
+
+
+def _trace(o: _Vec, d: _Vec, p: dict[str, np.ndarray], sl: slice, k: int) -> _Hits:
+    """The first surface each ray of the scenes ``sl`` hits: the room's walls, then objects."""
+    m = sl.stop - sl.start
+    hits = _Hits((m, d[0].shape[1]))
+    # room: the camera is inside an axis-aligned box; the exit face is what the ray sees
+    bounds: tuple[tuple[np.ndarray, np.ndarray, int, int], ...] = (
+        (-p["room_w"][sl] / 2, p["room_w"][sl] / 2, WALL, WALL),
+        (np.zeros(m, np.float32), p["room_h"][sl], FLOOR, CEILING),
+        (np.full(m, -1.0, np.float32), p["room_d"][sl], WALL, WALL),
+    )
+    colours = {FLOOR: p["floor_rgb"][sl], WALL: p["wall_rgb"][sl], CEILING: p["ceil_rgb"][sl]}
+    for axis, (lo, hi, cls_lo, cls_hi) in enumerate(bounds):
+        for plane, c, sign in ((lo, cls_lo, 1.0), (hi, cls_hi, -1.0)):
+            with np.errstate(divide="ignore", invalid="ignore"):
+                t = (plane[:, None] - o[axis]) / d[axis]
+            t = np.where((t > _EPS) & np.isfinite(t), t, np.inf)
+            normal = tuple(np.full_like(t, sign if i == axis else 0.0) for i in range(3))
+            hits.update(t, c, normal, colours[c])
+    _objects(o, d, p, sl, k, hits)
+    return hits
+
+
+def _shade(
+    o: _Vec,
+    d: _Vec,
+    hits: _Hits,
+    p: dict[str, np.ndarray],
+    sl: slice,
+    k: int,
+    texture: np.ndarray,
+) -> np.ndarray:
+    """Noise-free colours ``[m, 3, P]``: albedo (floor checker, texture) times Lambert light
+    with hard shadows plus ambient."""
+    t = hits.t
+    px, py, pz = (o[i] + t * d[i] for i in range(3))
+    nx, ny, nz = hits.normal
+    tile = p["checker"][sl, None]
+    checker = (np.floor(px / tile) + np.floor(pz / tile)) % 2
+    pattern = np.where(hits.cls == FLOOR, 0.8 + 0.3 * checker, 1.0) * (1.0 + texture)
+    albedo = np.moveaxis(hits.rgb, 0, 1) * pattern[:, None]  # [m, 3, P]
+    light = p["light"][sl]
+    lam = np.maximum(nx * light[:, 0, None] + ny * light[:, 1, None] + nz * light[:, 2, None], 0)
+    # hard shadows: a ray from the surface towards the light, against the primitives only
+    so = (px + 1e-3 * nx, py + 1e-3 * ny, pz + 1e-3 * nz)
+    sd = tuple(np.broadcast_to(light[:, i, None], t.shape) for i in range(3))
+    lit = np.isinf(_objects(so, sd, p, sl, k, None))
+    ambient = p["ambient"][sl, None]
+    shade = ambient + (1.0 - ambient) * lam * lit
+    return albedo * shade[:, None]
 
 
 def generate_scenes(seed: int, params: dict[str, Any]) -> dict[str, SplitArrays]:

@@ -80,21 +80,35 @@ def cagrad_weights(G: Tensor, c: float, *, max_iter: int = 500, tol: float = 1e-
     is used when it is at least as good.
     """
     n = G.shape[0]
-    dtype, device = G.dtype, G.device
-    w0 = torch.full((n,), 1.0 / n, dtype=dtype, device=device)
+    w0 = torch.full((n,), 1.0 / n, dtype=G.dtype, device=G.device)
     b = G @ w0
     g0_sq = float((w0 @ b).clamp_min(0))
     r = c * math.sqrt(g0_sq)
     if r <= 1e-12:  # g_0 = 0 or c = 0: the direction is g_0 itself
         return w0
+    dual = _Dual(G, b, r)
+    polished, x, sx = _solve_dual(dual, w0, max_iter, tol)
+    if polished is not None:
+        return polished
+    return _best_candidate(dual, w0, x, sx, tol)
 
-    def value(w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        q = G @ w
+
+class _Dual:
+    """The CAGrad dual ``F(w) = wᵀ b + r ‖g_w‖`` on the Gramian, and the duality gap of a
+    primal candidate."""
+
+    def __init__(self, G: Tensor, b: Tensor, r: float) -> None:
+        self.G, self.b, self.r = G, b, r
+
+    def value(self, w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(F(w), G w, ‖g_w‖)``."""
+        q = self.G @ w
         s = (w @ q).clamp_min(0).sqrt()
-        return w @ b + r * s, q, s
+        return w @ self.b + self.r * s, q, s
 
-    def certify(mu: Tensor) -> float:
+    def certify(self, mu: Tensor) -> float:
         """Duality gap of ``d = g_0 + Jᵀμ`` (inf when d leaves the ball)."""
+        G, b, r = self.G, self.b, self.r
         q = G @ mu
         norm2 = float(mu @ q)
         total = float(mu.sum())
@@ -103,8 +117,16 @@ def cagrad_weights(G: Tensor, c: float, *, max_iter: int = 500, tol: float = 1e-
         dual = (float(mu @ b) + r * math.sqrt(max(norm2, 0.0))) / total
         return dual - float((b + q).min())
 
+
+def _solve_dual(
+    dual: _Dual, w0: Tensor, max_iter: int, tol: float
+) -> tuple[Tensor | None, Tensor, Tensor]:
+    """FISTA with backtracking and adaptive restart from ``w0``, polishing the support every
+    five iterations. Returns ``(a, x, ‖g_x‖)`` with ``a`` the certified coefficients of a
+    polished solution, or ``None`` and the last iterate."""
+    G, b, r = dual.G, dual.b, dual.r
     x = w0.clone()
-    fx, qx, sx = value(x)
+    fx, qx, sx = dual.value(x)
     y, fy, qy, sy = x, fx, qx, sx
     t = 1.0
     L = 1.0
@@ -115,15 +137,15 @@ def cagrad_weights(G: Tensor, c: float, *, max_iter: int = 500, tol: float = 1e-
             if key not in tried:
                 tried.add(key)
                 mu = _polish(G, b, r, x)
-                if mu is not None and certify(mu) <= tol:
-                    return w0 + mu
-            if float(sx) > 1e-12 and certify((r / sx) * x) <= tol:
+                if mu is not None and dual.certify(mu) <= tol:
+                    return w0 + mu, x, sx
+            if float(sx) > 1e-12 and dual.certify((r / sx) * x) <= tol:
                 break
         grad = b + r * qy / sy.clamp_min(1e-300)
         while True:
             xn = project_simplex(y - grad / L)
             diff = xn - y
-            fn, qn, sn = value(xn)
+            fn, qn, sn = dual.value(xn)
             if float(fn - fy - grad @ diff - 0.5 * L * (diff @ diff)) <= 1e-15 or L > 1e20:
                 break
             L *= 2.0
@@ -133,16 +155,21 @@ def cagrad_weights(G: Tensor, c: float, *, max_iter: int = 500, tol: float = 1e-
             continue
         t_next = 0.5 * (1.0 + math.sqrt(1.0 + 4.0 * t * t))
         y = xn + ((t - 1.0) / t_next) * (xn - x)
-        fy, qy, sy = value(y)
+        fy, qy, sy = dual.value(y)
         x, fx, qx, sx = xn, fn, qn, sn
         t = t_next
         L = max(L * 0.9, 1e-12)
-    # Compare primal values min_t g_tᵀd of the feasible candidates (higher is better).
+    return None, x, sx
+
+
+def _best_candidate(dual: _Dual, w0: Tensor, x: Tensor, sx: Tensor, tol: float) -> Tensor:
+    """Of the feasible candidates, the one with the highest primal value ``min_t g_tᵀd``."""
+    G, b, r = dual.G, dual.b, dual.r
     cands = []
     gap = float("inf")
     if float(sx) > 1e-12:
         mu = (r / sx) * x
-        gap = certify(mu)
+        gap = dual.certify(mu)
         cands.append((float((b + G @ mu).min()), w0 + mu))
     if gap > tol:  # degenerate optimum (g_w -> 0): the projection of g_0 onto the dual cone
         v = dual_cone_weights(G, w0[None])[0]
