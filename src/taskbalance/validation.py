@@ -65,17 +65,39 @@ def check_choice(name: str, value: str, choices: Sequence[str]) -> str:
     return value
 
 
-def check_finite_losses(losses: Tensor, names: Sequence[str] | None = None) -> None:
-    """``ValueError`` naming the first task whose loss in ``losses [T]`` is NaN or infinite.
+def check_finite_losses(
+    losses: Tensor,
+    names: Sequence[str] | None = None,
+    *,
+    sign: str | None = None,
+    present: Tensor | None = None,
+    method: str = "",
+) -> None:
+    """``ValueError`` naming the first task whose loss in ``losses [T]`` is NaN or infinite or,
+    with ``sign``, not ``"positive"`` / ``"non-negative"`` (methods that take the logarithm of
+    the losses; only tasks marked in ``present``, a bool ``[T]`` mask, are checked for sign).
 
-    One device-to-host sync (``all()``) when every loss is finite, the usual case.
+    One device-to-host sync (``all()``) when every loss is fine, the usual case.
     """
-    finite = torch.isfinite(losses.detach())
-    if bool(finite.all()):
+    L = losses.detach()
+    finite = torch.isfinite(L)
+    ok = finite
+    if sign is not None:
+        fits = (L > 0) if sign == "positive" else (L >= 0)
+        if present is not None:
+            fits = fits | ~present.to(device=L.device, dtype=torch.bool)
+        ok = finite & fits
+    if bool(ok.all()):
         return
-    bad = int((~finite).nonzero()[0, 0])
+    bad = int((~ok).nonzero()[0, 0])
     label = f"task {names[bad]!r}" if names is not None else f"task {bad}"
+    if not bool(finite[bad]):
+        raise ValueError(
+            f"the loss of {label} is {float(L[bad])}; a NaN or infinite loss cannot be "
+            "balanced - check that task's predictions, targets and learning rate"
+        )
+    hint = " (or pass eps > 0)" if sign == "positive" else ""
     raise ValueError(
-        f"the loss of {label} is {float(losses[bad])}; a NaN or infinite loss cannot be "
-        "balanced - check that task's predictions, targets and learning rate"
+        f"method {method!r} takes the logarithm of the losses and needs {sign} losses, but "
+        f"the loss of {label} is {float(L[bad])}; use a {sign} loss for that task{hint}"
     )

@@ -3,6 +3,9 @@ sampled matrices (degenerate ones included), options, state, and tiny training r
 
 from __future__ import annotations
 
+import os
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -11,6 +14,9 @@ from torch import nn
 
 import taskbalance
 from taskbalance.balancing.solvers import gramian, normalized, random_orders
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _jacobians import scaled_jacobian  # noqa: E402
 
 DTYPES = [torch.float32, torch.float64]
 METHODS = ["mgda", "pcgrad", "graddrop", "imtl_g", "imtl", "gradvac"]
@@ -45,31 +51,6 @@ def close(actual, expected, dtype, scale=1.0):
         rtol=t["rtol"],
         atol=t["atol"] * scale,
     )
-
-
-def sample_jacobian(rng: np.random.Generator, k: int) -> np.ndarray:
-    """Random, rank-deficient, conflicting, colinear, identical, opposite and zero rows, with
-    global or per-row scales from 1e-15 to 1e15."""
-    n = int(rng.integers(2, 7))
-    P = int(rng.integers(1, 51))
-    J = rng.standard_normal((n, P))
-    kind = k % 8
-    if kind == 1:
-        r = int(rng.integers(1, n))
-        J = rng.standard_normal((n, r)) @ rng.standard_normal((r, P))
-    elif kind == 2:
-        J[1] = -J[0] + 0.1 * rng.standard_normal(P)
-    elif kind == 3:
-        J = rng.standard_normal(n)[:, None] * rng.standard_normal(P)[None, :]
-    elif kind == 4:
-        J[1:] = J[0]
-    elif kind == 5:
-        J[1] = -J[0]
-    elif kind == 6:
-        J[: int(rng.integers(1, n + 1))] = 0.0
-    elif kind == 7:
-        J *= 10.0 ** rng.uniform(-15, 15, size=(n, 1))
-    return J * 10.0 ** rng.uniform(-15, 15)
 
 
 # ----------------------------------------------------------------------------- numpy references
@@ -307,7 +288,7 @@ def test_gradvac_reaches_target_cosine():
 def test_finite_over_sampled_matrices(name):
     rng = np.random.default_rng(10)
     for k in range(200):
-        J64 = sample_jacobian(rng, k)
+        J64 = scaled_jacobian(rng, k)
         n = J64.shape[0]
         for dtype in DTYPES:
             J = torch.tensor(J64, dtype=dtype)
@@ -324,7 +305,7 @@ def test_finite_over_sampled_matrices(name):
 def test_mgda_kkt_over_sampled_matrices():
     rng = np.random.default_rng(11)
     for k in range(200):
-        J = torch.tensor(sample_jacobian(rng, k))
+        J = torch.tensor(scaled_jacobian(rng, k))
         m = create("mgda", J.shape[0])
         m.aggregate(J)
         w = m.last_weights
@@ -371,7 +352,7 @@ def test_imtl_g_degenerate_rows():
 def test_pcgrad_two_tasks_never_conflicts():
     rng = np.random.default_rng(13)
     for k in range(200):
-        J = torch.tensor(sample_jacobian(rng, k)[:2])
+        J = torch.tensor(scaled_jacobian(rng, k)[:2])
         d = create("pcgrad", 2).aggregate(J)
         norms = J.norm(dim=1)
         assert bool((J @ d >= -1e-9 * norms * norms.sum()).all()), k

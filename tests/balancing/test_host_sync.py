@@ -130,3 +130,19 @@ def test_the_stand_in_counts_reads_of_the_device():
     assert mode.syncs == ["aten._local_scalar_dense.default"] * 3 + ["device-to-host copy"]
     with pytest.raises(RuntimeError, match="mixes"), mode:
         OnAccelerator(torch.ones(3)) + torch.ones(3)
+
+
+@pytest.mark.parametrize("name", ["gls", "stch", "db_mtl"])
+def test_log_loss_methods_leave_the_sign_check_to_the_callers_one_sync(name):
+    """The sign of the losses is checked by the public calls and by the Balancer's finite check
+    (one sync for both); the step's own entry points read nothing back."""
+    L = torch.tensor([0.5, 2.0, 1.5])
+    method = tb.create(name, 3)
+    mode = FakeAccelerator()
+    with mode:
+        L_dev = OnAccelerator(L)
+        if name == "db_mtl":
+            method.transform_losses(L_dev)
+        else:
+            method.combine_present(L_dev, None)
+    assert mode.syncs == []

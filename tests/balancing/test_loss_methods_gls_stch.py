@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 import taskbalance as tb
 
@@ -152,9 +153,12 @@ def test_stch_absent_tasks_and_bad_input():
     assert float(total.detach()) == pytest.approx(2 * np.log(np.exp(f).sum()))
     with pytest.raises(ValueError, match="task 2.*non-negative"):
         m.combine(torch.tensor([1.0, 1.0, -0.5]))
-    for bad, needle in [({"mu": 0.0}, "mu"), ({"warmup_epochs": -1}, "warmup_epochs"),
-                        ({"warmup_epochs": 1.5}, "warmup_epochs"),
-                        ({"pref_weights": [1.0, 0.0]}, "pref_weights")]:
+    for bad, needle in [
+        ({"mu": 0.0}, "mu"),
+        ({"warmup_epochs": -1}, "warmup_epochs"),
+        ({"warmup_epochs": 1.5}, "warmup_epochs"),
+        ({"pref_weights": [1.0, 0.0]}, "pref_weights"),
+    ]:
         with pytest.raises(ValueError, match=needle):
             tb.create("stch", 2, **bad)
 
@@ -212,8 +216,10 @@ def test_outputs_follow_losses_dtype_and_permutation(name):
     perm = [2, 0, 3, 1]
     opts = {"warmup_epochs": 1} if name == "stch" else {}
     a = [g for _, g in drive_epochs(tb.create(name, 4, **opts), seq, torch.float64)]
-    b = [g for _, g in drive_epochs(tb.create(name, 4, **opts), [s[perm] for s in seq],
-                                    torch.float64)]
+    b = [
+        g
+        for _, g in drive_epochs(tb.create(name, 4, **opts), [s[perm] for s in seq], torch.float64)
+    ]
     for ga, gb in zip(a, b, strict=True):
         torch.testing.assert_close(ga[perm], gb)
 
@@ -250,3 +256,16 @@ def test_trains_a_two_head_network_through_the_balancer(name):
     # every loss falls; the product (what both methods balance in log space) by 10x or more
     assert bool((end < start).all()), (start, end)
     assert float(end.prod()) < 0.1 * float(start.prod()), (start, end)
+
+
+@pytest.mark.parametrize(("name", "bad"), [("gls", 0.0), ("stch", -0.5)])
+def test_the_balancer_names_the_task_whose_loss_has_the_wrong_sign(name, bad):
+    W = nn.Parameter(torch.ones(2))
+    bal = tb.Balancer(tb.create(name, 2), [W], task_names=["seg", "depth"])
+    with pytest.raises(ValueError, match=rf"'{name}'.*loss of task 'depth' is {bad}"):
+        bal.backward({"seg": W.sum(), "depth": W.sum() * 0 + bad})
+    # an absent task's placeholder is not checked; the present task is balanced
+    bal.backward({"seg": W.sum(), "depth": None})
+    assert W.grad is not None and torch.isfinite(W.grad).all()
+    # check_finite=False skips the check (no sync): the user opted out
+    tb.Balancer(tb.create(name, 2), [W], check_finite=False).backward([W.sum(), W.sum() * 0 + 1])

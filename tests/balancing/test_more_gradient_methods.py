@@ -12,6 +12,9 @@ References, each computed independently of the code under test:
 
 from __future__ import annotations
 
+import os
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -19,6 +22,9 @@ from scipy.optimize import nnls
 from torch import nn
 
 import taskbalance as tb
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _jacobians import degenerate_jacobian  # noqa: E402
 
 torchjd_agg = pytest.importorskip("torchjd.aggregation")
 
@@ -28,40 +34,7 @@ STATE_METHODS = ["excess_mtl", "db_mtl", "moco"]
 NEW_METHODS = GRAM_METHODS + STATE_METHODS
 
 
-def kinds_of_jacobians(seed: int) -> tuple[str, np.ndarray]:
-    """Random, rank-deficient, conflicting, identical, opposite, zero-row, all-zero rows and
-    global or per-row scales from 1e-15 to 1e15."""
-    kinds = ["random", "rank_deficient", "conflicting", "identical", "opposite", "zero_rows",
-             "all_zero", "tiny", "huge", "mixed_scales"]
-    rng = np.random.default_rng(seed)
-    kind = kinds[seed % len(kinds)]
-    n = 2 + (seed // len(kinds)) % 3
-    P = int(rng.integers(3, 10))
-    J = rng.standard_normal((n, P))
-    if kind == "rank_deficient":
-        J = rng.standard_normal((n, 1)) @ rng.standard_normal((1, P)) + 0 * J
-        J[0] *= 2.0
-    elif kind == "conflicting":
-        J[1] = -rng.uniform(0.5, 2.0) * J[0] + 0.1 * rng.standard_normal(P)
-    elif kind == "identical":
-        J[:] = J[0]
-    elif kind == "opposite":
-        J[1::2] = -J[0]
-        J[0::2] = J[0]
-    elif kind == "zero_rows":
-        J[0] = 0.0
-    elif kind == "all_zero":
-        J[:] = 0.0
-    elif kind == "tiny":
-        J *= 1e-15
-    elif kind == "huge":
-        J *= 1e15
-    elif kind == "mixed_scales":
-        J *= 10.0 ** rng.uniform(-15, 15, size=(n, 1))
-    return kind, J
-
-
-SAMPLES = [kinds_of_jacobians(s) for s in range(40)]
+SAMPLES = [degenerate_jacobian(s, task_counts=3, row_scale=15) for s in range(40)]
 
 
 def run(name: str, Js, dtype=torch.float64, losses=None, **options):
@@ -329,8 +302,12 @@ def test_db_mtl_log_losses_through_the_balancer():
     expected = sum(norms.max() / n * r for n, r in zip(norms, rows, strict=True))
     bal.backward(L)
     torch.testing.assert_close(W.grad.flatten(), expected)
-    with pytest.raises(ValueError, match="non-negative"):
-        method.transform_losses(torch.tensor([1.0, -2.0]))
+    # the Balancer checks the sign with its finite check, naming the task
+    named = tb.Balancer(tb.create("db_mtl", 2), [W], task_names=["a", "b"])
+    with pytest.raises(ValueError, match="'db_mtl'.*non-negative.*task 'b' is -2.0"):
+        named.backward({"a": W.sum() ** 2, "b": W.sum() * 0 - 2.0})
+    with pytest.raises(ValueError, match="task 1 is -2.0"):
+        tb.create("db_mtl", 2).aggregate(torch.ones(2, 3), torch.tensor([1.0, -2.0]))
 
 
 # --------------------------------------------------------------------------- MoCo
@@ -549,3 +526,18 @@ def test_missing_task_in_a_batch(name):
         if absent is not None:
             assert float(info.weights[["a", "b", "c"].index(absent)]) == 0.0
         assert all(torch.isfinite(p.grad).all() for p in net.shared.parameters())
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64])
+def test_moco_combine_rows_by_column_blocks_equals_one_float64_piece(monkeypatch, dtype):
+    from taskbalance.balancing.aggregation import moco
+
+    gen = torch.Generator().manual_seed(3)
+    J = (torch.randn(3, 10, generator=gen) * 100).to(dtype)
+    scale = torch.tensor([1e3, 0.5, 0.0], dtype=torch.float64)  # 1e3 x 100 overflows float16
+    big = torch.finfo(dtype).max
+    expected = (J.to(torch.float64) * scale[:, None]).clamp(-big, big).to(dtype)
+    monkeypatch.setattr(moco, "_COLUMNS", 3)  # blocks of 3, 3, 3, 1 columns
+    out = moco.combine_rows(scale, J)
+    assert out.dtype == dtype and torch.equal(out, expected)
+    assert bool(torch.isfinite(out).all())

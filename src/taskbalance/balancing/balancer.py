@@ -56,8 +56,9 @@ class Balancer:
         task_names: order of the tasks; by default the order of the first loss dict.
         track_gradients: compute per-task gradient norms and cosines when per-task gradients
             exist (one ``T x T`` Gramian, cheap).
-        check_finite: raise a clear error naming the task when a loss is NaN or infinite
-            (costs one device synchronisation per step).
+        check_finite: raise a clear error naming the task when a loss is NaN or infinite,
+            or of a sign the method cannot take the logarithm of (``method.loss_sign``); costs
+            one device synchronisation per step. ``False`` skips both checks.
         nonfinite: what to do when a task's gradient holds NaN or Inf (checked on the step's
             Gramian; for methods that need J itself without ``track_gradients``, only with
             ``check_finite``): ``"raise"`` (default) an error naming the task; ``"skip"`` warn,
@@ -436,8 +437,11 @@ class Balancer:
             zero = ref.new_zeros(())
             stacked = torch.stack([zero if x is None else x for x in items])
             present = torch.tensor(flags, device=stacked.device)
-        if self.check_finite:
-            check_finite_losses(stacked, names)
+        if self.check_finite:  # with the method's sign rule: one host sync for both
+            method = self.method
+            mask = None if all_present else present
+            sign = method.loss_sign
+            check_finite_losses(stacked, names, sign=sign, present=mask, method=method.name)
         for n, x in zip(names, items):
             if x is not None and not x.requires_grad:
                 raise ValueError(

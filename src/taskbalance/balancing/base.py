@@ -64,6 +64,12 @@ class Method(nn.Module):
     #: Whether the method is meant for rep mode (gradients w.r.t. shared features).
     prefers_rep_mode: ClassVar[bool] = False
 
+    #: ``"positive"`` or ``"non-negative"`` for methods that take the logarithm of the losses
+    #: (GLS, STCH, DB-MTL), ``None`` for any finite loss. Checked by the public ``combine`` /
+    #: ``aggregate`` / ``weights`` and by the Balancer together with its finite check (one
+    #: host sync per step, the error names the task); the hooks do not check again.
+    loss_sign: str | None = None
+
     def __init__(self, num_tasks: int) -> None:
         super().__init__()
         if not is_int(num_tasks) or num_tasks < 1:
@@ -128,8 +134,9 @@ class LossMethod(Method):
             ValueError: losses not a finite ``[T]`` vector (the error names the task); a
                 ``present`` mask that is not ``T`` bools with at least one ``True``.
         """
-        check_losses(losses, self.num_tasks)
-        return self.combine_present(losses, check_present(present, self.num_tasks))
+        present = check_present(present, self.num_tasks)
+        check_losses(losses, self.num_tasks, sign=self.loss_sign, present=present, method=self.name)
+        return self.combine_present(losses, present)
 
     def combine_present(self, losses: Tensor, present: Tensor | None) -> Tensor:
         """:meth:`combine` without validation, for a caller that has checked the losses and
@@ -271,7 +278,7 @@ class GradientMethod(Method):
 
     def _check_losses_arg(self, losses: Tensor | None, dtype: torch.dtype) -> Tensor | None:
         if losses is not None:
-            check_losses(losses, self.num_tasks)
+            check_losses(losses, self.num_tasks, sign=self.loss_sign, method=self.name)
             return losses.detach().to(dtype)
         if self.needs_losses:
             raise ValueError(
@@ -292,8 +299,17 @@ def raise_nonfinite_gradient(task: str, hint: str = "") -> None:
     )
 
 
-def check_losses(losses: Tensor, num_tasks: int, names: Sequence[str] | None = None) -> Tensor:
-    """Validate a loss vector: shape ``[T]``, floating point, finite (the error names the task)."""
+def check_losses(
+    losses: Tensor,
+    num_tasks: int,
+    names: Sequence[str] | None = None,
+    *,
+    sign: str | None = None,
+    present: Tensor | None = None,
+    method: str = "",
+) -> Tensor:
+    """Validate a loss vector: shape ``[T]``, floating point, finite and of the method's
+    ``sign`` where ``present`` (see :func:`~taskbalance.validation.check_finite_losses`)."""
     if not isinstance(losses, Tensor):
         raise TypeError(
             f"losses must be a tensor of shape [{num_tasks}], got {type(losses).__name__}"
@@ -305,7 +321,7 @@ def check_losses(losses: Tensor, num_tasks: int, names: Sequence[str] | None = N
         )
     if not losses.is_floating_point():
         raise TypeError(f"losses must be floating point, got {losses.dtype}")
-    check_finite_losses(losses, names)
+    check_finite_losses(losses, names, sign=sign, present=present, method=method)
     return losses
 
 

@@ -29,9 +29,12 @@ from torch import Tensor, nn
 from .base import GradientMethod, LossMethod, make_generator
 from .distributed import DistributedContext
 from .heads import feature_list
-from .solvers import _chunked_gramian, combine, first_nonfinite_row, gramian
+from .solvers import combine, first_nonfinite_row, gramian
 from .step_info import LossInput, StepInfo
-from .streaming import batched_task_gradients, loss_cotangents, reachable_leaves
+from .streaming import (
+    gramian_by_parameter,
+    reachable_leaves,
+)
 
 # The Balancer calls in here with itself: typed Any, since importing it would be a circle.
 Balancer = Any
@@ -434,14 +437,12 @@ def _streamed_union_gramian(
     Every rank holds the same tasks and reaches the same shared parameters here (checked by the
     step's header), so the per-parameter collectives run in the same order on every rank.
     """
-    shared = balancer.shared
-    G = torch.zeros(n, n, dtype=torch.float64, device=shared[0].device)
 
-    def add(_: int, block: Tensor) -> None:
+    def union_block(block: Tensor) -> Tensor:
         full = block.new_zeros(n, block.shape[1])
         full[pos] = block
         ctx.all_reduce(full)
-        G.add_(_chunked_gramian(full, exact=True))
+        return full
 
-    batched_task_gradients(own, loss_cotangents(own, coef), shared, add)
-    return 0.5 * (G + G.T).cpu()
+    G = gramian_by_parameter(own, coef, balancer.shared, num_rows=n, block_rows=union_block)
+    return G.cpu()

@@ -283,16 +283,15 @@ def _supports(n: int, device: torch.device) -> Tensor:
     return torch.tensor(rows, dtype=torch.bool, device=device)
 
 
-def _unit_form(G: Tensor) -> tuple[Tensor, Tensor]:
-    """``(C, b)``: the unit-diagonal Gramian and ``b = 1/‖g_t‖`` scaled to ``max b = 1``.
+def _min_norm_form(G: Tensor) -> tuple[Tensor, Tensor]:
+    """``(C, b)``: the :func:`unit_form` of a symmetric ``G`` with zero rows exactly zero and an
+    exact unit diagonal, and ``b = 1/‖g_t‖`` scaled to ``max b = 1``.
 
     A zero row gets ``u_t = 0`` (zero row and column of C) and ``b_t = 1`` (any value works: its
     weight does not move d). Scaling b by a constant only scales y.
     """
-    D = G.diagonal().clamp_min(0).sqrt()
-    zero = D <= 0
-    Ds = torch.where(zero, torch.ones_like(D), D)
-    C = G / (Ds[:, None] * Ds[None, :])
+    C, Ds = unit_form(G)  # G is symmetric already, so unit_form's symmetrising is exact
+    zero = G.diagonal() <= 0
     C = torch.where(zero[:, None] | zero[None, :], torch.zeros_like(C), C)
     C.diagonal().copy_(torch.where(zero, 0.0, 1.0))
     b = 1.0 / Ds
@@ -583,7 +582,7 @@ def min_norm_weights(G: Tensor, method: str = "auto") -> Tensor:
     elif n == 2 and method == "auto":
         w = _min_norm_two(G64)
     else:
-        C, b = _unit_form(G64)
+        C, b = _min_norm_form(G64)
         if method == "enumerate" or (method == "auto" and n <= ENUMERATE_MAX):
             y = _min_norm_enumerate(C, b)
         else:

@@ -136,15 +136,27 @@ def batched_task_gradients(
 
 
 def gramian_by_parameter(
-    losses: Sequence[Tensor], seeds: Sequence[Tensor] | None, shared: Sequence[nn.Parameter]
+    losses: Sequence[Tensor],
+    seeds: Sequence[Tensor] | None,
+    shared: Sequence[nn.Parameter],
+    *,
+    num_rows: int | None = None,
+    block_rows: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
     """``G = J Jᵀ`` (float64, on the parameters' device, symmetric like :func:`gramian`'s) of
     ``d losses[t] / d shared``, from :func:`batched_task_gradients` (each block's Gramian added,
     the block freed). The graph is retained for the caller's next backward.
+
+    ``block_rows`` maps each parameter's ``[len(losses), size]`` block to the ``[num_rows,
+    size]`` block whose Gramian is added (the distributed step places a rank's rows among the
+    union's and sums them over ranks); default: the block itself.
     """
-    G = torch.zeros(len(losses), len(losses), dtype=torch.float64, device=shared[0].device)
+    n = len(losses) if num_rows is None else num_rows
+    G = torch.zeros(n, n, dtype=torch.float64, device=shared[0].device)
 
     def add(_: int, block: Tensor) -> None:
+        if block_rows is not None:
+            block = block_rows(block)
         G.add_(_chunked_gramian(block, exact=True))
 
     batched_task_gradients(losses, loss_cotangents(losses, seeds), shared, add)

@@ -11,7 +11,6 @@ from .._per_parameter_state import PerParameterState, device_row_norms
 from ..base import GradientMethod, check_positive
 from ..registry import register
 from ..solvers import combine
-from ..weighting._log_losses import require_loss_sign
 
 __all__ = ["DBMTL"]
 
@@ -47,6 +46,8 @@ class DBMTL(PerParameterState, GradientMethod):
         eps: ``ε > 0`` inside the logarithm (authors' code: 1e-8).
     """
 
+    loss_sign = "non-negative"  # the losses go through log(L + eps)
+
     _per_parameter_buffers = ("grad_ema",)
     grad_ema: Tensor
     steps: Tensor
@@ -76,7 +77,6 @@ class DBMTL(PerParameterState, GradientMethod):
         self.steps.zero_()
 
     def transform_losses(self, losses: Tensor) -> Tensor:
-        require_loss_sign(losses, None, self.name, strict=False)
         return (losses + self.eps).log()
 
     def _aggregate(self, J: Tensor, losses: Tensor | None, present: Tensor | None) -> Tensor:

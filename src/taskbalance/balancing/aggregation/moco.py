@@ -142,9 +142,24 @@ class MoCo(PerParameterState, GradientMethod):
         return combine(lam, y)
 
 
+#: Columns of J scaled per float64 block: the temporary is ``T x 65536`` float64 numbers
+#: (``T`` MB), never a float64 copy of the whole J.
+_COLUMNS = 1 << 16
+
+
 def combine_rows(scale: Tensor, J: Tensor) -> Tensor:
     """Each row of ``J`` multiplied by its factor, in ``J``'s dtype, with no overflow to inf
-    for finite results (the factor is applied in float64 per row, then cast)."""
+    for finite results (the factor is applied in float64 per row, then cast).
+
+    The float64 products are formed one block of :data:`_COLUMNS` columns at a time, so a
+    float32 or float16 J is not copied to float64 in full (same numbers as in one piece).
+    """
     big = torch.finfo(J.dtype).max
-    out = J.to(torch.float64) * scale.to(device=J.device, dtype=torch.float64)[:, None]
-    return out.clamp(-big, big).to(J.dtype)
+    s = scale.to(device=J.device, dtype=torch.float64)[:, None]
+    if J.dtype == torch.float64:
+        return (J * s).clamp(-big, big)
+    out = torch.empty_like(J)
+    for start in range(0, J.shape[1], _COLUMNS):
+        cols = slice(start, start + _COLUMNS)
+        out[:, cols] = (J[:, cols].to(torch.float64) * s).clamp(-big, big)
+    return out

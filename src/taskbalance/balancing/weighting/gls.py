@@ -7,7 +7,6 @@ from torch import Tensor
 
 from ..base import LossMethod, check_positive, present_mask
 from ..registry import register
-from ._log_losses import require_loss_sign
 
 __all__ = ["GeometricLossStrategy"]
 
@@ -37,12 +36,12 @@ class GeometricLossStrategy(LossMethod):
     def __init__(self, num_tasks: int, eps: float = 0.0) -> None:
         super().__init__(num_tasks)
         self.eps = check_positive("eps", eps, allow_zero=True)
+        self.loss_sign = "positive" if self.eps == 0 else "non-negative"  # log(L + eps)
 
     def extra_repr(self) -> str:
         return f"num_tasks={self.num_tasks}, eps={self.eps}"
 
     def _combine(self, losses: Tensor, present: Tensor | None) -> Tensor:
-        require_loss_sign(losses, present, self.name, strict=self.eps == 0)
         if present is None:  # the usual step: no masking work
             total = (losses + self.eps).log().mean().exp()
             self.last_weights = total.detach() / (self.num_tasks * (losses.detach() + self.eps))

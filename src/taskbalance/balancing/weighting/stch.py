@@ -12,7 +12,6 @@ from taskbalance.validation import is_int
 
 from ..base import LossMethod, check_positive, check_task_weights, follow, present_mask
 from ..registry import register
-from ._log_losses import require_loss_sign
 
 __all__ = ["SmoothTchebycheff"]
 
@@ -51,6 +50,8 @@ class SmoothTchebycheff(LossMethod):
         pref_weights: preferences ``λ_t > 0``, one per task (default all 1, as the authors' code).
         eps: ``ε`` inside the logarithm (authors' code: 1e-20).
     """
+
+    loss_sign = "non-negative"  # the losses go through log(L + eps)
 
     nadir_sum: Tensor
     nadir_count: Tensor
@@ -125,7 +126,6 @@ class SmoothTchebycheff(LossMethod):
         self.epochs_done += 1
 
     def _combine(self, losses: Tensor, present: Tensor | None) -> Tensor:
-        require_loss_sign(losses, present, self.name, strict=False)
         L = losses.detach()
         if present is None:  # the usual step: no masking work
             p = None
