@@ -182,6 +182,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.baselines is not None or args.shared:
         raise UserError("--baselines and --shared go with --groups")
     config = TrainConfig.from_dict(_train_config_dict(args))
+    if config.out_dir is None:
+        raise UserError("config key 'out_dir' is null: taskbalance train needs a run folder")
     _check_out(config.out_dir, "--out" if args.out is not None else "config key 'out_dir'")
     if config.pseudo_labels is not None:
         _check_pseudo_labels(
@@ -189,7 +191,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             "--pseudo-labels" if args.pseudo_labels is not None else "config key 'pseudo_labels'",
         )
     result = train(config, overwrite=args.overwrite)
-    out = Path(getattr(result, "out_dir", config.out_dir))
+    out = Path(result.out_dir or config.out_dir)
     print(f"best epoch (validation): {result.best_epoch}")
     for task, metrics in (result.test or {}).items():
         shown = ", ".join(f"{m} {v:.4f}" for m, v in metrics.items())

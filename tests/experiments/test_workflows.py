@@ -243,3 +243,34 @@ def test_workflows_whose_models_differ_report_different_segmentation(bench) -> N
     full, masked = result.row(REFERENCE)["test"], result.row("masked")["test"]
     assert full["depth"] != masked["depth"]  # the two models differ
     assert full["segmentation"] != masked["segmentation"]
+
+
+def test_interrupted_workflows_continue_and_end_as_uninterrupted(bench, tmp_path, monkeypatch):
+    """Every workflow run goes through the one runner: interrupted after its third run (inside
+    the staged schedule), the comparison reruns into the same folder, reuses the finished runs
+    and ends with the rows of an uninterrupted one."""
+    import taskbalance.training.runner as runner
+
+    options = dict(epochs=1, steps=1, batch_size=8, log=None, workflows="masked,staged")
+    straight = compare_workflows(bench, "depth=0.25", out_dir=tmp_path / "straight", **options)
+    real_run, calls = runner.run, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real_run(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "run", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        compare_workflows(bench, "depth=0.25", out_dir=tmp_path / "cut", **options)
+    monkeypatch.setattr(runner, "run", real_run)
+    done = [tmp_path / "cut" / "runs" / name / "checkpoint.pt" for name in ("full", "masked")]
+    stamps = [path.stat().st_mtime_ns for path in done]
+    again = compare_workflows(bench, "depth=0.25", out_dir=tmp_path / "cut", **options)
+    assert [path.stat().st_mtime_ns for path in done] == stamps  # reused, not retrained
+
+    def rows(result):
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in result.rows]
+
+    assert rows(again) == rows(straight)

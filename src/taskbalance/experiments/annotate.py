@@ -170,7 +170,9 @@ def train_teacher(
     device: str = "cpu",
     out_dir: str | Path | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Train a single-task teacher on the training samples labelled for ``task``.
+    """Train a single-task teacher on the training samples labelled for ``task``: one run of
+    the runner (:func:`taskbalance.training.runner.run`), so a teacher killed or finished
+    earlier in ``out_dir`` continues from its checkpoint.
 
     Returns the model (weights of its best validation epoch, in eval mode) and facts about it
     (``val`` metrics, ``best_epoch``, ``labelled`` sample count, ``width``, ``epochs``,
@@ -180,7 +182,8 @@ def train_teacher(
         ValueError: an unknown task, or a task with no labelled training sample (nothing to learn
             from).
     """
-    from taskbalance.training import Trainer, make_loaders, seed_everything
+    from taskbalance.training import make_loaders, seed_everything
+    from taskbalance.training.runner import RunInputs, run
 
     tasks = {t.name: t for t in benchmark.tasks}
     labelled = _teacher_labels(benchmark, task)
@@ -188,7 +191,7 @@ def train_teacher(
     seed_everything(seed)
     model = _build_teacher(benchmark, task, width, model_options or {})
     subset = Subset(benchmark.train, torch.nonzero(labelled).flatten().tolist())
-    loader, val_loader, _ = make_loaders(
+    loaders = make_loaders(
         subset,
         benchmark.val,
         batch_size=min(batch_size, count),
@@ -201,22 +204,18 @@ def train_teacher(
         if record["best_epoch"] == record["epoch"]:
             best["state"] = copy.deepcopy(trainer.model.state_dict())
 
-    run_config = _teacher_identity(
+    identity = _teacher_identity(
         benchmark, task, labelled, width, model_options, epochs, steps, batch_size, lr, seed
     )
     folder = Path(out_dir) if out_dir is not None else None
-    # A teacher killed (or finished) earlier continues from its checkpoint.
-    resume = folder is not None and (folder / "checkpoint.pt").is_file()
+    config = _teacher_config(benchmark, task, epochs, steps, min(batch_size, count), lr, seed)
+    config.update(device=device, out_dir=None if folder is None else str(folder))
+    config.update(save_best=folder is not None, eval_batch_size=batch_size)
     start = time.perf_counter()
-    trainer = Trainer(
-        model, [tasks[task]], "ew", loader, val_loader, None, epochs=epochs, steps=steps,
-        lr=lr, device=device, out_dir=folder, run_config=run_config, progress=False,
-        tensorboard=False, save_best=folder is not None,
-        callbacks=[keep_best] if folder is None else [],
-    )
-    result = trainer.fit(resume=resume)
-    _load_best(trainer.model, folder, best)
-    trainer.model.eval()
+    inputs = RunInputs(model=model, tasks=[tasks[task]], loaders=loaders, identity=identity)
+    result = run(config, inputs=inputs, callbacks=[keep_best] if folder is None else [])
+    _load_best(model, folder, best)
+    model.eval()
     info = {
         "labelled": count,
         "width": width,
@@ -225,7 +224,29 @@ def train_teacher(
         "val": result.val[task],
         "seconds": time.perf_counter() - start,
     }
-    return trainer.model, info
+    return model, info
+
+
+def _teacher_config(
+    benchmark: Any, task: str, epochs: int, steps: int | None, batch_size: int, lr: float,
+    seed: int,
+) -> dict[str, Any]:
+    """The runner's config keys of a teacher (its data and model are handed over)."""
+    from taskbalance.data import available_benchmarks
+
+    name = getattr(benchmark, "name", None)
+    return {
+        "benchmark": name if name in available_benchmarks() else None,
+        "method": "ew",
+        "tasks": [task],
+        "epochs": epochs,
+        "steps": steps,
+        "batch_size": batch_size,
+        "lr": lr,
+        "seed": seed,
+        "progress": False,
+        "tensorboard": False,
+    }
 
 
 # ---------------------------------------------------------------------------------- prediction

@@ -182,38 +182,16 @@ def parse_pareto(
 
 
 def run_or_reuse(config: Mapping[str, Any], *, label: str = "", log: Log = print) -> dict[str, Any]:
-    """Train ``config`` (a ``TrainConfig`` dict with ``out_dir``) unless its run is finished.
-
-    A finished run (``results.json`` exists) is read back; an unfinished one with a checkpoint is
-    resumed. ``ValueError`` if the finished run was trained with different settings.
-    """
-    from taskbalance.training import TrainConfig, train
-    from taskbalance.training.config import RESUME_MAY_DIFFER
+    """Train ``config`` (a ``TrainConfig`` dict with ``out_dir``) through the runner
+    (:func:`taskbalance.training.runner.run`: a finished run is reused, an unfinished one
+    resumed, a run of other settings refused) and return its ``results.json`` content."""
     from taskbalance.training.rundir import load_results_file
+    from taskbalance.training.runner import run
 
-    out = Path(config["out_dir"])
-    results_path = out / "results.json"
-    cfg = TrainConfig.from_dict(config)  # validates before anything else
-    if results_path.exists():
-        results = load_results_file(results_path)
-        ignore = RESUME_MAY_DIFFER - {"epochs"}
-        diff = cfg.differences(results.get("config", {}), ignore=ignore)
-        if diff:
-            shown = "; ".join(f"{k}: {b!r} there, {a!r} now" for k, (a, b) in diff.items())
-            raise ValueError(
-                f"{out} holds a finished run with other settings ({shown}); "
-                "replace it with --overwrite or use another --out folder"
-            )
-        log(f"{label}: reused ({results_path})")
-        return results
-    resume = (out / "checkpoint.pt").exists()
-    cfg = cfg.replace(resume=resume)
-    start = time.perf_counter()
-    result = train(cfg)
-    log(f"{label}: {'resumed and ' if resume else ''}trained in {time.perf_counter() - start:.1f}s")
-    if results_path.exists():
-        return load_results_file(results_path)
-    return result.to_dict()  # the trainer writes results.json; this is only a fallback
+    result = run(config, log=log, label=label)
+    if result.out_dir is not None and (result.out_dir / "results.json").exists():
+        return load_results_file(result.out_dir / "results.json")
+    return result.to_dict()
 
 
 @dataclass
@@ -534,6 +512,8 @@ def _measure_sharing(
     from taskbalance.training.sources import load_data
 
     cfg = TrainConfig.from_dict(config)
+    if cfg.benchmark is None:
+        raise ValueError("what sharing saves is measured on a named benchmark; got none")
     device = resolve_device(cfg.device)
     bench = load_data(cfg.replace(labels=None, pseudo_labels=None))
     with torch.random.fork_rng(devices=[]):  # leave the global generator as it was

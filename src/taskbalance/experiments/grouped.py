@@ -180,6 +180,8 @@ def train_groups(
     base = TrainConfig.from_dict(dict(config))
     if base.tasks is not None:
         raise ValueError("give the tasks with --groups only (the config sets 'tasks' too)")
+    if base.benchmark is None or base.out_dir is None:
+        raise ValueError("training by groups needs a 'benchmark' and an 'out_dir' folder")
     check_groups(groups, get_spec(base.benchmark).task_names)
     out = Path(base.out_dir)
     everyone = [t for g in groups for t in g]

@@ -6,8 +6,10 @@ fitted on top of it, with the backbone frozen so that their few labels cannot ov
 away) the shared features. Optionally the whole network is then fine-tuned on every task at a lower
 learning rate.
 
-A schedule is a list of :class:`Stage` objects; :func:`run_stages` trains them in order with the
-:class:`~taskbalance.training.Trainer`, continuing from the weights the previous stage left::
+A schedule is a list of :class:`Stage` objects; :func:`run_stages` trains them in order, each
+stage one run of the runner (:func:`taskbalance.training.runner.run`: a config with
+``trainable_tasks`` and ``freeze``, the schedule's model handed over), continuing from the
+weights the previous stage left::
 
     stages = default_schedule(bench.train.label_fractions(), epochs=4, finetune_rounds=1)
     result = run_stages(model, bench.tasks, stages, train_loader, val_loader, test_loader)
@@ -40,6 +42,7 @@ from typing import Any
 
 from torch import nn
 
+from taskbalance.training.runner import freeze_parts, unfreeze_parts
 from taskbalance.validation import is_int, is_number
 
 __all__ = [
@@ -259,23 +262,6 @@ def _trainable(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def _freeze_parts(model: Any, parts: Iterable[str]) -> list[str]:
-    """Freeze ``parts``; returns the ones this call froze (already frozen ones are left alone)."""
-    already = set(getattr(model, "frozen_parts", ()))
-    done = []
-    for part in parts:
-        if part in already:
-            continue
-        model.freeze(part)
-        done.append(part)
-    return done
-
-
-def _unfreeze_parts(model: Any, parts: Iterable[str]) -> None:
-    for part in reversed(list(parts)):
-        model.unfreeze(part)
-
-
 def validate_schedule(
     model: Any, tasks: Sequence[Any] | Mapping[str, Any], stages: Sequence[Stage]
 ) -> None:
@@ -310,12 +296,12 @@ def validate_schedule(
                 f"{label}: cannot freeze unknown part(s) {bad}; valid parts are 'backbone' and "
                 f"the tasks {names}"
             )
-        frozen = _freeze_parts(model, _stage_freeze(stage, names))
+        frozen = freeze_parts(model, _stage_freeze(stage, names))
         try:
             own = [p for t in stage.tasks for p in model.task_parameters(t)]
             trainable = len(model.shared_parameters()) + len(own)
         finally:
-            _unfreeze_parts(model, frozen)
+            unfreeze_parts(model, frozen)
         if trainable == 0:
             raise ValueError(
                 f"{label} (tasks {list(stage.tasks)}, freeze {list(stage.freeze)}) leaves no "
@@ -361,8 +347,8 @@ def run_stages(
         steps: cap on training steps per epoch.
         out_dir: if given, each stage writes its run files to ``out_dir/<k>-<name>`` and
             ``out_dir/results.json`` gets the schedule and final metrics.
-        trainer_options: extra keyword arguments of :class:`~taskbalance.training.Trainer`
-            (e.g. ``{"weight_decay": 1e-4}``).
+        trainer_options: more keys of every stage's
+            :class:`~taskbalance.training.TrainConfig` (e.g. ``{"weight_decay": 1e-4}``).
         on_stage_start: ``callback(index, stage, trainer)`` called after a stage's freezing and
             Trainer are set up, before it trains (inspection, tests).
         log: a function receiving one line per stage.
@@ -407,11 +393,19 @@ def run_stages(
 
 
 def _stage_options(trainer_options: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The Trainer options every stage shares (what a stage sets itself is refused)."""
+    """The config keys every stage shares (what a stage sets itself is refused)."""
+    from taskbalance.training import TrainConfig
+
     options = dict(trainer_options or {})
-    for key in ("trainable_tasks", "epochs", "lr", "method_options", "out_dir"):
+    for key in ("trainable_tasks", "freeze", "epochs", "lr", "method_options", "out_dir"):
         if key in options:
             raise ValueError(f"trainer_options must not set {key!r}; it is set per stage")
+    unknown = [k for k in options if k not in TrainConfig.keys()]
+    if unknown:
+        raise ValueError(
+            f"trainer_options has unknown key(s) {unknown}; they are TrainConfig keys: "
+            f"{', '.join(TrainConfig.keys())}"
+        )
     options.setdefault("progress", False)
     options.setdefault("save_best", False)
     options.setdefault("tensorboard", False)
@@ -443,47 +437,67 @@ def _train_stage(
     settings: _StageSettings,
     on_stage_start: Callable[[int, Stage, Any], None] | None,
 ) -> StageRecord:
-    """Freeze the stage's parts, train it (continuing from its checkpoint when resuming),
-    unfreeze; the stage's record."""
-    from taskbalance.balancing import create
-    from taskbalance.training import Trainer
+    """One stage: one run of the runner on the schedule's model (continued from its folder when
+    resuming), with the stage's parts frozen; the stage's record."""
+    from taskbalance.training.rundir import clear_run
+    from taskbalance.training.runner import RunInputs, run
 
-    frozen = _freeze_parts(model, _stage_freeze(stage, _task_names(model, settings.tasks)))
-    t0 = time.perf_counter()
-    try:
-        frozen_now = sorted(getattr(model, "frozen_parts", ()))
-        trainable = _trainable(model)
-        balancing = create(settings.method, len(stage.tasks), **settings.method_options)
-        trainer = Trainer(
-            model,
-            settings.tasks,
-            balancing,
-            *settings.loaders,
-            trainable_tasks=list(stage.tasks),
-            epochs=stage.epochs,
-            steps=settings.steps,
-            mode=settings.mode,
-            device=settings.device,
-            lr=stage.lr if stage.lr is not None else settings.lr,
-            out_dir=folder,
-            run_config={**settings.run_config, "stage": stage.to_dict()},
-            loader_generator=getattr(settings.loaders[0], "generator", None),
-            **settings.options,
-        )
+    if folder is not None and not settings.resume:
+        clear_run(folder)  # a new schedule: the stage starts afresh
+    seen: dict[str, Any] = {}
+
+    def started(trainer: Any) -> None:
+        seen["frozen"] = sorted(getattr(model, "frozen_parts", ()))
+        seen["trainable"] = _trainable(model)
+        seen["num_tasks"] = trainer.method.num_tasks
         if on_stage_start is not None:
             on_stage_start(k, stage, trainer)
-        result = trainer.fit(resume=settings.resume and _has_checkpoint(folder))
-    finally:
-        _unfreeze_parts(model, frozen)
+
+    t0 = time.perf_counter()
+    inputs = RunInputs(
+        model=model,
+        tasks=_task_list(settings.tasks),
+        loaders=settings.loaders,
+        identity={**settings.run_config, "stage": stage.to_dict()},
+    )
+    result = run(_stage_config(stage, folder, settings, model), inputs=inputs, on_start=started)
     return StageRecord(
         index=k,
         stage=stage,
-        frozen=frozen_now,
-        method_num_tasks=balancing.num_tasks,
-        trainable_parameters=trainable,
+        frozen=seen["frozen"],
+        method_num_tasks=seen["num_tasks"],
+        trainable_parameters=seen["trainable"],
         result=result,
         seconds=time.perf_counter() - t0,
     )
+
+
+def _stage_config(stage: Stage, folder: Path | None, settings: _StageSettings, model: Any) -> Any:
+    """The runner's config of one stage: its tasks trained, its parts frozen, its epochs and
+    learning rate, the schedule's shared settings."""
+    from taskbalance.training import TrainConfig
+
+    freeze = _stage_freeze(stage, _task_names(model, settings.tasks))
+    return TrainConfig.from_dict(
+        {
+            "benchmark": None,
+            "method": settings.method,
+            "method_options": settings.method_options,
+            "mode": settings.mode,
+            "trainable_tasks": list(stage.tasks),
+            "freeze": freeze or None,
+            "epochs": stage.epochs,
+            "steps": settings.steps,
+            "lr": stage.lr if stage.lr is not None else settings.lr,
+            "device": settings.device,
+            "out_dir": None if folder is None else str(folder),
+            **settings.options,
+        }
+    )
+
+
+def _task_list(tasks: Sequence[Any] | Mapping[str, Any]) -> list[Any]:
+    return list(tasks.values()) if isinstance(tasks, Mapping) else list(tasks)
 
 
 def _staged_result(records: list[StageRecord], root: Path | None, seconds: float) -> StagedResult:
@@ -509,9 +523,3 @@ def _staged_result(records: list[StageRecord], root: Path | None, seconds: float
         root.mkdir(parents=True, exist_ok=True)
         atomic_write_json(root / "results.json", out.to_dict())
     return out
-
-
-def _has_checkpoint(folder: Path | None) -> bool:
-    from taskbalance.training.checkpoint import CHECKPOINT_NAME
-
-    return folder is not None and (folder / CHECKPOINT_NAME).is_file()

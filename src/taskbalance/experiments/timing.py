@@ -21,44 +21,12 @@ __all__ = ["build_trainer", "measure_step_times"]
 
 
 def build_trainer(config: Mapping[str, Any]) -> Any:
-    """A :class:`~taskbalance.training.Trainer` for ``config`` (a ``TrainConfig`` dict) built as
-    :func:`taskbalance.training.train` builds it, without a run folder (nothing is written)."""
-    from taskbalance import create
-    from taskbalance.training import TrainConfig, Trainer, make_loaders, seed_everything
-    from taskbalance.training.devices import resolve_device
-    from taskbalance.training.sources import load_data
+    """A :class:`~taskbalance.training.Trainer` for ``config`` (a ``TrainConfig`` dict) built by
+    the runner (:func:`taskbalance.training.runner.build_trainer`), without a run folder
+    (nothing is written)."""
+    from taskbalance.training.runner import build_trainer as build
 
-    cfg = TrainConfig.from_dict({**config, "out_dir": None} if "out_dir" in config else config)
-    device = resolve_device(cfg.device)
-    bench = load_data(cfg.replace(pseudo_labels=None))
-    tasks_by_name = {t.name: t for t in bench.tasks}
-    names = cfg.tasks if cfg.tasks is not None else list(tasks_by_name)
-    tasks = [tasks_by_name[n] for n in names]
-    seed_everything(cfg.seed)
-    model = bench.build_model(**cfg.model_options)
-    method = create(cfg.method, len(tasks), **cfg.method_options)
-    train_loader, _, _ = make_loaders(
-        bench.train, None, None, batch_size=cfg.batch_size, seed=cfg.seed
-    )
-    return Trainer(
-        model,
-        tasks,
-        method,
-        train_loader,
-        None,
-        epochs=1,
-        mode=cfg.mode,
-        device=device,
-        optimizer=cfg.optimizer,
-        lr=cfg.lr,
-        weight_decay=cfg.weight_decay,
-        optimizer_options=cfg.optimizer_options,
-        grad_clip=cfg.grad_clip,
-        amp=cfg.amp,
-        amp_dtype=cfg.amp_dtype,
-        progress=False,
-        save_best=False,
-    )
+    return build({**config, "out_dir": None, "progress": False, "save_best": False})
 
 
 class _Stepper:

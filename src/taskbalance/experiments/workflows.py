@@ -209,13 +209,6 @@ def _model_and_loaders(
     return model, loaders
 
 
-def _has_checkpoint(out_dir: str | Path | None) -> bool:
-    """A run folder holding a checkpoint: the run continues from it."""
-    from taskbalance.training.checkpoint import CHECKPOINT_NAME
-
-    return out_dir is not None and (Path(out_dir) / CHECKPOINT_NAME).is_file()
-
-
 def _final(history: Sequence[Mapping[str, Any]]) -> tuple[dict, dict | None]:
     last = history[-1]
     return last["val"], last.get("test")
@@ -237,38 +230,33 @@ def train_masked(
     run_config: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Masked multi-task training of ``benchmark``'s default model on ``train_set`` (default
-    ``benchmark.train``). Returns ``{"val", "test", "seconds", "history", "best_epoch"}`` with the
+    ``benchmark.train``): one run of the runner (:func:`taskbalance.training.runner.run`).
+    Returns ``{"val", "test", "seconds", "history", "best_epoch"}`` with the
     metrics after the last epoch.
 
     With ``out_dir`` holding a checkpoint (a run killed or finished earlier), training continues
     from it exactly; ``run_config`` names the run (a checkpoint of another config is refused).
     """
-    from taskbalance.training import Trainer
+    from taskbalance.training.runner import RunInputs, run
 
-    model, loaders = _model_and_loaders(
-        benchmark,
-        benchmark.train if train_set is None else train_set,
-        seed=seed,
-        batch_size=batch_size,
-        model_options=model_options,
-    )
+    data = benchmark if train_set is None else _with_train(benchmark, train_set)
+    config = {
+        "benchmark": _registered(benchmark),
+        "method": method,
+        "epochs": epochs,
+        "steps": steps,
+        "batch_size": batch_size,
+        "lr": lr,
+        "seed": seed,
+        "device": device,
+        "model_options": dict(model_options or {}),
+        "out_dir": None if out_dir is None else str(out_dir),
+        "progress": False,
+        "tensorboard": False,
+        "save_best": False,
+    }
     start = time.perf_counter()
-    trainer = Trainer(
-        model,
-        benchmark.tasks,
-        method,
-        *loaders,
-        epochs=epochs,
-        steps=steps,
-        lr=lr,
-        device=device,
-        out_dir=out_dir,
-        run_config=run_config,
-        progress=False,
-        tensorboard=False,
-        save_best=False,
-    )
-    result = trainer.fit(resume=_has_checkpoint(out_dir))
+    result = run(config, inputs=RunInputs(benchmark=data, identity=dict(run_config or {})))
     val, test = _final(result.history)
     return {
         "val": val,
@@ -693,6 +681,14 @@ def _write(root: Path, markdown: str, payload: Mapping[str, Any]) -> None:
     root.mkdir(parents=True, exist_ok=True)
     atomic_write_text(root / "workflows.md", markdown)
     atomic_write_text(root / "results.json", json.dumps(payload, indent=2, default=str) + "\n")
+
+
+def _registered(benchmark: Any) -> str | None:
+    """The benchmark's name when it is a built-in one (recorded in the run's config)."""
+    from taskbalance.data import available_benchmarks
+
+    name = getattr(benchmark, "name", None)
+    return name if name in available_benchmarks() else None
 
 
 def _with_train(benchmark: Any, train: Any) -> Any:

@@ -9,13 +9,14 @@ from .devices import resolve_device, seed_everything
 from .loaders import make_loaders
 from .logging import HistoryWriter
 from .results import RunResult
-from .runner import train
+from .runner import RunInputs, run, train
 from .selection import comparable_metrics, selection_score
 from .trainer import Callback, Trainer
 
 __all__ = [
     "Callback",
     "HistoryWriter",
+    "RunInputs",
     "RunResult",
     "TrainConfig",
     "Trainer",
@@ -24,6 +25,7 @@ __all__ = [
     "load_checkpoint",
     "make_loaders",
     "resolve_device",
+    "run",
     "save_checkpoint",
     "seed_everything",
     "selection_score",

@@ -50,13 +50,20 @@ class TrainConfig:
     """Settings of one run of :func:`taskbalance.training.train`.
 
     Attributes:
-        benchmark: a name from ``taskbalance.data.available_benchmarks()``.
+        benchmark: a name from ``taskbalance.data.available_benchmarks()``; ``None`` only for a
+            run whose data an experiment hands the runner (:class:`~.runner.RunInputs`).
         method: a name from ``taskbalance.available_methods()``.
         method_options: keyword options of ``taskbalance.create(method, T, **method_options)``.
         mode: ``"param"`` or ``"rep"``; ``None`` (or ``"auto"``) picks ``"rep"`` when the method
             prefers it (``method.prefers_rep_mode``) and the model supports it, else ``"param"``.
         tasks: subset of the benchmark's task names to train and evaluate (one name: a
             single-task baseline); ``None`` = all tasks.
+        trainable_tasks: the tasks whose losses are trained and balanced (the method is
+            created for that many tasks); the others are only evaluated. ``None`` = all of
+            ``tasks``. Model selection uses the trainable tasks.
+        freeze: parts of the model frozen during the run (``"backbone"`` or task names, see
+            ``MultiTaskNetwork.freeze``: parameters and BatchNorm statistics stay fixed) and
+            unfrozen after it; ``None`` = nothing. Staged training is a chain of such runs.
         epochs: number of epochs (>= 1).
         steps: cap on the training steps of each epoch (smoke tests); ``None`` = whole epoch.
         batch_size: training batch size; ``eval_batch_size`` (default: ``batch_size``) for
@@ -87,7 +94,7 @@ class TrainConfig:
         dataset_options: the dataset's options (e.g. ``{"num_classes": 19}`` for cityscapes,
             ``{"val_fraction": 0}``); ``None`` = its defaults.
         num_workers: DataLoader workers (0 = load in the main process, exact repeatability).
-        out_dir: directory of the run's files.
+        out_dir: directory of the run's files; ``None``: nothing is written (in memory).
         resume: continue from ``out_dir/checkpoint.pt``.
         progress: tqdm progress bars (only shown when stderr is a terminal).
         tensorboard: also log to TensorBoard when the ``tensorboard`` package is importable.
@@ -97,11 +104,13 @@ class TrainConfig:
             (``None``).
     """
 
-    benchmark: str = DEFAULT_BENCHMARK
+    benchmark: str | None = DEFAULT_BENCHMARK
     method: str = "ew"
     method_options: dict[str, Any] = field(default_factory=dict)
     mode: str | None = None
     tasks: list[str] | None = None
+    trainable_tasks: list[str] | None = None
+    freeze: list[str] | None = None
     epochs: int = 5
     steps: int | None = None
     batch_size: int = 64
@@ -127,7 +136,7 @@ class TrainConfig:
     data_root: str | None = None
     dataset_options: dict[str, Any] | None = None
     num_workers: int = 0
-    out_dir: str = "runs/run"
+    out_dir: str | None = "runs/run"
     resume: bool = False
     progress: bool = True
     tensorboard: bool = True
@@ -147,10 +156,12 @@ class TrainConfig:
         return ValueError(f"config key {key!r} must be {allowed}, got {value!r}")
 
     def _check_strings(self) -> None:
-        for key in ("benchmark", "method"):
-            value = getattr(self, key)
-            if not isinstance(value, str) or not value:
-                raise self._bad(key, "a non-empty string", value)
+        if self.benchmark is not None and (
+            not isinstance(self.benchmark, str) or not self.benchmark
+        ):
+            raise self._bad("benchmark", "a benchmark name", self.benchmark)
+        if not isinstance(self.method, str) or not self.method:
+            raise self._bad("method", "a non-empty string", self.method)
         if self.mode == "auto":
             self.mode = None
         if self.mode is not None and self.mode not in MODES:
@@ -171,8 +182,8 @@ class TrainConfig:
             )
         if isinstance(self.out_dir, os.PathLike):
             self.out_dir = os.fspath(self.out_dir)
-        if not isinstance(self.out_dir, str) or not self.out_dir:
-            raise self._bad("out_dir", "a non-empty path", self.out_dir)
+        if self.out_dir is not None and (not isinstance(self.out_dir, str) or not self.out_dir):
+            raise self._bad("out_dir", "a non-empty path or None", self.out_dir)
         for key in ("cache_dir", "data_root"):
             value = getattr(self, key)
             if isinstance(value, os.PathLike):
@@ -182,16 +193,16 @@ class TrainConfig:
                 raise self._bad(key, "a non-empty path or None", value)
         if self.dataset is not None and (not isinstance(self.dataset, str) or not self.dataset):
             raise self._bad("dataset", "None or a dataset name", self.dataset)
-        if self.tasks is not None:
-            if isinstance(self.tasks, str):
-                self.tasks = [self.tasks]
-            ok = isinstance(self.tasks, (list, tuple)) and len(self.tasks) > 0
-            ok = ok and all(isinstance(t, str) and t for t in self.tasks)
-            if not ok:
-                raise self._bad("tasks", "None or a non-empty list of task names", self.tasks)
-            if len(set(self.tasks)) != len(self.tasks):
-                raise self._bad("tasks", "a list of distinct task names", self.tasks)
-            self.tasks = list(self.tasks)
+        self.tasks = _name_list("tasks", self.tasks, "task names")
+        self.trainable_tasks = _name_list("trainable_tasks", self.trainable_tasks, "task names")
+        self.freeze = _name_list("freeze", self.freeze, "parts ('backbone' or task names)")
+        if self.trainable_tasks is not None and self.tasks is not None:
+            unknown = [t for t in self.trainable_tasks if t not in self.tasks]
+            if unknown:
+                raise ValueError(
+                    f"config key 'trainable_tasks' names task(s) {unknown} that are not in "
+                    f"'tasks' {self.tasks}"
+                )
         if isinstance(self.size, str):
             if self.size not in SIZES:
                 raise self._bad("size", "'default', 'tiny' or a dict of size options", self.size)
@@ -295,7 +306,11 @@ class TrainConfig:
         names = self._check_dataset() if self.dataset is not None else self._check_benchmark()
         what = "dataset" if self.dataset is not None else "benchmark"
         if names is not None:
-            for key, given in (("tasks", self.tasks), ("labels", self.labels)):
+            for key, given in (
+                ("tasks", self.tasks),
+                ("trainable_tasks", self.trainable_tasks),
+                ("labels", self.labels),
+            ):
                 unknown = [t for t in (given or []) if t not in names]
                 if unknown:
                     raise ValueError(
@@ -304,11 +319,14 @@ class TrainConfig:
                     )
 
     @property
-    def data_name(self) -> str:
-        """The name of the run's data: the dataset if given, else the benchmark."""
+    def data_name(self) -> str | None:
+        """The name of the run's data: the dataset if given, else the benchmark (``None``: the
+        data is handed over to the runner)."""
         return self.dataset if self.dataset is not None else self.benchmark
 
     def _check_benchmark(self) -> list[str] | None:
+        if self.benchmark is None:
+            return None
         from taskbalance.data import available_benchmarks
 
         benchmarks = available_benchmarks()
@@ -331,7 +349,7 @@ class TrainConfig:
         from taskbalance.data.registry import available_datasets, dataset_options, get_dataset_spec
 
         assert self.dataset is not None
-        if self.benchmark != DEFAULT_BENCHMARK:
+        if self.benchmark not in (DEFAULT_BENCHMARK, None):
             raise ValueError(
                 f"config keys 'benchmark' ({self.benchmark!r}) and 'dataset' ({self.dataset!r}) "
                 "are both given; a run trains on one: remove one of them"
@@ -441,6 +459,21 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
             f"{type(data).__name__}"
         )
     return dict(data)
+
+
+def _name_list(key: str, value: Any, what: str) -> list[str] | None:
+    """``None`` or a non-empty list of distinct non-empty names (one name becomes a list)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [value]
+    ok = isinstance(value, (list, tuple)) and len(value) > 0
+    if not ok or not all(isinstance(v, str) and v for v in value):
+        raise ValueError(f"config key {key!r} must be None or a non-empty list of {what}, "
+                         f"got {value!r}")
+    if len(set(value)) != len(value):
+        raise ValueError(f"config key {key!r} must list distinct {what}, got {value!r}")
+    return list(value)
 
 
 def _plain(value: Any) -> Any:

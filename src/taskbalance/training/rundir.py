@@ -15,6 +15,7 @@ from pathlib import Path
 from taskbalance.fileio import remove_stale_temporaries
 
 from .checkpoint import CHECKPOINT_NAME
+from .trainer_state import STAGED_BEST_GLOB
 
 __all__ = [
     "RESULT_FILES",
@@ -30,7 +31,6 @@ __all__ = [
 RESULT_FILES = (CHECKPOINT_NAME, "results.json", "best.pt")
 #: Every file (and folder) a training run writes.
 RUN_FILES = (*RESULT_FILES, "config.yaml", "history.jsonl", "history.csv", "tensorboard")
-_STAGED_BEST = ".best-epoch*.pt"
 
 
 class RunFolderError(ValueError):
@@ -86,7 +86,7 @@ def clear_run(folder: str | os.PathLike[str], names: Sequence[str] = RUN_FILES) 
         elif target.exists() or target.is_symlink():
             target.unlink()
             removed.append(name)
-    for staged in path.glob(_STAGED_BEST):
+    for staged in path.glob(STAGED_BEST_GLOB):
         staged.unlink(missing_ok=True)
         removed.append(staged.name)
     removed += [p.name for p in remove_stale_temporaries(path)]

@@ -1,25 +1,69 @@
-"""Training from a config: :func:`train` builds the data (a built-in benchmark or a real dataset),
-model, method and :class:`~taskbalance.training.Trainer` from a :class:`TrainConfig` and fits it
-(resumably)."""
+"""The one runner: every training of taskbalance goes through :func:`run` (or :func:`train`,
+the ``taskbalance train`` command's strict form of it).
+
+A run is a :class:`TrainConfig`. The runner builds the data (a built-in benchmark or a real dataset,
+:mod:`~taskbalance.training.sources`), model, method and
+:class:`~taskbalance.training.Trainer` from it (:func:`build_trainer`), freezes the parts the
+config names, and fits. An experiment whose data or model is not a built-in benchmark's (a
+teacher on the labelled samples only, the stages of one schedule continuing one model, a
+partially labelled copy) hands those pieces over in :class:`RunInputs`; everything else still
+comes from the config, and ``RunInputs.identity`` names what the config cannot.
+
+:func:`run` continues whatever is in the run folder: a finished run is reused (its
+``results.json`` read back, or its end state restored into a model handed over), an unfinished
+one resumes from its checkpoint, and a folder of other settings is refused naming
+``--overwrite``. So an experiment killed at any point ends, when rerun, exactly as an
+uninterrupted one.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from torch import nn
 
 from taskbalance.balancing import create
 
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint
-from .config import TrainConfig
+from .config import RESUME_MAY_DIFFER, TrainConfig, _plain
 from .devices import resolve_device, seed_everything
 from .loaders import make_loaders
 from .results import RunResult
-from .rundir import check_new_run
+from .rundir import check_new_run, load_results_file
 from .sources import load_data
 from .trainer import Callback, Trainer
 
-__all__ = ["train"]
+__all__ = ["RunInputs", "build_trainer", "has_checkpoint", "run", "train"]
+
+#: ``log(line)``: receives one line per run (reused, resumed or trained).
+Log = Callable[[str], None]
+
+
+@dataclass
+class RunInputs:
+    """What an experiment hands :func:`run` instead of letting it build from the config.
+
+    Attributes:
+        benchmark: data used instead of the config's benchmark (a partially labelled or
+            annotated copy); its ``tasks``, ``build_model`` and splits are used.
+        model: the module to train, in place (the stages of a schedule continue one model); a
+            finished run restores its end weights into it.
+        tasks: the tasks evaluated (default: the benchmark's, filtered by ``config.tasks``).
+        loaders: ``(train, val, test)`` loaders used instead of the benchmark's splits.
+        identity: what names these inputs (benchmark, label subset, stage, ...); stored with the
+            config in checkpoints and ``results.json`` under ``"inputs"``, so a folder holding a
+            run of other inputs is refused, not mixed.
+    """
+
+    benchmark: Any = None
+    model: nn.Module | None = None
+    tasks: Sequence[Any] | None = None
+    loaders: tuple[Iterable, Iterable | None, Iterable | None] | None = None
+    identity: Mapping[str, Any] = field(default_factory=dict)
 
 
 def train(
@@ -35,51 +79,222 @@ def train(
     ``config.yaml``, ``history.jsonl``, ``history.csv``, ``checkpoint.pt``, ``best.pt`` and
     ``results.json`` to ``config.out_dir`` and returns the :class:`RunResult`.
 
-    A new run (``resume`` false) in a folder holding another run's results is refused
+    Unlike :func:`run`, it continues a run only when asked (``resume``): a new run in a folder
+    holding another run's results is refused
     (:class:`~taskbalance.training.rundir.RunFolderError`, a ``ValueError``) unless
     ``overwrite``, which deletes that run's files first.
     """
     config = _as_config(config)
-    device = resolve_device(config.device)  # fail before generating data
-    out_dir = Path(config.out_dir)
-    check_new_run(out_dir, resume=config.resume, overwrite=overwrite)
-    if config.resume and not (out_dir / CHECKPOINT_NAME).is_file():
-        load_checkpoint(out_dir / CHECKPOINT_NAME)  # raises the explanatory FileNotFoundError
-    bench = _benchmark(config)
-    all_tasks = {t.name: t for t in bench.tasks}
-    names = config.tasks if config.tasks is not None else list(all_tasks)
-    tasks = [all_tasks[n] for n in names]
-    seed_everything(config.seed)
-    model = bench.build_model(**config.model_options)
-    method = _method(config, len(tasks))
-    train_loader, val_loader, test_loader = make_loaders(
-        bench.train,
-        bench.val,
-        bench.test,
-        batch_size=config.batch_size,
-        eval_batch_size=config.eval_batch_size,
-        seed=config.seed,
-        num_workers=config.num_workers,
-        pin_memory=device.type == "cuda",
-    )
+    resolve_device(config.device)  # fail before generating data
+    if config.out_dir is not None:
+        out_dir = Path(config.out_dir)
+        check_new_run(out_dir, resume=config.resume, overwrite=overwrite)
+        if config.resume and not has_checkpoint(out_dir):
+            load_checkpoint(out_dir / CHECKPOINT_NAME)  # raises the explanatory FileNotFoundError
+    return _fit(config, None, callbacks, None, resume=config.resume)
+
+
+def run(
+    config: TrainConfig | Mapping[str, Any] | str | Path,
+    *,
+    inputs: RunInputs | None = None,
+    callbacks: Sequence[Callback] = (),
+    on_start: Callable[[Trainer], None] | None = None,
+    log: Log | None = None,
+    label: str = "",
+) -> RunResult:
+    """Train ``config``, continuing whatever its folder holds (the module docstring).
+
+    Args:
+        config: a :class:`TrainConfig`, a dict of its keys or a YAML file; ``resume`` is
+            ignored (decided from the folder).
+        inputs: data, model, tasks or loaders of the experiment (:class:`RunInputs`).
+        callbacks: called after every epoch (see :class:`~taskbalance.training.Trainer`).
+        on_start: ``on_start(trainer)`` once the Trainer is built and the config's parts are
+            frozen, before it trains (inspection, tests).
+        log, label: ``log`` receives ``"<label>: reused|trained|resumed and trained ..."``.
+
+    Raises:
+        ValueError: the folder holds a run of other settings (naming ``--overwrite``); a bad
+            config or input.
+    """
+    config = _as_config(config).replace(resume=False)
+    out = None if config.out_dir is None else Path(config.out_dir)
+    start = time.perf_counter()
+    reused = _finished(out, config, inputs)
+    if reused is not None:
+        _say(log, f"{label}: reused ({out / 'results.json'})")  # type: ignore[operator]
+        return reused
+    resume = has_checkpoint(out)
+    result = _fit(config, inputs, callbacks, on_start, resume=resume)
+    seconds = time.perf_counter() - start
+    _say(log, f"{label}: {'resumed and ' if resume else ''}trained in {seconds:.1f}s")
+    return result
+
+
+def has_checkpoint(folder: str | Path | None) -> bool:
+    """``folder`` holds a run's checkpoint: a run there continues from it."""
+    return folder is not None and (Path(folder) / CHECKPOINT_NAME).is_file()
+
+
+def build_trainer(
+    config: TrainConfig | Mapping[str, Any],
+    *,
+    inputs: RunInputs | None = None,
+    callbacks: Sequence[Callback] = (),
+) -> Trainer:
+    """The :class:`Trainer` of ``config`` (and ``inputs``), as :func:`run` builds it (global
+    RNGs seeded with ``config.seed`` and the model built, unless one is handed over; then the
+    method and the loaders), without freezing ``config.freeze``; nothing is written until it
+    fits."""
+    config = _as_config(config)
+    inputs = inputs or RunInputs()
+    return _trainer(config, inputs, _Pieces.build(config, inputs), callbacks)
+
+
+@dataclass
+class _Pieces:
+    """What a Trainer is made of, built from a config and the handed-over inputs."""
+
+    device: Any
+    model: nn.Module
+    tasks: list[Any]
+    method: Any
+    loaders: tuple[Iterable, Iterable | None, Iterable | None]
+
+    @classmethod
+    def build(cls, config: TrainConfig, inputs: RunInputs) -> _Pieces:
+        device = resolve_device(config.device)
+        bench = _benchmark(config, inputs)
+        tasks = _tasks(config, inputs, bench)
+        if inputs.model is not None:
+            model = inputs.model  # its owner seeded before building it (and may have trained it)
+        else:
+            seed_everything(config.seed)
+            model = bench.build_model(**config.model_options)
+        trained = config.trainable_tasks or [t.name for t in tasks]
+        method = _method(config, len(trained))
+        loaders = inputs.loaders or make_loaders(
+            bench.train,
+            bench.val,
+            bench.test,
+            batch_size=config.batch_size,
+            eval_batch_size=config.eval_batch_size,
+            seed=config.seed,
+            num_workers=config.num_workers,
+            pin_memory=device.type == "cuda",
+        )
+        return cls(device, model, tasks, method, loaders)
+
+
+def _trainer(
+    config: TrainConfig, inputs: RunInputs, pieces: _Pieces, callbacks: Sequence[Callback]
+) -> Trainer:
     trainer = Trainer(
-        model,
-        tasks,
-        method,
-        train_loader,
-        val_loader,
-        test_loader,
-        device=device,
-        out_dir=out_dir,
-        run_config=config.to_dict(),
-        loader_generator=train_loader.generator,
+        pieces.model,
+        pieces.tasks,
+        pieces.method,
+        *pieces.loaders,
+        trainable_tasks=config.trainable_tasks,
+        device=pieces.device,
+        out_dir=config.out_dir,
+        run_config=_run_config(config, inputs),
+        loader_generator=getattr(pieces.loaders[0], "generator", None),
         callbacks=callbacks,
         **_trainer_options(config),
     )
-    import yaml
+    if not _given_data(inputs):
+        import yaml
 
-    trainer.start_files["config.yaml"] = yaml.safe_dump(config.to_dict(), sort_keys=False)
-    return trainer.fit(resume=config.resume)
+        trainer.start_files["config.yaml"] = yaml.safe_dump(config.to_dict(), sort_keys=False)
+    return trainer
+
+
+def _fit(
+    config: TrainConfig,
+    inputs: RunInputs | None,
+    callbacks: Sequence[Callback],
+    on_start: Callable[[Trainer], None] | None,
+    *,
+    resume: bool,
+) -> RunResult:
+    """Build, freeze ``config.freeze`` (before the Trainer sees the model), fit, unfreeze
+    (parts frozen before the run stay frozen)."""
+    inputs = inputs or RunInputs()
+    pieces = _Pieces.build(config, inputs)
+    frozen = freeze_parts(pieces.model, config.freeze or ())
+    try:
+        trainer = _trainer(config, inputs, pieces, callbacks)
+        if on_start is not None:
+            on_start(trainer)
+        return trainer.fit(resume=resume)
+    finally:
+        unfreeze_parts(pieces.model, frozen)
+
+
+def freeze_parts(model: Any, parts: Iterable[str]) -> list[str]:
+    """Freeze ``parts`` of ``model`` (``model.freeze(part)``); returns the ones this call froze
+    (parts already frozen are left alone, so :func:`unfreeze_parts` keeps them frozen)."""
+    parts = list(parts)
+    if parts and not callable(getattr(model, "freeze", None)):
+        raise ValueError(
+            f"{type(model).__name__} has no freeze(); freezing {parts} needs a "
+            "taskbalance.models.MultiTaskNetwork"
+        )
+    already = set(getattr(model, "frozen_parts", ()))
+    done = []
+    for part in parts:
+        if part not in already:
+            model.freeze(part)
+            done.append(part)
+    return done
+
+
+def unfreeze_parts(model: Any, parts: Iterable[str]) -> None:
+    """Undo :func:`freeze_parts` (in reverse order)."""
+    for part in reversed(list(parts)):
+        model.unfreeze(part)
+
+
+def _finished(out: Path | None, config: TrainConfig, inputs: RunInputs | None) -> RunResult | None:
+    """The result of a finished run in ``out`` with the same settings (``None``: none there, or
+    a model was handed over: its end state is restored by resuming instead)."""
+    if out is None or not (out / "results.json").exists():
+        return None
+    if inputs is not None and inputs.model is not None:
+        return None
+    results = load_results_file(out / "results.json")
+    mine, theirs = _run_config(config, inputs or RunInputs()), results.get("config", {})
+    ignore = RESUME_MAY_DIFFER - {"epochs"}
+    diff = {
+        k: (mine.get(k), theirs.get(k))
+        for k in dict.fromkeys([*mine, *theirs])
+        if k not in ignore and mine.get(k) != theirs.get(k)
+    }
+    if diff:
+        shown = "; ".join(f"{k}: {b!r} there, {a!r} now" for k, (a, b) in diff.items())
+        raise ValueError(
+            f"{out} holds a finished run with other settings ({shown}); "
+            "replace it with --overwrite or use another --out folder"
+        )
+    return RunResult.from_json(results, out)
+
+
+def _run_config(config: TrainConfig, inputs: RunInputs) -> dict[str, Any]:
+    """What names the run in its checkpoint and ``results.json``."""
+    stored = config.to_dict()
+    if inputs.identity:
+        stored["inputs"] = _plain(dict(inputs.identity))
+    return stored
+
+
+def _given_data(inputs: RunInputs) -> bool:
+    return inputs.benchmark is not None or inputs.loaders is not None
+
+
+def _say(log: Log | None, line: str) -> None:
+    if log is not None:
+        log(line)
 
 
 def _as_config(config: TrainConfig | Mapping[str, Any] | str | Path) -> TrainConfig:
@@ -94,9 +309,33 @@ def _as_config(config: TrainConfig | Mapping[str, Any] | str | Path) -> TrainCon
     return config
 
 
-def _benchmark(config: TrainConfig) -> Any:
-    """The config's data source (:func:`~taskbalance.training.sources.load_data`)."""
-    return load_data(config)
+def _benchmark(config: TrainConfig, inputs: RunInputs) -> Any:
+    """The run's data: the handed-over benchmark (pseudo-labels filled in) or the config's
+    data source (:func:`~taskbalance.training.sources.load_data`); ``None`` when loaders and
+    tasks are handed over instead."""
+    bench = inputs.benchmark
+    if bench is None:
+        if inputs.loaders is not None and inputs.tasks is not None:
+            return None
+        return load_data(config)
+    if config.pseudo_labels is not None:
+        from taskbalance.data.pseudo_labels import with_pseudo_labels
+
+        bench = with_pseudo_labels(bench, config.pseudo_labels)
+    return bench
+
+
+def _tasks(config: TrainConfig, inputs: RunInputs, bench: Any) -> list[Any]:
+    """The evaluated tasks: handed over, or the benchmark's named by ``config.tasks``."""
+    available = list(inputs.tasks) if inputs.tasks is not None else list(bench.tasks)
+    if inputs.model is None and bench is None:
+        raise ValueError("a run handed loaders and tasks needs a model too (RunInputs.model)")
+    by_name = {t.name: t for t in available}
+    names = config.tasks if config.tasks is not None else list(by_name)
+    unknown = [n for n in [*names, *(config.trainable_tasks or [])] if n not in by_name]
+    if unknown:
+        raise ValueError(f"unknown task(s) {unknown}; the run's tasks are {list(by_name)}")
+    return [by_name[n] for n in names]
 
 
 def _method(config: TrainConfig, num_tasks: int) -> Any:

@@ -26,6 +26,15 @@ def load_data(config: TrainConfig) -> DataSource:
     return _builtin_benchmark(config)
 
 
+def _benchmark_name(config: TrainConfig) -> str:
+    if config.benchmark is None:
+        raise ValueError(
+            "config keys 'benchmark' and 'dataset' are both None and no data was handed to the "
+            "runner: name a benchmark or a dataset"
+        )
+    return config.benchmark
+
+
 def data_tasks(config: TrainConfig) -> list[Task]:
     """The tasks of ``config``'s data, without generating or reading any data."""
     if config.dataset is not None:
@@ -35,7 +44,7 @@ def data_tasks(config: TrainConfig) -> list[Task]:
         return list(spec.make_tasks(dataset_options(spec, config.dataset_options)))
     from taskbalance.data.benchmark import get_spec
 
-    bench = get_spec(config.benchmark)
+    bench = get_spec(_benchmark_name(config))
     return list(bench.make_tasks(bench.resolve_size(config.size)))
 
 
@@ -51,7 +60,7 @@ def _builtin_benchmark(config: TrainConfig) -> Any:
 
     data_seed = config.seed if config.data_seed is None else config.data_seed
     bench = load_benchmark(
-        config.benchmark,
+        _benchmark_name(config),
         seed=data_seed,
         size=config.size,
         cache_dir=config.cache_dir,

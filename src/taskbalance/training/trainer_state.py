@@ -17,6 +17,7 @@ from .config import RESUME_MAY_DIFFER
 
 __all__ = [
     "BEST_NAME",
+    "STAGED_BEST_GLOB",
     "check_resumable",
     "commit_best",
     "load_trainer_state",
@@ -25,6 +26,8 @@ __all__ = [
 ]
 
 BEST_NAME = "best.pt"
+#: The best epoch's weights written aside until the checkpoint naming that epoch is written.
+STAGED_BEST_GLOB = ".best-epoch*.pt"
 
 
 def _staged_best(epoch: int | str) -> str:
@@ -120,7 +123,7 @@ def commit_best(out_dir: Path | None, best_epoch: int | None, epoch: int) -> Non
     weights of epochs the checkpoint does not hold (a kill before it was written)."""
     if out_dir is None or not out_dir.is_dir():
         return
-    for path in out_dir.glob(_staged_best("*")):
+    for path in out_dir.glob(STAGED_BEST_GLOB):
         try:
             staged = int(path.name.removeprefix(".best-epoch").removesuffix(".pt"))
         except ValueError:

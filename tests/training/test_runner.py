@@ -1,0 +1,124 @@
+"""The one runner: reuse, resume and refusal of :func:`run`, frozen parts and trainable tasks from
+the config, handed-over inputs, and the Trainer that timing builds through it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from taskbalance.training import RunInputs, RunResult, run
+from taskbalance.training.runner import build_trainer
+
+
+class _Stop(Exception):
+    pass
+
+
+def _stop_after(epoch: int):
+    def callback(trainer, record) -> None:
+        if record["epoch"] == epoch:
+            raise _Stop
+
+    return callback
+
+
+def _same(a: RunResult, b: RunResult) -> bool:
+    """Equal apart from wall-clock measurements and the folder."""
+
+    def plain(r: RunResult) -> dict:
+        data = json.loads(json.dumps(r.to_dict()))
+        data.pop("seconds_per_step")
+        data["config"].pop("out_dir")
+        for row in data["history"]:
+            for key in [k for k in row if "second" in k or "time" in k]:
+                row.pop(key)
+        return data
+
+    return plain(a) == plain(b)
+
+
+def test_run_resumes_an_interrupted_run_and_reuses_a_finished_one(make_config):
+    straight = run(make_config("straight", epochs=3))
+    config = make_config("interrupted", epochs=3)
+    with pytest.raises(_Stop):
+        run(config, callbacks=[_stop_after(1)])
+    lines: list[str] = []
+    resumed = run(config, log=lines.append, label="again")
+    assert lines[0].startswith("again: resumed and trained")
+    assert resumed.epochs_completed == 3 and _same(resumed, straight)
+    stamp = (resumed.out_dir / "checkpoint.pt").stat().st_mtime_ns
+    reused = run(config, log=lines.append, label="third")
+    assert lines[1].startswith("third: reused")
+    assert (resumed.out_dir / "checkpoint.pt").stat().st_mtime_ns == stamp  # nothing retrained
+    assert reused.to_dict() == json.loads((resumed.out_dir / "results.json").read_text())
+    with pytest.raises(ValueError, match="other settings.*lr: 0.001 there, 0.5 now.*--overwrite"):
+        run(config.replace(lr=0.5))
+
+
+def test_freeze_and_trainable_tasks_come_from_the_config(make_config):
+    config = make_config("frozen", epochs=1, freeze=["backbone"], trainable_tasks=["left"])
+    seen = {}
+
+    def started(trainer) -> None:
+        model = trainer.model
+        seen["frozen"] = set(model.frozen_parts)
+        seen["num_tasks"] = trainer.method.num_tasks
+        seen["backbone"] = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+        seen["right"] = {k: v.clone() for k, v in model.heads["right"].state_dict().items()}
+        seen["model"] = model
+
+    result = run(config, on_start=started)
+    model = seen["model"]
+    assert seen["frozen"] == {"backbone"} and seen["num_tasks"] == 1
+    # the frozen backbone (BatchNorm statistics included) is bitwise where it started
+    after = model.backbone.state_dict()
+    assert all(torch.equal(seen["backbone"][k], after[k]) for k in after)
+    # the untrained task's head got no update either (its loss is not in the step)
+    right = model.heads["right"].state_dict()
+    assert all(torch.equal(seen["right"][k], v) for k, v in right.items())
+    assert model.frozen_parts == frozenset()  # unfrozen after the run
+    assert result.trainable_tasks == ["left"] and set(result.val) == {"left", "right"}
+
+
+def test_bad_trainable_tasks_and_freeze_are_config_errors(make_config):
+    with pytest.raises(ValueError, match="'trainable_tasks' names unknown task.*'nope'"):
+        make_config(trainable_tasks=["nope"])
+    with pytest.raises(ValueError, match="'trainable_tasks' names task.*not in 'tasks'"):
+        make_config(tasks=["left"], trainable_tasks=["right"])
+    with pytest.raises(ValueError, match="'freeze' must list distinct parts"):
+        make_config(freeze=["backbone", "backbone"])
+
+
+def test_a_folder_of_other_inputs_is_refused(make_config):
+    from taskbalance.data import load_benchmark
+
+    config = make_config("given", epochs=1)
+    bench = load_benchmark("multidigits", size="tiny", cache_dir=config.cache_dir)
+    first = run(config, inputs=RunInputs(benchmark=bench, identity={"subset": "a"}))
+    assert first.config["inputs"] == {"subset": "a"}
+    assert not (first.out_dir / "config.yaml").exists()  # the config alone does not name the data
+    with pytest.raises(ValueError, match="inputs: .*'subset': 'a'.*there.*'subset': 'b'.*now"):
+        run(config, inputs=RunInputs(benchmark=bench, identity={"subset": "b"}))
+
+
+def test_build_trainer_honours_loader_workers_and_pseudo_labels(make_config, tmp_path):
+    """The timing pass builds its Trainer through the runner: it used to build loaders with
+    its own code, without the config's workers (or pseudo-labels)."""
+    from taskbalance.data.pseudo_labels import WithPseudoLabels
+    from taskbalance.experiments.annotate import annotate
+    from taskbalance.experiments.timing import build_trainer as timing_trainer
+
+    config = make_config("timed", num_workers=1, labels={"left": 0.5})
+    trainer = timing_trainer(config.to_dict())
+    assert trainer.train_loader.num_workers == 1 and trainer.out_dir is None
+    from taskbalance.data import load_benchmark
+
+    bench = load_benchmark(
+        "multidigits", size="tiny", cache_dir=config.cache_dir, labels={"left": 0.5}
+    )
+    annotate(bench, "left", epochs=1, steps=1, threshold=0.0, out_dir=tmp_path / "a")
+    labelled = config.replace(pseudo_labels=str(tmp_path / "a" / "pseudo_labels.pt"))
+    trainer = build_trainer(labelled.replace(out_dir=None))
+    assert isinstance(trainer.train_loader.dataset, WithPseudoLabels)
