@@ -512,8 +512,6 @@ def _measure_sharing(
     from taskbalance.training.sources import load_data
 
     cfg = TrainConfig.from_dict(config)
-    if cfg.benchmark is None:
-        raise ValueError("what sharing saves is measured on a named benchmark; got none")
     device = resolve_device(cfg.device)
     bench = load_data(cfg.replace(labels=None, pseudo_labels=None))
     with torch.random.fork_rng(devices=[]):  # leave the global generator as it was
