@@ -161,6 +161,12 @@ def test_compare_writes_report(compared):
         assert image.shape[0] > 100 and image.shape[1] > 100 and image[..., :3].std() > 0.02
 
 
+def _leaderboard_lines(out: Path) -> list[str]:
+    """The leaderboard's lines, without the negative-transfer section that follows it."""
+    text = (out / "leaderboard.md").read_text()
+    return text.split("\n## Negative transfer")[0].splitlines()
+
+
 def test_compare_delta_column_matches_stored_runs(compared):
     """Δm% recomputed from the stored run files equals the leaderboard's (json and markdown)."""
     out = compared
@@ -180,7 +186,7 @@ def test_compare_delta_column_matches_stored_runs(compared):
     rows = {r["method"]: r for r in _load(out / "results.json")["leaderboard"]["rows"]}
     table = {
         line.split("|")[1].strip(): [c.strip() for c in line.split("|")[1:-1]]
-        for line in (out / "leaderboard.md").read_text().splitlines()
+        for line in _leaderboard_lines(out)
         if line.startswith("| ") and "Δm%" not in line
     }
     assert set(table) == {"single-task", "ew", "pcgrad"}
@@ -202,7 +208,7 @@ def test_compare_params_column_and_sharing_line_match_stored_runs(compared):
     """The params column is each run's ``num_parameters`` (single-task: the sum over its
     networks), and the sharing line's saved fraction is 1 - multi-task / sum of single-task."""
     out = compared
-    lines = (out / "leaderboard.md").read_text().splitlines()
+    lines = _leaderboard_lines(out)
     header = next(line for line in lines if line.startswith("| ") and "Δm%" in line)
     col = [c.strip() for c in header.split("|")[1:-1]].index("params")
     table = {

@@ -39,7 +39,8 @@ def compared(tmp_path_factory):
 
 
 def _table(text: str) -> tuple[list[str], dict[str, list[str]]]:
-    lines = [ln for ln in text.splitlines() if ln.startswith("| ")]
+    board = text.split("\n## Negative transfer")[0]  # the leaderboard, not the later section
+    lines = [ln for ln in board.splitlines() if ln.startswith("| ")]
     split = [[c.strip() for c in ln.strip().strip("|").split("|")] for ln in lines]
     return split[0], {row[0]: row for row in split[1:]}
 
@@ -143,10 +144,34 @@ def test_every_printed_number_recomputes_from_results_json(compared) -> None:
     assert f"{100 * (1 - t_m / t_s):.1f}% of the inference time" in line
     assert f"{t_s / t_m:.2f}x faster" in line
     # every number in the notes is one of the above or a stated constant
-    notes = text[text.index("Metrics on the") :]
+    board = text.split("\n## Negative transfer")[0]  # that section is checked on its own
+    notes = board[board.index("Metrics on the") :]
     numbers = set(re.findall(r"\d+(?:\.\d+)?", notes))
     crit = f"{stats.t.ppf(0.975, len(seeds) - 1):.2f}"
     allowed = {str(len(seeds)), "0.05", "0.1", crit, "0", "1"}  # "baseline 0", "1 = best"
     allowed |= set(re.findall(r"\d+(?:\.\d+)?", line))
     allowed |= {str(saved["timing"]["rounds"])}
     assert numbers <= allowed, numbers - allowed
+
+
+def test_negative_transfer_section_recomputes_from_results_json(compared) -> None:
+    """Per method and task, the per-seed Δ% against the same seed's single-task run."""
+    result, saved, _ = compared
+    hib = saved["leaderboard"]["higher_is_better"]
+    rows = {(r["method"], r["task"]): r for r in saved["negative_transfer"]}
+    base = {(b["task"], b["seed"]): b["test"][b["task"]] for b in saved["baselines"]}
+    expected: dict[tuple[str, str], list[float]] = {}
+    for run in saved["runs"]:
+        for task in hib:
+            want = _delta({task: run["test"][task]}, {task: base[task, run["seed"]]},
+                          {task: hib[task]})  # fmt: skip
+            expected.setdefault((run["method"], task), []).append(want)
+    # a task none of whose metrics enters Δ% (an untrained tiny baseline) has no row
+    kept = {key: v for key, v in expected.items() if not any(math.isnan(x) for x in v)}
+    assert set(rows) == set(kept) and rows
+    for key, values in kept.items():
+        assert rows[key]["values"] == pytest.approx(values)
+    section = result.markdown.split("## Negative transfer")[1]
+    for (method, task), row in rows.items():
+        mean, std = _mean_std(row["values"])
+        assert f"| {method} | {task} |" in section and f"{mean:+.2f} ± {std:.2f}" in section

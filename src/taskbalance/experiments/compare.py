@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from taskbalance.validation import is_int
 
 from . import plots
 from .report import build_leaderboard, sharing_summary, significance_marks, to_markdown
+from .transfer import negative_transfer, transfer_markdown
 
 __all__ = [
     "DEFAULT_BENCHMARK",
@@ -311,6 +312,8 @@ def run_compare(settings: CompareSettings, log: Log = print) -> CompareResult:
     sharing = _measure_sharing({**base, "method": "ew", "seed": seeds[0], "out_dir": str(out)})
     title = _title(s, len(methods), len(seeds), base)
     markdown = to_markdown(board, title=title, sharing=sharing)
+    transfer = negative_transfer(method_runs, baseline_runs, info.higher_is_better)
+    markdown += "\n" + "\n".join(transfer_markdown(transfer))
     figures = _write_plots(out / "plots", method_runs, board, info, pareto, len(seeds))
     seconds = time.perf_counter() - start
     out.mkdir(parents=True, exist_ok=True)
@@ -322,6 +325,7 @@ def run_compare(settings: CompareSettings, log: Log = print) -> CompareResult:
         "settings": json.loads(json.dumps(base, default=str)),
         "leaderboard": board,
         "sharing": sharing,
+        "negative_transfer": [asdict(r) for r in transfer],
         "timing": timing,
         "jobs": jobs,
         "threads_per_job": threads,
