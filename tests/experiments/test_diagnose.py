@@ -57,6 +57,15 @@ def test_diagnose_command_writes_consistent_report(tmp_path: Path) -> None:
     neg = np.array(raw["negative_fraction"])
     rate = neg[~np.eye(T, dtype=bool)].mean()
     assert raw["evidence"]["conflict_rate"] == pytest.approx(rate)
+    # per epoch (pass over the tiny training set, 2 batches): a heatmap each, and the overall
+    # mean cosine is the step-weighted mean of the epochs' means
+    counts = raw["epoch_steps"]
+    assert len(counts) >= 2 and sum(counts.values()) == raw["steps"]
+    weighted = sum(counts[e] * np.array(c) for e, c in raw["epoch_mean_cosine"].items())
+    np.testing.assert_allclose(weighted / raw["steps"], cos, rtol=1e-12)
+    for epoch in counts:
+        assert (out / f"conflict_epoch{epoch}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"![epoch {epoch}](conflict_epoch{epoch}.png)" in summary
 
 
 def test_diagnose_unknown_benchmark_is_one_line_error(

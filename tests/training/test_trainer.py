@@ -142,6 +142,22 @@ def test_gradient_method_auto_rep_mode_logs_gradient_statistics():
     assert record["weights"] == {"a": 0.5, "b": 0.5}
 
 
+def test_affinity_is_logged_when_requested(tmp_path):
+    kwargs = {"mode": "param", "progress": False, "lr": 0.01}
+    record = Trainer(make_model(), tasks(), MeanAggregation(2), *loaders(), **kwargs).fit()
+    assert "affinity" not in record.history[0]  # off by default
+    out = tmp_path / "run"
+    trainer = Trainer(
+        make_model(), tasks(), MeanAggregation(2), *loaders(), out_dir=out, affinity=True,
+        **kwargs,
+    )  # fmt: skip
+    rec = trainer.fit().history[0]
+    assert set(rec["affinity"]) == {"a>b", "b>a"}
+    assert all(math.isfinite(v) for v in rec["affinity"].values())
+    header = (out / "history.csv").read_text().splitlines()[0].split(",")
+    assert {"affinity/a>b", "affinity/b>a"} <= set(header)
+
+
 def test_gradient_method_param_mode():
     trainer = Trainer(
         make_model(), tasks(), MeanAggregation(2), *loaders(), mode="param", progress=False

@@ -122,6 +122,20 @@ def test_epoch_stats_average_each_task_over_the_steps_it_had_labels() -> None:
     assert stats.mean_losses().tolist() == [2.0, 4.0]
 
 
+def test_epoch_stats_affinity_against_hand_computed_values() -> None:
+    """Z[i>j] = lr·‖g_i‖‖g_j‖cos_ij / L_j averaged over the steps with both tasks."""
+    stats = EpochStats(2, CPU, affinity_lr=0.1)
+    stats.add(step([1.0, 4.0], [True, True], None, [2.0, 3.0], [[1, -0.5], [-0.5, 1]]))
+    stats.add(step([3.0, 0.0], [True, False], None, [4.0, 0.0], [[1, 0.0], [0.0, 1]]))
+    stats.add(step([2.0, 2.0], [True, True], None, [1.0, 1.0], [[1, 0.5], [0.5, 1]]))
+    out = stats.summary(["a", "b"])
+    # step 1: G_ab = 2·3·(-0.5) = -3 -> a>b 0.1·(-3)/4, b>a 0.1·(-3)/1; step 3: 0.1·0.5/2 each
+    assert out["affinity"]["a>b"] == pytest.approx((-0.075 + 0.025) / 2)
+    assert out["affinity"]["b>a"] == pytest.approx((-0.3 + 0.025) / 2)
+    assert set(out["affinity"]) == {"a>b", "b>a"}
+    assert "affinity" not in EpochStats(2, CPU).summary(["a", "b"])  # only when requested
+
+
 def test_epoch_stats_nan_and_none_for_a_task_never_labelled() -> None:
     stats = EpochStats(2, CPU)
     stats.add(step([2.0, 0.0], [True, False]))

@@ -49,13 +49,16 @@ class DiagnoseResult:
     losses: np.ndarray  # [S, T]
     norms: np.ndarray  # [S, T]
     cosines: np.ndarray  # [S, T, T]
+    epochs: np.ndarray | None = None  # [S]: the pass over the training data of each step (0, 1..)
 
 
-def collect_steps(trainer: Any, steps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Train ``steps`` steps (cycling the loader) and stack losses, norms and cosines of the
-    steps where all tasks were present."""
-    losses, norms, cosines = [], [], []
-    done = 0
+def collect_steps(
+    trainer: Any, steps: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Train ``steps`` steps (cycling the loader) and stack losses, norms, cosines and the
+    epoch (pass over the loader) of the steps where all tasks were present."""
+    losses, norms, cosines, epochs = [], [], [], []
+    done = epoch = 0
     while done < steps:
         before = done
         for batch in trainer.train_loader:
@@ -65,16 +68,18 @@ def collect_steps(trainer: Any, steps: int) -> tuple[np.ndarray, np.ndarray, np.
                 losses.append(info.losses.double().cpu().numpy())
                 norms.append(info.grad_norms.double().cpu().numpy())
                 cosines.append(info.cosines.double().cpu().numpy())
+                epochs.append(epoch)
             if done >= steps:
                 break
         if done == before:
             raise ValueError("the training loader yielded no batch")
+        epoch += 1
     if not losses:
         raise ValueError(
             f"none of the {steps} steps had a label for every task; raise --steps or use a "
             "benchmark with full labels"
         )
-    return np.stack(losses), np.stack(norms), np.stack(cosines)
+    return np.stack(losses), np.stack(norms), np.stack(cosines), np.asarray(epochs)
 
 
 def run_diagnose(
@@ -113,8 +118,8 @@ def run_diagnose(
         mode="param", device=device, lr=lr, progress=False, save_best=False,
     )  # fmt: skip
     trainer.model.train()
-    losses, norms, cosines = collect_steps(trainer, steps)
-    return DiagnoseResult(names, lr, losses, norms, cosines)
+    losses, norms, cosines, epochs = collect_steps(trainer, steps)
+    return DiagnoseResult(names, lr, losses, norms, cosines, epochs)
 
 
 def analyse(result: DiagnoseResult) -> dict[str, Any]:
@@ -127,11 +132,15 @@ def analyse(result: DiagnoseResult) -> dict[str, Any]:
     affinity = dg.tag_affinity(G, result.losses, result.lr)
     groupings = dg.best_groupings(affinity)
     hypotheses, evidence = dg.recommend_family(mean_ratios, loss_ratios, neg_frac)
+    per_epoch = {}
+    if result.epochs is not None:
+        for e in np.unique(result.epochs):
+            per_epoch[int(e)] = dg.conflict_stats(result.cosines[result.epochs == e])[0]
     return {
         "mean_cosine": mean_cos, "negative_fraction": neg_frac, "norm_ratios": ratios,
         "mean_norm_ratios": mean_ratios, "loss_scale_ratios": loss_ratios,
         "affinity": affinity, "groupings": groupings, "hypotheses": hypotheses,
-        "evidence": evidence,
+        "evidence": evidence, "epoch_cosine": per_epoch,
     }  # fmt: skip
 
 
@@ -166,7 +175,12 @@ def _plots(result: DiagnoseResult, stats: dict[str, Any], out: Path) -> list[str
     ax.set_ylabel("‖g_t‖ / median_t ‖g_t‖")
     ax.legend(fontsize=8)
     _save(fig, out / "dominance.png")
-    return ["conflict.png", "affinity.png", "dominance.png"]
+    files = ["conflict.png", "affinity.png", "dominance.png"]
+    for epoch, cos in stats["epoch_cosine"].items():
+        name = f"conflict_epoch{epoch + 1}.png"
+        _heatmap(plt, cos, names, f"mean gradient cosine, epoch {epoch + 1}", out / name)
+        files.append(name)
+    return files
 
 
 def _table(names: list[str], matrix: np.ndarray, fmt: str) -> list[str]:
@@ -174,6 +188,23 @@ def _table(names: list[str], matrix: np.ndarray, fmt: str) -> list[str]:
     for i, n in enumerate(names):
         lines.append(f"| {n} | " + " | ".join(format(v, fmt) for v in matrix[i]) + " |")
     return lines
+
+
+def _epoch_lines(
+    names: list[str], per_epoch: dict[int, np.ndarray], epochs: np.ndarray | None
+) -> list[str]:
+    """Mean cosine of every pair per epoch (a pass over the training data), with the heatmaps."""
+    if not per_epoch or epochs is None:
+        return []
+    pairs = [(i, j) for i in range(len(names)) for j in range(i + 1, len(names))]
+    lines = ["Mean pairwise cosine per epoch (pass over the training data):", "",
+             "| epoch | steps | " + " | ".join(f"{names[i]}~{names[j]}" for i, j in pairs) + " |",
+             "|---" * (len(pairs) + 2) + "|"]  # fmt: skip
+    for e, cos in per_epoch.items():
+        cells = " | ".join(f"{cos[i, j]:.3f}" for i, j in pairs)
+        lines.append(f"| {e + 1} | {int(np.sum(epochs == e))} | {cells} |")
+    images = " ".join(f"![epoch {e + 1}](conflict_epoch{e + 1}.png)" for e in per_epoch)
+    return [*lines, "", images, ""]
 
 
 def _markdown(result: DiagnoseResult, stats: dict[str, Any], benchmark: str) -> str:
@@ -186,6 +217,7 @@ def _markdown(result: DiagnoseResult, stats: dict[str, Any], benchmark: str) -> 
         *_table(names, stats["mean_cosine"], ".3f"), "",
         "Fraction of steps with a negative cosine:", "",
         *_table(names, stats["negative_fraction"], ".2f"), "", "![conflict](conflict.png)", "",
+        *_epoch_lines(names, stats["epoch_cosine"], result.epochs),
         "## Magnitude dominance", "",
         "| task | mean ‖g_t‖ / median | mean loss / median |", "|---|---|---|",
         *(
@@ -233,6 +265,9 @@ def write_report(result: DiagnoseResult, out: str | Path, benchmark: str) -> Pat
         "groupings": [{"k": g.k, "groups": [list(x) for x in g.groups], "score": g.score}
                       for g in stats["groupings"]],
         "hypotheses": stats["hypotheses"], "evidence": stats["evidence"],
+        "epoch_mean_cosine": {str(e + 1): c.tolist() for e, c in stats["epoch_cosine"].items()},
+        "epoch_steps": {str(e + 1): int(np.sum(result.epochs == e))
+                        for e in stats["epoch_cosine"]},
     }  # fmt: skip
     atomic_write_json(out / "diagnostics.json", raw)
     return out / "summary.md"

@@ -18,7 +18,9 @@ __all__ = ["EpochStats"]
 class EpochStats:
     """Per-epoch sums of StepInfo statistics, kept on the device."""
 
-    def __init__(self, num_tasks: int, device: torch.device) -> None:
+    def __init__(
+        self, num_tasks: int, device: torch.device, *, affinity_lr: float | None = None
+    ) -> None:
         dtype = torch.float32 if device.type == "mps" else torch.float64
         z = lambda *shape: torch.zeros(*shape, dtype=dtype, device=device)  # noqa: E731
         self.dtype = dtype
@@ -27,6 +29,10 @@ class EpochStats:
         self.gn_sum, self.gn_count = z(num_tasks), z(num_tasks)
         self.cos_sum, self.cos_count = z(num_tasks, num_tasks), z(num_tasks, num_tasks)
         self.has_weights = self.has_norms = self.has_cos = False
+        # First-order TAG affinity (Fifty et al. 2021): lr·g_i·g_j / L_j, see
+        # taskbalance.experiments.diagnostics.tag_affinity; None: not requested.
+        self.affinity_lr = affinity_lr
+        self.aff_sum, self.aff_count = z(num_tasks, num_tasks), z(num_tasks, num_tasks)
         self.steps = 0
         self.skipped = 0
 
@@ -47,7 +53,18 @@ class EpochStats:
             pp = torch.outer(p, p)
             self.cos_sum += info.cosines.detach().to(self.dtype) * pp
             self.cos_count += pp
+            if self.affinity_lr is not None and info.grad_norms is not None:
+                self._add_affinity(info, pp)
         self.steps += 1
+
+    def _add_affinity(self, info: StepInfo, pp: Tensor) -> None:
+        assert self.affinity_lr is not None
+        n = info.grad_norms.detach().to(self.dtype)  # type: ignore[union-attr]
+        losses = info.losses.detach().to(self.dtype)
+        gram = torch.outer(n, n) * info.cosines.detach().to(self.dtype)  # type: ignore[union-attr]
+        ok = pp * (losses > 0).to(self.dtype)[None, :]  # the relative change of L_j is defined
+        self.aff_sum += self.affinity_lr * gram / torch.where(losses > 0, losses, 1.0) * ok
+        self.aff_count += ok
 
     def mean_losses(self) -> Tensor:
         """Mean loss per task over the epoch; ``NaN`` for a task that had no label at all."""
@@ -99,4 +116,17 @@ class EpochStats:
                         cos_sum[k] / cos_count[k] if cos_count[k] > 0 else None
                     )
             out["cosines"] = cos
+        if self.affinity_lr is not None:
+            out["affinity"] = self._affinity(names) if self.has_cos and self.has_norms else None
         return out
+
+    def _affinity(self, names: Sequence[str]) -> dict[str, float | None]:
+        """``{"i>j": mean lr·G_ij / L_j}``: how much a step on task i's gradient lowers task j's
+        loss (relative), averaged over the epoch's steps with both tasks."""
+        s, c = self.aff_sum.cpu().tolist(), self.aff_count.cpu().tolist()
+        return {
+            f"{a}>{b}": (s[i][j] / c[i][j] if c[i][j] > 0 else None)
+            for i, a in enumerate(names)
+            for j, b in enumerate(names)
+            if i != j
+        }

@@ -7,6 +7,8 @@ One history record per epoch (a plain dict, see :func:`flatten_record` for the C
      "weights": {"left": 1.0, "right": 1.0},      # mean StepInfo.weights (None: method has none)
      "grad_norms": {"left": 3.1, "right": 2.7},   # mean ‖g_t‖ (None: not computed)
      "cosines": {"left~right": 0.12},             # mean cos(g_i, g_j) (None: not computed)
+     "affinity": {"left>right": 1e-4, ...},       # Trainer(affinity=True) only: mean first-
+                                                  # order TAG affinity lr·g_i·g_j / L_j
      "val": {"left": {"accuracy": 0.5}, ...}, "test": {...},
      "selection_score": 0.0, "best_epoch": 1}
 

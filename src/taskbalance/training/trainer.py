@@ -93,8 +93,8 @@ class Trainer:
             (except :data:`~taskbalance.training.config.RESUME_MAY_DIFFER`) are an error.
         loader_generator: the train loader's shuffling generator, saved in checkpoints
             (default: ``train_loader.generator``).
-        progress, tensorboard, save_best, callbacks, check_finite: see :class:`TrainConfig`;
-            ``check_finite`` is passed to the Balancer.
+        progress, tensorboard, save_best, callbacks, check_finite, affinity: see
+            :class:`TrainConfig`; ``check_finite`` is passed to the Balancer.
         bn_recalibration: before each evaluation, re-estimate the BatchNorm running statistics
             for the current weights from this many training samples (in order; 0: off); see
             :mod:`taskbalance.training.batchnorm`.
@@ -139,9 +139,10 @@ class Trainer:
         shared_parameters: Iterable[nn.Parameter] | None = None,
         bn_recalibration: int = 1024,
         final_epochs: int | None = None,
+        affinity: bool = False,
     ) -> None:
         check_counts(epochs, steps, bn_recalibration, final_epochs)
-        self.final_epochs = final_epochs
+        self.final_epochs, self.affinity = final_epochs, affinity
         self.device = resolve_device(device)
         self.model = model.to(self.device)
         self.tasks, self.trainable_tasks = resolve_tasks(tasks, trainable_tasks)
@@ -278,7 +279,8 @@ class Trainer:
     def train_epoch(self) -> dict[str, Any]:
         """Train one epoch; returns the epoch's statistics (plain numbers)."""
         self.model.train()
-        stats = EpochStats(len(self.trainable_tasks), self.device)
+        lr = self.optimizer.param_groups[0]["lr"] if self.affinity else None
+        stats = EpochStats(len(self.trainable_tasks), self.device, affinity_lr=lr)
         total = loader_len(self.train_loader)
         if self.steps is not None:
             total = self.steps if total is None else min(total, self.steps)
@@ -433,6 +435,7 @@ class Trainer:
             "weights": summary["weights"],
             "grad_norms": summary["grad_norms"],
             "cosines": summary["cosines"],
+            **({"affinity": summary["affinity"]} if self.affinity else {}),
             "val": val,
             "test": test,
             "selection_score": score,
