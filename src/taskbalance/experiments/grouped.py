@@ -145,15 +145,12 @@ def _delta(test: Metrics, baseline: Metrics, directions: Directions) -> dict[str
 
 
 def _shared_parameters(config: Any, tasks: Sequence[str]) -> int:
-    """Parameters of one network of the benchmark's model used by ``tasks``."""
-    from taskbalance.data import load_benchmark
+    """Parameters of one network of the data's default model used by ``tasks``."""
     from taskbalance.training.results import count_parameters
+    from taskbalance.training.sources import load_data
 
-    data_seed = config.seed if config.data_seed is None else config.data_seed
-    bench = load_benchmark(
-        config.benchmark, seed=data_seed, size=config.size, cache_dir=config.cache_dir
-    )
-    return count_parameters(bench.build_model(**config.model_options), list(tasks))
+    model = load_data(config).build_model(**config.model_options)
+    return count_parameters(model, list(tasks))
 
 
 def _run_one(base: Any, tasks: Sequence[str], folder: Path, overwrite: bool) -> Any:
@@ -174,12 +171,15 @@ def train_groups(
 ) -> GroupedResult:
     """Train one network per group (``config`` is a TrainConfig dict whose ``out_dir`` is the
     parent folder; it must not set ``tasks``) and combine them; see the module docstring."""
-    from taskbalance.data.benchmark import get_spec
     from taskbalance.training import TrainConfig
+    from taskbalance.training.sources import data_tasks
 
     base = TrainConfig.from_dict(dict(config))
     if base.tasks is not None:
         raise ValueError("give the tasks with --groups only (the config sets 'tasks' too)")
+    task_objects = {t.name: t for t in data_tasks(base)}
+    check_groups(groups, list(task_objects))
+
     if base.benchmark is None or base.out_dir is None:
         raise ValueError("training by groups needs a 'benchmark' and an 'out_dir' folder")
     check_groups(groups, get_spec(base.benchmark).task_names)
@@ -209,20 +209,11 @@ def train_groups(
         grouped.shared_seconds_per_step = float(result.seconds_per_step)
         grouped.shared_parameters = int(result.num_parameters)
     if baseline is not None:
-        directions = _directions(base, everyone)
+        directions = {t: dict(task_objects[t].higher_is_better) for t in everyone}
         grouped.delta_m = _delta(grouped.test, baseline, directions)
         if grouped.shared_test is not None:
             grouped.shared_delta_m = _delta(grouped.shared_test, baseline, directions)
     return grouped
-
-
-def _directions(config: Any, tasks: Sequence[str]) -> Directions:
-    """``{task: {metric: higher_is_better}}`` of ``tasks`` (the benchmark's Task objects)."""
-    from taskbalance.data.benchmark import get_spec
-
-    spec = get_spec(config.benchmark)
-    by_name = {t.name: t for t in spec.make_tasks(spec.resolve_size(config.size))}
-    return {t: dict(by_name[t].higher_is_better) for t in tasks}
 
 
 def _fmt_delta(delta: Mapping[str, Any] | None, task: str | None = None) -> str:
