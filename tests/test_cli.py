@@ -307,6 +307,10 @@ def test_tune_continues_the_stored_study(tmp_path, capsys):
     assert "taskbalance train" in first
     best = _load(out / "best_weights.json")
     assert best["trials"] == 3 and best["command"] == command
+    from taskbalance.experiments.tune import TuneResult
+
+    typed = TuneResult.load(out)  # the typed outcome reads the file back, key for key
+    assert typed.to_json() == best and typed.best_weights == best["weights"]
     weights = best["weights"]
     assert sum(weights.values()) == pytest.approx(2.0)
     run = tmp_path / "best"

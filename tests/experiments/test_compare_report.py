@@ -175,3 +175,21 @@ def test_negative_transfer_section_recomputes_from_results_json(compared) -> Non
     for (method, task), row in rows.items():
         mean, std = _mean_std(row["values"])
         assert f"| {method} | {task} |" in section and f"{mean:+.2f} ± {std:.2f}" in section
+
+
+def test_the_typed_result_round_trips_through_its_folder(compared) -> None:
+    from taskbalance.experiments.compare import CompareResult
+
+    result, saved, _ = compared
+    # two methods x two seeds, one baseline per task and seed, each with its own folder
+    assert [(r.method, r.seed) for r in result.runs] == [
+        ("ew", 0), ("ew", 1), ("mgda", 0), ("mgda", 1)
+    ]
+    assert {(r.task, r.seed) for r in result.baselines} == {
+        (t, s) for t in saved["leaderboard"]["higher_is_better"] for s in (0, 1)
+    }
+    assert all(r.out_dir and r.task is None for r in result.runs)
+    assert saved["runs"] == [r.to_json() for r in result.runs]
+    loaded = CompareResult.load(result.out_dir)
+    assert loaded.runs == result.runs and loaded.baselines == result.baselines
+    assert loaded.leaderboard == saved["leaderboard"] and loaded.markdown == result.markdown

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 
@@ -11,6 +12,7 @@ from taskbalance.data import load_benchmark
 from taskbalance.experiments.workflows import (
     REFERENCE,
     WORKFLOWS,
+    WorkflowComparison,
     _deltas,
     compare_workflows,
     parse_labels,
@@ -72,7 +74,7 @@ def test_compare_workflows_end_to_end(bench, tmp_path) -> None:
         out_dir=tmp_path,
         log=lines.append,
     )
-    names = [r["workflow"] for r in result.rows]
+    names = [r.workflow for r in result.rows]
     assert names == [REFERENCE, "masked", "staged", "annotated"]
     table = result.markdown
     for name in ("masked", "staged", "annotated", REFERENCE, "Δm%"):
@@ -80,7 +82,7 @@ def test_compare_workflows_end_to_end(bench, tmp_path) -> None:
     assert len([ln for ln in table.splitlines() if ln.startswith("| ")]) == 5  # header + 4 rows
     assert_table_recomputes(table, bench.tasks)
     ref = result.row(REFERENCE)
-    assert ref["delta_m"] == pytest.approx(0.0)
+    assert ref.delta_m == pytest.approx(0.0)
     # Δm% of each workflow recomputed by hand from the stored metrics: the mean over every
     # metric with a non-zero reference of ±(value - reference) / reference * 100.
     hib = {t.name: t.higher_is_better for t in bench.tasks}
@@ -88,28 +90,31 @@ def test_compare_workflows_end_to_end(bench, tmp_path) -> None:
         changes: dict[str, list[float]] = {}
         for task, metrics in hib.items():
             for metric, higher in metrics.items():
-                value, base = row["test"][task][metric], ref["test"][task][metric]
+                value, base = row.test[task][metric], ref.test[task][metric]
                 if base == 0 or not math.isfinite(base) or (higher and base < MIN_HIGHER_BASELINE):
                     continue  # the documented rule (taskbalance.tasks.DELTA_RULE)
                 sign = -1.0 if higher else 1.0
                 changes.setdefault(task, []).append(sign * (value - base) / base * 100.0)
         every = [c for values in changes.values() for c in values]
-        assert row["delta_m"] == pytest.approx(sum(every) / len(every))
+        assert row.delta_m == pytest.approx(sum(every) / len(every))
         for task in hib:
             if task in changes:
                 mean = sum(changes[task]) / len(changes[task])
-                assert row["delta_per_task"][task] == pytest.approx(mean)
+                assert row.delta_per_task[task] == pytest.approx(mean)
             else:
-                assert row["delta_per_task"][task] is None
+                assert row.delta_per_task[task] is None
     for row in result.rows:
-        assert set(row["test"]) == {"segmentation", "depth", "normals"}
-        assert row["delta_m"] is None or math.isfinite(row["delta_m"])
-        assert set(row["delta_per_task"]) == {"segmentation", "depth", "normals"}
+        assert set(row.test) == {"segmentation", "depth", "normals"}
+        assert row.delta_m is None or math.isfinite(row.delta_m)
+        assert set(row.delta_per_task) == {"segmentation", "depth", "normals"}
     # files: table, results, the pseudo-labels of the annotated workflow, every run's folder
     assert (tmp_path / "workflows.md").read_text() == table
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["labels"] == {"depth": 0.25}
     assert [r["workflow"] for r in saved["rows"]] == names
+    assert saved["rows"] == [row.to_json() for row in result.rows]
+    loaded = WorkflowComparison.load(tmp_path)
+    assert loaded.rows == result.rows and loaded.markdown == table
     assert "depth" in saved["annotation"]
     assert (tmp_path / "runs" / "annotated" / "pseudo_labels.pt").is_file()
     for run in ("full", "masked", "staged", "annotated"):
@@ -130,7 +135,7 @@ def _rerun_continues_and_trains_nothing(bench, out_dir, rows) -> None:
 
         patch.setattr(Trainer, "train_epoch", no_training)
         again = compare_workflows(bench, "depth=0.25", out_dir=out_dir, log=None, **options)
-    strip = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]  # noqa: E731
+    strip = lambda rs: [replace(r, seconds=0.0) for r in rs]  # noqa: E731
     assert strip(again.rows) == strip(rows)
     with pytest.raises(ValueError, match="overwrite"):
         compare_workflows(bench, "depth=0.25", out_dir=out_dir, log=None, **{**options, "steps": 2})
@@ -240,7 +245,7 @@ def test_workflows_whose_models_differ_report_different_segmentation(bench) -> N
     result = compare_workflows(
         bench, "depth=0.25", "masked", epochs=1, steps=3, batch_size=8, log=None
     )
-    full, masked = result.row(REFERENCE)["test"], result.row("masked")["test"]
+    full, masked = result.row(REFERENCE).test, result.row("masked").test
     assert full["depth"] != masked["depth"]  # the two models differ
     assert full["segmentation"] != masked["segmentation"]
 
@@ -271,6 +276,6 @@ def test_interrupted_workflows_continue_and_end_as_uninterrupted(bench, tmp_path
     assert [path.stat().st_mtime_ns for path in done] == stamps  # reused, not retrained
 
     def rows(result):
-        return [{k: v for k, v in row.items() if k != "seconds"} for row in result.rows]
+        return [replace(row, seconds=0.0) for row in result.rows]
 
     assert rows(again) == rows(straight)

@@ -28,6 +28,7 @@ from taskbalance.fileio import atomic_write_text
 from taskbalance.validation import is_int
 
 from . import plots
+from .records import RunSummary
 from .report import build_leaderboard, sharing_summary, significance_marks, to_markdown
 from .transfer import negative_transfer, transfer_markdown
 
@@ -223,13 +224,34 @@ class CompareSettings:
 
 @dataclass
 class CompareResult:
-    """What :func:`run_compare` produced."""
+    """What :func:`run_compare` produced; :meth:`load` reads it back from its folder.
+
+    ``leaderboard`` is :func:`~.report.build_leaderboard`'s JSON-ready data; ``runs`` and
+    ``baselines`` are every training run (method runs, single-task baselines) as
+    :class:`~.records.RunSummary`."""
 
     out_dir: Path
     leaderboard: dict[str, Any]
     markdown: str
     plots: dict[str, Path]
     seconds: float
+    runs: list[RunSummary] = field(default_factory=list)
+    baselines: list[RunSummary] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, out_dir: str | Path) -> CompareResult:
+        """The comparison in ``out_dir`` (its ``results.json`` and ``leaderboard.md``)."""
+        folder = Path(out_dir)
+        data = json.loads((folder / "results.json").read_text(encoding="utf-8"))
+        return cls(
+            out_dir=folder,
+            leaderboard=data["leaderboard"],
+            markdown=(folder / "leaderboard.md").read_text(encoding="utf-8"),
+            plots={k: Path(v) for k, v in data.get("plots", {}).items()},
+            seconds=data["seconds"],
+            runs=[RunSummary.from_json(r) for r in data.get("runs", [])],
+            baselines=[RunSummary.from_json(r) for r in data.get("baselines", [])],
+        )
 
 
 def base_config(s: CompareSettings | Any, **fixed: Any) -> dict[str, Any]:
@@ -318,6 +340,7 @@ def run_compare(settings: CompareSettings, log: Log = print) -> CompareResult:
     seconds = time.perf_counter() - start
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "leaderboard.md", markdown)
+    runs, baselines = _run_summaries(methods, info.names, seeds, method_runs, baseline_runs)
     payload = {
         "benchmark": data_name(base),
         "methods": methods,
@@ -329,12 +352,13 @@ def run_compare(settings: CompareSettings, log: Log = print) -> CompareResult:
         "timing": timing,
         "jobs": jobs,
         "threads_per_job": threads,
-        **_run_summaries(methods, info.names, seeds, method_runs, baseline_runs),
+        "runs": [r.to_json() for r in runs],
+        "baselines": [r.to_json() for r in baselines],
         "plots": {k: str(v) for k, v in figures.items()},
         "seconds": seconds,
     }
     atomic_write_text(out / "results.json", json.dumps(payload, indent=2))
-    return CompareResult(out, board, markdown, figures, seconds)
+    return CompareResult(out, board, markdown, figures, seconds, runs, baselines)
 
 
 def _plan(
@@ -376,19 +400,19 @@ def _run_summaries(
     seeds: list[int],
     method_runs: Mapping[str, list[dict[str, Any]]],
     baseline_runs: Mapping[str, list[dict[str, Any]]],
-) -> dict[str, list[dict[str, Any]]]:
-    return {
-        "runs": [
-            _run_summary(run, method=m, seed=seed)
-            for m in methods
-            for seed, run in zip(seeds, method_runs[m], strict=True)
-        ],
-        "baselines": [
-            _run_summary(run, method="ew", seed=seed, task=t)
-            for t in tasks
-            for seed, run in zip(seeds, baseline_runs[t], strict=True)
-        ],
-    }
+) -> tuple[list[RunSummary], list[RunSummary]]:
+    """Every method run and every single-task baseline, typed."""
+    runs = [
+        RunSummary.from_run(run, method=m, seed=seed)
+        for m in methods
+        for seed, run in zip(seeds, method_runs[m], strict=True)
+    ]
+    baselines = [
+        RunSummary.from_run(run, method="ew", seed=seed, task=t)
+        for t in tasks
+        for seed, run in zip(seeds, baseline_runs[t], strict=True)
+    ]
+    return runs, baselines
 
 
 def resolve_jobs(jobs: int | None, device: str, runs: int) -> tuple[int, int]:
@@ -544,15 +568,6 @@ def _measure_sharing(
         "repeats": repeats,
         "device": str(device),
     }
-
-
-def _run_summary(run: Mapping[str, Any], **keys: Any) -> dict[str, Any]:
-    fields = ("best_epoch", "val", "test", "seconds_per_step", "num_parameters")
-    summary = {**keys, **{k: run.get(k) for k in fields if k in run}}
-    out_dir = run.get("config", {}).get("out_dir")
-    if out_dir is not None:
-        summary["out_dir"] = out_dir
-    return summary
 
 
 def _write_plots(

@@ -32,7 +32,7 @@ import os
 import shlex
 import socket
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,7 +85,8 @@ class TuneSettings:
 
 @dataclass
 class TuneResult:
-    """Outcome of :func:`run_tune`."""
+    """Outcome of :func:`run_tune`; ``best_weights.json`` is :meth:`to_json`, read back by
+    :meth:`load`."""
 
     study_name: str
     storage: str
@@ -93,6 +94,41 @@ class TuneResult:
     best_value: float  # validation Δm% of the best trial
     best_weights: dict[str, float]  # normalised, per task
     command: str  # the ``taskbalance train`` command that trains with them
+    best_trial: int | None = None  # the best trial's number in the study
+    not_in_delta_m: dict[str, str] = field(default_factory=dict)  # metric -> why left out
+
+    def to_json(self) -> dict[str, Any]:
+        """The content of ``best_weights.json``."""
+        return {
+            "study": self.study_name,
+            "storage": self.storage,
+            "trials": self.trials,
+            "best_trial": self.best_trial,
+            "validation_delta_m": self.best_value,
+            "not_in_delta_m": self.not_in_delta_m,
+            "weights": self.best_weights,
+            "command": self.command,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> TuneResult:
+        """Inverse of :meth:`to_json`."""
+        return cls(
+            study_name=data["study"],
+            storage=data["storage"],
+            trials=data["trials"],
+            best_value=data["validation_delta_m"],
+            best_weights=dict(data["weights"]),
+            command=data["command"],
+            best_trial=data.get("best_trial"),
+            not_in_delta_m=dict(data.get("not_in_delta_m") or {}),
+        )
+
+    @classmethod
+    def load(cls, out_dir: str | Path) -> TuneResult:
+        """The study's outcome in ``out_dir/best_weights.json``."""
+        path = Path(out_dir) / "best_weights.json"
+        return cls.from_json(json.loads(path.read_text(encoding="utf-8")))
 
 
 def normalise_weights(raw: Sequence[float]) -> list[float]:
@@ -237,8 +273,10 @@ def run_tune(settings: TuneSettings, log: Log = print) -> TuneResult:
         best_value=float(best.value),
         best_weights=dict(zip(info.names, best_weights, strict=True)),
         command=train_command(s, best_weights),
+        best_trial=best.number,
+        not_in_delta_m=dict(left_out),
     )
-    _write_best(out / "best_weights.json", result, best.number, left_out)
+    atomic_write_text(out / "best_weights.json", json.dumps(result.to_json(), indent=2))
     return result
 
 
@@ -385,22 +423,3 @@ def _objective(
         return value
 
     return objective
-
-
-def _write_best(path: Path, result: TuneResult, best_trial: int, left_out: Any) -> None:
-    atomic_write_text(
-        path,
-        json.dumps(
-            {
-                "study": result.study_name,
-                "storage": result.storage,
-                "trials": result.trials,
-                "best_trial": best_trial,
-                "validation_delta_m": result.best_value,
-                "not_in_delta_m": left_out,
-                "weights": result.best_weights,
-                "command": result.command,
-            },
-            indent=2,
-        ),
-    )

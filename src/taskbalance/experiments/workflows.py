@@ -36,10 +36,13 @@ from torch.utils.data import DataLoader
 
 from taskbalance.validation import is_number
 
+from .records import WorkflowRow
+
 __all__ = [
     "REFERENCE",
     "WORKFLOWS",
     "WorkflowComparison",
+    "WorkflowRow",
     "compare_workflows",
     "make_loaders",
     "labels_argument",
@@ -330,19 +333,34 @@ def train_staged(
 
 @dataclass
 class WorkflowComparison:
-    """What :func:`compare_workflows` produced."""
+    """What :func:`compare_workflows` produced (``rows[0]`` is the reference);
+    :meth:`load` reads it back from its folder."""
 
-    rows: list[dict[str, Any]]  # one per run: workflow, metrics, delta_m, per-task deltas, seconds
+    rows: list[WorkflowRow]
     markdown: str
     out_dir: Path | None
     seconds: float
     labels: dict[str, float]
 
-    def row(self, workflow: str) -> dict[str, Any]:
+    def row(self, workflow: str) -> WorkflowRow:
+        """The row of ``workflow`` (``KeyError`` naming the workflows there are)."""
         for row in self.rows:
-            if row["workflow"] == workflow:
+            if row.workflow == workflow:
                 return row
-        raise KeyError(f"no workflow {workflow!r}; have {[r['workflow'] for r in self.rows]}")
+        raise KeyError(f"no workflow {workflow!r}; have {[r.workflow for r in self.rows]}")
+
+    @classmethod
+    def load(cls, out_dir: str | Path) -> WorkflowComparison:
+        """The comparison in ``out_dir`` (its ``results.json`` and ``workflows.md``)."""
+        folder = Path(out_dir)
+        data = json.loads((folder / "results.json").read_text(encoding="utf-8"))
+        return cls(
+            rows=[WorkflowRow.from_json(r) for r in data["rows"]],
+            markdown=(folder / "workflows.md").read_text(encoding="utf-8"),
+            out_dir=folder,
+            seconds=data["seconds"],
+            labels=dict(data["labels"]),
+        )
 
 
 def _deltas(
@@ -367,21 +385,23 @@ def _fmt(value: float | None, digits: int = 4) -> str:
 
 
 def workflow_table(
-    rows: Sequence[Mapping[str, Any]],
+    rows: Sequence[WorkflowRow | Mapping[str, Any]],
     tasks: Sequence[Any],
     *,
     title: str | None = None,
     split: str = "test",
 ) -> str:
     """Markdown table: one row per run, EVERY metric of every task (those left out of Δm marked
-    and named below), each task's Δ% (the mean of its metrics that enter) and Δm%."""
+    and named below), each task's Δ% (the mean of its metrics that enter) and Δm%. ``rows``
+    may also be :meth:`WorkflowRow.to_json` dicts."""
     from taskbalance.tasks import DELTA_RULE
 
     from .tables import markdown_table
 
+    typed = [r if isinstance(r, WorkflowRow) else WorkflowRow.from_json(r) for r in rows]
     excluded: dict[str, str] = {}
-    for row in rows:
-        excluded.update(row.get("delta_skipped") or {})
+    for row in typed:
+        excluded.update(row.delta_skipped or {})
     lines = []
     if title:
         lines += [f"### {title}", ""]
@@ -394,13 +414,13 @@ def workflow_table(
     head += [f"Δ {t.name} %" for t in tasks]
     head += ["Δm% ↓", "time s"]
     body = []
-    for row in rows:
-        metrics = row[split]
-        cells = [row["workflow"]]
+    for row in typed:
+        metrics = getattr(row, split)
+        cells = [row.workflow]
         cells += [_fmt(metrics[t.name][m]) for t in tasks for m in t.higher_is_better]
-        per_task = row.get("delta_per_task") or {}
+        per_task = row.delta_per_task or {}
         cells += [_signed(per_task.get(t.name)) for t in tasks]
-        cells += [_signed(row.get("delta_m")), f"{row['seconds']:.0f}"]
+        cells += [_signed(row.delta_m), f"{row.seconds:.0f}"]
         body.append(cells)
     lines += markdown_table(head, body, align=["left"] + ["right"] * (len(head) - 1))
     lines.append("")
@@ -641,7 +661,7 @@ class _Plan:
         return run
 
 
-def _rows(runs: Mapping[str, Mapping[str, Any]], tasks: Sequence[Any]) -> list[dict[str, Any]]:
+def _rows(runs: Mapping[str, Mapping[str, Any]], tasks: Sequence[Any]) -> list[WorkflowRow]:
     """One row per run: metrics and Δ against the reference (the first run)."""
     reference = runs[REFERENCE]
     rows = []
@@ -649,28 +669,28 @@ def _rows(runs: Mapping[str, Mapping[str, Any]], tasks: Sequence[Any]) -> list[d
         overall, per_task, skipped = _deltas(run["test"], reference["test"], tasks)
         val_overall, _, _ = _deltas(run["val"], reference["val"], tasks)
         rows.append(
-            {
-                "workflow": name,
-                "test": run["test"],
-                "val": run["val"],
-                "delta_m": overall,
-                "delta_per_task": per_task,
-                "delta_m_val": val_overall,
-                "delta_skipped": skipped,
-                "seconds": run["seconds"],
-            }
+            WorkflowRow(
+                workflow=name,
+                test=run["test"],
+                val=run["val"],
+                delta_m=overall,
+                delta_per_task=per_task,
+                delta_m_val=val_overall,
+                delta_skipped=skipped,
+                seconds=run["seconds"],
+            )
         )
     return rows
 
 
 def _results(
-    settings: Mapping[str, Any], rows: list[dict[str, Any]], seconds: float
+    settings: Mapping[str, Any], rows: list[WorkflowRow], seconds: float
 ) -> dict[str, Any]:
     return {
         "reference": REFERENCE,
         "settings": dict(settings),
         "selection": "metrics after the last epoch of every run (no epoch selection)",
-        "rows": rows,
+        "rows": [row.to_json() for row in rows],
         "seconds": seconds,
     }
 
