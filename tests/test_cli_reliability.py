@@ -184,13 +184,36 @@ def test_compare_with_other_settings_names_overwrite(tmp_path, capsys):
         )
 
 
-def test_commands_refuse_to_run_under_torchrun_until_they_shard_their_data(
+def test_commands_other_than_train_and_compare_refuse_to_run_under_torchrun(
     monkeypatch, capsys
 ) -> None:
     from taskbalance.cli import main
 
     monkeypatch.setenv("WORLD_SIZE", "2")
-    assert main(["train", "--method", "ew", "--epochs", "1"]) == 2
+    monkeypatch.setenv("RANK", "1")
+    assert main(["diagnose", "--benchmark", "multidigits", "--steps", "1"]) == 2
     err = capsys.readouterr().err
-    assert "do not run under torchrun yet (WORLD_SIZE=2)" in err
+    assert "'taskbalance diagnose' does not run under torchrun (WORLD_SIZE=2)" in err
     assert "docs/distributed.md" in err
+    assert main(["train", "--nproc", "2", "--method", "ew", "--epochs", "1"]) == 2
+    assert "under torchrun leave --nproc out" in capsys.readouterr().err
+
+
+def test_nproc_runs_the_same_command_under_torchrun(monkeypatch) -> None:
+    import subprocess
+    import sys
+
+    from taskbalance.cli import main
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    started: list[list[str]] = []
+    monkeypatch.setattr(subprocess, "call", lambda cmd: started.append(cmd) or 7)
+    argv = ["train", "--nproc", "3", "--method", "mgda", "--nproc=3", "--epochs", "1"]
+    assert main(argv) == 7  # torchrun's exit status
+    assert started == [
+        [
+            sys.executable, "-m", "torch.distributed.run", "--standalone",
+            "--nproc-per-node=3", "-m", "taskbalance",
+            "train", "--method", "mgda", "--epochs", "1",
+        ]
+    ]  # fmt: skip

@@ -251,12 +251,19 @@ def _prepare_out(out: Path, names: Sequence[str], overwrite: bool, what: str) ->
     """Delete temporary files a killed call left in ``out``; with ``--overwrite``, also what an
     earlier ``what`` wrote there (``names`` only)."""
     from taskbalance.fileio import remove_stale_temporaries
+    from taskbalance.training.distributed_run import in_process_group, on_rank0
     from taskbalance.training.rundir import clear_run, held_results
 
-    remove_stale_temporaries(out)  # left by a call killed while writing its report
-    if overwrite and held_results(out, names):
-        removed = clear_run(out, names)
-        _log(f"--overwrite: removed the earlier {what} from {out} ({', '.join(removed)})")
+    def prepare() -> None:
+        remove_stale_temporaries(out)  # left by a call killed while writing its report
+        if overwrite and held_results(out, names):
+            removed = clear_run(out, names)
+            _log(f"--overwrite: removed the earlier {what} from {out} ({', '.join(removed)})")
+
+    if in_process_group():  # under torchrun rank 0 alone reads and writes --out
+        on_rank0(prepare, f"preparing {out}")
+    else:
+        prepare()
 
 
 def _check_pseudo_labels(path: str, option: str) -> None:
@@ -281,6 +288,11 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         if args.dataset is not None:
             raise UserError(
                 "--labels workflows run on the built-in benchmarks; remove --dataset or --labels"
+            )
+        if "WORLD_SIZE" in os.environ:
+            raise UserError(
+                "compare --labels/--workflows does not run under torchrun; run it in one "
+                "process (the method comparison runs under torchrun)"
             )
         return _compare_workflows(args)
     out_dir = _check_out(args.out or Path("runs") / f"compare-{_data_name(args)}", "--out")
@@ -536,6 +548,9 @@ def _set_threads(requested: int | None) -> None:
         _log(f"torch threads: {requested} (--threads)")
         return
     threads, why = default_threads()
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    if local > 1:  # torchrun's processes on this machine share its CPUs
+        threads, why = max(1, threads // local), f"{why}, {local} processes"
     torch.set_num_threads(threads)
     _log(f"torch threads: {threads} ({why}; --threads N to change)")
 
@@ -609,6 +624,16 @@ def _add_data_flags(p: argparse.ArgumentParser, *, options: bool = True) -> None
         p.set_defaults(dataset_option=None)
 
 
+def _add_nproc_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--nproc",
+        type=_positive_int,
+        default=None,
+        help="train with N processes on this machine (starts torchrun; every step is the "
+        "step of the union of their batches, see docs/distributed.md)",
+    )
+
+
 def _add_threads_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--threads",
@@ -676,6 +701,7 @@ def _add_train_command(sub: Any, defaults: dict[str, Any]) -> None:
     )
     p.add_argument("--out", help="run folder (default: runs/<benchmark>-<method>-seed<seed>)")
     p.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
+    _add_nproc_flag(p)
     p.add_argument(
         "--overwrite",
         action="store_true",
@@ -782,6 +808,7 @@ def _add_compare_command(sub: Any, defaults: dict[str, Any]) -> None:
         help="runs trained side by side, one process each (default: one per torch thread on a "
         "CPU, each with one thread; 1 on an accelerator)",
     )
+    _add_nproc_flag(p)
     p.add_argument(
         "--no-timing",
         action="store_true",
@@ -937,17 +964,46 @@ def _one_line(err: BaseException) -> str:
     return " ".join(text.split())
 
 
-def _refuse_torchrun() -> None:
-    """The commands train in one process: under torchrun every rank would repeat the whole run
-    and write the same files, so say so instead (the Python API is distributed)."""
+#: The commands that run under torchrun (the ranks train each run together; rank 0 writes).
+DISTRIBUTED_COMMANDS = ("train", "compare")
+
+
+def _join_torchrun(args: argparse.Namespace) -> bool:
+    """Under torchrun: join the group (train, compare) or refuse (the other commands); the
+    ranks other than 0 print nothing on stdout. ``False`` when not under torchrun."""
+    from taskbalance.training.launch import join_from_environment, under_torchrun
+
     world = os.environ.get("WORLD_SIZE", "1")
-    if world.isdigit() and int(world) > 1:
-        raise UserError(
-            f"the taskbalance commands do not run under torchrun yet (WORLD_SIZE={world}): "
-            "each rank would train the whole run and write the same files. Run the command in "
-            "one process, or train with taskbalance.Balancer in your own torch.distributed "
-            "script (docs/distributed.md)"
-        )
+    if args.command not in DISTRIBUTED_COMMANDS:
+        if world.isdigit() and int(world) > 1:
+            raise UserError(
+                f"'taskbalance {args.command}' does not run under torchrun (WORLD_SIZE={world}): "
+                "each rank would repeat the whole work; run it in one process (train and "
+                "compare run under torchrun, docs/distributed.md)"
+            )
+        return False
+    if not under_torchrun():
+        return False
+    if getattr(args, "nproc", None) is not None:
+        raise UserError("--nproc starts torchrun itself; under torchrun leave --nproc out")
+    if join_from_environment() != 0:
+        _QUIET.append(sys.stdout)
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - rank 0 alone reports
+    return True
+
+
+_QUIET: list[Any] = []  # the stdout a rank other than 0 set aside while it runs
+
+
+def _launch(args: argparse.Namespace, argv: Sequence[str] | None) -> int | None:
+    """``--nproc N``: run this command as N processes under torchrun (its exit status)."""
+    nproc = getattr(args, "nproc", None)
+    if nproc is None or "WORLD_SIZE" in os.environ:
+        return None
+    from taskbalance.training.launch import launch
+
+    _log(f"starting {nproc} processes with torchrun (torch.distributed.run --standalone)")
+    return launch(nproc, list(sys.argv[1:] if argv is None else argv))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -970,8 +1026,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     # main() may be called in-process (tests, scripts): put back what it changes.
     saved_threads, saved_showwarning = torch.get_num_threads(), warnings.showwarning
     warnings.showwarning = _one_line_warning
+    joined = False
     try:
-        _refuse_torchrun()
+        joined = _join_torchrun(args)
+        launched = _launch(args, argv)
+        if launched is not None:
+            return launched
         if hasattr(args, "threads"):
             _set_threads(args.threads)
         return func(args)
@@ -996,6 +1056,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         warnings.showwarning = saved_showwarning
         torch.set_num_threads(saved_threads)
+        if joined:
+            _leave_torchrun()
+
+
+def _leave_torchrun() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    if _QUIET:
+        sys.stdout.close()
+        sys.stdout = _QUIET.pop()
 
 
 #: Import name -> (pip package, extra that installs it). The core (``import taskbalance``) needs

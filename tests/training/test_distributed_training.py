@@ -74,3 +74,28 @@ def test_metrics_reduced_over_two_ranks_equal_one_process_on_all_samples(tmp_pat
         metric.update(pred[idx], target[idx], mask[idx])  # type: ignore[attr-defined]
         alone[name] = metric.compute()  # type: ignore[attr-defined]
     assert any(alone[n] != pytest.approx(reference[n], rel=1e-9) for n in reference)
+
+
+def test_union_batches_are_consecutive_runs_of_one_order_whatever_the_number_of_ranks() -> None:
+    from taskbalance.training.distributed import UnionBatches
+
+    size, batch = 23, 7
+    reference = UnionBatchSampler(size, 0, 1, seed=3)
+    for epoch in (0, 2):
+        reference.set_epoch(epoch)
+        order = reference.permutation().tolist()
+        want = [set(order[k * batch : (k + 1) * batch]) for k in range(size // batch)]
+        for world in (1, 2, 3):
+            ranks = [UnionBatches(size, batch, r, world, seed=3) for r in range(world)]
+            for s in ranks:
+                s.set_epoch(epoch)
+            local = [list(s) for s in ranks]
+            assert all(len(parts) == 3 for parts in local)  # 2 samples left out of the epoch
+            for k in range(3):
+                sizes = [len(parts[k]) for parts in local]
+                assert max(sizes) - min(sizes) <= 1
+                assert set().union(*(parts[k] for parts in local)) == want[k]
+    with pytest.raises(ValueError, match="smaller than the 3 ranks"):
+        UnionBatches(size, 2, 0, 3, seed=0)
+    with pytest.raises(ValueError, match="larger than the 23 training samples"):
+        UnionBatches(size, 24, 0, 1, seed=0)

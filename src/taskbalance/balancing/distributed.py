@@ -25,6 +25,7 @@ from torch import Tensor
 
 __all__ = [
     "DistributedContext",
+    "EmptyStepError",
     "RemoteRankError",
     "StepHeader",
     "resolve_group",
@@ -33,6 +34,11 @@ __all__ = [
 
 class RemoteRankError(RuntimeError):
     """Another rank failed in the same balancing step (its own error is raised on that rank)."""
+
+
+class EmptyStepError(ValueError):
+    """No rank has a loss for any task in this step; raised on every rank at the same point
+    (right after the step's first collective), so every rank can skip the batch together."""
 
 
 def resolve_group(process_group: Any) -> DistributedContext | None:

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from torch import Tensor, nn
 
 from .base import GradientMethod, LossMethod, make_generator
-from .distributed import DistributedContext
+from .distributed import DistributedContext, EmptyStepError
 from .heads import feature_list
 from .solvers import combine, first_nonfinite_row, gramian
 from .step_info import LossInput, StepInfo
@@ -39,7 +39,7 @@ from .streaming import (
 # The Balancer calls in here with itself: typed Any, since importing it would be a circle.
 Balancer = Any
 
-__all__ = ["distributed_backward"]
+__all__ = ["abort_step", "distributed_backward"]
 
 
 def _flat_reduce(ctx: DistributedContext, tensors: Sequence[Tensor], like: Tensor) -> list[Tensor]:
@@ -112,6 +112,20 @@ def _restore_reduced(
         p.grad = g if old is None else old + g
 
 
+def abort_step(balancer: Balancer, error: BaseException) -> NoReturn:
+    """A rank that failed before :meth:`Balancer.backward` (its forward pass, its losses)
+    joins the step's first collective as failed, so the other ranks raise
+    :class:`RemoteRankError` instead of waiting; then ``error`` is raised here. In one process
+    (no group) ``error`` is raised at once."""
+    ctx = balancer._dist
+    if ctx is not None:
+        T = balancer.method.num_tasks
+        device = balancer.shared[0].device if balancer.shared else torch.device("cpu")
+        empty = torch.zeros(T, dtype=torch.float64)
+        ctx.header(T, empty, empty, empty.bool(), True, [0.0, 0.0], 0.0, device)
+    raise error
+
+
 def distributed_backward(
     balancer: Balancer,
     losses: LossInput,
@@ -152,7 +166,7 @@ def distributed_backward(
     present = header.present
     present_host = present.cpu()
     if not bool(present_host.any()):
-        raise ValueError("no task has a loss on any rank in this step; skip the batch instead")
+        raise EmptyStepError("no task has a loss on any rank in this step; skip the batch instead")
     if method.generator is None and "seed" in method_options(method):
         method.generator = make_generator(ctx.broadcast_seed(device))
     all_present = bool(present_host.all())

@@ -70,6 +70,7 @@ def batch_loader(
 def loader_batch_size(loader: Any, default: int = 64) -> int:
     """The batch size of a loader from :func:`batch_loader` (or any DataLoader)."""
     size = getattr(loader, "batch_size", None)
-    if size is None:
-        size = getattr(getattr(loader, "sampler", None), "batch_size", None)
+    for part in ("sampler", "batch_sampler"):
+        if size is None:
+            size = getattr(getattr(loader, part, None), "batch_size", None)
     return int(size) if size else default

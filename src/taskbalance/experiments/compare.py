@@ -310,10 +310,13 @@ def run_compare(settings: CompareSettings, log: Log = print) -> CompareResult:
         f"{len(info.names)} single-task baselines = {total} runs -> {out}"
     )
     plan = _plan(out, base, seeds, info.names, methods)
-    jobs, threads = resolve_jobs(s.jobs, s.device, len(plan))
+    rank = _compare_rank(s.jobs)  # under torchrun: every run trains over every rank in turn
+    jobs, threads = resolve_jobs(s.jobs, s.device, len(plan)) if rank is None else (1, 1)
     if jobs > 1:
         log(f"training {jobs} runs at a time, {threads} torch thread(s) each")
     results_list = _run_plan(plan, jobs, threads, log)
+    if rank:  # rank 0 alone reports
+        return CompareResult(out, {}, "", {}, time.perf_counter() - start)
     baseline_runs: dict[str, list[dict[str, Any]]] = {t: [] for t in info.names}
     method_runs: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
     for (key, _, _), results in zip(plan, results_list, strict=True):
@@ -321,7 +324,7 @@ def run_compare(settings: CompareSettings, log: Log = print) -> CompareResult:
         (baseline_runs if kind == "task" else method_runs)[name].append(results)
 
     timing = None
-    if s.timing:
+    if s.timing and rank is None:  # under torchrun, times per step are the runs' own
         timing = _timing_pass(
             base, seeds[0], methods, info.names, threads, log, s.timing_rounds, s.timing_steps
         )
@@ -359,6 +362,21 @@ def run_compare(settings: CompareSettings, log: Log = print) -> CompareResult:
     }
     atomic_write_text(out / "results.json", json.dumps(payload, indent=2))
     return CompareResult(out, board, markdown, figures, seconds, runs, baselines)
+
+
+def _compare_rank(jobs: int | None) -> int | None:
+    """This process's rank under torchrun (``None`` in one process), where ``jobs`` must be 1."""
+    from taskbalance.training.distributed import rank_and_world
+    from taskbalance.training.distributed_run import in_process_group
+
+    if not in_process_group():
+        return None
+    if jobs not in (None, 1):
+        raise ValueError(
+            f"jobs={jobs} under torchrun: every run trains over all the processes, one run "
+            "after the other; leave --jobs out"
+        )
+    return rank_and_world()[0]
 
 
 def _plan(

@@ -31,6 +31,14 @@ from taskbalance.balancing import create
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint
 from .config import RESUME_MAY_DIFFER, TrainConfig, _plain
 from .devices import resolve_device, seed_everything
+from .distributed_run import (
+    decide_on_rank0,
+    in_process_group,
+    on_rank0,
+    rank_device,
+    union_loaders,
+)
+from .distributed_trainer import DistributedTrainer
 from .loaders import make_loaders
 from .results import RunResult
 from .rundir import check_new_run, load_results_file
@@ -86,11 +94,18 @@ def train(
     """
     config = _as_config(config)
     resolve_device(config.device)  # fail before generating data
-    if config.out_dir is not None:
-        out_dir = Path(config.out_dir)
-        check_new_run(out_dir, resume=config.resume, overwrite=overwrite)
-        if config.resume and not has_checkpoint(out_dir):
-            load_checkpoint(out_dir / CHECKPOINT_NAME)  # raises the explanatory FileNotFoundError
+
+    def check_folder() -> None:
+        if config.out_dir is not None:
+            out_dir = Path(config.out_dir)
+            check_new_run(out_dir, resume=config.resume, overwrite=overwrite)
+            if config.resume and not has_checkpoint(out_dir):
+                load_checkpoint(out_dir / CHECKPOINT_NAME)  # the explanatory FileNotFoundError
+
+    if in_process_group():  # under torchrun rank 0 alone reads and writes the run folder
+        on_rank0(check_folder, "checking the run folder")
+    else:
+        check_folder()
     return _fit(config, None, callbacks, None, resume=config.resume)
 
 
@@ -121,11 +136,15 @@ def run(
     config = _as_config(config).replace(resume=False)
     out = None if config.out_dir is None else Path(config.out_dir)
     start = time.perf_counter()
-    reused = _finished(out, config, inputs)
+
+    def look() -> tuple[RunResult | None, bool]:
+        return _finished(out, config, inputs), has_checkpoint(out)
+
+    # under torchrun rank 0 alone reads the folder; every rank takes its decision
+    reused, resume = decide_on_rank0(look, f"reading {out}") if in_process_group() else look()
     if reused is not None:
         _say(log, f"{label}: reused ({out / 'results.json'})")  # type: ignore[operator]
         return reused
-    resume = has_checkpoint(out)
     result = _fit(config, inputs, callbacks, on_start, resume=resume)
     seconds = time.perf_counter() - start
     _say(log, f"{label}: {'resumed and ' if resume else ''}trained in {seconds:.1f}s")
@@ -164,7 +183,8 @@ class _Pieces:
 
     @classmethod
     def build(cls, config: TrainConfig, inputs: RunInputs) -> _Pieces:
-        device = resolve_device(config.device)
+        group = in_process_group()  # under torchrun: training/distributed_trainer.py
+        device = resolve_device(rank_device(config.device) if group else config.device)
         bench = _benchmark(config, inputs)
         tasks = _tasks(config, inputs, bench)
         if inputs.model is not None:
@@ -174,7 +194,13 @@ class _Pieces:
             model = bench.build_model(**config.model_options)
         trained = config.trainable_tasks or [t.name for t in tasks]
         method = _method(config, len(trained))
-        loaders = inputs.loaders or make_loaders(
+        if group and inputs.loaders is not None:
+            raise ValueError(
+                "loaders handed over cannot be shared out among the ranks under torchrun; "
+                "hand over the data (RunInputs.benchmark) instead"
+            )
+        load: Any = union_loaders if group else make_loaders
+        loaders = inputs.loaders or load(
             bench.train,
             bench.val,
             bench.test,
@@ -190,7 +216,8 @@ class _Pieces:
 def _trainer(
     config: TrainConfig, inputs: RunInputs, pieces: _Pieces, callbacks: Sequence[Callback]
 ) -> Trainer:
-    trainer = Trainer(
+    kind: Any = DistributedTrainer if in_process_group() else Trainer
+    trainer = kind(
         pieces.model,
         pieces.tasks,
         pieces.method,

@@ -162,9 +162,7 @@ class Trainer:
         self._reset_progress()
 
     def _balancer(self, shared: list[nn.Parameter], check_finite: bool) -> Balancer:
-        """It skips shared parameters frozen at the time of a step. One process: the Trainer
-        does not shard data or reduce metrics yet (docs/distributed.md), so its Balancer must
-        not reduce over a process group a user script may have set up."""
+        """One process (``DistributedTrainer``: a group); skips shared parameters frozen now."""
         names, mode = self.trainable_tasks, self.mode
         kwargs: dict[str, Any] = {"task_names": names, "check_finite": check_finite}
         return Balancer(self.method, shared, mode, process_group=None, **kwargs)
@@ -221,7 +219,6 @@ class Trainer:
             seen.setdefault(id(p), p)
         return list(seen.values())
 
-    # ------------------------------------------------------------------ training
     def _autocast(self) -> Any:
         return self.precision.autocast()
 
@@ -247,6 +244,11 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         features: Any = self.model.features if self._rep else None
         info = self.balancer.backward(losses, features=features)
+        self._apply_step(info, scale, stats)
+        return info
+
+    def _apply_step(self, info: StepInfo, scale: Tensor | None, stats: EpochStats | None) -> None:
+        """After the Balancer wrote the step's gradients: unscale, clip, optimizer step."""
         if self._rep_detach:  # the heads consumed a detached copy: carry on into the backbone
             self.model.backward_shared()  # type: ignore[operator]
         self.precision.unscale(self.optimizer, self.balancer.parameters(), scale)
@@ -257,7 +259,6 @@ class Trainer:
         self.precision.step(self.optimizer)
         if stats is not None:
             stats.add(info)
-        return info
 
     def _losses(self, batch: Any) -> dict[str, Tensor | None] | None:
         """The trained tasks' masked losses of a batch (``None`` for a task without labels);
@@ -346,6 +347,10 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self, loader: Iterable, desc: str = "eval") -> dict[str, dict[str, float]]:
         """Every task's metrics over ``loader``: ``{task: {metric: value}}``."""
+        return {n: acc.compute() for n, acc in self._accumulate_metrics(loader, desc).items()}
+
+    def _accumulate_metrics(self, loader: Iterable, desc: str) -> dict[str, Any]:
+        """Every task's metric accumulators, updated with every batch of ``loader``."""
         was_training = self.model.training
         self.model.eval()
         metrics = {name: task.new_metrics() for name, task in self.tasks.items()}
@@ -363,7 +368,7 @@ class Trainer:
                         acc.update(pred, to_device(targets[name], self.device), mask)
         finally:
             self.model.train(was_training)
-        return {name: acc.compute() for name, acc in metrics.items()}
+        return metrics
 
     def _selection_tasks(self) -> list[Any]:
         return [self.tasks[n] for n in self.trainable_tasks]
@@ -394,14 +399,7 @@ class Trainer:
                 # a finished run killed before its history files were rewritten
                 writer.write(self.history, tensorboard=False)
             while self.epoch < self.epochs:
-                record = self._run_epoch()
-                if self.out_dir is not None:
-                    self.save_checkpoint(self.out_dir / CHECKPOINT_NAME)
-                    self._commit_best()
-                    assert writer is not None
-                    writer.write(self.history)
-                for callback in self.callbacks:
-                    callback(self, record)
+                self._end_epoch(self._run_epoch(), writer)
         finally:
             if writer is not None:
                 writer.close()
@@ -409,6 +407,15 @@ class Trainer:
         if self.out_dir is not None:
             atomic_write_json(self.out_dir / "results.json", result.to_dict())
         return result
+
+    def _end_epoch(self, record: dict[str, Any], writer: HistoryWriter | None) -> None:
+        """Checkpoint, best weights and history files of a finished epoch, then callbacks."""
+        if self.out_dir is not None and writer is not None:
+            self.save_checkpoint(self.out_dir / CHECKPOINT_NAME)
+            self._commit_best()
+            writer.write(self.history)
+        for callback in self.callbacks:
+            callback(self, record)
 
     def _run_epoch(self) -> dict[str, Any]:
         summary = self.train_epoch()
@@ -475,7 +482,6 @@ class Trainer:
             trainable_tasks=list(self.trainable_tasks),
         )
 
-    # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue training exactly."""
         return trainer_state(self)

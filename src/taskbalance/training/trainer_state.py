@@ -59,7 +59,14 @@ def trainer_state(trainer: Any) -> dict[str, Any]:
         "trainable_tasks": trainer.trainable_tasks,
         "mode": trainer.mode,
         "method_name": trainer.method.name,
+        "data_order": _data_order(trainer),
     }
+
+
+def _data_order(trainer: Any) -> str:
+    """``"loader"`` (one process: the train loader's shuffling) or ``"union"`` (over ranks:
+    :class:`~taskbalance.training.distributed.UnionBatches`); a run resumes only in its own."""
+    return str(getattr(trainer, "data_order", "loader"))
 
 
 def load_trainer_state(trainer: Any, state: Mapping[str, Any]) -> None:
@@ -92,6 +99,11 @@ def check_resumable(trainer: Any, state: Mapping[str, Any]) -> None:
     ):
         if state.get(key) != mine:
             problems.append(f"{key}: checkpoint {state.get(key)!r}, now {mine!r}")
+    if state.get("data_order", "loader") != _data_order(trainer):
+        problems.append(
+            f"data order: checkpoint {state.get('data_order', 'loader')!r} (one process: "
+            "'loader'; under torchrun: 'union'), now " + repr(_data_order(trainer))
+        )
     saved_cfg = state.get("run_config") or {}
     config = trainer.run_config
     ignore = set(RESUME_MAY_DIFFER)
