@@ -25,6 +25,7 @@ LAYERS: dict[str, int] = {
     "models": 0,
     "data": 1,
     "training": 2,
+    "lightning": 2,  # the Lightning integration (extra "lightning"): a training loop's peer
     "experiments": 3,
     "tools": 4,
     "cli": 4,

@@ -1,0 +1,169 @@
+"""taskbalance.lightning: a LightningModule trained by Lightning takes exactly the steps of a
+plain Balancer loop (one process), and 2 DDP ranks take the steps of one process on the union
+batch (Lightning's CPU DDP over gloo, the ranks started by the test)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("lightning", reason="the lightning extra is not installed")
+
+sys.path.insert(0, os.path.dirname(__file__))
+import _lightning_worker as W  # noqa: E402
+
+import taskbalance as tb  # noqa: E402
+from taskbalance.lightning import BalancedModule  # noqa: E402
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def _moved(method: str, mode: str, params: torch.Tensor) -> float:
+    return float((params - W.flat(W.Net(method, mode))).abs().max())
+
+
+@pytest.mark.parametrize(
+    ("method", "mode", "scheduler"),
+    [("uw", "param", None), ("mgda", "rep", "step"), ("dwa", "param", "epoch")],
+)
+def test_lightning_fit_equals_the_same_steps_by_hand(method, mode, scheduler) -> None:
+    # 3 epochs of 3 steps: uw's parameters learn, mgda's weights come from the features'
+    # Gramian, dwa's weights leave 1 in the third epoch (epoch_end), the rate halves
+    net = W.Net(method, mode, scheduler)
+    trainer = W.fit(net, batch_size=4, epochs=3)
+    expected, infos = W.reference(method, mode, 4, 3, scheduler)
+    assert _moved(method, mode, expected) > 1e-2  # the comparison is not between two starts
+    torch.testing.assert_close(W.flat(net), expected, rtol=1e-12, atol=1e-12)
+    last = infos[-1]
+    assert last.weights is not None
+    logged = trainer.callback_metrics
+    epoch_weights = torch.stack([info.weights for info in infos[-3:]]).mean(0)  # type: ignore[misc]
+    for i, task in enumerate(last.task_names):
+        assert float(logged[f"balance/loss/{task}_step"]) == pytest.approx(float(last.losses[i]))
+        assert float(logged[f"balance/weight/{task}_step"]) == pytest.approx(float(last.weights[i]))
+        assert float(logged[f"balance/weight/{task}_epoch"]) == pytest.approx(
+            float(epoch_weights[i])
+        )
+    if method == "mgda":
+        assert float(logged["balance/cos/a~b_step"]) == pytest.approx(float(last.cosines[0, 1]))
+    if method == "dwa":
+        assert abs(float(last.weights[0]) - 1.0) > 1e-3  # epoch_end reached the method
+    if scheduler is not None:  # the scheduler changed the outcome
+        plain, _ = W.reference(method, mode, 4, 3)
+        assert float((plain - expected).abs().max()) > 1e-3
+
+
+def test_the_method_parameters_must_be_in_an_optimizer() -> None:
+    class OnlyModel(W.Net):
+        def configure_optimizers(self):
+            params = [p for n, p in self.named_parameters() if not n.startswith("balancing")]
+            return torch.optim.SGD(params, lr=0.1)
+
+    with pytest.raises(ValueError, match=r"balancing_method\.parameters\(\)"):
+        W.fit(OnlyModel("uw"), batch_size=4, epochs=1)
+
+
+def test_set_balancing_checks_its_inputs() -> None:
+    net = W.Net("ew")
+    with pytest.raises(ValueError, match="not parameters of this module"):
+        net.set_balancing(tb.create("ew", num_tasks=2), torch.nn.Linear(2, 2).parameters())
+    with pytest.raises(ValueError, match="set from the Lightning strategy"):
+        net.set_balancing(tb.create("ew", num_tasks=2), net.trunk.parameters(), parameters=[])
+    with pytest.raises(ValueError, match="mode must be one of"):
+        net.set_balancing(tb.create("ew", num_tasks=2), net.trunk.parameters(), "both")
+
+    class NotLightning(BalancedModule):
+        pass
+
+    with pytest.raises(TypeError, match="mixin for a LightningModule"):
+        NotLightning().set_balancing(tb.create("ew", num_tasks=2), [])
+
+
+def test_without_lightning_the_import_names_the_extra() -> None:
+    code = textwrap.dedent(
+        """
+        import sys
+        sys.modules["lightning"] = sys.modules["pytorch_lightning"] = None  # as if not installed
+        import taskbalance
+        try:
+            import taskbalance.lightning
+        except ModuleNotFoundError as e:
+            print(e)
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    assert 'pip install "taskbalance[lightning]"' in done.stdout
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def ddp_ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, object]]:
+    out = tmp_path_factory.mktemp("lightning_ddp")
+    port = str(_free_port())
+    procs = []
+    for rank in range(2):
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": port,
+            "WORLD_SIZE": "2",
+            "NODE_RANK": "0",
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),  # Lightning: the processes are started externally
+        }
+        worker = Path(W.__file__)
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(worker), str(out)],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    logs = []
+    try:
+        for p in procs:
+            logs.append(p.communicate(timeout=240)[0])  # a hang fails instead of blocking CI
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            p.kill()
+        pytest.fail("the Lightning DDP ranks did not finish (deadlock?)")
+    for rank, (p, log) in enumerate(zip(procs, logs)):
+        assert p.returncode == 0, f"rank {rank} failed:\n{log[-4000:]}"
+    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("method", "mode"), W.DDP_CASES)
+def test_two_ddp_ranks_equal_one_process_on_the_union_batch(ddp_ranks, method, mode) -> None:
+    got = [r[method] for r in ddp_ranks]
+    for rank, g in enumerate(got):
+        assert isinstance(g, torch.Tensor), f"rank {rank} failed:\n{g}"
+    union, _ = W.reference(method, mode, 2 * W.DDP_LOCAL_BATCH, W.DDP_EPOCHS)
+    local, _ = W.reference(method, mode, W.DDP_LOCAL_BATCH, W.DDP_EPOCHS)
+    assert float((union - local).abs().max()) > 1e-2  # the union batch makes a difference
+    torch.testing.assert_close(got[0], got[1], rtol=0, atol=0)
+    torch.testing.assert_close(got[0], union, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.slow
+def test_ddp_does_not_reduce_the_gradients_on_top_of_the_balancer(ddp_ranks) -> None:
+    for r in ddp_ranks:
+        assert r["plain_ddp_reductions"] > 0  # the counting hook sees DDP's reductions
+        assert r["ddp_reductions"] == 0  # none while Lightning trained with the Balancer
