@@ -126,8 +126,7 @@ class DistributedTrainer(Trainer):
             if stats is not None:
                 stats.skipped += 1
             return None
-        self._apply_step(info, scale, stats)
-        return info
+        return self._apply_step(info, scale, stats)
 
     def _rank_losses(self, batch: Any) -> tuple[dict[str, Tensor | None], dict[str, int]]:
         """This rank's losses (``None`` for a task without labels here) and labelled-sample

@@ -244,21 +244,19 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         features: Any = self.model.features if self._rep else None
         info = self.balancer.backward(losses, features=features)
-        self._apply_step(info, scale, stats)
-        return info
+        return self._apply_step(info, scale, stats)  # unscale, clip, optimizer step
 
-    def _apply_step(self, info: StepInfo, scale: Tensor | None, stats: EpochStats | None) -> None:
-        """After the Balancer wrote the step's gradients: unscale, clip, optimizer step."""
+    def _apply_step(self, info: StepInfo, scale: Any, stats: EpochStats | None) -> StepInfo:
         if self._rep_detach:  # the heads consumed a detached copy: carry on into the backbone
             self.model.backward_shared()  # type: ignore[operator]
         self.precision.unscale(self.optimizer, self.balancer.parameters(), scale)
         if self.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(
-                [p for p in self._params() if p.grad is not None], self.grad_clip
-            )
+            grads = [p for p in self._params() if p.grad is not None]
+            torch.nn.utils.clip_grad_norm_(grads, self.grad_clip)
         self.precision.step(self.optimizer)
         if stats is not None:
             stats.add(info)
+        return info
 
     def _losses(self, batch: Any) -> dict[str, Tensor | None] | None:
         """The trained tasks' masked losses of a batch (``None`` for a task without labels);
@@ -362,9 +360,8 @@ class Trainer:
                 for name, acc in metrics.items():
                     has, mask = mask_for(masks, name, self.device)
                     if has:
-                        pred = preds[name]
-                        if pred.is_floating_point():
-                            pred = pred.float()
+                        p = preds[name]
+                        pred = p.float() if p.is_floating_point() else p
                         acc.update(pred, to_device(targets[name], self.device), mask)
         finally:
             self.model.train(was_training)
