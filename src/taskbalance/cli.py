@@ -5,6 +5,8 @@
     taskbalance methods                                   list balancing methods
     taskbalance train --benchmark B --method M ...        one training run
     taskbalance train --dataset D --data-root DIR ...     ... on a real dataset (docs/datasets.md)
+    taskbalance compare --experiment FILE ...             ... on your own model and data
+                                                          (docs/experiments.md)
     taskbalance compare [--methods all|m1,m2] ...         leaderboard + plots of several methods
     taskbalance tune --benchmark B [--trials N] ...       Optuna search of static task weights
     taskbalance diagnose --benchmark B [--steps N] ...    task conflicts, affinity, grouping
@@ -140,6 +142,7 @@ _TRAIN_FLAGS = {
     "pseudo_labels": "pseudo_labels",
     "dataset": "dataset",
     "data_root": "data_root",
+    "experiment": "experiment",
 }
 
 
@@ -168,7 +171,11 @@ def _train_config_dict(args: argparse.Namespace) -> dict[str, Any]:
             raise UserError(f"config key 'dataset_options' must be a mapping, got {options!r}")
         data["dataset_options"] = {**options, **dict(args.dataset_option)}
     if "out_dir" not in data:
-        bench = data.get("dataset") or data.get("benchmark", "multidigits")
+        bench = (
+            _experiment_name(data["experiment"])
+            if data.get("experiment")
+            else data.get("dataset") or data.get("benchmark", "multidigits")
+        )
         method = data.get("method", "ew")
         data["out_dir"] = str(Path("runs") / f"{bench}-{method}-seed{data.get('seed', 0)}")
     return data
@@ -285,9 +292,10 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
     benchmark = args.benchmark
     if args.labels is not None or args.workflows is not None:
-        if args.dataset is not None:
+        if args.dataset is not None or args.experiment is not None:
+            flag = "--dataset" if args.dataset is not None else "--experiment"
             raise UserError(
-                "--labels workflows run on the built-in benchmarks; remove --dataset or --labels"
+                f"--labels workflows run on the built-in benchmarks; remove {flag} or --labels"
             )
         if "WORLD_SIZE" in os.environ:
             raise UserError(
@@ -331,15 +339,27 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _data_name(args: argparse.Namespace) -> str:
+    if args.experiment is not None:
+        return _experiment_name(args.experiment)
     return str(args.dataset or args.benchmark)
 
 
+def _experiment_name(path: str) -> str:
+    from taskbalance.data.experiment import parse_experiment_file
+
+    return parse_experiment_file(path).name
+
+
 def _data_settings(args: argparse.Namespace) -> dict[str, Any]:
-    """``dataset``, ``data_root`` and ``dataset_options`` of compare's and tune's settings."""
+    """``dataset``, ``data_root``, ``dataset_options`` and ``experiment`` of compare's and
+    tune's settings."""
     if args.dataset is None and (args.data_root is not None or args.dataset_option):
         flag = "--data-root" if args.data_root is not None else "--dataset-option"
         raise UserError(f"{flag} applies to a real dataset: give --dataset NAME too")
+    if args.experiment is not None and args.dataset is not None:
+        raise UserError("give --dataset or --experiment, not both: a run trains on one")
     return {
+        "experiment": args.experiment,
         "dataset": args.dataset,
         "data_root": args.data_root,
         "dataset_options": dict(args.dataset_option) if args.dataset_option else None,
@@ -347,10 +367,14 @@ def _data_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _require_data(args: argparse.Namespace) -> None:
-    """Exactly one of ``--benchmark`` and ``--dataset`` (tune, diagnose)."""
-    if (args.benchmark is None) == (args.dataset is None):
-        given = "both" if args.benchmark is not None else "neither"
-        raise UserError(f"give --benchmark NAME or --dataset NAME --data-root DIR ({given} given)")
+    """Exactly one of ``--benchmark``, ``--dataset`` and ``--experiment`` (tune, diagnose)."""
+    given = [args.benchmark, args.dataset, args.experiment]
+    count = sum(value is not None for value in given)
+    if count != 1:
+        raise UserError(
+            "give --benchmark NAME, --dataset NAME --data-root DIR or --experiment FILE "
+            f"({'neither' if count == 0 else 'more than one'} given)"
+        )
     if args.benchmark is None:
         from taskbalance.training.config import DEFAULT_BENCHMARK
 
@@ -497,6 +521,9 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
         raise UserError(
             "diagnose reads a dataset with its default options; remove --dataset-option"
         )
+    if settings["experiment"] is not None and args.size != "default":
+        raise UserError("--size applies to the built-in benchmarks; an experiment's data_options "
+                        "set its data's size")  # fmt: skip
     name = _data_name(args)
     out_dir = _check_out(args.out or Path("runs") / f"diagnose-{name}", "--out")
     _log(f"diagnose: {args.steps} equal-weights steps on {name}")
@@ -504,6 +531,7 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
         args.benchmark,
         dataset=settings["dataset"],
         data_root=settings["data_root"],
+        experiment=settings["experiment"],
         steps=args.steps,
         seed=args.seed,
         size=args.size,
@@ -611,6 +639,13 @@ def _add_data_flags(p: argparse.ArgumentParser, *, options: bool = True) -> None
         "(layouts and how to get them: docs/datasets.md)",
     )
     p.add_argument("--data-root", default=None, metavar="DIR", help="the dataset's folder")
+    p.add_argument(
+        "--experiment",
+        default=None,
+        metavar="FILE",
+        help="your own model, data and tasks: a YAML experiment file naming the model and data "
+        "factories (schema: docs/experiments.md)",
+    )
     if options:
         p.add_argument(
             "--dataset-option",

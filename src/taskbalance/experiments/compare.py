@@ -204,6 +204,7 @@ class CompareSettings:
     dataset: str | None = None  # a real dataset instead of the benchmark (docs/datasets.md)
     data_root: str | None = None
     dataset_options: dict[str, Any] | None = None
+    experiment: str | None = None  # an experiment file instead (docs/experiments.md)
     methods: str | Sequence[str] | None = None  # None: the standard methods
     seeds: Sequence[int] = DEFAULT_SEEDS
     epochs: int = DEFAULT_EPOCHS
@@ -257,7 +258,8 @@ class CompareResult:
 def base_config(s: CompareSettings | Any, **fixed: Any) -> dict[str, Any]:
     """The ``TrainConfig`` keys every run of a comparison or a tuning study shares, from settings
     with ``benchmark``, ``epochs``, ``steps``, ``size``, ``device``, ``lr``, ``batch_size``,
-    optionally ``scheduler``, ``dataset`` / ``data_root`` / ``dataset_options``, and ``extra``
+    optionally ``scheduler``, ``dataset`` / ``data_root`` / ``dataset_options`` or
+    ``experiment``, and ``extra``
     (``None`` values left out: the trainer's defaults); ``fixed`` adds keys (e.g. ``seed``)
     before ``extra``."""
     cfg: dict[str, Any] = {
@@ -279,12 +281,20 @@ def base_config(s: CompareSettings | Any, **fixed: Any) -> dict[str, Any]:
     for key in ("dataset", "data_root", "dataset_options"):
         if getattr(s, key, None) is not None:
             cfg[key] = getattr(s, key)
+    experiment = getattr(s, "experiment", None)
+    if experiment is not None:  # as every run's config.yaml records it
+        cfg["experiment"] = str(Path(experiment).expanduser().resolve())
     cfg.update(s.extra)
     return cfg
 
 
 def data_name(config: Mapping[str, Any]) -> str:
-    """What a ``TrainConfig`` dict trains on: its dataset, else its benchmark."""
+    """What a ``TrainConfig`` dict trains on: its experiment's name, its dataset, else its
+    benchmark."""
+    if config.get("experiment") is not None:
+        from taskbalance.data.experiment import parse_experiment_file
+
+        return parse_experiment_file(config["experiment"]).name
     return str(config.get("dataset") or config.get("benchmark") or DEFAULT_BENCHMARK)
 
 

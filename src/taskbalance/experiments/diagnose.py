@@ -93,9 +93,11 @@ def run_diagnose(
     device: str = "cpu",
     dataset: str | None = None,
     data_root: str | None = None,
+    experiment: str | None = None,
 ) -> DiagnoseResult:
     """Train ``steps`` equal-weights steps on a built-in benchmark (or on the real ``dataset`` in
-    ``data_root``, then ``benchmark`` is ignored); return the step statistics."""
+    ``data_root``, or on the ``experiment`` file's data and model; then ``benchmark`` is
+    ignored); return the step statistics."""
     # Before any work: the optimiser would name a bad lr in torch's words, or, for lr 0, the
     # affinity would refuse it only after the whole run.
     check_positive("lr", lr)
@@ -104,7 +106,9 @@ def run_diagnose(
     from taskbalance.training.loaders import make_loaders
     from taskbalance.training.sources import load_data
 
-    if dataset is not None:
+    if experiment is not None:
+        config = TrainConfig(experiment=experiment, seed=seed)
+    elif dataset is not None:
         config = TrainConfig(dataset=dataset, data_root=data_root, seed=seed)
     else:
         config = TrainConfig(benchmark=benchmark, size=size, seed=seed)

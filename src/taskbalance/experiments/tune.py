@@ -66,6 +66,7 @@ class TuneSettings:
     dataset: str | None = None  # a real dataset instead of the benchmark (docs/datasets.md)
     data_root: str | None = None
     dataset_options: dict[str, Any] | None = None
+    experiment: str | None = None  # an experiment file instead (docs/experiments.md)
     trials: int = 20
     storage: str | None = None  # default sqlite:///<out_dir>/tune.db
     study: str | None = None  # default "<benchmark or dataset>-static-weights"
@@ -142,7 +143,9 @@ def normalise_weights(raw: Sequence[float]) -> list[float]:
 
 def train_command(settings: TuneSettings, weights: Sequence[float]) -> str:
     """The ``taskbalance train`` command line that trains with ``weights`` and these settings."""
-    if settings.dataset is not None:
+    if settings.experiment is not None:
+        data = ["--experiment", settings.experiment]
+    elif settings.dataset is not None:
         data = ["--dataset", settings.dataset, "--data-root", str(settings.data_root)]
         data += [f"--dataset-option={k}={v}" for k, v in (settings.dataset_options or {}).items()]
     else:
@@ -233,6 +236,8 @@ def _study_settings(s: TuneSettings) -> dict[str, Any]:
     settings = {k: getattr(s, k) for k in _STUDY_KEYS}
     if s.dataset is not None:  # only then: studies of earlier versions keep matching
         settings.update(dataset=s.dataset, dataset_options=s.dataset_options)
+    if s.experiment is not None:
+        settings.update(experiment=s.experiment)
     return settings
 
 

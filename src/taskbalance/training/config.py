@@ -93,6 +93,11 @@ class TrainConfig:
         data_root: the dataset's folder (with ``dataset``).
         dataset_options: the dataset's options (e.g. ``{"num_classes": 19}`` for cityscapes,
             ``{"val_fraction": 0}``); ``None`` = its defaults.
+        experiment: path of an experiment file (``docs/experiments.md``): the user's model
+            factory, data factory and tasks instead of a built-in benchmark. ``benchmark``,
+            ``size``, ``data_seed``, ``cache_dir``, ``labels``, ``pseudo_labels`` and the dataset
+            keys then stay at their defaults. Stored as an absolute path; the file (and what its
+            factories return) must not change between a run and its resumption.
         num_workers: DataLoader workers (0 = load in the main process, exact repeatability).
         out_dir: directory of the run's files; ``None``: nothing is written (in memory).
         resume: continue from ``out_dir/checkpoint.pt``.
@@ -135,6 +140,7 @@ class TrainConfig:
     dataset: str | None = None
     data_root: str | None = None
     dataset_options: dict[str, Any] | None = None
+    experiment: str | None = None
     num_workers: int = 0
     out_dir: str | None = "runs/run"
     resume: bool = False
@@ -303,8 +309,12 @@ class TrainConfig:
                 f"config key 'method_options' has unknown option(s) {unknown} for method "
                 f"{self.method!r}; valid options: {', '.join(valid_options) or 'none'}"
             )
-        names = self._check_dataset() if self.dataset is not None else self._check_benchmark()
-        what = "dataset" if self.dataset is not None else "benchmark"
+        if self.experiment is not None:
+            names: list[str] | None = self._check_experiment()
+            what = "experiment"
+        else:
+            names = self._check_dataset() if self.dataset is not None else self._check_benchmark()
+            what = "dataset" if self.dataset is not None else "benchmark"
         if names is not None:
             for key, given in (
                 ("tasks", self.tasks),
@@ -320,9 +330,43 @@ class TrainConfig:
 
     @property
     def data_name(self) -> str | None:
-        """The name of the run's data: the dataset if given, else the benchmark (``None``: the
-        data is handed over to the runner)."""
+        """The name of the run's data: the experiment's name, the dataset if given, else the
+        benchmark (``None``: the data is handed over to the runner)."""
+        if self.experiment is not None:
+            return self._experiment_name
         return self.dataset if self.dataset is not None else self.benchmark
+
+    def _check_experiment(self) -> list[str]:
+        """An experiment file: readable, its task names (nothing of the user's imported yet);
+        the keys of the other data sources stay at their defaults."""
+        if isinstance(self.experiment, os.PathLike):
+            self.experiment = os.fspath(self.experiment)
+        if not isinstance(self.experiment, str) or not self.experiment:
+            raise self._bad("experiment", "None or the path of an experiment file", self.experiment)
+        self.experiment = str(Path(self.experiment).expanduser().resolve())
+        fixes = {
+            "benchmark": "remove it: the experiment's data factory gives the data",
+            "size": "set the data's size with the file's data_options",
+            "data_seed": "give the data's seed in the file's data_options",
+            "cache_dir": "the data factory decides where its data lives",
+            "labels": "mark missing labels with the masks of the experiment's datasets",
+            "pseudo_labels": "mark missing labels with the masks of the experiment's datasets",
+            "dataset": "a run trains on one: remove one of them",
+            "data_root": "it applies to a real dataset: remove it",
+            "dataset_options": "it applies to a real dataset: remove it",
+        }
+        allowed = {"benchmark": (DEFAULT_BENCHMARK, None), "size": ("default",)}
+        for key, fix in fixes.items():
+            if getattr(self, key) not in allowed.get(key, (None,)):
+                raise ValueError(
+                    f"config key {key!r} ({getattr(self, key)!r}) does not apply to the "
+                    f"experiment file {self.experiment!r}: {fix}"
+                )
+        from taskbalance.data.experiment import parse_experiment_file
+
+        parsed = parse_experiment_file(self.experiment)
+        self._experiment_name = parsed.name
+        return parsed.task_names
 
     def _check_benchmark(self) -> list[str] | None:
         if self.benchmark is None:

@@ -1,5 +1,6 @@
 """Where a run's data comes from: one small dispatch from a :class:`TrainConfig` to a
-:class:`~taskbalance.data.DataSource` (a built-in benchmark, or a real dataset read from disk).
+:class:`~taskbalance.data.DataSource` (a built-in benchmark, a real dataset read from disk, or
+the user's own experiment file).
 
 Every part that builds a run's data (the runner, compare's timing and sharing passes, tune,
 diagnose) goes through :func:`load_data`, so a new kind of source is one more branch here.
@@ -7,7 +8,7 @@ diagnose) goes through :func:`load_data`, so a new kind of source is one more br
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .config import TrainConfig
 
@@ -20,7 +21,14 @@ __all__ = ["data_tasks", "load_data"]
 
 def load_data(config: TrainConfig) -> DataSource:
     """The data of ``config``: ``dataset`` -> :func:`~taskbalance.data.load_dataset`, else the
-    built-in ``benchmark`` (partial labels applied, pseudo-labels filled in)."""
+    built-in ``benchmark`` (partial labels applied, pseudo-labels filled in); ``experiment`` ->
+    :func:`~taskbalance.data.experiment.load_experiment`."""
+    if config.experiment is not None:
+        from taskbalance.data.experiment import load_experiment
+
+        # a DataSource but for two types: its model is any nn.Module with shared parameters,
+        # and input_shape is None when an input is not one tensor
+        return cast("DataSource", load_experiment(config.experiment))
     if config.dataset is not None:
         return _real_dataset(config)
     return _builtin_benchmark(config)
@@ -37,6 +45,10 @@ def _benchmark_name(config: TrainConfig) -> str:
 
 def data_tasks(config: TrainConfig) -> list[Task]:
     """The tasks of ``config``'s data, without generating or reading any data."""
+    if config.experiment is not None:
+        from taskbalance.data.experiment import experiment_tasks
+
+        return experiment_tasks(config.experiment)
     if config.dataset is not None:
         from taskbalance.data.registry import dataset_options, get_dataset_spec
 
