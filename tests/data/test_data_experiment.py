@@ -328,3 +328,21 @@ def test_task_factory_option_not_accepted(make):
 def test_primary_metric_must_be_a_metric(make):
     _fails(make(tasks=[{"name": "a", "kind": "regression", "primary_metric": "rmes"}]),
            "key 'tasks[0].primary_metric'", "did you mean 'rmse'", "mae, rmse")  # fmt: skip
+
+
+def test_a_registered_kind_with_a_preset_is_accepted(make):
+    from taskbalance.tasks import Task, TaskKind, find_kind, regression_task, register_kind
+    from taskbalance.tasks.kinds import same_shape
+
+    def count_task(name, scale=1.0):
+        template = regression_task(name)
+        return Task(name, template.loss_fn, template.metrics, kind="count_experiment_test")
+
+    if find_kind("count_experiment_test") is None:
+        register_kind(TaskKind("count_experiment_test", "[B, 1] / [B, 1]", same_shape, count_task))
+    entries = [{"name": "a", "kind": "count_experiment_test", "scale": 2.0},
+               {"name": "b", "kind": "regression"}]  # fmt: skip
+    source = load_experiment(make(tasks=entries))
+    assert [t.kind for t in source.tasks] == ["count_experiment_test", "regression"]
+    entries[0]["scal"] = entries[0].pop("scale")
+    _fails(make(tasks=entries), "tasks[0].scal", "did you mean 'scale'")

@@ -7,14 +7,14 @@
 
 from .schema import ExperimentError, ExperimentFile, parse_experiment_file
 from .source import ExperimentSource, experiment_tasks, load_experiment
-from .tasks import TASK_KINDS
+from .tasks import preset_kinds
 
 __all__ = [
-    "TASK_KINDS",
     "ExperimentError",
     "ExperimentFile",
     "ExperimentSource",
     "experiment_tasks",
     "load_experiment",
     "parse_experiment_file",
+    "preset_kinds",
 ]

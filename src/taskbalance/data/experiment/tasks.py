@@ -1,5 +1,6 @@
-"""The :class:`~taskbalance.tasks.Task` objects of an experiment file's task entries: a built-in
-kind (``kind: regression`` with the preset's options as keys of the entry) or a user factory
+"""The :class:`~taskbalance.tasks.Task` objects of an experiment file's task entries: a
+registered kind with a preset (``kind: regression`` with the preset's options as keys of the
+entry; kinds added with :func:`taskbalance.tasks.register_kind` count too) or a user factory
 (``factory: mypkg.tasks:make`` called as ``make(name, **options)``)."""
 
 from __future__ import annotations
@@ -11,26 +12,25 @@ from typing import Any
 from .imports import call_factory, import_callable
 from .schema import TASK_COMMON_KEYS, ExperimentFile, suggestion
 
-__all__ = ["TASK_KINDS", "build_tasks", "kind_options"]
+__all__ = ["build_tasks", "kind_options", "preset_kinds"]
 
 
 def _presets() -> dict[str, Callable[..., Any]]:
-    from taskbalance.tasks import presets
+    """Kind name -> its preset factory, for every registered kind that has one."""
+    from taskbalance.tasks import find_kind, task_kinds
 
-    return {
-        "classification": presets.classification_task,
-        "binary": presets.binary_task,
-        "regression": presets.regression_task,
-        "segmentation": presets.segmentation_task,
-        "depth": presets.depth_task,
-        "normal": presets.normal_task,
-        "event": presets.event_task,
-        "ball_position": presets.ball_position_task,
-    }
+    presets = {}
+    for name in task_kinds():
+        kind = find_kind(name)
+        if kind is not None and kind.preset is not None:
+            presets[name] = kind.preset
+    return presets
 
 
-#: The built-in task kinds of ``kind:`` (each a factory of :mod:`taskbalance.tasks.presets`).
-TASK_KINDS = tuple(_presets())
+def preset_kinds() -> list[str]:
+    """The kinds ``kind:`` accepts: the registered kinds with a preset (classification,
+    regression, segmentation, ... in :mod:`taskbalance.tasks.presets`)."""
+    return list(_presets())
 
 
 def kind_options(kind: str) -> dict[str, inspect.Parameter]:
@@ -75,12 +75,12 @@ def _build_task(file: ExperimentFile, index: int, entry: dict[str, Any]) -> Any:
 
 
 def _kind_task(file: ExperimentFile, key: str, entry: dict[str, Any]) -> Any:
-    kind = entry["kind"]
-    if kind not in TASK_KINDS:
+    kind, kinds = entry["kind"], preset_kinds()
+    if kind not in kinds:
         raise file.error(
             f"{key}.kind",
-            f"unknown task kind {kind!r}{suggestion(str(kind), TASK_KINDS)}; built-in kinds: "
-            f"{', '.join(TASK_KINDS)} (or give 'factory' instead)",
+            f"unknown task kind {kind!r}{suggestion(str(kind), kinds)}; kinds: "
+            f"{', '.join(kinds)} (or give 'factory' instead)",
         )
     valid = kind_options(kind)
     options = {k: v for k, v in entry.items() if k not in TASK_COMMON_KEYS}
@@ -104,8 +104,9 @@ def _kind_task(file: ExperimentFile, key: str, entry: dict[str, Any]) -> Any:
         raise file.error(
             f"{key}.{missing[0]}", f"missing; kind {kind!r} needs {', '.join(required)}"
         )
-    target = f"taskbalance.tasks.{_presets()[kind].__name__}"
-    return call_factory(file, key, target, _presets()[kind], (entry["name"],), options, key)
+    preset = _presets()[kind]
+    target = f"{preset.__module__}.{preset.__name__}"
+    return call_factory(file, key, target, preset, (entry["name"],), options, key)
 
 
 def _with_primary(file: ExperimentFile, key: str, task: Any, primary: Any) -> Any:
