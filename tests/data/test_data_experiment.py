@@ -331,7 +331,7 @@ def test_primary_metric_must_be_a_metric(make):
 
 
 def test_a_registered_kind_with_a_preset_is_accepted(make):
-    from taskbalance.tasks import Task, TaskKind, find_kind, regression_task, register_kind
+    from taskbalance.tasks import Task, TaskKind, find_kind, register_kind, regression_task
     from taskbalance.tasks.kinds import same_shape
 
     def count_task(name, scale=1.0):
