@@ -330,16 +330,18 @@ def test_primary_metric_must_be_a_metric(make):
            "key 'tasks[0].primary_metric'", "did you mean 'rmse'", "mae, rmse")  # fmt: skip
 
 
-def test_a_registered_kind_with_a_preset_is_accepted(make):
-    from taskbalance.tasks import Task, TaskKind, find_kind, register_kind, regression_task
-    from taskbalance.tasks.kinds import same_shape
+def test_a_registered_kind_with_a_preset_is_accepted(make, monkeypatch):
+    from taskbalance.tasks import Task, TaskKind, kinds, register_kind, regression_task
 
     def count_task(name, scale=1.0):
         template = regression_task(name)
         return Task(name, template.loss_fn, template.metrics, kind="count_experiment_test")
 
-    if find_kind("count_experiment_test") is None:
-        register_kind(TaskKind("count_experiment_test", "[B, 1] / [B, 1]", same_shape, count_task))
+    # registered for this test only: the registry is restored afterwards
+    monkeypatch.setattr(kinds, "_REGISTRY", dict(kinds._REGISTRY))
+    register_kind(
+        TaskKind("count_experiment_test", "[B, 1] / [B, 1]", kinds.same_shape, count_task)
+    )
     entries = [{"name": "a", "kind": "count_experiment_test", "scale": 2.0},
                {"name": "b", "kind": "regression"}]  # fmt: skip
     source = load_experiment(make(tasks=entries))
