@@ -111,7 +111,7 @@ def test_bad_calls_are_one_line_errors(tmp_path, capsys):
     _user_error(capsys, ["compare", *ex, "--size", "tiny", "--out", str(tmp_path / "c")],
                 "'size'", "data_options")  # fmt: skip
     _user_error(capsys, ["tune", *ex, "--benchmark", "scenes", "--out", str(tmp_path / "d")],
-                "more than one given")  # fmt: skip
+                "both --benchmark and --experiment given")  # fmt: skip
     _user_error(capsys, ["train", *ex, "--benchmark", "scenes", "--out", str(tmp_path / "e")],
                 "'benchmark'", "does not apply to the experiment file")  # fmt: skip
     _user_error(capsys, ["train", "--experiment", str(tmp_path / "none.yaml")], "does not exist")

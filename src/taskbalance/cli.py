@@ -368,12 +368,14 @@ def _data_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 def _require_data(args: argparse.Namespace) -> None:
     """Exactly one of ``--benchmark``, ``--dataset`` and ``--experiment`` (tune, diagnose)."""
-    given = [args.benchmark, args.dataset, args.experiment]
-    count = sum(value is not None for value in given)
-    if count != 1:
+    flags = {"--benchmark": args.benchmark, "--dataset": args.dataset,
+             "--experiment": args.experiment}  # fmt: skip
+    given = [flag for flag, value in flags.items() if value is not None]
+    if len(given) != 1:
+        said = {0: "neither given", 2: "both {} and {} given"}.get(len(given), "all three given")
         raise UserError(
             "give --benchmark NAME, --dataset NAME --data-root DIR or --experiment FILE "
-            f"({'neither' if count == 0 else 'more than one'} given)"
+            f"({said.format(*given)})"
         )
     if args.benchmark is None:
         from taskbalance.training.config import DEFAULT_BENCHMARK
