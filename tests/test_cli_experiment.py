@@ -115,6 +115,9 @@ def test_bad_calls_are_one_line_errors(tmp_path, capsys):
     _user_error(capsys, ["train", *ex, "--benchmark", "scenes", "--out", str(tmp_path / "e")],
                 "'benchmark'", "does not apply to the experiment file")  # fmt: skip
     _user_error(capsys, ["train", "--experiment", str(tmp_path / "none.yaml")], "does not exist")
+    _user_error(
+        capsys, ["train", *ex, "--groups", "spend;churn"], "--groups", "remove --experiment"
+    )
     broken = tmp_path / "broken.yaml"
     text = EXAMPLE.read_text().replace("model: customers:build", "model: customers:bild")
     broken.write_text(text.replace("python_path: .", f"python_path: {EXAMPLE.parent}"))
