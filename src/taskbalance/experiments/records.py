@@ -1,5 +1,6 @@
-"""Typed records of the experiments' results: one run of a comparison (:class:`RunSummary`) and
-one row of a workflow comparison (:class:`WorkflowRow`).
+"""Typed records of the experiments' results: one run of a comparison (:class:`RunSummary`), one
+training of a workflow (:class:`WorkflowRun`) and one row of a workflow comparison
+(:class:`WorkflowRow`).
 
 Each is a frozen dataclass with ``to_json()`` (the plain dict written to ``results.json``, key for
 key what earlier versions wrote) and ``from_json()`` (which reads those files back), so the
@@ -12,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Metrics", "RunSummary", "WorkflowRow"]
+__all__ = ["Metrics", "RunSummary", "WorkflowRow", "WorkflowRun"]
 
 #: ``{task: {metric: value}}``
 Metrics = dict[str, dict[str, float]]
@@ -121,3 +122,24 @@ class WorkflowRow:
     def from_json(cls, data: Mapping[str, Any]) -> WorkflowRow:
         """Inverse of :meth:`to_json`."""
         return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+@dataclass(frozen=True)
+class WorkflowRun:
+    """One workflow's training (``train_masked``, ``train_staged``, the annotated workflow).
+
+    Attributes:
+        val, test: every task's metrics after the last epoch (``test`` ``None`` without a test
+            split).
+        seconds: wall time (an annotated workflow's teachers included).
+        history: one record per epoch (a staged run: of every stage, each naming its stage).
+        best_epoch: the epoch selected on validation (a masked run; ``None`` for staged).
+        schedule: the stages of a staged run (``Stage.to_dict``), else ``None``.
+    """
+
+    val: Metrics
+    test: Metrics | None
+    seconds: float
+    history: list[dict[str, Any]]
+    best_epoch: int | None = None
+    schedule: list[dict[str, Any]] | None = None

@@ -28,7 +28,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader
 
 from taskbalance.validation import is_number
 
-from .records import WorkflowRow
+from .records import WorkflowRow, WorkflowRun
 
 __all__ = [
     "REFERENCE",
@@ -231,11 +231,10 @@ def train_masked(
     model_options: Mapping[str, Any] | None = None,
     out_dir: str | Path | None = None,
     run_config: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> WorkflowRun:
     """Masked multi-task training of ``benchmark``'s default model on ``train_set`` (default
     ``benchmark.train``): one run of the runner (:func:`taskbalance.training.runner.run`).
-    Returns ``{"val", "test", "seconds", "history", "best_epoch"}`` with the
-    metrics after the last epoch.
+    Returns its :class:`~.records.WorkflowRun` (metrics after the last epoch).
 
     With ``out_dir`` holding a checkpoint (a run killed or finished earlier), training continues
     from it exactly; ``run_config`` names the run (a checkpoint of another config is refused).
@@ -261,13 +260,8 @@ def train_masked(
     start = time.perf_counter()
     result = run(config, inputs=RunInputs(benchmark=data, identity=dict(run_config or {})))
     val, test = _final(result.history)
-    return {
-        "val": val,
-        "test": test,
-        "seconds": time.perf_counter() - start,
-        "best_epoch": result.best_epoch,
-        "history": result.history,
-    }
+    seconds = time.perf_counter() - start
+    return WorkflowRun(val, test, seconds, result.history, best_epoch=result.best_epoch)
 
 
 def train_staged(
@@ -287,7 +281,7 @@ def train_staged(
     out_dir: str | Path | None = None,
     log: Log | None = None,
     run_config: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> WorkflowRun:
     """The default staged schedule (:func:`~.staged.default_schedule`) on ``benchmark``; each
     stage continues from its checkpoint in ``out_dir`` when it has one (see
     :func:`~.staged.run_stages`)."""
@@ -319,13 +313,10 @@ def train_staged(
         resume=True,
         run_config=run_config,
     )
-    return {
-        "val": result.val,
-        "test": result.test,
-        "seconds": result.seconds,
-        "schedule": [s.to_dict() for s in schedule],
-        "history": result.history,
-    }
+    schedule_dicts = [s.to_dict() for s in schedule]
+    return WorkflowRun(
+        result.val, result.test, result.seconds, result.history, schedule=schedule_dicts
+    )
 
 
 # ---------------------------------------------------------------------------------- comparison
@@ -571,10 +562,10 @@ class _Plan:
         teacher_width: int | None,
         threshold: float | Mapping[str, float],
         extra: dict[str, Any],
-    ) -> dict[str, dict[str, Any]]:
+    ) -> dict[str, WorkflowRun]:
         """The reference, then each workflow, in order (``extra`` gets the annotation facts)."""
         runs = {REFERENCE: self.masked(self.bench, REFERENCE, "full")}
-        say(f"{REFERENCE}: {runs[REFERENCE]['seconds']:.1f}s")
+        say(f"{REFERENCE}: {runs[REFERENCE].seconds:.1f}s")
         for name in names:
             if name == "masked":
                 runs[name] = self.masked(self.partial, name, name)
@@ -582,7 +573,7 @@ class _Plan:
                 runs[name] = self.staged(finetune_rounds)
             else:
                 runs[name] = self.annotated(teacher_epochs, teacher_width, threshold, extra)
-            say(f"{name}: {runs[name]['seconds']:.1f}s")
+            say(f"{name}: {runs[name].seconds:.1f}s")
         return runs
 
     def run_dir(self, name: str) -> Path | None:
@@ -598,7 +589,7 @@ class _Plan:
             **more,
         }
 
-    def masked(self, data: Any, name: str, folder: str, **more: Any) -> dict[str, Any]:
+    def masked(self, data: Any, name: str, folder: str, **more: Any) -> WorkflowRun:
         return train_masked(
             data,
             **self.common,
@@ -606,7 +597,7 @@ class _Plan:
             run_config=self.identity(name, **more),
         )
 
-    def staged(self, finetune_rounds: int) -> dict[str, Any]:
+    def staged(self, finetune_rounds: int) -> WorkflowRun:
         return train_staged(
             self.partial,
             **self.common,
@@ -622,7 +613,7 @@ class _Plan:
         teacher_width: int | None,
         threshold: float | Mapping[str, float],
         extra: dict[str, Any],
-    ) -> dict[str, Any]:
+    ) -> WorkflowRun:
         """Teachers annotate the missing labels, then masked training on the filled data."""
         from taskbalance.data.pseudo_labels import STORE_NAME, WithPseudoLabels
 
@@ -653,7 +644,7 @@ class _Plan:
             teacher_width=teacher_width,
             threshold=threshold,
         )
-        run["seconds"] = time.perf_counter() - t0
+        run = replace(run, seconds=time.perf_counter() - t0)
         extra["annotation"] = store.summary()
         extra["label_fractions_after_annotation"] = annotated.train.label_fractions()
         if self.root is not None:
@@ -661,23 +652,24 @@ class _Plan:
         return run
 
 
-def _rows(runs: Mapping[str, Mapping[str, Any]], tasks: Sequence[Any]) -> list[WorkflowRow]:
+def _rows(runs: Mapping[str, WorkflowRun], tasks: Sequence[Any]) -> list[WorkflowRow]:
     """One row per run: metrics and Δ against the reference (the first run)."""
     reference = runs[REFERENCE]
     rows = []
     for name, run in runs.items():
-        overall, per_task, skipped = _deltas(run["test"], reference["test"], tasks)
-        val_overall, _, _ = _deltas(run["val"], reference["val"], tasks)
+        assert run.test is not None and reference.test is not None  # benchmarks have a test split
+        overall, per_task, skipped = _deltas(run.test, reference.test, tasks)
+        val_overall, _, _ = _deltas(run.val, reference.val, tasks)
         rows.append(
             WorkflowRow(
                 workflow=name,
-                test=run["test"],
-                val=run["val"],
+                test=run.test,
+                val=run.val,
                 delta_m=overall,
                 delta_per_task=per_task,
                 delta_m_val=val_overall,
                 delta_skipped=skipped,
-                seconds=run["seconds"],
+                seconds=run.seconds,
             )
         )
     return rows
