@@ -118,3 +118,20 @@ def test_diagnose_on_a_dataset(roots, tmp_path, capsys):
     assert main([*argv, "--steps", "3", "--batch-size", "4", "--out", str(out)]) == 0
     summary = (out / "summary.md").read_text()
     assert "count" in summary and "hand" in summary
+
+
+def test_tune_on_a_dataset(roots, tmp_path, capsys):
+    pytest.importorskip("optuna")
+    out = tmp_path / "tune"
+    argv = ["tune", "--dataset", "fingers", "--data-root", str(roots["fingers"]), "--trials", "1"]
+    # validate on the 4 test images (1 held-out image could leave no metric in the Δm)
+    argv += ["--dataset-option", "val_fraction=0", "--epochs", "1", "--steps", "1"]
+    argv += ["--batch-size", "4", "--out", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "study 'fingers-static-weights'" in printed
+    assert f"--dataset fingers --data-root {roots['fingers']}" in printed
+    assert "--dataset-option=val_fraction=0" in printed
+    best = json.loads((out / "best_weights.json").read_text())
+    assert set(best["weights"]) == {"count", "hand"}
+    assert best["weights"]["count"] == pytest.approx(1.0)  # the first trial is equal weighting

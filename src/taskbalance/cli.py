@@ -27,6 +27,7 @@ from typing import Any, NoReturn
 __all__ = ["main"]
 
 EXIT_USER_ERROR = 2
+DEVICE_HELP = "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps"
 EXIT_INTERRUPTED = 130
 #: The default thread count never exceeds this: the built-in benchmarks' small networks gain
 #: little from more threads, and a busy machine loses a lot from oversubscription.
@@ -616,7 +617,7 @@ def _add_training_flags(
         default=defaults["size"],
         help="benchmark size (default: %(default)s)",
     )
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default: cpu)")
+    p.add_argument("--device", default="cpu", help=DEVICE_HELP + " (default: cpu)")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: the trainer's)")
     p.add_argument(
         "--batch-size",
@@ -749,7 +750,7 @@ def _add_train_command(sub: Any, defaults: dict[str, Any]) -> None:
     )
     _add_threads_flag(p)
     p.add_argument("--seed", type=int)
-    p.add_argument("--device", help="cpu, cuda, cuda:N or mps")
+    p.add_argument("--device", help=DEVICE_HELP)
     p.add_argument("--lr", type=float, help="learning rate")
     p.add_argument("--batch-size", type=_positive_int)
     p.add_argument("--size", choices=("tiny", "default"), help="benchmark size")
@@ -986,7 +987,7 @@ def _add_diagnose_command(sub: Any, defaults: dict[str, Any]) -> None:
         help="benchmark size (default: %(default)s)",
     )  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="data and training seed (default: 0)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default: cpu)")
+    p.add_argument("--device", default="cpu", help=DEVICE_HELP + " (default: cpu)")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: 1e-3)")
     p.add_argument(
         "--batch-size", type=_positive_int, default=64, help="batch size (default: %(default)s)"

@@ -10,7 +10,7 @@ from taskbalance.training import TrainConfig, resolve_device
 
 def test_defaults_are_valid_and_round_trip(tmp_path):
     config = TrainConfig()
-    assert config.mode is None and config.num_workers == 0
+    assert config.mode is None and config.num_workers == "auto"
     assert TrainConfig.from_dict(config.to_dict()) == config
     path = tmp_path / "c.yaml"
     custom = config.replace(lr=0.01, tasks=["left"], labels={"left": 0.5}, size={"train": 50})

@@ -24,6 +24,10 @@ from taskbalance.data.dataset import MultiTaskDataset
 
 __all__ = ["batch_indexable", "batch_loader", "loader_batch_size"]
 
+#: Batches each worker keeps ready (DataLoader's default is 2): disk reads of a batch vary in
+#: time, a deeper queue keeps the model fed through slow ones.
+PREFETCH_FACTOR = 4
+
 
 def batch_indexable(dataset: Any) -> bool:
     """Whether ``dataset[list_of_indices]`` returns a whole collated batch (exact type check:
@@ -43,7 +47,17 @@ def batch_loader(
 ) -> DataLoader:
     """A DataLoader over ``dataset``: batch-level indexing where the dataset supports it
     (:func:`batch_indexable`), the usual per-sample collation otherwise; same batches either way.
+    With ``num_workers > 0`` each worker prefetches :data:`PREFETCH_FACTOR` batches.
+
+    Workers are started for each epoch, never persistent: a persistent loader draws its
+    iterator's base seed from ``generator`` (or, without one, from torch's global generator) in
+    the first epoch only, so from the second epoch on its shuffles and the global random stream
+    would differ from those of a loader without workers and of a run resumed from a checkpoint.
+    Starting the workers costs milliseconds per epoch (``benchmarks/bench_real_loading.py``).
     """
+    workers: dict[str, Any] = {"num_workers": num_workers, "pin_memory": pin_memory}
+    if num_workers > 0:
+        workers["prefetch_factor"] = PREFETCH_FACTOR
     if not batch_indexable(dataset):
         return DataLoader(
             dataset,
@@ -51,8 +65,7 @@ def batch_loader(
             shuffle=shuffle,
             generator=generator,
             drop_last=drop_last,
-            num_workers=num_workers,
-            pin_memory=pin_memory,
+            **workers,
         )
     sampler: Any = (
         RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
@@ -62,8 +75,7 @@ def batch_loader(
         batch_size=None,  # the sampler yields whole batches of indices
         sampler=BatchSampler(sampler, batch_size, drop_last),
         generator=generator,  # the iterator's base seed is drawn from it, as with shuffle=True
-        num_workers=num_workers,
-        pin_memory=pin_memory,
+        **workers,
     )
 
 

@@ -104,7 +104,11 @@ class RealDataSource:
         options: the resolved dataset options.
         train, val, test: the splits (``val`` may be a held-out part of the training folder, or
             the test split itself when ``val_fraction`` is 0 and the dataset has no val folder).
+        reads_from_disk: true: samples are read from files one by one, so a run loads them
+            with DataLoader workers by default (``num_workers: auto``).
     """
+
+    reads_from_disk = True
 
     def __init__(
         self,

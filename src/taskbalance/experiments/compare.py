@@ -454,6 +454,10 @@ def resolve_jobs(jobs: int | None, device: str, runs: int) -> tuple[int, int]:
     import torch
 
     threads = torch.get_num_threads()
+    if device == "auto":
+        from taskbalance.training.devices import auto_device
+
+        device = str(auto_device())
     if jobs is None:
         jobs = threads if str(device).startswith("cpu") else 1
     if not is_int(jobs) or jobs < 1:

@@ -42,7 +42,7 @@ RESUME_MAY_DIFFER = frozenset(
     }
 )
 
-_DEVICE_RE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
+_DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
 @dataclass
@@ -77,7 +77,8 @@ class TrainConfig:
         grad_clip: clip the global gradient norm to this value (``None`` = no clipping).
         seed: seeds torch, numpy, ``random`` and the data order; ``data_seed`` (default: ``seed``)
             seeds the benchmark's generation.
-        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``.
+        device: ``"auto"`` (CUDA if available, then MPS, then CPU), ``"cpu"``, ``"cuda"``,
+            ``"cuda:N"`` or ``"mps"``.
         amp: mixed precision (CUDA only): ``torch.autocast`` with ``amp_dtype``; ``"float16"``
             adds a ``GradScaler``. ``amp=True`` with another device is an error.
         size: benchmark size, ``"default"``, ``"tiny"`` or a dict of overrides.
@@ -98,7 +99,11 @@ class TrainConfig:
             ``size``, ``data_seed``, ``cache_dir``, ``labels``, ``pseudo_labels`` and the dataset
             keys then stay at their defaults. Stored as an absolute path; the file (and what its
             factories return) must not change between a run and its resumption.
-        num_workers: DataLoader workers (0 = load in the main process, exact repeatability).
+        num_workers: DataLoader workers (0 = load in the main process). ``"auto"``: 0 for the
+            built-in benchmarks and experiments, a few for real datasets read from disk (see
+            :func:`~taskbalance.training.loaders.resolve_workers`);
+            ``$TASKBALANCE_NUM_WORKERS`` overrides ``"auto"``. Shuffling happens in the main
+            process, so the batches are the same either way.
         out_dir: directory of the run's files; ``None``: nothing is written (in memory).
         resume: continue from ``out_dir/checkpoint.pt``.
         progress: tqdm progress bars (only shown when stderr is a terminal).
@@ -141,7 +146,7 @@ class TrainConfig:
     data_root: str | None = None
     dataset_options: dict[str, Any] | None = None
     experiment: str | None = None
-    num_workers: int = 0
+    num_workers: int | str = "auto"
     out_dir: str | None = "runs/run"
     resume: bool = False
     progress: bool = True
@@ -181,7 +186,7 @@ class TrainConfig:
                 "scheduler", f"one of {', '.join(map(repr, SCHEDULERS))}", self.scheduler
             )
         if not isinstance(self.device, str) or not _DEVICE_RE.match(self.device):
-            raise self._bad("device", "'cpu', 'cuda', 'cuda:N' or 'mps'", self.device)
+            raise self._bad("device", "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'", self.device)
         if self.amp_dtype not in AMP_DTYPES:
             raise self._bad(
                 "amp_dtype", f"one of {', '.join(map(repr, AMP_DTYPES))}", self.amp_dtype
@@ -227,10 +232,11 @@ class TrainConfig:
             value = getattr(self, key)
             if value is not None and (not is_int(value) or value < 1):
                 raise self._bad(key, "None or an integer >= 1", value)
-        for key in ("seed", "num_workers"):
-            value = getattr(self, key)
-            if not is_int(value) or value < 0:
-                raise self._bad(key, "an integer >= 0", value)
+        if not is_int(self.seed) or self.seed < 0:
+            raise self._bad("seed", "an integer >= 0", self.seed)
+        workers = self.num_workers
+        if workers != "auto" and (not is_int(workers) or workers < 0):
+            raise self._bad("num_workers", "'auto' or an integer >= 0", workers)
         if self.data_seed is not None and (not is_int(self.data_seed) or self.data_seed < 0):
             raise self._bad("data_seed", "None or an integer >= 0", self.data_seed)
         if not is_real(self.lr) or self.lr <= 0:
@@ -287,7 +293,7 @@ class TrainConfig:
             value = getattr(self, key)
             if not isinstance(value, bool):
                 raise self._bad(key, "true or false", value)
-        if self.amp and not self.device.startswith("cuda"):
+        if self.amp and not self.device.startswith(("cuda", "auto")):
             raise ValueError(
                 f"config key 'amp' is true but device is {self.device!r}: mixed precision is only "
                 "supported on CUDA; set amp: false or device: cuda"

@@ -7,7 +7,7 @@ import random
 import numpy as np
 import torch
 
-__all__ = ["resolve_device", "seed_everything"]
+__all__ = ["auto_device", "resolve_device", "seed_everything"]
 
 
 def seed_everything(seed: int) -> None:
@@ -17,18 +17,31 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def auto_device() -> torch.device:
+    """The best available device: CUDA (the current device), then MPS (Apple GPU), then CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
 def resolve_device(device: str | torch.device) -> torch.device:
-    """A ``torch.device`` for ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``.
+    """A ``torch.device`` for ``"auto"`` (:func:`auto_device`), ``"cpu"``, ``"cuda"``,
+    ``"cuda:N"`` or ``"mps"``.
 
     Raises:
         ValueError: the device is malformed or not available on this machine (the message says
             why and what to use instead).
     """
+    if device == "auto":
+        return auto_device()
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as err:
         raise ValueError(
-            f"device must be 'cpu', 'cuda', 'cuda:N' or 'mps', got {device!r}"
+            f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {device!r}"
         ) from err
     if dev.type == "cuda":
         if not torch.cuda.is_available():
@@ -53,5 +66,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
                 "this machine; use device='cpu'"
             )
     elif dev.type != "cpu":
-        raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'mps', got {device!r}")
+        raise ValueError(
+            f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {device!r}"
+        )
     return dev

@@ -10,7 +10,20 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-__all__ = ["batch_len", "loader_len", "make_loaders", "mask_for", "to_device", "unpack_batch"]
+__all__ = [
+    "batch_len",
+    "loader_len",
+    "make_loaders",
+    "mask_for",
+    "resolve_workers",
+    "to_device",
+    "unpack_batch",
+]
+
+#: Most workers "auto" starts: reading per-sample .npy or PNG files of a batch of 8-64 images
+#: takes a few of them to keep ahead of a GPU step (benchmarks/bench_real_loading.py).
+MAX_AUTO_WORKERS = 4
+WORKERS_ENV = "TASKBALANCE_NUM_WORKERS"
 
 
 def to_device(obj: Any, device: torch.device) -> Any:
@@ -70,6 +83,39 @@ def mask_for(
     return True, mask.to(device, non_blocking=True)
 
 
+def resolve_workers(num_workers: int | str, source: Any, device: str = "cuda") -> int:
+    """The DataLoader workers for ``num_workers`` (an int, or ``"auto"``), a data source and
+    the run's device type.
+
+    ``"auto"``: ``$TASKBALANCE_NUM_WORKERS`` when set; else 0 unless the source reads its files
+    sample by sample (``source.reads_from_disk``, true for the registered real datasets; the
+    in-memory benchmarks and users' own data load in the main process, as before); else, on an
+    accelerator, half the usable
+    CPUs (1 to :data:`MAX_AUTO_WORKERS`), and on the CPU a quarter of them (0 below 4 CPUs):
+    there the model's threads need the cores, and a worker on a core they use is slower than
+    none (``benchmarks/bench_real_loading.py``, 2 busy CPUs: NYUv2 101 samples/s without a
+    worker, 58 with one).
+    """
+    if num_workers != "auto":
+        return int(num_workers)
+    import os
+
+    env = os.environ.get(WORKERS_ENV, "").strip()
+    if env:
+        if not env.isdigit():
+            raise ValueError(f"${WORKERS_ENV} must be an integer >= 0, got {env!r}")
+        return int(env)
+    if not getattr(source, "reads_from_disk", False):
+        return 0
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on every platform
+        cpus = os.cpu_count() or 1
+    if device == "cpu":
+        return min(MAX_AUTO_WORKERS, cpus // 4)
+    return max(1, min(MAX_AUTO_WORKERS, cpus // 2))
+
+
 def make_loaders(
     train_set: Any,
     val_set: Any,
@@ -84,7 +130,8 @@ def make_loaders(
     """The loaders of a run: training shuffled by a generator seeded with ``seed`` (a last batch
     of a single sample is dropped, for BatchNorm), validation and test in order with
     ``eval_batch_size`` (default ``batch_size``); ``None`` sets give ``None`` loaders. The
-    training loader's ``generator`` is the shuffling state a checkpoint saves."""
+    training loader's ``generator`` is the shuffling state a checkpoint saves. Workers prefetch
+    and are started per epoch (see :func:`~taskbalance.data.loading.batch_loader`)."""
     from taskbalance.data.loading import batch_loader
 
     generator = torch.Generator()

@@ -39,7 +39,7 @@ from .distributed_run import (
     union_loaders,
 )
 from .distributed_trainer import DistributedTrainer
-from .loaders import make_loaders
+from .loaders import make_loaders, resolve_workers
 from .results import RunResult
 from .rundir import check_new_run, load_results_file
 from .sources import load_data
@@ -207,7 +207,7 @@ class _Pieces:
             batch_size=config.batch_size,
             eval_batch_size=config.eval_batch_size,
             seed=config.seed,
-            num_workers=config.num_workers,
+            num_workers=resolve_workers(config.num_workers, bench, device.type),
             pin_memory=device.type == "cuda",
         )
         return cls(device, model, tasks, method, loaders)

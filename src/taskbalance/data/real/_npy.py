@@ -20,6 +20,8 @@ import torch
 from torch.utils.data import Dataset
 
 IGNORE_INDEX = 255
+#: Slack on the value ranges checked ([0, 1] images, [-1, 1] normal components): rounding only.
+_TOLERANCE = 1e-3
 _INDEX_FILE = re.compile(r"^(0|[1-9][0-9]*)\.npy$")
 
 
@@ -151,8 +153,7 @@ class NpyLayoutDataset(Dataset):
         if image.ndim != 3 or image.shape[2] != 3:
             raise self._shape_error(path, image, "H x W x 3")
         height, width = image.shape[:2]
-        image = image.astype(np.float32) / (255.0 if image.dtype == np.uint8 else 1.0)
-        inputs = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        inputs = torch.from_numpy(self._image(image, path).transpose(2, 0, 1).copy())
         targets: dict[str, torch.Tensor] = {}
         for task, (folder, kind) in self.modalities.items():
             array, path = self._load(folder, index)
@@ -160,23 +161,67 @@ class NpyLayoutDataset(Dataset):
                 if array.shape != (height, width):
                     raise self._shape_error(path, array, f"{height} x {width} (like the image)")
                 targets[task] = torch.from_numpy(self._labels(array, path))
-            elif kind == "depth":
-                if array.shape == (height, width):
-                    array = array[..., None]
-                if array.shape != (height, width, 1):
-                    raise self._shape_error(path, array, f"{height} x {width} x 1")
-                depth = np.where(np.isfinite(array), array, 0.0).astype(np.float32)
-                targets[task] = torch.from_numpy(np.ascontiguousarray(depth.transpose(2, 0, 1)))
-            else:  # normal
-                if array.shape != (height, width, 3):
-                    raise self._shape_error(path, array, f"{height} x {width} x 3")
-                # a pixel with any non-finite component has no normal: zero the whole vector
-                # (zeroing only the bad component would leave a wrong, still "valid" normal)
-                finite = np.isfinite(array).all(axis=2, keepdims=True)
-                normal = np.where(finite, array, 0.0).astype(np.float32)
-                targets[task] = torch.from_numpy(np.ascontiguousarray(normal.transpose(2, 0, 1)))
+                continue
+            if kind == "depth" and array.shape == (height, width):
+                array = array[..., None]
+            channels = 1 if kind == "depth" else 3
+            if array.shape != (height, width, channels):
+                raise self._shape_error(path, array, f"{height} x {width} x {channels}")
+            self._check_float(array, path, kind)
+            dense = self._depth(array, path) if kind == "depth" else self._normal(array, path)
+            targets[task] = torch.from_numpy(np.ascontiguousarray(dense.transpose(2, 0, 1)))
         masks = {task: torch.tensor(True) for task in self.modalities}
         return inputs, targets, masks
+
+    def _check_float(self, array: np.ndarray, path: Path, what: str) -> None:
+        if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
+            raise ValueError(
+                f"{self.dataset_name}: {str(path)!r} has dtype {array.dtype}, expected a float "
+                f"{what} array"
+            )
+
+    def _image(self, image: np.ndarray, path: Path) -> np.ndarray:
+        """float32 ``H x W x 3`` in [0, 1]: ``uint8`` is divided by 255; a float image must
+        already be in [0, 1] (MTAN's files are), so one scaled 0..255 is refused, not trained."""
+        if image.dtype == np.uint8:
+            return image.astype(np.float32) / 255.0
+        self._check_float(image, path, "image")
+        image = image.astype(np.float32)
+        if not np.isfinite(image).all():
+            raise ValueError(f"{self.dataset_name}: {str(path)!r} holds non-finite pixel values")
+        low, high = float(image.min()), float(image.max())
+        if low < -_TOLERANCE or high > 1 + _TOLERANCE:
+            raise ValueError(
+                f"{self.dataset_name}: {str(path)!r} has pixel values in [{low:g}, {high:g}], "
+                "expected floats in [0, 1] (divide 0..255 images by 255, or save them as uint8)"
+            )
+        return image
+
+    def _depth(self, array: np.ndarray, path: Path) -> np.ndarray:
+        """float32 depth; non-finite values become 0 (= invalid); negative depth is refused."""
+        depth = np.where(np.isfinite(array), array, 0.0).astype(np.float32)
+        if (depth < 0).any():
+            raise ValueError(
+                f"{self.dataset_name}: {str(path)!r} holds negative depth {float(depth.min()):g}; "
+                "expected depth >= 0 with 0 = no measurement"
+            )
+        return depth
+
+    def _normal(self, array: np.ndarray, path: Path) -> np.ndarray:
+        """float32 unit normals. A pixel with any non-finite component has no normal: the whole
+        vector is zeroed (zeroing only the bad component would leave a wrong, still "valid"
+        normal). Components outside [-1, 1] (e.g. normals stored as 0..255 colours) are refused.
+        """
+        finite = np.isfinite(array).all(axis=2, keepdims=True)
+        normal = np.where(finite, array, 0.0).astype(np.float32)
+        largest = float(np.abs(normal).max())
+        if largest > 1 + _TOLERANCE:
+            raise ValueError(
+                f"{self.dataset_name}: {str(path)!r} has a normal component of magnitude "
+                f"{largest:g}; expected unit normals with components in [-1, 1] (zero vector = "
+                "no normal)"
+            )
+        return normal
 
     def _labels(self, array: np.ndarray, path: Path) -> np.ndarray:
         if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
