@@ -222,20 +222,23 @@ def _fmt_delta(delta: Mapping[str, Any] | None, task: str | None = None) -> str:
 
 
 def _markdown(result: GroupedResult) -> str:
+    from .tables import markdown_table
+
     groups = " ; ".join(",".join(g) for g in result.groups)
     has_shared = result.shared_test is not None
-    head = "| task | group | metrics | Δ% vs single-task |"
+    head = ["task", "group", "metrics", "Δ% vs single-task"]
     if has_shared:
-        head += " shared network metrics | shared Δ% |"
-    lines = [f'# train --groups "{groups}"', "", head, "|---" * (head.count("|") - 1) + "|"]
+        head += ["shared network metrics", "shared Δ%"]
+    rows = []
     for g, group in enumerate(result.groups):
         for task in group:
-            row = f"| {task} | {g + 1} | {_metrics_cell(result.test[task])} | "
-            row += f"{_fmt_delta(result.delta_m, task)} |"
+            row = [task, str(g + 1), _metrics_cell(result.test[task])]
+            row.append(_fmt_delta(result.delta_m, task))
             if has_shared and result.shared_test is not None:
-                row += f" {_metrics_cell(result.shared_test[task])} | "
-                row += f"{_fmt_delta(result.shared_delta_m, task)} |"
-            lines.append(row)
+                row.append(_metrics_cell(result.shared_test[task]))
+                row.append(_fmt_delta(result.shared_delta_m, task))
+            rows.append(row)
+    lines = [f'# train --groups "{groups}"', "", *markdown_table(head, rows)]
     total = f"Δm% (lower is better): groups {_fmt_delta(result.delta_m)}"
     if has_shared:
         total += f", shared network {_fmt_delta(result.shared_delta_m)}"
