@@ -93,8 +93,8 @@ class Trainer:
             (except :data:`~taskbalance.training.config.RESUME_MAY_DIFFER`) are an error.
         loader_generator: the train loader's shuffling generator, saved in checkpoints
             (default: ``train_loader.generator``).
-        progress, tensorboard, save_best, callbacks, check_finite, affinity: see
-            :class:`TrainConfig`; ``check_finite`` is passed to the Balancer.
+        progress, tensorboard, save_best, callbacks, check_finite: see :class:`TrainConfig`;
+            ``check_finite`` goes to the Balancer. affinity: log per-epoch TAG affinity (history).
         bn_recalibration: before each evaluation, re-estimate the BatchNorm running statistics
             for the current weights from this many training samples (in order; 0: off); see
             :mod:`taskbalance.training.batchnorm`.
@@ -435,11 +435,8 @@ class Trainer:
             "skipped_steps": summary["skipped_steps"],
             "seconds_per_step": summary["seconds_per_step"],
             "lr": self.optimizer.param_groups[0]["lr"],
-            "train_loss": summary["train_loss"],
-            "weights": summary["weights"],
-            "grad_norms": summary["grad_norms"],
-            "cosines": summary["cosines"],
-            **({"affinity": summary["affinity"]} if self.affinity else {}),
+            **{k: summary[k] for k in ("train_loss", "weights", "grad_norms", "cosines",
+                                       "affinity") if k in summary},  # affinity: when asked
             "val": val,
             "test": test,
             "selection_score": score,
