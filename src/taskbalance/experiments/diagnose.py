@@ -24,6 +24,7 @@ from taskbalance.validation import check_positive
 
 from . import diagnostics as dg
 from .plots import _pyplot, _save
+from .tables import markdown_table
 
 __all__ = ["DiagnoseResult", "analyse", "collect_steps", "run_diagnose", "write_report"]
 
@@ -188,10 +189,8 @@ def _plots(result: DiagnoseResult, stats: dict[str, Any], out: Path) -> list[str
 
 
 def _table(names: list[str], matrix: np.ndarray, fmt: str) -> list[str]:
-    lines = ["| | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
-    for i, n in enumerate(names):
-        lines.append(f"| {n} | " + " | ".join(format(v, fmt) for v in matrix[i]) + " |")
-    return lines
+    rows = [[n, *(format(v, fmt) for v in matrix[i])] for i, n in enumerate(names)]
+    return markdown_table(["", *names], rows)
 
 
 def _epoch_lines(
@@ -201,12 +200,13 @@ def _epoch_lines(
     if not per_epoch or epochs is None:
         return []
     pairs = [(i, j) for i in range(len(names)) for j in range(i + 1, len(names))]
+    header = ["epoch", "steps", *(f"{names[i]}~{names[j]}" for i, j in pairs)]
+    rows = [
+        [str(e + 1), str(int(np.sum(epochs == e))), *(f"{cos[i, j]:.3f}" for i, j in pairs)]
+        for e, cos in per_epoch.items()
+    ]
     lines = ["Mean pairwise cosine per epoch (pass over the training data):", "",
-             "| epoch | steps | " + " | ".join(f"{names[i]}~{names[j]}" for i, j in pairs) + " |",
-             "|---" * (len(pairs) + 2) + "|"]  # fmt: skip
-    for e, cos in per_epoch.items():
-        cells = " | ".join(f"{cos[i, j]:.3f}" for i, j in pairs)
-        lines.append(f"| {e + 1} | {int(np.sum(epochs == e))} | {cells} |")
+             *markdown_table(header, rows)]  # fmt: skip
     images = " ".join(f"![epoch {e + 1}](conflict_epoch{e + 1}.png)" for e in per_epoch)
     return [*lines, "", images, ""]
 
@@ -223,10 +223,12 @@ def _markdown(result: DiagnoseResult, stats: dict[str, Any], benchmark: str) -> 
         *_table(names, stats["negative_fraction"], ".2f"), "", "![conflict](conflict.png)", "",
         *_epoch_lines(names, stats["epoch_cosine"], result.epochs),
         "## Magnitude dominance", "",
-        "| task | mean ‖g_t‖ / median | mean loss / median |", "|---|---|---|",
-        *(
-            f"| {n} | {stats['mean_norm_ratios'][t]:.3g} | {stats['loss_scale_ratios'][t]:.3g} |"
-            for t, n in enumerate(names)
+        *markdown_table(
+            ["task", "mean ‖g_t‖ / median", "mean loss / median"],
+            [
+                [n, f"{stats['mean_norm_ratios'][t]:.3g}", f"{stats['loss_scale_ratios'][t]:.3g}"]
+                for t, n in enumerate(names)
+            ],
         ),
         "", "![dominance](dominance.png)", "", "## Inter-task affinity (TAG)", "",
         "First-order estimate of TAG's lookahead affinity (Fifty et al. 2021, arXiv:2109.04617):",
@@ -235,11 +237,13 @@ def _markdown(result: DiagnoseResult, stats: dict[str, Any], benchmark: str) -> 
         *_table(names, stats["affinity"], ".3g"), "", "![affinity](affinity.png)", "",
         "## Recommendation (hypotheses to test with `taskbalance compare`)", "",
         "Best split into k groups by TAG's total affinity (exhaustive, disjoint groups):", "",
-        "| k | groups | score |", "|---|---|---|",
-        *(
-            f"| {g.k} | {' ; '.join(','.join(names[i] for i in grp) for grp in g.groups)} "
-            f"| {g.score:.3g} |"
-            for g in stats["groupings"]
+        *markdown_table(
+            ["k", "groups", "score"],
+            [
+                [str(g.k), " ; ".join(",".join(names[i] for i in grp) for grp in g.groups),
+                 f"{g.score:.3g}"]
+                for g in stats["groupings"]
+            ],
         ),
         "",
         f"Evidence: norm spread {ev['norm_spread']:.3g}, loss-scale spread "

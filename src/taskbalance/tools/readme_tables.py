@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from taskbalance import available_methods, method_info
+from taskbalance.experiments.tables import markdown_table
 
 BEGIN = (
     "<!-- methods table: generated from the registry by "
@@ -22,12 +23,11 @@ END = "<!-- end of methods table -->"
 
 def methods_table() -> str:
     """The Markdown table of every registered method: name, kind, paper, options."""
-    rows = ["| name | kind | paper | options |", "|---|---|---|---|"]
+    rows = []
     for name in available_methods():
         info = method_info(name)
-        options = ", ".join(info.options) or "—"
-        rows.append(f"| `{name}` | {info.kind} | {info.paper} | {options} |")
-    return "\n".join(rows)
+        rows.append([f"`{name}`", info.kind, info.paper, ", ".join(info.options) or "—"])
+    return "\n".join(markdown_table(["name", "kind", "paper", "options"], rows))
 
 
 def render(readme: str) -> str:
