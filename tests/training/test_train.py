@@ -344,3 +344,11 @@ def test_resume_of_finished_run_rewrites_stale_history_files(make_config, monkey
     assert lines == _results(out)["history"] == json.loads(json.dumps(result.history))
     with open(out / "history.csv") as handle:
         assert [row["epoch"] for row in csv.DictReader(handle)] == ["1", "2"]
+
+
+def test_history_lr_is_the_rate_each_epoch_trained_with(straight):
+    """StepLR(step_size=2, gamma=0.1) from lr 1e-3: epochs 1-2 train at 1e-3, epoch 3 at 1e-4
+    (the record is read before the scheduler steps into the next epoch)."""
+    _, result = straight
+    lrs = [record["lr"] for record in result.history]
+    assert lrs == pytest.approx([1e-3, 1e-3, 1e-4], rel=1e-12)

@@ -416,6 +416,7 @@ class Trainer:
 
     def _run_epoch(self) -> dict[str, Any]:
         summary = self.train_epoch()
+        lr = self.optimizer.param_groups[0]["lr"]  # the rate this epoch trained with
         if self.scheduler is not None:
             self.scheduler.step()
         self.epoch += 1
@@ -434,7 +435,7 @@ class Trainer:
             "steps": summary["steps"],
             "skipped_steps": summary["skipped_steps"],
             "seconds_per_step": summary["seconds_per_step"],
-            "lr": self.optimizer.param_groups[0]["lr"],
+            "lr": lr,
             **{k: summary[k] for k in ("train_loss", "weights", "grad_norms", "cosines",
                                        "affinity") if k in summary},  # affinity: when asked
             "val": val,
