@@ -161,6 +161,8 @@ def _train_config_dict(args: argparse.Namespace) -> dict[str, Any]:
         data["steps"] = None
     if args.resume:
         data["resume"] = True
+    if args.affinity:
+        data["affinity"] = True
     if args.option:
         options = data.get("method_options") or {}
         if not isinstance(options, dict):
@@ -741,6 +743,10 @@ def _add_train_command(sub: Any, defaults: dict[str, Any]) -> None:
     )
     p.add_argument("--out", help="run folder (default: runs/<benchmark>-<method>-seed<seed>)")
     p.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
+    p.add_argument(
+        "--affinity", action="store_true",
+        help="also log per-epoch TAG task affinity to history/TensorBoard (gradient methods)",
+    )
     _add_nproc_flag(p)
     p.add_argument(
         "--overwrite",

@@ -38,7 +38,7 @@ DEFAULT_BENCHMARK = "multidigits"
 RESUME_MAY_DIFFER = frozenset(
     {
         "epochs", "resume", "progress", "out_dir", "tensorboard", "num_workers", "device",
-        "cache_dir", "final_epochs", "data_root",
+        "cache_dir", "final_epochs", "data_root", "affinity",
     }
 )
 
@@ -112,6 +112,8 @@ class TrainConfig:
         final_epochs: report val and test metrics as their mean over the last K epochs (the
             MTAN protocol; the recipes set it) instead of those of the best validation epoch
             (``None``).
+        affinity: also log the per-epoch first-order TAG task affinity (Fifty et al. 2021) to
+            the history and TensorBoard (gradient methods; see ``docs/diagnostics.md``).
     """
 
     benchmark: str | None = DEFAULT_BENCHMARK
@@ -153,6 +155,7 @@ class TrainConfig:
     tensorboard: bool = True
     save_best: bool = True
     final_epochs: int | None = None
+    affinity: bool = False
 
     # ------------------------------------------------------------------ validation
     def __post_init__(self) -> None:
@@ -289,7 +292,7 @@ class TrainConfig:
                     )
 
     def _check_flags(self) -> None:
-        for key in ("amp", "resume", "progress", "tensorboard", "save_best"):
+        for key in ("amp", "resume", "progress", "tensorboard", "save_best", "affinity"):
             value = getattr(self, key)
             if not isinstance(value, bool):
                 raise self._bad(key, "true or false", value)
