@@ -112,6 +112,28 @@ def _option(text: str) -> tuple[str, Any]:
 
 
 # ---------------------------------------------------------------------------------- commands
+def _cmd_recipes(args: argparse.Namespace) -> int:
+    from taskbalance.training.recipes import RECIPES, available_recipes
+
+    for name in available_recipes():
+        recipe = RECIPES[name]
+        print(f"{name}  (dataset {recipe.dataset})")
+        print(f"  model:     {recipe.model}")
+        print(f"  protocol:  {recipe.summary()}")
+        print(f"  source:    {recipe.source}")
+        for row in recipe.published:
+            cells = ", ".join(
+                f"{t} {m} {v:.4f}" for t, ms in row.metrics.items() for m, v in ms.items()
+            )
+            print(f"  published: {row.label}: {cells} ({row.source}; {row.checked})")
+        if args.verbose:
+            print(f"  code:      {recipe.code}")
+            for note in recipe.notes:
+                print(f"  note:      {note}")
+    print("use: taskbalance compare|train --recipe NAME --data-root DIR (flags override it)")
+    return 0
+
+
 def _cmd_methods(args: argparse.Namespace) -> int:
     import taskbalance
 
@@ -173,6 +195,10 @@ def _train_config_dict(args: argparse.Namespace) -> dict[str, Any]:
         if not isinstance(options, dict):
             raise UserError(f"config key 'dataset_options' must be a mapping, got {options!r}")
         data["dataset_options"] = {**options, **dict(args.dataset_option)}
+    if args.recipe is not None:
+        from taskbalance.training.recipes import recipe_config
+
+        data = recipe_config(args.recipe, data)
     if "out_dir" not in data:
         bench = (
             _experiment_name(data["experiment"])
@@ -288,14 +314,8 @@ def _check_pseudo_labels(path: str, option: str) -> None:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from taskbalance.experiments.compare import (
-        DEFAULT_SCHEDULER,
-        DEFAULT_SEEDS,
-        CompareSettings,
-        run_compare,
-    )
+    from taskbalance.experiments.compare import run_compare
 
-    benchmark = args.benchmark
     if args.labels is not None or args.workflows is not None:
         if args.dataset is not None or args.experiment is not None:
             flag = "--dataset" if args.dataset is not None else "--experiment"
@@ -314,8 +334,25 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         raise UserError(
             "--finetune-rounds applies to the partial-label workflows: give --labels TASK=FRACTION"
         )
+    settings = _compare_settings(args, out_dir)
+    result = run_compare(settings, log=_log)
+    print()
+    print(result.markdown, end="")
+    print()
+    print(f"report:  {result.out_dir / 'leaderboard.md'}")
+    print(f"results: {result.out_dir / 'results.json'}")
+    for name, path in result.plots.items():
+        print(f"plot {name}: {path}")
+    print(f"took {result.seconds:.1f}s")
+    return 0
+
+
+def _compare_settings(args: argparse.Namespace, out_dir: Path) -> Any:
+    """The :class:`CompareSettings` of compare's flags (a recipe applied under them)."""
+    from taskbalance.experiments.compare import DEFAULT_SCHEDULER, DEFAULT_SEEDS, CompareSettings
+
     settings = CompareSettings(
-        benchmark=benchmark,
+        benchmark=args.benchmark,
         **_data_settings(args),
         methods=args.methods,
         seeds=args.seeds if args.seeds is not None else list(DEFAULT_SEEDS),
@@ -331,22 +368,55 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         jobs=args.jobs,
         timing=not args.no_timing,
     )
-    result = run_compare(settings, log=_log)
-    print()
-    print(result.markdown, end="")
-    print()
-    print(f"report:  {result.out_dir / 'leaderboard.md'}")
-    print(f"results: {result.out_dir / 'results.json'}")
-    for name, path in result.plots.items():
-        print(f"plot {name}: {path}")
-    print(f"took {result.seconds:.1f}s")
-    return 0
+    if args.recipe is not None:
+        settings = _recipe_settings(args, settings)
+    return settings
 
 
 def _data_name(args: argparse.Namespace) -> str:
     if args.experiment is not None:
         return _experiment_name(args.experiment)
-    return str(args.dataset or args.benchmark)
+    return str(getattr(args, "recipe", None) or args.dataset or args.benchmark)
+
+
+# compare flag (argparse dest) -> CompareSettings field a recipe sets unless the flag is given
+_RECIPE_SETTINGS = ("epochs", "steps", "device", "lr", "batch_size", "scheduler", "seeds")
+
+
+def _recipe_settings(args: argparse.Namespace, settings: Any) -> Any:
+    """``settings`` with recipe ``args.recipe`` applied under the flags given explicitly."""
+    import dataclasses
+
+    from taskbalance.training.recipes import get_recipe, recipe_config
+
+    if getattr(settings, "experiment", None) is not None:
+        raise UserError("--recipe sets a published dataset and model; drop --experiment or it")
+    given = _explicit_dests(args)
+    explicit = {k: getattr(settings, k) for k in _RECIPE_SETTINGS if k in given}
+    explicit.pop("seeds", None)
+    for key in ("dataset", "data_root", "dataset_options"):
+        if getattr(settings, key) is not None:
+            explicit[key] = getattr(settings, key)
+    cfg = recipe_config(args.recipe, explicit)
+    fields = {k: cfg.pop(k, None) for k in ("dataset", "data_root", "dataset_options")}
+    fields.update({k: cfg.pop(k) for k in ("epochs", "device", "lr", "batch_size", "scheduler")})
+    fields["steps"] = cfg.pop("steps", None)  # whole epochs unless --steps
+    if "seeds" not in given:
+        fields["seeds"] = list(get_recipe(args.recipe).seeds)
+    extra = {**settings.extra, **cfg}
+    return dataclasses.replace(settings, **fields, extra=extra, recipe=args.recipe)
+
+
+def _explicit_dests(args: argparse.Namespace) -> set[str]:
+    """The flags (argparse dests) given on the command line, found by parsing it again with
+    every default suppressed."""
+    parser = _build_parser()
+    parsers = [parser, *parser._subparsers._group_actions[0].choices.values()]  # type: ignore[union-attr]
+    for p in parsers:
+        p._defaults.clear()
+        for action in p._actions:
+            action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(args.argv))) - {"command"}
 
 
 def _experiment_name(path: str) -> str:
@@ -358,7 +428,8 @@ def _experiment_name(path: str) -> str:
 def _data_settings(args: argparse.Namespace) -> dict[str, Any]:
     """``dataset``, ``data_root``, ``dataset_options`` and ``experiment`` of compare's and
     tune's settings."""
-    if args.dataset is None and (args.data_root is not None or args.dataset_option):
+    has_data = args.dataset is not None or getattr(args, "recipe", None) is not None
+    if not has_data and (args.data_root is not None or args.dataset_option):
         flag = "--data-root" if args.data_root is not None else "--dataset-option"
         raise UserError(f"{flag} applies to a real dataset: give --dataset NAME too")
     if args.experiment is not None and args.dataset is not None:
@@ -699,12 +770,34 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"taskbalance {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     _add_methods_command(sub, defaults)
+    _add_recipes_command(sub)
     _add_train_command(sub, defaults)
     _add_compare_command(sub, defaults)
     _add_annotate_command(sub, defaults)
     _add_tune_command(sub, defaults)
     _add_diagnose_command(sub, defaults)
     return parser
+
+
+def _add_recipes_command(sub: Any) -> None:
+    """The ``recipes`` command."""
+    p = sub.add_parser(
+        "recipes",
+        help="list the published protocols (--recipe NAME)",
+        description="List the recipes: dataset, model, protocol, the paper and table each follows "
+        "and the published numbers stored with it.",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="also the code read and the notes")
+    p.set_defaults(func=_cmd_recipes)
+
+
+def _add_recipe_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--recipe",
+        default=None,
+        metavar="NAME",
+        help="a published protocol (see 'taskbalance recipes'); flags given override its values",
+    )
 
 
 def _add_methods_command(sub: Any, defaults: dict[str, Any]) -> None:
@@ -731,6 +824,7 @@ def _add_train_command(sub: Any, defaults: dict[str, Any]) -> None:
     p.add_argument("--config", help="YAML file of TrainConfig keys (flags override it)")
     p.add_argument("--benchmark", help="benchmark name (default: multidigits)")
     _add_data_flags(p)
+    _add_recipe_flag(p)
     p.add_argument("--method", help="balancing method (see 'taskbalance methods'; default: ew)")
     p.add_argument("--epochs", type=_positive_int)
     steps = p.add_mutually_exclusive_group()
@@ -828,6 +922,7 @@ def _add_compare_command(sub: Any, defaults: dict[str, Any]) -> None:
     )
     p.add_argument("--benchmark", default=DEFAULT_BENCHMARK, help="(default: %(default)s)")
     _add_data_flags(p)
+    _add_recipe_flag(p)
     p.add_argument(
         "--methods",
         default=None,
@@ -1055,11 +1150,13 @@ def _launch(args: argparse.Namespace, argv: Sequence[str] | None) -> int | None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``taskbalance`` command line; returns the exit status."""
     parser = _build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # --help, --version, argparse errors
         code = exit_.code
         return code if isinstance(code, int) else (0 if code is None else EXIT_USER_ERROR)
+    args.argv = argv  # which flags were given explicitly (a recipe yields to those)
     if args.command is None:
         parser.print_help()
         return EXIT_USER_ERROR

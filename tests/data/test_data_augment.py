@@ -84,3 +84,24 @@ def test_wrapper_forwards_attributes_and_bad_kinds_are_refused() -> None:
         ScaleCropFlip({"depth": "disparity"})
     with pytest.raises(ValueError, match="scales"):
         ScaleCropFlip({"depth": "depth"}, scales=[0.5])
+
+
+def test_the_augment_option_wraps_the_training_split_only(tmp_path) -> None:
+    from taskbalance.data import load_dataset
+    from taskbalance.data.real.fake import write_fake_dataset
+
+    root = write_fake_dataset("nyuv2", tmp_path / "nyu", train=4, test=2)
+    plain = load_dataset("nyuv2", root)
+    data = load_dataset("nyuv2", root, augment=True)
+    assert isinstance(data.train, AugmentedDataset) and isinstance(
+        data.train.transform, ScaleCropFlip
+    )
+    assert data.train.transform.kinds == {
+        "segmentation": "label",
+        "depth": "depth",
+        "normals": "normal",
+    }
+    assert not isinstance(data.val, AugmentedDataset)  # held out before augmenting
+    assert len(data.train) == len(plain.train) and torch.equal(data.val[0][0], plain.val[0][0])
+    with pytest.raises(ValueError, match="'augment' must be true or false"):
+        load_dataset("cityscapes", write_fake_dataset("cityscapes", tmp_path / "cs"), augment=1)

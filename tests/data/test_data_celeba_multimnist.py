@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from taskbalance.data.real.celeba import CelebA
+from taskbalance.data.real.celeba import CELEBA_ATTRIBUTES, CelebA
 from taskbalance.data.real.multimnist import MultiMNIST, compose_pairs, load_multimnist
 
 PIL = pytest.importorskip("PIL.Image")
 
-ATTRS = [f"Attr_{k}" for k in range(40)]
+ATTRS = list(CELEBA_ATTRIBUTES)
 
 
 def _write_celeba(root: Path, colours: list[tuple[int, int, int]], parts: list[int]) -> np.ndarray:
@@ -57,6 +57,9 @@ def test_celeba_errors_name_the_layout_and_docs(tmp_path: Path) -> None:
     good = (tmp_path / "list_attr_celeba.txt").read_text()
     (tmp_path / "list_attr_celeba.txt").write_text(good.replace(" 1", " 0", 1))
     with pytest.raises(ValueError, match="line 3 .* 40 values -1/1"):
+        CelebA(tmp_path)
+    (tmp_path / "list_attr_celeba.txt").write_text(good.replace("Young", "Old"))
+    with pytest.raises(ValueError, match=r"40 CelebA attributes .* e.g. \['Old'\]"):
         CelebA(tmp_path)
     (tmp_path / "list_attr_celeba.txt").write_text(good)
     (tmp_path / "list_eval_partition.txt").unlink()
@@ -139,3 +142,22 @@ def test_multimnist_errors_name_the_file_and_docs(tmp_path: Path) -> None:
     _idx(tmp_path / "t10k-labels-idx1-ubyte", np.zeros((3, 28, 28)))  # images, not labels
     with pytest.raises(ValueError, match="not an idx1-ubyte file"):
         load_multimnist(tmp_path, val_size=2, cache_dir=tmp_path / "c")
+
+
+def test_registered_datasets_read_the_fake_layouts(tmp_path: Path, monkeypatch) -> None:
+    from taskbalance.data import load_dataset
+    from taskbalance.data.real.fake import write_fake_dataset
+
+    monkeypatch.setenv("TASKBALANCE_CACHE", str(tmp_path / "cache"))
+    celeba = load_dataset("celeba", write_fake_dataset("celeba", tmp_path / "c"), image_size=8)
+    assert (len(celeba.train), len(celeba.val), len(celeba.test)) == (4, 2, 2)
+    assert celeba.task_names == ATTRS and celeba.input_shape == (3, 8, 8)
+    assert celeba.build_model().eval()(celeba.train[0][0][None])["Young"].shape == (1, 2)
+    root = write_fake_dataset("multimnist", tmp_path / "m", train=6, test=2)
+    digits = load_dataset("multimnist", root, val_size=2, pair_seed=1)
+    assert (len(digits.train), len(digits.val), len(digits.test)) == (4, 2, 2)
+    assert digits.build_model().eval()(digits.test[0][0][None])["right"].shape == (1, 10)
+    with pytest.raises(FileNotFoundError, match="list_attr_celeba.txt.*docs/datasets.md#celeba"):
+        load_dataset("celeba", tmp_path / "m")
+    with pytest.raises(FileNotFoundError, match="t10k-images-idx3-ubyte.*#multimnist"):
+        load_dataset("multimnist", tmp_path / "c")

@@ -39,10 +39,13 @@ def segnet_dense(
     width: int = 16,
     depth: int = 3,
     convs_per_stage: int | Sequence[int] = 2,
+    architecture: str = "segnet",
 ) -> Any:
     """:class:`~taskbalance.models.SegNetBackbone` shared by dense heads (task -> channels);
-    tasks in ``normalize`` get a :class:`~taskbalance.models.NormalHead` (unit vectors)."""
-    from taskbalance.models import DenseHead, MultiTaskModel, NormalHead, SegNetBackbone
+    tasks in ``normalize`` get a :class:`~taskbalance.models.NormalHead` (unit vectors).
+    ``architecture="mtan"``: MTAN's task attention on the same SegNet (Liu et al., CVPR 2019),
+    the heads reading each task's attended features."""
+    from taskbalance.models import MTAN, DenseHead, MultiTaskModel, NormalHead, SegNetBackbone
 
     backbone = SegNetBackbone(
         in_channels, width=width, depth=depth, convs_per_stage=convs_per_stage
@@ -52,6 +55,8 @@ def segnet_dense(
         name: NormalHead(c, channels) if name in normalize else DenseHead(c, channels)
         for name, channels in heads.items()
     }
+    if architecture == "mtan":
+        return MTAN(backbone, modules, task_names=list(heads))
     return MultiTaskModel(backbone, modules, task_names=list(heads))
 
 

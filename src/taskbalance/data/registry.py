@@ -139,6 +139,11 @@ def load_dataset(name: str, root: str | os.PathLike[str], **options: Any) -> Rea
         raise layout_error(spec, err) from err
     if "val" not in read:
         read["train"], read["val"] = _hold_out(read["train"], resolved, read["test"], name)
+    transform = spec.train_transform(resolved) if spec.train_transform is not None else None
+    if transform is not None:
+        from taskbalance.data.augment import AugmentedDataset
+
+        read["train"] = AugmentedDataset(read["train"], transform)
     return RealDataSource(spec, path, resolved, read)
 
 

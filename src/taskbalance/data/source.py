@@ -69,6 +69,8 @@ class DatasetSpec:
         options: the dataset's own options with their defaults (e.g. ``num_classes``).
         check_options: ``options -> None`` raising ``ValueError`` naming a bad option value.
         docs: the section of ``docs/datasets.md`` that shows how to obtain and arrange the data.
+        train_transform: ``options -> transform or None``: augmentation of the training split
+            (applied after the validation hold-out, so validation stays unaugmented).
     """
 
     name: str
@@ -82,6 +84,7 @@ class DatasetSpec:
     options: Mapping[str, Any] = field(default_factory=dict)
     check_options: Callable[[dict[str, Any]], Any] | None = None
     docs: str = DOCS_PAGE
+    train_transform: Callable[[dict[str, Any]], Any] | None = None
 
     def __post_init__(self) -> None:
         missing = [s for s in ("train", "test") if s not in self.folders]

@@ -221,6 +221,7 @@ class CompareSettings:
     timing_rounds: int = TIMING_ROUNDS
     timing_steps: int = TIMING_STEPS
     extra: dict[str, Any] = field(default_factory=dict)  # more TrainConfig fields
+    recipe: str | None = None  # its published rows are printed beside ours (published.py)
 
 
 @dataclass
@@ -349,6 +350,11 @@ def run_compare(settings: CompareSettings, log: Log = print) -> CompareResult:
     markdown = to_markdown(board, title=title, sharing=sharing)
     transfer = negative_transfer(method_runs, baseline_runs, info.higher_is_better)
     markdown += "\n" + "\n".join(transfer_markdown(transfer))
+    if s.recipe is not None:
+        from .published import published_section
+
+        section = published_section(s.recipe, board)
+        markdown += f"\n{section}" if section else ""
     figures = _write_plots(out / "plots", method_runs, board, info, pareto, len(seeds))
     seconds = time.perf_counter() - start
     out.mkdir(parents=True, exist_ok=True)
@@ -369,6 +375,7 @@ def run_compare(settings: CompareSettings, log: Log = print) -> CompareResult:
         "baselines": [r.to_json() for r in baselines],
         "plots": {k: str(v) for k, v in figures.items()},
         "seconds": seconds,
+        "recipe": s.recipe,
     }
     atomic_write_text(out / "results.json", json.dumps(payload, indent=2))
     return CompareResult(out, board, markdown, figures, seconds, runs, baselines)

@@ -6,8 +6,9 @@ seeds to run, the paper and table it follows, and a few published numbers to pri
 :func:`recipe_config` applies one: explicit values (command-line flags, a config file) override
 the recipe's, option dicts (``model_options``, ``dataset_options``, ...) key by key.
 
-The defaults assume a GPU (``device: auto`` picks CUDA, then MPS, then the CPU); every recipe
-also runs on the CPU with ``--steps 1`` for a smoke test.
+The defaults assume a GPU: unless a device is given, :func:`recipe_config` picks CUDA, then
+MPS, then the CPU (:func:`best_device`); every recipe also runs on the CPU with ``--steps 1``
+for a smoke test.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ __all__ = [
     "PublishedRow",
     "Recipe",
     "available_recipes",
+    "best_device",
     "get_recipe",
     "recipe_config",
 ]
@@ -113,7 +115,10 @@ _SENER_KOLTUN_CODE = (
     "https://github.com/isl-org/MultiObjectiveOptimization (sample.json, train_multi_task.py, "
     "models/multi_faces_resnet.py, models/multi_lenet.py, loaders/multi_mnist_loader.py)"
 )
-_PWC = "Papers with Code entry of the paper; not checked against the paper's table itself"
+_PWC = (
+    "value read from the Papers with Code entry of the paper; neither it nor the table number "
+    "was checked against the paper's own table"
+)
 
 RECIPES: dict[str, Recipe] = {
     "nyuv2-mtan": Recipe(
@@ -133,7 +138,6 @@ RECIPES: dict[str, Recipe] = {
             "batch_size": 2,
             "eval_batch_size": 2,
             "final_epochs": 10,
-            "device": "auto",
         },
         seeds=(0, 1, 2),
         source="Navon et al., 'Multi-Task Learning as a Bargaining Game', ICML 2022, Table 2 "
@@ -167,7 +171,6 @@ RECIPES: dict[str, Recipe] = {
             "batch_size": 8,
             "eval_batch_size": 8,
             "final_epochs": 10,
-            "device": "auto",
         },
         seeds=(0, 1, 2),
         source="Navon et al., ICML 2022, Table 3 (Cityscapes protocol of CAGrad, Liu et al., "
@@ -199,7 +202,6 @@ RECIPES: dict[str, Recipe] = {
             "scheduler_options": {"step_size": 10, "gamma": 0.85},
             "epochs": 100,
             "batch_size": 256,
-            "device": "auto",
         },
         seeds=(0,),
         source="Sener & Koltun, 'Multi-Task Learning as Multi-Objective Optimization', "
@@ -227,7 +229,6 @@ RECIPES: dict[str, Recipe] = {
             "epochs": 100,
             "batch_size": 256,
             "eval_batch_size": 100,
-            "device": "auto",
         },
         seeds=(0,),
         source="Sener & Koltun, NeurIPS 2018, MultiMNIST experiment (Sec. 6)",
@@ -260,18 +261,41 @@ def get_recipe(name: str) -> Recipe:
     return RECIPES[name]
 
 
+def best_device() -> str:
+    """``"cuda"`` when CUDA is available, else ``"mps"`` when available, else ``"cpu"``."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return "mps"
+    return "cpu"
+
+
 def recipe_config(name: str, explicit: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The TrainConfig values of recipe ``name`` with ``explicit`` values on top.
 
     ``explicit`` holds what the user set (flags, a config file): a plain key replaces the
     recipe's value; an option dict (``model_options``, ``dataset_options``,
-    ``optimizer_options``, ``scheduler_options``) updates the recipe's dict key by key.
+    ``optimizer_options``, ``scheduler_options``) updates the recipe's dict key by key. The
+    device is :func:`best_device` unless given.
+
+    Raises:
+        ValueError: unknown recipe, or an explicit ``dataset`` other than the recipe's.
     """
     recipe = get_recipe(name)
     data: dict[str, Any] = {
         k: dict(v) if isinstance(v, Mapping) else v for k, v in recipe.config.items()
     }
-    for key, value in dict(explicit or {}).items():
+    given = dict(explicit or {})
+    if given.get("dataset", recipe.dataset) != recipe.dataset:
+        raise ValueError(
+            f"recipe {name!r} trains on dataset {recipe.dataset!r}, but dataset "
+            f"{given['dataset']!r} was given; drop --dataset (the recipe sets it) or the recipe"
+        )
+    data["device"] = best_device()
+    for key, value in given.items():
         if key in _MERGED_KEYS and isinstance(value, Mapping):
             data[key] = {**data.get(key, {}), **value}
         else:

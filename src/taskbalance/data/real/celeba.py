@@ -22,10 +22,20 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-__all__ = ["CELEBA_SPLITS", "CelebA", "read_attributes", "read_partition"]
+__all__ = ["CELEBA_ATTRIBUTES", "CELEBA_SPLITS", "CelebA", "read_attributes", "read_partition"]
 
 CELEBA_SPLITS = {"train": 0, "val": 1, "test": 2}
-NUM_ATTRIBUTES = 40
+#: The 40 attributes, in the order of line 2 of ``list_attr_celeba.txt`` (the task names).
+CELEBA_ATTRIBUTES = (
+    "5_o_Clock_Shadow", "Arched_Eyebrows", "Attractive", "Bags_Under_Eyes", "Bald", "Bangs",
+    "Big_Lips", "Big_Nose", "Black_Hair", "Blond_Hair", "Blurry", "Brown_Hair",
+    "Bushy_Eyebrows", "Chubby", "Double_Chin", "Eyeglasses", "Goatee", "Gray_Hair",
+    "Heavy_Makeup", "High_Cheekbones", "Male", "Mouth_Slightly_Open", "Mustache", "Narrow_Eyes",
+    "No_Beard", "Oval_Face", "Pale_Skin", "Pointy_Nose", "Receding_Hairline", "Rosy_Cheeks",
+    "Sideburns", "Smiling", "Straight_Hair", "Wavy_Hair", "Wearing_Earrings", "Wearing_Hat",
+    "Wearing_Lipstick", "Wearing_Necklace", "Wearing_Necktie", "Young",
+)  # fmt: skip
+NUM_ATTRIBUTES = len(CELEBA_ATTRIBUTES)
 DOCS = "docs/datasets.md#celeba"
 LAYOUT = (
     "<root>/img_align_celeba/<name>.jpg, <root>/list_attr_celeba.txt (count, 40 attribute "
@@ -52,9 +62,14 @@ def read_attributes(path: str | Path) -> tuple[list[str], list[str], np.ndarray]
     if len(lines) < 2 or not lines[0].strip().isdigit():
         raise ValueError(_layout_error(f"{str(path)!r} must start with the image count"))
     count, names = int(lines[0]), lines[1].split()
-    if len(names) != NUM_ATTRIBUTES:
+    if tuple(names) != CELEBA_ATTRIBUTES:
+        odd = [n for n in names if n not in CELEBA_ATTRIBUTES][:3] or names[:3]
         raise ValueError(
-            _layout_error(f"line 2 of {str(path)!r} names {len(names)} attributes, not 40")
+            _layout_error(
+                f"line 2 of {str(path)!r} must name the 40 CelebA attributes in the release's "
+                f"order ({CELEBA_ATTRIBUTES[0]} ... {CELEBA_ATTRIBUTES[-1]}); it names "
+                f"{len(names)}, e.g. {odd}"
+            )
         )
     rows = lines[2:]
     if len(rows) != count:

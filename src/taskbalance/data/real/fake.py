@@ -71,7 +71,41 @@ def _write_fingers(root: Path, counts: dict[str, int], size: tuple[int, int], se
             Image.fromarray(pixels, mode="L").save(root / folder / f"{i:06x}_{fingers}{hand}.png")
 
 
-FAKE_DATASETS = ("nyuv2", "cityscapes", "fingers")
+def _write_celeba(root: Path, counts: dict[str, int], size: tuple[int, int], seed: int) -> None:
+    from PIL import Image
+
+    from taskbalance.data.real.celeba import CELEBA_ATTRIBUTES, CELEBA_SPLITS
+
+    rng = np.random.default_rng(seed)
+    (root / "img_align_celeba").mkdir(parents=True, exist_ok=True)
+    rows: list[str] = []
+    parts: list[str] = []
+    for split, count in counts.items():
+        for _ in range(count):
+            name = f"{len(rows) + 1:06d}.jpg"
+            pixels = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+            Image.fromarray(pixels, "RGB").save(root / "img_align_celeba" / name)
+            values = rng.choice(["-1", " 1"], size=len(CELEBA_ATTRIBUTES))
+            rows.append(f"{name} " + " ".join(values))
+            parts.append(f"{name} {CELEBA_SPLITS[split]}")
+    header = [str(len(rows)), " ".join(CELEBA_ATTRIBUTES)]
+    (root / "list_attr_celeba.txt").write_text("\n".join(header + rows) + "\n")
+    (root / "list_eval_partition.txt").write_text("\n".join(parts) + "\n")
+
+
+def _write_mnist(root: Path, counts: dict[str, int], seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    for prefix, count in (("train", counts["train"]), ("t10k", counts["test"])):
+        images = rng.integers(0, 256, (count, 28, 28), dtype=np.uint8)
+        labels = rng.integers(0, 10, count).astype(np.uint8)
+        for kind, array, magic in (("images-idx3", images, 2051), ("labels-idx1", labels, 2049)):
+            dims = b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+            data = magic.to_bytes(4, "big") + dims + array.tobytes()
+            (root / f"{prefix}-{kind}-ubyte").write_bytes(data)
+
+
+FAKE_DATASETS = ("nyuv2", "cityscapes", "fingers", "celeba", "multimnist")
 
 
 def write_fake_dataset(
@@ -90,6 +124,10 @@ def write_fake_dataset(
         _write_fingers(root, {"train": train, "test": test}, size, seed)
     elif name in ("nyuv2", "cityscapes"):
         _write_npy(root, name, {"train": train, "val": test}, size, seed)
+    elif name == "celeba":  # the validation split gets as many images as the test split
+        _write_celeba(root, {"train": train, "val": test, "test": test}, size, seed)
+    elif name == "multimnist":  # MNIST's idx files (28 x 28 whatever ``size``)
+        _write_mnist(root, {"train": train, "test": test}, seed)
     else:
         raise ValueError(f"no fake writer for dataset {name!r}; available: {FAKE_DATASETS}")
     return root

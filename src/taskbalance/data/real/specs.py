@@ -10,21 +10,49 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from taskbalance.data.real.celeba import CELEBA_ATTRIBUTES
 from taskbalance.data.source import DOCS_PAGE, DatasetSpec
 
-__all__ = ["BUILTIN_DATASETS", "CITYSCAPES", "FINGERS", "NYUV2"]
+__all__ = ["BUILTIN_DATASETS", "CELEBA", "CITYSCAPES", "FINGERS", "MULTIMNIST", "NYUV2"]
 
 #: MTAN's SegNet (Liu et al., CVPR 2019): 5 stages of 2-2-3-3-3 convolutions, 64 channels first.
-SEGNET_OPTIONS: dict[str, Any] = {"width": 64, "depth": 5, "convs_per_stage": None}
+SEGNET_OPTIONS: dict[str, Any] = {
+    "width": 64,
+    "depth": 5,
+    "convs_per_stage": None,
+    "architecture": "segnet",
+}
+ARCHITECTURES = ("segnet", "mtan")
 
 
 def _segnet_options(options: dict[str, Any], what: str) -> dict[str, Any]:
     from taskbalance.data.benchmark import check_options
 
     opts = check_options(options, SEGNET_OPTIONS, what)
+    if opts["architecture"] not in ARCHITECTURES:
+        raise ValueError(
+            f"{what}: model option 'architecture' must be one of {ARCHITECTURES} (hard sharing "
+            f"of the SegNet, or MTAN's attention on it), got {opts['architecture']!r}"
+        )
     if opts["convs_per_stage"] is None:  # MTAN's 2-2-3-3-3 at depth 5, else two per stage
         opts["convs_per_stage"] = (2, 2, 3, 3, 3) if opts["depth"] == 5 else 2
     return opts
+
+
+def _scale_crop_flip(options: dict[str, Any], normals: bool) -> Any:
+    """Option ``augment``: CAGrad's / Nash-MTL's random scale-crop and flip of the training
+    split (:class:`~taskbalance.data.augment.ScaleCropFlip`), or ``None``."""
+    augment = options.get("augment", False)
+    if not isinstance(augment, bool):
+        raise ValueError(f"dataset option 'augment' must be true or false, got {augment!r}")
+    if not augment:
+        return None
+    from taskbalance.data.augment import ScaleCropFlip
+
+    kinds = {"segmentation": "label", "depth": "depth"}
+    if normals:
+        kinds["normals"] = "normal"
+    return ScaleCropFlip(kinds)
 
 
 # ---------------------------------------------------------------------------------- NYUv2
@@ -71,7 +99,9 @@ NYUV2 = DatasetSpec(
         "0..12, -1 = ignored pixel), depth/<i>.npy (float H x W x 1, 0 = no measurement) and "
         "normal/<i>.npy (float H x W x 3), i = 0, 1, 2, ...; H x W = 288 x 384 in the release"
     ),
+    options={"augment": False},
     docs=f"{DOCS_PAGE}#nyuv2",
+    train_transform=lambda options: _scale_crop_flip(options, normals=True),
 )
 
 
@@ -128,9 +158,10 @@ CITYSCAPES = DatasetSpec(
         "0..num_classes-1, -1 = ignored pixel) and depth/<i>.npy (float H x W x 1, inverse "
         "depth, 0 = no measurement), i = 0, 1, 2, ...; H x W = 128 x 256 in the release"
     ),
-    options={"num_classes": 7},
+    options={"num_classes": 7, "augment": False},
     check_options=_cityscapes_classes,
     docs=f"{DOCS_PAGE}#cityscapes",
+    train_transform=lambda options: _scale_crop_flip(options, normals=False),
 )
 
 
@@ -176,4 +207,84 @@ FINGERS = DatasetSpec(
     docs=f"{DOCS_PAGE}#fingers",
 )
 
-BUILTIN_DATASETS: list[DatasetSpec] = [NYUV2, CITYSCAPES, FINGERS]
+
+# ---------------------------------------------------------------------------------- CelebA
+def _read_celeba(root: Path, folder: str, options: dict[str, Any]) -> Any:
+    from taskbalance.data.real.celeba import CelebA
+
+    return CelebA(root, folder, image_size=options["image_size"])
+
+
+def _celeba_tasks(options: dict[str, Any]) -> list[Any]:
+    from taskbalance.tasks import classification_task
+
+    return [classification_task(name, 2) for name in CELEBA_ATTRIBUTES]
+
+
+def _celeba_model(options: dict[str, Any], model_options: dict[str, Any]) -> Any:
+    from taskbalance.data.benchmark import check_options
+    from taskbalance.models.resnet import celeba_resnet18
+
+    opts = check_options(model_options, {"pool": 2}, "celeba.build_model")
+    return celeba_resnet18(CELEBA_ATTRIBUTES, **opts)
+
+
+CELEBA = DatasetSpec(
+    name="celeba",
+    description="CelebA: 40 binary face attributes (Sener & Koltun's multi-task setting)",
+    task_names=CELEBA_ATTRIBUTES,
+    folders={"train": "train", "val": "val", "test": "test"},
+    read=_read_celeba,
+    make_tasks=_celeba_tasks,
+    make_model=_celeba_model,
+    layout=(
+        "<root>/img_align_celeba/<name>.jpg (the aligned 178 x 218 JPEGs), "
+        "<root>/list_attr_celeba.txt (line 1: image count; line 2: the 40 attribute names; then "
+        "'<name>.jpg' and 40 values -1/1 per line) and <root>/list_eval_partition.txt "
+        "('<name>.jpg 0|1|2' per line: train, val, test)"
+    ),
+    options={"image_size": 64},
+    docs=f"{DOCS_PAGE}#celeba",
+)
+
+
+# ---------------------------------------------------------------------------------- MultiMNIST
+def _read_multimnist(root: Path, folder: str, options: dict[str, Any]) -> Any:
+    from taskbalance.data.real.multimnist import load_multimnist
+
+    splits = load_multimnist(root, seed=options["pair_seed"], val_size=options["val_size"])
+    return splits[folder]
+
+
+def _multimnist_tasks(options: dict[str, Any]) -> list[Any]:
+    from taskbalance.tasks import classification_task
+
+    return [classification_task("left", 10), classification_task("right", 10)]
+
+
+def _multimnist_model(options: dict[str, Any], model_options: dict[str, Any]) -> Any:
+    from taskbalance.data.benchmark import check_options
+    from taskbalance.models.lenet import lenet_multimnist
+
+    opts = check_options(model_options, {"dropout": 0.5}, "multimnist.build_model")
+    return lenet_multimnist(**opts)
+
+
+MULTIMNIST = DatasetSpec(
+    name="multimnist",
+    description="MultiMNIST: two overlaid MNIST digits (Sener & Koltun), left and right digit",
+    task_names=("left", "right"),
+    folders={"train": "train", "val": "val", "test": "test"},
+    read=_read_multimnist,
+    make_tasks=_multimnist_tasks,
+    make_model=_multimnist_model,
+    layout=(
+        "<root>/train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte and "
+        "t10k-labels-idx1-ubyte (MNIST's idx files, optionally gzipped: N x 28 x 28 uint8 "
+        "images, N uint8 labels 0..9); pairs are generated from option pair_seed and cached"
+    ),
+    options={"val_size": 10_000, "pair_seed": 0},
+    docs=f"{DOCS_PAGE}#multimnist",
+)
+
+BUILTIN_DATASETS: list[DatasetSpec] = [NYUV2, CITYSCAPES, FINGERS, CELEBA, MULTIMNIST]
