@@ -345,6 +345,10 @@ def run_compare(settings: CompareSettings, log: Log = print) -> CompareResult:
         info.higher_is_better,
         timing=None if timing is None else timing["seconds"],
     )
+    if base.get("final_epochs"):  # the MTAN protocol (a recipe), not the validation rule
+        board["final_rule"] = (
+            f"as each metric's mean over the last {base['final_epochs']} epochs of its run"
+        )
     sharing = _measure_sharing({**base, "method": "ew", "seed": seeds[0], "out_dir": str(out)})
     title = _title(s, len(methods), len(seeds), base)
     markdown = to_markdown(board, title=title, sharing=sharing)

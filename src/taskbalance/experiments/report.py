@@ -650,7 +650,8 @@ def _leaderboard_notes(board: Mapping[str, Any], seeds: int, alpha: float) -> li
     ref_name = board.get("reference", "ew")
     excluded = board.get("excluded") or {}
     notes = [
-        f"Metrics on the {board['split']} split at the epoch selected on validation"
+        f"Metrics on the {board['split']} split "
+        + board.get("final_rule", "at the epoch selected on validation")
         + (f"; mean ± std over {seeds} seeds." if seeds > 1 else "; 1 seed."),
         "Δm%: mean over the metrics that enter of the relative change against the single-task "
         "baselines (one network per task, mean over seeds), lower is better. Rule: "
