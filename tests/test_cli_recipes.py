@@ -90,6 +90,7 @@ def test_compare_flags_given_override_the_recipe_and_defaults_do_not() -> None:
     )
     assert (s.lr, s.scheduler, list(s.seeds), s.recipe) == (1e-4, "step", [0, 1, 2], "nyuv2-mtan")
     assert s.extra["final_epochs"] == 10 and s.extra["model_options"] == {"architecture": "mtan"}
+    assert s.device == "auto"  # no --device: CUDA, then MPS, then the CPU
     argv = ["compare", "--recipe", "nyuv2-mtan", "--data-root", "/d", "--epochs", "3"]
     argv += [
         "--steps",

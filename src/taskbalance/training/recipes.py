@@ -6,9 +6,8 @@ seeds to run, the paper and table it follows, and a few published numbers to pri
 :func:`recipe_config` applies one: explicit values (command-line flags, a config file) override
 the recipe's, option dicts (``model_options``, ``dataset_options``, ...) key by key.
 
-The defaults assume a GPU: unless a device is given, :func:`recipe_config` picks CUDA, then
-MPS, then the CPU (:func:`best_device`); every recipe also runs on the CPU with ``--steps 1``
-for a smoke test.
+The defaults assume a GPU: unless a device is given, a recipe runs on ``device: auto`` (CUDA,
+then MPS, then the CPU); every recipe also runs on the CPU with ``--steps 1`` for a smoke test.
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ __all__ = [
     "PublishedRow",
     "Recipe",
     "available_recipes",
-    "best_device",
     "get_recipe",
     "recipe_config",
 ]
@@ -261,25 +259,13 @@ def get_recipe(name: str) -> Recipe:
     return RECIPES[name]
 
 
-def best_device() -> str:
-    """``"cuda"`` when CUDA is available, else ``"mps"`` when available, else ``"cpu"``."""
-    import torch
-
-    if torch.cuda.is_available():
-        return "cuda"
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        return "mps"
-    return "cpu"
-
-
 def recipe_config(name: str, explicit: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The TrainConfig values of recipe ``name`` with ``explicit`` values on top.
 
     ``explicit`` holds what the user set (flags, a config file): a plain key replaces the
     recipe's value; an option dict (``model_options``, ``dataset_options``,
     ``optimizer_options``, ``scheduler_options``) updates the recipe's dict key by key. The
-    device is :func:`best_device` unless given.
+    device is ``"auto"`` unless given.
 
     Raises:
         ValueError: unknown recipe, or an explicit ``dataset`` other than the recipe's.
@@ -294,7 +280,7 @@ def recipe_config(name: str, explicit: Mapping[str, Any] | None = None) -> dict[
             f"recipe {name!r} trains on dataset {recipe.dataset!r}, but dataset "
             f"{given['dataset']!r} was given; drop --dataset (the recipe sets it) or the recipe"
         )
-    data["device"] = best_device()
+    data["device"] = "auto"  # CUDA, then MPS, then the CPU (training.devices.auto_device)
     for key, value in given.items():
         if key in _MERGED_KEYS and isinstance(value, Mapping):
             data[key] = {**data.get(key, {}), **value}
