@@ -132,7 +132,7 @@ def test_compare_with_a_recipe_prints_the_published_rows(tmp_path: Path) -> None
     result = run_compare(settings, log=lambda _: None)
     text = (tmp_path / "cmp" / "leaderboard.md").read_text()
     assert text == result.markdown and "## Published numbers (recipe cityscapes-mtan)" in text
-    assert "Metrics on the test split as each metric's mean over the last 10 epochs" in text
+    assert "Metrics on the test split as each metric's mean over the last 10 epochs;" in text
     mine = result.leaderboard["rows"][0]["metrics"]["segmentation"]["miou"]["mean"]
     assert f"| ours (1 seed(s)) | nash_mtl | {mine:.4f} ± 0.0000 |" in text
     assert (

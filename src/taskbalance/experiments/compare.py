@@ -346,19 +346,13 @@ def run_compare(settings: CompareSettings, log: Log = print) -> CompareResult:
         timing=None if timing is None else timing["seconds"],
     )
     if base.get("final_epochs"):  # the MTAN protocol (a recipe), not the validation rule
-        board["final_rule"] = (
-            f"as each metric's mean over the last {base['final_epochs']} epochs of its run"
-        )
+        board["final_rule"] = f"as each metric's mean over the last {base['final_epochs']} epochs"
     sharing = _measure_sharing({**base, "method": "ew", "seed": seeds[0], "out_dir": str(out)})
     title = _title(s, len(methods), len(seeds), base)
     markdown = to_markdown(board, title=title, sharing=sharing)
     transfer = negative_transfer(method_runs, baseline_runs, info.higher_is_better)
     markdown += "\n" + "\n".join(transfer_markdown(transfer))
-    if s.recipe is not None:
-        from .published import published_section
-
-        section = published_section(s.recipe, board)
-        markdown += f"\n{section}" if section else ""
+    markdown += _published(s.recipe, board)
     figures = _write_plots(out / "plots", method_runs, board, info, pareto, len(seeds))
     seconds = time.perf_counter() - start
     out.mkdir(parents=True, exist_ok=True)
@@ -383,6 +377,16 @@ def run_compare(settings: CompareSettings, log: Log = print) -> CompareResult:
     }
     atomic_write_text(out / "results.json", json.dumps(payload, indent=2))
     return CompareResult(out, board, markdown, figures, seconds, runs, baselines)
+
+
+def _published(recipe: str | None, board: dict[str, Any]) -> str:
+    """The published-numbers section of a recipe's leaderboard (``""`` without one)."""
+    if recipe is None:
+        return ""
+    from .published import published_section
+
+    section = published_section(recipe, board)
+    return f"\n{section}" if section else ""
 
 
 def _compare_rank(jobs: int | None) -> int | None:

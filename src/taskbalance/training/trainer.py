@@ -93,15 +93,13 @@ class Trainer:
             (except :data:`~taskbalance.training.config.RESUME_MAY_DIFFER`) are an error.
         loader_generator: the train loader's shuffling generator, saved in checkpoints
             (default: ``train_loader.generator``).
-        progress, tensorboard, save_best, callbacks, check_finite: see :class:`TrainConfig`;
-            ``check_finite`` goes to the Balancer. affinity: log per-epoch TAG affinity (history).
-        bn_recalibration: before each evaluation, re-estimate the BatchNorm running statistics
-            for the current weights from this many training samples (in order; 0: off); see
-            :mod:`taskbalance.training.batchnorm`.
+        progress, tensorboard, save_best, callbacks, check_finite, final_epochs: see
+            :class:`TrainConfig`; ``check_finite`` goes to the Balancer. affinity: log per-epoch
+            TAG affinity (history).
+        bn_recalibration: re-estimate the BatchNorm running statistics from this many training
+            samples (in order; 0: off) before each evaluation (:mod:`.batchnorm`).
         method_options, shared_parameters: for a method given by name; the shared parameters
             (default ``model.shared_parameters()``).
-        final_epochs: report val and test as each metric's mean over the last K epochs (the
-            MTAN protocol) instead of those of the best validation epoch (``None``).
     """
 
     def __init__(
