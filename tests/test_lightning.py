@@ -71,6 +71,16 @@ def test_the_method_parameters_must_be_in_an_optimizer() -> None:
         W.fit(OnlyModel("uw"), batch_size=4, epochs=1)
 
 
+def test_a_loss_scaling_precision_is_refused() -> None:
+    # fp16 AMP scales the loss in manual_backward, which the Balancer replaces; on CPU the
+    # plugin is given directly (Trainer(precision="16-mixed") falls back to bf16 there)
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    fp16 = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))
+    with pytest.raises(ValueError, match="bf16-mixed"):
+        W.fit(W.Net("ew"), batch_size=4, epochs=1, plugins=[fp16])
+
+
 def test_set_balancing_checks_its_inputs() -> None:
     net = W.Net("ew")
     with pytest.raises(ValueError, match="not parameters of this module"):
