@@ -122,3 +122,13 @@ def test_build_trainer_honours_loader_workers_and_pseudo_labels(make_config, tmp
     labelled = config.replace(pseudo_labels=str(tmp_path / "a" / "pseudo_labels.pt"))
     trainer = build_trainer(labelled.replace(out_dir=None))
     assert isinstance(trainer.train_loader.dataset, WithPseudoLabels)
+
+
+def test_a_finished_run_is_not_reused_under_another_final_epochs(make_config):
+    # results.json holds metrics computed with the run's final_epochs: reusing them for a
+    # config asking for another rule would report numbers of the wrong rule
+    config = make_config("final", epochs=2)
+    first = run(config)
+    assert first.config["final_epochs"] is None
+    with pytest.raises(ValueError, match="other settings.*final_epochs: None there, 2 now"):
+        run(config.replace(final_epochs=2))

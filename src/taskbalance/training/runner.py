@@ -292,7 +292,8 @@ def _finished(out: Path | None, config: TrainConfig, inputs: RunInputs | None) -
         return None
     results = load_results_file(out / "results.json")
     mine, theirs = _run_config(config, inputs or RunInputs()), results.get("config", {})
-    ignore = RESUME_MAY_DIFFER - {"epochs"}
+    # its results were computed with its epochs and final_epochs: reuse needs the same ones
+    ignore = RESUME_MAY_DIFFER - {"epochs", "final_epochs"}
     diff = {
         k: (mine.get(k), theirs.get(k))
         for k in dict.fromkeys([*mine, *theirs])
