@@ -149,3 +149,21 @@ def test_diagnose_on_the_example(tmp_path, capsys):
     report = json.loads((out / "diagnostics.json").read_text())
     assert "customers" in capsys.readouterr().out + (out / "summary.md").read_text()
     assert report["tasks"] == ["spend", "churn"]
+
+
+def test_a_run_of_an_edited_experiment_file_is_not_reused(tmp_path):
+    # the config names the file by its path only: a finished run of the file's earlier content
+    # (another width here) must be refused, not reported as a run of the new content
+    import shutil
+
+    from taskbalance.training import run
+
+    folder = tmp_path / "mine"
+    shutil.copytree(EXAMPLE.parent, folder)
+    path = folder / "experiment.yaml"
+    config = TrainConfig(experiment=str(path), epochs=1, steps=3, out_dir=str(tmp_path / "r"),
+                         progress=False, tensorboard=False)  # fmt: skip
+    run(config)
+    path.write_text(path.read_text().replace("width: 64", "width: 8"))
+    with pytest.raises(ValueError, match="other settings.*inputs:.*'width': 64.*'width': 8"):
+        run(config)

@@ -311,9 +311,22 @@ def _finished(out: Path | None, config: TrainConfig, inputs: RunInputs | None) -
 def _run_config(config: TrainConfig, inputs: RunInputs) -> dict[str, Any]:
     """What names the run in its checkpoint and ``results.json``."""
     stored = config.to_dict()
-    if inputs.identity:
-        stored["inputs"] = _plain(dict(inputs.identity))
+    identity = dict(inputs.identity)
+    if config.experiment is not None:
+        # the config names the experiment file by its path only: its content names the run
+        identity["experiment_file"] = _experiment_content(config.experiment)
+    if identity:
+        stored["inputs"] = _plain(identity)
     return stored
+
+
+def _experiment_content(path: str) -> dict[str, Any]:
+    """What of an experiment file makes its runs: factories, their options and the tasks."""
+    from taskbalance.data.experiment import parse_experiment_file
+
+    file = parse_experiment_file(path)
+    keys = ("model", "model_options", "data", "data_options", "tasks")
+    return {key: getattr(file, key) for key in keys}
 
 
 def _given_data(inputs: RunInputs) -> bool:
