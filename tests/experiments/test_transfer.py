@@ -70,3 +70,12 @@ def test_seeds_without_a_baseline_are_left_out() -> None:
     runs = {"m": [_run(0, 0.72, 0.45), _run(7, 0.1, 9.0)]}  # seed 7 has no baseline
     rows = negative_transfer(runs, BASELINES, HIB)
     assert [r.values for r in rows] == [pytest.approx([10.0]), pytest.approx([-10.0])]
+
+
+def test_one_seed_claims_no_verdict() -> None:
+    # +10 % worse on one seed: no noise estimate, so the report must not say "no task loses"
+    rows = negative_transfer({"m": [_run(0, 0.72, 0.45)]}, BASELINES, HIB)
+    assert {r.verdict for r in rows} == {"one seed"}
+    md = "\n".join(transfer_markdown(rows))
+    assert "No task loses" not in md
+    assert "one seed: no noise estimate, so no verdict; run 2 or more seeds" in md

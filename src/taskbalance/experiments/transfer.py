@@ -126,11 +126,12 @@ def transfer_markdown(rows: Sequence[TaskTransfer]) -> list[str]:
         for r in rows
     ]  # fmt: skip
     losers = sorted({f"{r.task} ({r.method})" for r in rows if r.verdict == "loses"})
-    summary = (
-        "Tasks that lose beyond the seed noise: " + ", ".join(losers) + "."
-        if losers
-        else "No task loses beyond the seed noise."
-    )
+    if losers:
+        summary = "Tasks that lose beyond the seed noise: " + ", ".join(losers) + "."
+    elif all(r.verdict == "one seed" for r in rows):
+        summary = "With one seed: no noise estimate, so no verdict; run 2 or more seeds."
+    else:
+        summary = "No task loses beyond the seed noise."
     return [
         "## Negative transfer", "", f"{TRANSFER_RULE}.", "",
         *markdown_table(header, cells), "", summary, "",
