@@ -8,8 +8,10 @@ linear unit), all in one process, interleaved (see ``common.py``):
 * ``ew``: one forward, one backward of the sum;
 * ``param``: ``Balancer(method, mode="param")`` (target <= 1.1x floor), also with
   ``task_backward="batched"``;
-* ``rep``: ``Balancer(method, mode="rep")`` (target <= 1.3x ``ew``; methods with per-parameter
-  state have no rep mode);
+* ``rep``: ``Balancer(method, mode="rep")`` given each head's own view of the features
+  (``model.head_inputs``: one backward for every task's row; target <= 1.3x ``ew``; methods with
+  per-parameter state have no rep mode); ``rep-z``: the same given the shared features
+  (``model.features``: one backward per task);
 * ``gradnorm``: the loss method that measures T gradient norms (target <= 1.3x ``ew`` at T=10).
 
 Ratios are median (min-max over rounds) of a candidate / median of its base.
@@ -55,14 +57,14 @@ def candidates(
         torch.stack(task_losses(model(x))).sum().backward()
         opt.step()
 
-    def balanced(name: str, mode: str, **options: object) -> Callable[[], None]:
+    def balanced(name: str, mode: str, views: bool = True, **options: object) -> Callable[[], None]:
         balancer = tb.Balancer(tb.create(name, T), shared, mode=mode, **options)  # type: ignore[arg-type]
         step_opt = torch.optim.SGD([*params, *balancer.parameters()], lr=1e-5)
 
         def step() -> None:
             step_opt.zero_grad(set_to_none=True)
             losses = task_losses(model(x))
-            balancer.backward(losses, features=model.features)
+            balancer.backward(losses, features=model.head_inputs if views else model.features)
             step_opt.step()
 
         return step
@@ -77,6 +79,7 @@ def candidates(
         steps[f"{method}/batched"] = balanced(method, "param", task_backward="batched")
         if getattr(tb.method_info(method).cls, "supports_rep_mode", True):
             steps[f"{method}/rep"] = balanced(method, "rep")
+            steps[f"{method}/rep-z"] = balanced(method, "rep", views=False)
     return steps
 
 
@@ -110,9 +113,9 @@ def main() -> None:
     )
     print(
         "| heads | T | method | floor ms | ew ms | param/floor | batched/floor | rep/ew "
-        "| gradnorm/ew |"
+        "| rep-z/ew | gradnorm/ew |"
     )
-    print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
     for heads in args.heads.split(","):
         for T in [int(t) for t in args.tasks.split(",")]:
             torch.manual_seed(0)
@@ -123,12 +126,13 @@ def main() -> None:
             t = interleaved(steps, args.rounds, args.per_round, sync, clock=clock)
             floor, ew = t["floor"], t["ew"]
             for method in methods:
-                rep = t.get(f"{method}/rep")
+                rep, rep_z = t.get(f"{method}/rep"), t.get(f"{method}/rep-z")
                 print(
                     f"| {heads} | {T} | {method} | {floor.median * 1e3:.1f} | "
                     f"{ew.median * 1e3:.1f} | {t[f'{method}/param'].ratio(floor)} | "
                     f"{t[f'{method}/batched'].ratio(floor)} | "
-                    f"{'-' if rep is None else rep.ratio(ew)} | {t['gradnorm'].ratio(ew)} |",
+                    f"{'-' if rep is None else rep.ratio(ew)} | "
+                    f"{'-' if rep_z is None else rep_z.ratio(ew)} | {t['gradnorm'].ratio(ew)} |",
                     flush=True,
                 )
 

@@ -49,11 +49,14 @@ class TaskCNN(nn.Module):
         else:
             raise ValueError(f"heads must be 'conv' or 'tiny', got {heads!r}")
         self.features: torch.Tensor | None = None
+        self.head_inputs: dict[str, torch.Tensor] = {}
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         z = self.shared(x)
         self.features = z
-        return [h(z) for h in self.heads]
+        # Each head reads its own view of z: rep mode then gets every task's row in one backward.
+        self.head_inputs = {f"task{t}": z.view_as(z) for t in range(len(self.heads))}
+        return [h(v) for h, v in zip(self.heads, self.head_inputs.values())]
 
 
 def task_losses(outputs: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -9,9 +9,10 @@ Cost of a step (see ``docs/architecture.md``):
   so autograd accumulates the per-task gradient straight into ``J`` on the model's device (no
   copy, no concatenation), while task-specific parameters accumulate their own task's gradient;
 * gradient methods in ``"rep"`` mode: ``J`` holds the gradients of the task losses w.r.t. the
-  shared features ``z`` (T passes through the heads only), then a single backward of ``Σ L_t``
-  whose gradient at ``z`` is replaced by the aggregated direction, so the shared part is
-  traversed once.
+  shared features ``z`` (T passes through the heads only; ONE pass when each head read its own
+  view of ``z``), kept as autograd returned them (the Gramian and ``wᵀJ`` run over column
+  chunks), then a single backward from ``z`` with the aggregated direction, so the shared part
+  is traversed once.
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ from taskbalance.validation import check_finite_losses
 from .base import GradientMethod, LossMethod, Method, check_choice, raise_nonfinite_gradient
 from .distributed import resolve_group
 from .distributed_step import distributed_backward
-from .heads import feature_list, head_pass
+from .heads import HeadPass, feature_list, head_pass, task_inputs, view_pass
+from .rows import TaskRows
 from .solvers import combine, first_nonfinite_row, first_nonfinite_row_of, gramian
-from .step_info import LossInput, StepInfo
+from .step_info import Features, LossInput, StepInfo
 from .streaming import (
     batched_task_gradients,
     gramian_by_parameter,
@@ -256,7 +258,7 @@ class Balancer:
     def backward(
         self,
         losses: LossInput,
-        features: Tensor | Sequence[Tensor] | None = None,
+        features: Features | None = None,
         *,
         counts: Mapping[str, float] | Sequence[float] | Tensor | None = None,
     ) -> StepInfo:
@@ -264,7 +266,11 @@ class Balancer:
 
         ``losses``: a dict task name -> scalar loss (``None`` for a task without labels in this
         batch), a sequence of scalars, or a tensor of shape ``[T]``. In rep mode, ``features`` are
-        the shared features the task heads consumed. ``counts`` (distributed only): per task,
+        the shared features the task heads consumed (a tensor or several), or a mapping task name
+        -> what that task's head consumed, a view of the shared features made for that head
+        alone (``{t: z.view_as(z)}``, e.g. ``MultiTaskModel.head_inputs``): then one backward
+        gives every task's feature gradient instead of one backward per task (same update, to
+        float rounding; one process only). ``counts`` (distributed only): per task,
         the number of samples its local loss is the mean over (labelled samples); the union
         loss is the mean over all ranks' labelled samples. Default: 1 per task present (equal
         local batches). A rank may pass every loss as ``None`` (it contributes nothing).
@@ -314,14 +320,14 @@ class Balancer:
         stacked: Tensor,
         present: Tensor,
         all_present: bool,
-        features: Tensor | Sequence[Tensor] | None,
+        features: Features | None,
         info: StepInfo,
     ) -> None:
         names = info.task_names
         idx = [t for t, x in enumerate(items) if x is not None]
         own: list[Tensor] = [items[t] for t in idx]  # type: ignore[misc]
         seeds = self._loss_seeds(method, stacked, idx)
-        J: Tensor | None = None
+        J: Tensor | TaskRows | None = None
         G: Tensor | None = None
         write: Callable[[Tensor], None] | None = None
         if self.memory == "gramian":  # G streamed parameter by parameter; J never exists
@@ -332,7 +338,9 @@ class Balancer:
         elif self.mode == "param":
             J, write = self._param_jacobian(own, seeds), self._param_writer()
         else:
-            J, write = self._rep_jacobian(own, seeds, idx, features)
+            rows, write = self._rep_jacobian(own, seeds, idx, features)
+            # Methods that read J itself get it stacked; the Gramian and wᵀJ run over chunks.
+            J = rows if method.uses_gramian else rows.stack()
         if J is not None and (method.uses_gramian or self.track_gradients):
             G = gramian(J, device="cpu")  # once per step: for the method and the statistics
         dtype = self.shared[0].dtype if J is None else J.dtype
@@ -353,7 +361,7 @@ class Balancer:
                     assert write is not None
                     write(combine(w, J))
             else:
-                assert J is not None and write is not None
+                assert isinstance(J, Tensor) and write is not None
                 write(method.aggregate_present(J, losses_arg, None if all_present else present))
         if G is not None and self.track_gradients:
             info.grad_norms, info.cosines = self._gradient_stats(
@@ -474,7 +482,7 @@ class Balancer:
         own: list[Tensor],
         seeds: list[Tensor] | None,
         idx: list[int],
-        features: Tensor | Sequence[Tensor] | None,
+        features: Features | None,
     ) -> Tensor:
         """J from one batched backward (``is_grads_batched``), written into J block by block.
 
@@ -494,12 +502,9 @@ class Balancer:
         if features is None:
             batched_task_gradients(own, loss_cotangents(own, seeds), self.shared, store)
         else:
-            names = self.task_names
-            assert names is not None
-            feats = feature_list(features)
-            heads = head_pass(own, seeds, feats, [names[t] for t in idx])
+            heads = self._head_pass(own, seeds, idx, features)
             heads.write_heads()
-            batched_task_gradients(feats, heads.feature_cotangents(), self.shared, store)
+            batched_task_gradients(heads.features, heads.feature_cotangents(), self.shared, store)
         return J
 
     def _param_jacobian(self, own: list[Tensor], seeds: list[Tensor] | None) -> Tensor:
@@ -534,18 +539,42 @@ class Balancer:
 
         return write
 
+    def _head_pass(
+        self,
+        own: list[Tensor],
+        seeds: list[Tensor] | None,
+        idx: list[int],
+        features: Features | None,
+        split_heads: bool = False,
+    ) -> HeadPass:
+        """Each present task's feature gradient and head gradients, each head traversed once.
+
+        Per-task features (a mapping of each head's own view of the shared features): one
+        backward for all tasks. Shared features: one backward per task, from its own loss.
+        ``heads.features`` are then where a direction enters the shared part.
+        """
+        names = self.task_names
+        assert names is not None
+        present = [names[t] for t in idx]
+        if not isinstance(features, Mapping):
+            return head_pass(own, seeds, feature_list(features), present)
+        inputs = task_inputs(features, names)
+        handles, mine = inputs[0], [inputs[t] for t in idx]
+        heads = view_pass(own, seeds, mine, handles, present, split_heads)
+        if heads is None:  # a head parameter reached by two tasks: one backward per task
+            heads = head_pass(own, seeds, handles, present, inputs=mine)
+        return heads
+
     def _rep_jacobian(
         self,
         own: list[Tensor],
         seeds: list[Tensor] | None,
         idx: list[int],
-        features: Tensor | Sequence[Tensor] | None,
-    ) -> tuple[Tensor, Callable[[Tensor], None]]:
-        feats = feature_list(features)
-        names = self.task_names
-        assert names is not None
-        heads = head_pass(own, seeds, feats, [names[t] for t in idx])
-        numels = [f.numel() for f in feats]
+        features: Features | None,
+    ) -> tuple[TaskRows, Callable[[Tensor], None]]:
+        heads = self._head_pass(own, seeds, idx, features)
+        feats = heads.features
+        numels = heads.rows.numels
 
         def write(d: Tensor) -> None:
             # The heads' gradients come from the head pass (each head traversed once); the
@@ -562,7 +591,7 @@ class Balancer:
         items: list[Tensor | None],
         stacked: Tensor,
         mask: Tensor | None,
-        features: Tensor | Sequence[Tensor],
+        features: Features,
         info: StepInfo,
     ) -> None:
         """GradNorm's step with the features: every head and the shared part traversed once.
@@ -572,12 +601,10 @@ class Balancer:
         receive ``c_t ·`` their gradients (``c = ∂combine(L)/∂L``) and one backward from the
         features carries ``Σ_t c_t ∂L_t/∂z`` through the shared part.
         """
-        names = self.task_names
-        assert names is not None
         idx = [t for t, x in enumerate(items) if x is not None]
         own: list[Tensor] = [items[t] for t in idx]  # type: ignore[misc]
-        feats = feature_list(features)
-        heads = head_pass(own, None, feats, [names[t] for t in idx])
+        heads = self._head_pass(own, None, idx, features, split_heads=True)
+        feats = heads.features
         cotangents = heads.feature_cotangents()
         grads = torch.autograd.grad(
             feats,
@@ -637,11 +664,11 @@ class Balancer:
             else:
                 p.grad.add_(g)
 
-    def _nonfinite_row(self, J: Tensor | None, G: Tensor | None) -> int | None:
+    def _nonfinite_row(self, J: Tensor | TaskRows | None, G: Tensor | None) -> int | None:
         """The first row of J holding NaN or Inf (read from the host Gramian when there is one)."""
         if G is not None:
             return first_nonfinite_row(G)
-        assert J is not None
+        assert isinstance(J, Tensor)  # TaskRows only come with a Gramian
         return first_nonfinite_row_of(J) if self.check_finite else None
 
     def _refuse_nonfinite(self, task: str, info: StepInfo) -> None:

@@ -19,7 +19,7 @@ Every rank takes the same decision from the same reduced numbers:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -30,7 +30,7 @@ from .base import GradientMethod, LossMethod, make_generator
 from .distributed import DistributedContext, EmptyStepError
 from .heads import feature_list
 from .solvers import combine, first_nonfinite_row, gramian
-from .step_info import LossInput, StepInfo
+from .step_info import Features, LossInput, StepInfo
 from .streaming import (
     gramian_by_parameter,
     reachable_leaves,
@@ -129,11 +129,16 @@ def abort_step(balancer: Balancer, error: BaseException) -> NoReturn:
 def distributed_backward(
     balancer: Balancer,
     losses: LossInput,
-    features: Tensor | Sequence[Tensor] | None,
+    features: Features | None,
     counts: object,
 ) -> StepInfo:
     ctx = balancer._dist
     assert ctx is not None
+    if isinstance(features, Mapping):
+        raise ValueError(
+            "per-task features (a mapping of each head's input) are for one process; a "
+            "distributed step takes the shared features themselves (e.g. model.features)"
+        )
     method = balancer.method
     T = method.num_tasks
     device = balancer.shared[0].device
@@ -389,7 +394,8 @@ def _rep_step(s: _UnionStep, features: Tensor | Sequence[Tensor] | None) -> Tens
     """Rep mode: the Gramian is the sum of the ranks' Gramians; J-methods gather the rows."""
     b, method = s.balancer, s.method
     feats = feature_list(features)
-    rows_local, write = b._rep_jacobian(s.own, s.coef, s.local_idx, feats)
+    task_rows, write = b._rep_jacobian(s.own, s.coef, s.local_idx, feats)
+    rows_local = task_rows.stack()
     rows = rows_local.new_zeros(len(s.idx), rows_local.shape[1])
     if s.own:
         rows[s.pos] = rows_local

@@ -9,14 +9,24 @@ remains is one backward from z through the shared part.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["HeadPass", "feature_list", "head_pass", "leaves_above"]
+from .rows import TaskRows
+from .solvers import chunk_columns
+
+__all__ = [
+    "HeadPass",
+    "feature_list",
+    "head_pass",
+    "leaves_above",
+    "task_inputs",
+    "view_pass",
+]
 
 
 def feature_list(features: Tensor | Sequence[Tensor] | None) -> list[Tensor]:
@@ -34,13 +44,58 @@ def feature_list(features: Tensor | Sequence[Tensor] | None) -> list[Tensor]:
     return feats
 
 
-def leaves_above(loss: Tensor, feats: Sequence[Tensor]) -> list[Tensor]:
-    """Leaves requiring grad that ``loss`` reaches without passing through ``feats``."""
+def task_inputs(
+    features: Mapping[str, Tensor | Sequence[Tensor]], task_names: Sequence[str]
+) -> list[list[Tensor]]:
+    """Per task (in ``task_names`` order), the head inputs of a per-task ``features`` mapping,
+    validated: every task's are views of the same shared tensors, alike in shape and layout."""
+    missing = [n for n in task_names if n not in features]
+    extra = [n for n in features if n not in task_names]
+    if missing or extra:
+        raise ValueError(
+            f"per-task features must have one entry per task {list(task_names)}; missing "
+            f"{missing}, unexpected {extra}"
+        )
+    out = [feature_list(features[n]) for n in task_names]
+    ref = out[0]
+    for name, inputs in zip(task_names, out):
+        if len(inputs) != len(ref) or not all(_same_alias(x, r) for x, r in zip(inputs, ref)):
+            raise ValueError(
+                f"the features of task {name!r} are not a view of the same shared features as "
+                f"task {task_names[0]!r}'s: per-task features must be what each head consumed, "
+                "made for that head alone as a view of the shared features (e.g. "
+                "{task: z.view_as(z)}), or pass the shared features themselves"
+            )
+    return out
+
+
+def _parent(x: Tensor) -> Any:
+    fn = x.grad_fn
+    return None if fn is None or not fn.next_functions else fn.next_functions[0]
+
+
+def _same_alias(x: Tensor, ref: Tensor) -> bool:
+    """Both views of one tensor with one layout: backpropagating through either is the same."""
+    return (
+        x._is_view()
+        and ref._is_view()
+        and _parent(x) is not None
+        and _parent(x) == _parent(ref)
+        and x.shape == ref.shape
+        and x.stride() == ref.stride()
+        and x.data_ptr() == ref.data_ptr()
+    )
+
+
+def leaves_above(loss: Tensor | Sequence[Tensor], feats: Sequence[Tensor]) -> list[Tensor]:
+    """Leaves requiring grad that ``loss`` (or any of several losses) reaches without passing
+    through ``feats``."""
     stop = {id(f.grad_fn) for f in feats if f.grad_fn is not None}
     feature_ids = {id(f) for f in feats}
     seen: set[int] = set()
     leaves: list[Tensor] = []
-    stack: list[Any] = [loss.grad_fn] if loss.grad_fn is not None else []
+    losses = [loss] if isinstance(loss, Tensor) else list(loss)
+    stack: list[Any] = [x.grad_fn for x in losses if x.grad_fn is not None]
     while stack:
         node = stack.pop()
         if id(node) in seen or id(node) in stop:
@@ -60,27 +115,29 @@ class HeadPass:
     """Per task present: its feature gradient (a row of ``rows``) and its head's gradients."""
 
     features: list[Tensor]
-    rows: Tensor  # [n, F]: d L̃_t / d z, the features flattened and concatenated
-    params: list[list[Tensor]]
-    grads: list[list[Tensor]]
+    rows: TaskRows  # [n, F]: d L̃_t / d z, the features flattened and concatenated
+    params: list[Tensor]
+    grads: list[Tensor]
+    #: Per task present, the indices into ``params`` / ``grads`` of its head's parameters.
+    owners: list[list[int]]
 
     def feature_cotangents(self) -> list[Tensor]:
         """``rows`` split per feature tensor: ``[n, *f.shape]`` each (a batch of cotangents)."""
-        n = self.rows.shape[0]
-        parts = self.rows.split([f.numel() for f in self.features], dim=1)
-        return [p.reshape(n, *f.shape) for p, f in zip(parts, self.features)]
+        return self.rows.feature_cotangents()
 
     def feature_direction(self, coefficients: Tensor) -> list[Tensor]:
         """``Σ_t c_t ∂L_t/∂z`` per feature tensor (one pass over ``rows``)."""
-        d = coefficients.to(self.rows.dtype) @ self.rows
-        return [
-            p.view_as(f) for p, f in zip(d.split([f.numel() for f in self.features]), self.features)
-        ]
+        rows = self.rows
+        d = rows.combine(
+            coefficients.to(device=rows.device, dtype=rows.dtype), chunk_columns(rows.device)
+        )
+        return [p.view_as(f) for p, f in zip(d.split(rows.numels), self.features)]
 
     def write_heads(self, coefficients: Tensor | None = None) -> None:
         """Add ``c_t ·`` (task t's head gradients) to ``.grad`` (``c = 1`` when None)."""
-        for t, (params, grads) in enumerate(zip(self.params, self.grads)):
-            for p, g in zip(params, grads):
+        for t, owned in enumerate(self.owners):
+            for k in owned:
+                p, g = self.params[k], self.grads[k]
                 if coefficients is not None:
                     g = g * coefficients[t].to(g.dtype)
                 if p.grad is None:
@@ -89,47 +146,108 @@ class HeadPass:
                     p.grad.add_(g)
 
 
+def _no_feature_error(task: str) -> ValueError:
+    return ValueError(
+        f"the loss of task {task!r} does not depend on the features passed to "
+        "backward(): pass the shared features of this same forward pass (e.g. "
+        "model.features right after model(x)); features kept from an earlier forward "
+        "would balance nothing"
+    )
+
+
 def head_pass(
     losses: Sequence[Tensor],
     seeds: Sequence[Tensor] | None,
     feats: Sequence[Tensor],
     task_names: Sequence[str],
+    inputs: Sequence[Sequence[Tensor]] | None = None,
 ) -> HeadPass:
     """One backward per task from its own loss (times ``seeds[t]``) to the features.
 
     ``task_names``: the names of the tasks of ``losses`` (for the error when a loss does not
-    depend on the features - typically features kept from an earlier forward).
+    depend on the features - typically features kept from an earlier forward). ``inputs``:
+    per task, its own view of the features (see :func:`view_pass`), where the backward stops.
     """
     feats = list(feats)
-    first = feats[0]
-    offsets = [0]
-    for f in feats:
-        offsets.append(offsets[-1] + f.numel())
-    # Written in place, row by row: one copy of each task's feature gradient, no stacking.
-    rows = torch.empty(len(losses), offsets[-1], dtype=first.dtype, device=first.device)
-    all_params: list[list[Tensor]] = []
-    all_grads: list[list[Tensor]] = []
+    rows: list[Sequence[Tensor | None]] = []
+    params: list[Tensor] = []
+    grads: list[Tensor] = []
+    owners: list[list[int]] = []
     for t, loss in enumerate(losses):
-        params = leaves_above(loss, feats)
+        stop = feats if inputs is None else list(inputs[t])
+        own_params = leaves_above(loss, stop)
         seed = None if seeds is None else seeds[t]
-        grads = torch.autograd.grad(
-            loss, [*feats, *params], grad_outputs=seed, retain_graph=True, allow_unused=True
+        out = torch.autograd.grad(
+            loss, [*stop, *own_params], grad_outputs=seed, retain_graph=True, allow_unused=True
         )
-        feature_grads, param_grads = grads[: len(feats)], grads[len(feats) :]
+        feature_grads, param_grads = list(out[: len(stop)]), out[len(stop) :]
         if all(g is None for g in feature_grads):
-            raise ValueError(
-                f"the loss of task {task_names[t]!r} does not depend on the features passed to "
-                "backward(): pass the shared features of this same forward pass (e.g. "
-                "model.features right after model(x)); features kept from an earlier forward "
-                "would balance nothing"
-            )
-        for i, g in enumerate(feature_grads):
-            target = rows[t, offsets[i] : offsets[i + 1]]
-            if g is None:
-                target.zero_()
-            else:
-                target.copy_(g.reshape(-1))
-        kept = [(p, g) for p, g in zip(params, param_grads) if g is not None]
-        all_params.append([p for p, _ in kept])
-        all_grads.append([g for _, g in kept])
-    return HeadPass(feats, rows, all_params, all_grads)
+            raise _no_feature_error(task_names[t])
+        rows.append(feature_grads)  # kept as returned: no copy into a [n, F] matrix
+        owned = []
+        for p, g in zip(own_params, param_grads):
+            if g is not None:
+                owned.append(len(params))
+                params.append(p)
+                grads.append(g)
+        owners.append(owned)
+    return HeadPass(feats, TaskRows(rows, feats), params, grads, owners)
+
+
+def view_pass(
+    losses: Sequence[Tensor],
+    seeds: Sequence[Tensor] | None,
+    inputs: Sequence[Sequence[Tensor]],
+    shared: Sequence[Tensor],
+    task_names: Sequence[str],
+    split_heads: bool = False,
+) -> HeadPass | None:
+    """Every task's feature gradient and head gradients from ONE backward.
+
+    ``inputs[t]``: the tensors task t's head consumed, aliases of the ``shared`` features made
+    for task t alone (e.g. ``z.view_as(z)``), so the gradient of ``Σ_s seed_s L_s`` at
+    ``inputs[t]`` is task t's own. Each head is traversed once, in a single autograd call.
+
+    ``split_heads``: the head gradients will be scaled per task (:meth:`HeadPass.write_heads`
+    with coefficients), so each head parameter must belong to one task; returns None when one
+    is reached by two tasks' losses (the caller then takes a backward per task).
+    """
+    flat = [x for per_task in inputs for x in per_task]
+    if split_heads:
+        per_task = [leaves_above(loss, flat) for loss in losses]
+        params = [p for ps in per_task for p in ps]
+        if len({id(p) for p in params}) != len(params):
+            return None
+        position = {id(p): i for i, p in enumerate(params)}
+    else:
+        params = leaves_above(list(losses), flat)
+    grads = torch.autograd.grad(
+        list(losses),
+        [*flat, *params],
+        grad_outputs=None if seeds is None else list(seeds),
+        retain_graph=True,
+        allow_unused=True,
+    )
+    k = len(shared)
+    rows: list[Sequence[Tensor | None]] = []
+    for t in range(len(losses)):
+        row = list(grads[t * k : (t + 1) * k])
+        if all(g is None for g in row):
+            raise _no_feature_error(task_names[t])
+        rows.append(row)
+    head_grads = grads[len(flat) :]
+    kept = [i for i, g in enumerate(head_grads) if g is not None]
+    index = {i: j for j, i in enumerate(kept)}
+    if split_heads:
+        owners = [
+            [index[position[id(p)]] for p in ps if position[id(p)] in index] for ps in per_task
+        ]
+    else:  # written with coefficient 1: no need to know whose each one is
+        owners = [list(range(len(kept)))] + [[] for _ in losses[1:]]
+    return HeadPass(
+        list(shared),
+        TaskRows(rows, shared),
+        [params[i] for i in kept],
+        [head_grads[i] for i in kept],  # type: ignore[misc]
+        owners,
+    )

@@ -7,9 +7,11 @@ from dataclasses import dataclass, field
 
 from torch import Tensor
 
-__all__ = ["LossInput", "StepInfo"]
+__all__ = ["Features", "LossInput", "StepInfo"]
 
 LossInput = Mapping[str, Tensor | None] | Sequence[Tensor | None] | Tensor
+#: The shared features (one tensor or several), or per task the view of them its head consumed.
+Features = Tensor | Sequence[Tensor] | Mapping[str, Tensor | Sequence[Tensor]]
 
 
 @dataclass

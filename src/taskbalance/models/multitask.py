@@ -135,6 +135,13 @@ class MultiTaskNetwork(nn.Module):
         """Shared representation of the last forward pass (``None`` if not supported)."""
         return None
 
+    @property
+    def head_inputs(self) -> dict[str, Tensor] | None:
+        """Per task, the view of ``features`` its head consumed in the last forward pass, made
+        for that head alone (``None`` where heads read ``features`` itself). Given to the
+        balancer in rep mode, one backward yields every task's feature gradient."""
+        return None
+
     # -- parameter split -----------------------------------------------------------------------
     @property
     def num_tasks(self) -> int:
@@ -291,6 +298,7 @@ class MultiTaskModel(MultiTaskNetwork):
         self.branch_point: int | None = None
         self._features: Tensor | None = None
         self._features_source: Tensor | None = None
+        self._head_inputs: dict[str, Tensor] | None = None
         self._check_partition()
 
     @classmethod
@@ -379,6 +387,11 @@ class MultiTaskModel(MultiTaskNetwork):
         """The representation the heads consumed in the last forward pass (``None`` before)."""
         return self._features
 
+    @property
+    def head_inputs(self) -> dict[str, Tensor] | None:
+        """Per task, the view of ``features`` its head consumed (see the base class)."""
+        return self._head_inputs
+
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         """Predictions per task: ``{task: heads[task](backbone(x))}``."""
         z = self.backbone(x)
@@ -388,7 +401,13 @@ class MultiTaskModel(MultiTaskNetwork):
             self._features_source = z
             z = z.detach().requires_grad_(True)
         self._features = z if isinstance(z, Tensor) else None
-        return {task: self.heads[task](z) for task in self.task_names}
+        if self._features is None or self.rep_detach:
+            self._head_inputs = None
+            return {task: self.heads[task](z) for task in self.task_names}
+        # Each head reads its own view of z (same values): rep mode then gets every task's
+        # gradient at z from one backward instead of one per task.
+        self._head_inputs = {task: z.view_as(z) for task in self.task_names}
+        return {task: self.heads[task](self._head_inputs[task]) for task in self.task_names}
 
     def backward_shared(self, grad: Tensor | None = None) -> None:
         """With ``rep_detach=True``: backpropagate ``grad`` (default ``features.grad``) into the
