@@ -207,7 +207,11 @@ def test_pcgrad_many_tasks_against_numpy(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_graddrop_against_numpy(dtype):
+@pytest.mark.parametrize("chunk", [1 << 15, 16])  # 16: chunks of 16, 16 and a remainder of 8
+def test_graddrop_against_numpy(dtype, chunk, monkeypatch):
+    from taskbalance.balancing.aggregation import graddrop
+
+    monkeypatch.setattr(graddrop, "CHUNK", chunk)
     rng = np.random.default_rng(4)
     J = rng.standard_normal((3, 40))
     J[:, :5] = np.abs(J[:, :5])  # all positive: always kept
