@@ -282,6 +282,11 @@ class Balancer:
                     "every shared parameter is frozen: a distributed step needs a trainable "
                     "shared part (unfreeze it, or train the heads with process_group=None)"
                 )
+            if isinstance(features, Mapping):
+                raise ValueError(
+                    "per-task features (a mapping of each head's input) are for one process; a "
+                    "distributed step takes the shared features themselves (model.features)"
+                )
             return distributed_backward(self, losses, features, counts)
         items, stacked, present, all_present = self._stack(losses)
         names = self.task_names

@@ -19,7 +19,7 @@ Every rank takes the same decision from the same reduced numbers:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -30,7 +30,7 @@ from .base import GradientMethod, LossMethod, make_generator
 from .distributed import DistributedContext, EmptyStepError
 from .heads import feature_list
 from .solvers import combine, first_nonfinite_row, gramian
-from .step_info import Features, LossInput, StepInfo
+from .step_info import LossInput, StepInfo
 from .streaming import (
     gramian_by_parameter,
     reachable_leaves,
@@ -129,16 +129,11 @@ def abort_step(balancer: Balancer, error: BaseException) -> NoReturn:
 def distributed_backward(
     balancer: Balancer,
     losses: LossInput,
-    features: Features | None,
+    features: Tensor | Sequence[Tensor] | None,
     counts: object,
 ) -> StepInfo:
     ctx = balancer._dist
     assert ctx is not None
-    if isinstance(features, Mapping):
-        raise ValueError(
-            "per-task features (a mapping of each head's input) are for one process; a "
-            "distributed step takes the shared features themselves (e.g. model.features)"
-        )
     method = balancer.method
     T = method.num_tasks
     device = balancer.shared[0].device

@@ -14,7 +14,14 @@ from taskbalance.balancing import create
 from taskbalance.balancing.base import Method
 from taskbalance.validation import is_int
 
-__all__ = ["check_counts", "choose_mode", "resolve_method", "resolve_tasks", "shared_of"]
+__all__ = [
+    "check_counts",
+    "choose_mode",
+    "rep_features",
+    "resolve_method",
+    "resolve_tasks",
+    "shared_of",
+]
 
 
 def check_counts(epochs: Any, steps: Any, bn_recalibration: Any, final_epochs: Any = None) -> None:
@@ -67,6 +74,16 @@ def resolve_method(
             f"task(s) are trained ({list(trainable)}); create it with num_tasks={num_tasks}"
         )
     return method
+
+
+def rep_features(model: nn.Module, losses: Mapping[str, Any], balancer: Any) -> Any:
+    """What a rep-mode step hands the Balancer: the heads' own views of the features when the
+    model has them (``head_inputs``: one backward gives every task's row; one process only),
+    else the shared features."""
+    inputs = getattr(model, "head_inputs", None)
+    if inputs is None or balancer.distributed:
+        return getattr(model, "features", None)
+    return {task: inputs[task] for task in losses}
 
 
 def choose_mode(mode: str | None, method: Method, model: nn.Module) -> str:

@@ -32,7 +32,7 @@ from taskbalance.balancing import Balancer, StepInfo
 from taskbalance.balancing.base import Method
 from taskbalance.fileio import atomic_write_json, atomic_write_text, remove_stale_temporaries
 
-from .build import check_counts, choose_mode, resolve_method, resolve_tasks, shared_of
+from .build import check_counts, choose_mode, rep_features, resolve_method, resolve_tasks, shared_of
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from .devices import resolve_device
 from .epoch_stats import EpochStats
@@ -198,14 +198,6 @@ class Trainer:
         """Rep mode for a gradient method: the Balancer needs the shared features."""
         return self.mode == "rep" and self.method.kind == "gradient"
 
-    def _rep_features(self, losses: Mapping[str, Any]) -> Any:
-        """The heads' own views of the features when the model has them (one backward gives
-        every task's row), else the shared features."""
-        inputs = getattr(self.model, "head_inputs", None)
-        if inputs is None or self.balancer.distributed:
-            return self.model.features
-        return {task: inputs[task] for task in losses}
-
     @property
     def _rep_detach(self) -> bool:
         return bool(getattr(self.model, "rep_detach", False))
@@ -248,7 +240,7 @@ class Trainer:
             return None
         losses, scale = self.precision.prepare_losses(losses)
         self.optimizer.zero_grad(set_to_none=True)
-        features: Any = self._rep_features(losses) if self._rep else None
+        features: Any = rep_features(self.model, losses, self.balancer) if self._rep else None
         info = self.balancer.backward(losses, features=features)
         return self._apply_step(info, scale, stats)  # unscale, clip, optimizer step
 
