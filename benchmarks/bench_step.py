@@ -12,7 +12,9 @@ linear unit), all in one process, interleaved (see ``common.py``):
   (``model.head_inputs``: one backward for every task's row; target <= 1.3x ``ew``; methods with
   per-parameter state have no rep mode); ``rep-z``: the same given the shared features
   (``model.features``: one backward per task);
-* ``gradnorm``: the loss method that measures T gradient norms (target <= 1.3x ``ew`` at T=10).
+* ``gradnorm``: the loss method that measures T gradient norms (target <= 1.3x ``ew`` at T=10;
+  its T weight gradients of the last shared conv, one batched product, alone cost ~0.4x ``ew``
+  on this trunk at T=10).
 
 Ratios are median (min-max over rounds) of a candidate / median of its base.
 
