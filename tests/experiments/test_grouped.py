@@ -75,3 +75,22 @@ def test_groups_refuse_a_missing_baseline_before_training(
 def test_baselines_without_groups_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["train", *TINY, "--shared"]) == 2
     assert "--baselines and --shared go with --groups" in capsys.readouterr().err
+
+
+def test_baselines_of_another_seed_or_not_single_task_are_refused(tmp_path: Path) -> None:
+    # DIR/<task>/results.json carries no seed in its path: a run of another seed (or of more
+    # than one task) would give Δm% against the wrong baseline without a word
+    from taskbalance.experiments.grouped import load_baselines
+
+    def write(task: str, seed: int, tasks: list[str]) -> None:
+        (tmp_path / task).mkdir(exist_ok=True)
+        results = {"config": {"seed": seed, "tasks": tasks}, "test": {task: {"mae": 0.5}}}
+        (tmp_path / task / "results.json").write_text(json.dumps(results))
+
+    write("a1", 0, ["a1"])
+    assert load_baselines(tmp_path, ["a1"], seed=0) == {"a1": {"mae": 0.5}}
+    with pytest.raises(ValueError, match=r"a1.*seed 0.*seed 1"):
+        load_baselines(tmp_path, ["a1"], seed=1)
+    write("a2", 0, ["a1", "a2"])
+    with pytest.raises(ValueError, match=r"a2.*not a single-task run.*\['a1', 'a2'\]"):
+        load_baselines(tmp_path, ["a2"], seed=0)

@@ -93,11 +93,29 @@ def load_baselines(folder: str | Path, tasks: Sequence[str], seed: int) -> Metri
                 f"no single-task baseline of {task!r} in {str(root)!r}: expected "
                 f"{candidates[0]} or {candidates[1]}"
             )
-        test = load_results_file(path).get("test") or {}
+        results = load_results_file(path)
+        _check_baseline(path, results.get("config") or {}, task, seed)
+        test = results.get("test") or {}
         if task not in test:
             raise ValueError(f"{path} has no test metrics of {task!r}")
         out[task] = dict(test[task])
     return out
+
+
+def _check_baseline(path: Path, config: Mapping[str, Any], task: str, seed: int) -> None:
+    """A baseline is a single-task run of ``task`` with the groups' seed (Δm% pairs seeds)."""
+    ran = config.get("seed")
+    if ran is not None and ran != seed:
+        raise ValueError(
+            f"{path} is a run of seed {ran}; the groups train seed {seed}: give single-task "
+            f"runs of seed {seed} (compare's baselines/<task>/seed{seed}/)"
+        )
+    tasks = config.get("tasks")
+    if tasks is not None and list(tasks) != [task]:
+        raise ValueError(
+            f"{path} is not a single-task run of {task!r} (its tasks are {list(tasks)}); "
+            "Δm% needs one network per task as the baseline"
+        )
 
 
 @dataclass
