@@ -136,3 +136,23 @@ def test_diagnose_recovers_the_planted_grouping(seed: int) -> None:
     across = [Z[idx[s], idx[t]] for s in GROUPS[0] for t in GROUPS[1]]
     across += [Z[idx[t], idx[s]] for s in GROUPS[0] for t in GROUPS[1]]
     assert np.mean(inside) > 3 * max(np.max(across), 0.0)
+
+
+def test_a_rerun_leaves_no_epoch_heatmap_of_the_earlier_diagnose(tmp_path: Path) -> None:
+    # an earlier diagnose of more epochs wrote conflict_epoch9.png; this one has no epoch 9,
+    # so the folder must not show that heatmap beside the new summary
+    from taskbalance.experiments.diagnose import DiagnoseResult, write_report
+
+    rng = np.random.default_rng(0)
+    S, T = 4, 2
+    cos = np.tile(np.eye(T), (S, 1, 1))
+    result = DiagnoseResult(
+        ["a", "b"], 1e-3, rng.uniform(0.5, 2.0, (S, T)), rng.uniform(0.5, 2.0, (S, T)), cos
+    )
+    out = tmp_path / "diag"
+    out.mkdir()
+    (out / "conflict_epoch9.png").write_bytes(b"old")
+    (out / "notes.png").write_bytes(b"mine")  # not diagnose's: left alone
+    write_report(result, out, "toy")
+    assert not (out / "conflict_epoch9.png").exists()
+    assert (out / "notes.png").read_bytes() == b"mine" and (out / "conflict.png").is_file()

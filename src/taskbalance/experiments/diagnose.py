@@ -260,6 +260,8 @@ def write_report(result: DiagnoseResult, out: str | Path, benchmark: str) -> Pat
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out)  # left by an earlier diagnose killed while writing
+    for old in out.glob("conflict_epoch*.png"):  # an earlier diagnose may have had more epochs
+        old.unlink()
     stats = analyse(result)
     _plots(result, stats, out)
     atomic_write_text(out / "summary.md", _markdown(result, stats, benchmark))
