@@ -156,3 +156,28 @@ def test_a_rerun_leaves_no_epoch_heatmap_of_the_earlier_diagnose(tmp_path: Path)
     write_report(result, out, "toy")
     assert not (out / "conflict_epoch9.png").exists()
     assert (out / "notes.png").read_bytes() == b"mine" and (out / "conflict.png").is_file()
+
+
+def test_heatmaps_of_many_epochs_are_capped_evenly_and_the_table_keeps_every_epoch(
+    tmp_path: Path,
+) -> None:
+    from taskbalance.experiments.diagnose import DiagnoseResult, heatmap_epochs, write_report
+
+    assert heatmap_epochs([0, 1, 2]) == [0, 1, 2]
+    # 20 epochs, cap 8: indices round(linspace(0, 19, 8)) = 0, 3, 5, 8, 11, 14, 16, 19
+    assert heatmap_epochs(list(range(20)), cap=8) == [0, 3, 5, 8, 11, 14, 16, 19]
+    rng = np.random.default_rng(0)
+    S, T = 20, 2
+    result = DiagnoseResult(
+        ["a", "b"], 1e-3, rng.uniform(0.5, 2.0, (S, T)), rng.uniform(0.5, 2.0, (S, T)),
+        np.tile(np.eye(T), (S, 1, 1)), epochs=np.arange(S),  # one step per epoch
+    )  # fmt: skip
+    out = tmp_path / "diag"
+    summary = write_report(result, out, "toy").read_text()
+    files = out.glob("conflict_epoch*.png")
+    heatmaps = sorted(int(p.stem.removeprefix("conflict_epoch")) for p in files)
+    assert heatmaps == [1, 4, 6, 9, 12, 15, 17, 20]
+    assert "Heatmaps of 8 of the 20 epochs" in summary
+    table_rows = [line for line in summary.splitlines() if line.startswith("| 20 | 1 |")]
+    assert len(table_rows) == 1  # the last epoch's row is in the table
+    assert len(json.loads((out / "diagnostics.json").read_text())["epoch_steps"]) == 20

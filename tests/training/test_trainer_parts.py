@@ -4,6 +4,7 @@ scheduler factories, epoch statistics, model selection, argument resolution."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -237,5 +238,7 @@ def test_epoch_line_names_the_run_and_averages_task_losses(capsys, tmp_path) -> 
     assert line == (
         "runs/ew: epoch 2/8: 5 steps, mean task loss 2, 640 samples/s, 2.2s; best epoch 1"
     )
+    epoch_line(Path("r_nyu"), 2, 8, summary, best_epoch=1)  # a bare relative folder
+    assert capsys.readouterr().err.startswith("r_nyu: epoch 2/8")
     assert progress_style(False) == (False, False)
     assert progress_style(True) == (False, True)  # stderr is not a terminal under pytest

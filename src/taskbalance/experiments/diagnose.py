@@ -181,11 +181,25 @@ def _plots(result: DiagnoseResult, stats: dict[str, Any], out: Path) -> list[str
     ax.legend(fontsize=8)
     _save(fig, out / "dominance.png")
     files = ["conflict.png", "affinity.png", "dominance.png"]
-    for epoch, cos in stats["epoch_cosine"].items():
+    for epoch in heatmap_epochs(list(stats["epoch_cosine"])):
         name = f"conflict_epoch{epoch + 1}.png"
+        cos = stats["epoch_cosine"][epoch]
         _heatmap(plt, cos, names, f"mean gradient cosine, epoch {epoch + 1}", out / name)
         files.append(name)
     return files
+
+
+#: At most this many per-epoch heatmaps (a short run over tiny data has hundreds of epochs).
+MAX_EPOCH_HEATMAPS = 8
+
+
+def heatmap_epochs(epochs: list[int], cap: int = MAX_EPOCH_HEATMAPS) -> list[int]:
+    """The epochs that get a heatmap: all of them up to ``cap``, else ``cap`` evenly spaced ones
+    from the first to the last (the table and diagnostics.json keep every epoch)."""
+    if len(epochs) <= cap:
+        return list(epochs)
+    picks = np.unique(np.round(np.linspace(0, len(epochs) - 1, cap)).astype(int))
+    return [epochs[k] for k in picks]
 
 
 def _table(names: list[str], matrix: np.ndarray, fmt: str) -> list[str]:
@@ -207,8 +221,12 @@ def _epoch_lines(
     ]
     lines = ["Mean pairwise cosine per epoch (pass over the training data):", "",
              *markdown_table(header, rows)]  # fmt: skip
-    images = " ".join(f"![epoch {e + 1}](conflict_epoch{e + 1}.png)" for e in per_epoch)
-    return [*lines, "", images, ""]
+    shown = heatmap_epochs(list(per_epoch))
+    images = " ".join(f"![epoch {e + 1}](conflict_epoch{e + 1}.png)" for e in shown)
+    note = [] if len(shown) == len(per_epoch) else [
+        f"Heatmaps of {len(shown)} of the {len(per_epoch)} epochs, evenly spaced.", ""
+    ]  # fmt: skip
+    return [*lines, "", *note, images, ""]
 
 
 def _markdown(result: DiagnoseResult, stats: dict[str, Any], benchmark: str) -> str:

@@ -35,7 +35,8 @@ def epoch_line(
 ) -> None:
     """One line on stderr about a finished epoch, naming the run folder as
     ``<parent>/<folder>`` (which run a line is about when several print)."""
-    name = "" if out_dir is None else f"{out_dir.parent.name}/{out_dir.name}: "
+    shown = out_dir if out_dir is None else Path(*out_dir.parts[-2:])  # no empty parent
+    name = "" if shown is None else f"{shown.as_posix()}: "
     losses = [v for v in summary["train_loss"].values() if v is not None]
     print(
         f"{name}epoch {epoch}/{epochs}: {summary['steps']} steps, mean task loss "
