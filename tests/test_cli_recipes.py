@@ -28,10 +28,16 @@ def test_recipes_lists_name_dataset_model_protocol_source(capsys) -> None:
         assert f"model:     {recipe.model}" in block
         assert f"protocol:  {recipe.summary()}" in block
         assert f"source:    {recipe.source}" in block
-    assert "published: Nash-MTL: segmentation miou 0.4013" in out
+    assert "published: 10 rows (LS, RLW, DWA, MGDA, GradDrop" in out
     assert "note:" not in out
     assert cli.main(["recipes", "--verbose"]) == 0
-    assert "note:      taskbalance computes depth" in capsys.readouterr().out
+    verbose = capsys.readouterr().out
+    assert "note:      taskbalance computes depth" in verbose
+    # the printed percent 40.13 / 65.93 / 28.40 as fractions, the angles in degrees
+    assert "Nash-MTL: segmentation miou 0.4013, segmentation pixel_acc 0.6593" in verbose
+    assert "normals mean_angle 25.26, normals median_angle 20.08, normals within_11.25 0.284" in (
+        verbose
+    )
 
 
 # fake data each recipe reads, and the options a CPU smoke run needs on it: MTAN's SegNet halves
@@ -135,6 +141,8 @@ def test_compare_with_a_recipe_prints_the_published_rows(tmp_path: Path) -> None
     assert "Metrics on the test split as each metric's mean over the last 10 epochs;" in text
     mine = result.leaderboard["rows"][0]["metrics"]["segmentation"]["miou"]["mean"]
     assert f"| ours (1 seed(s)) | nash_mtl | {mine:.4f} ± 0.0000 |" in text
+    ours = [line for line in text.splitlines() if line.startswith("| ours (1 seed(s)) |")]
+    assert ours and "–" not in ours[0]  # every published (task, metric) is one of ours
     assert (
         json.loads((tmp_path / "cmp" / "results.json").read_text())["recipe"] == "cityscapes-mtan"
     )

@@ -121,12 +121,17 @@ def _cmd_recipes(args: argparse.Namespace) -> int:
         print(f"  model:     {recipe.model}")
         print(f"  protocol:  {recipe.summary()}")
         print(f"  source:    {recipe.source}")
-        for row in recipe.published:
-            cells = ", ".join(
-                f"{t} {m} {v:.4f}" for t, ms in row.metrics.items() for m, v in ms.items()
-            )
-            print(f"  published: {row.label}: {cells} ({row.source}; {row.checked})")
+        if recipe.published:
+            labels = ", ".join(row.label for row in recipe.published)
+            print(f"  published: {len(recipe.published)} rows ({labels}); --verbose shows them")
         if args.verbose:
+            for row in recipe.published:
+                cells = ", ".join(
+                    f"{t} {m} {v:.4g}" for t, ms in row.metrics.items() for m, v in ms.items()
+                )
+                print(f"  published: {row.label}: {cells} ({row.source})")
+            for checked in dict.fromkeys(row.checked for row in recipe.published):
+                print(f"  read:      {checked}")
             print(f"  code:      {recipe.code}")
             for note in recipe.notes:
                 print(f"  note:      {note}")

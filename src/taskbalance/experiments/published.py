@@ -54,6 +54,8 @@ def published_section(recipe_name: str, board: Mapping[str, Any]) -> str:
         *markdown_table(head, rows, align=["left", "left", *("right" for _ in columns)]),
     ]
     lines += ["", "Where the published numbers were read:"]
-    lines += [f"- {row.label}: {row.source}; {row.checked}" for row in recipe.published]
+    for checked in dict.fromkeys(row.checked for row in recipe.published):  # once each
+        labels = ", ".join(row.label for row in recipe.published if row.checked == checked)
+        lines.append(f"- {labels}: {checked}")
     lines += [f"- note: {note}" for note in recipe.notes]
     return "\n".join(lines) + "\n"
