@@ -10,6 +10,7 @@ import re
 import socket
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -127,9 +128,8 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def ddp_ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, object]]:
-    out = tmp_path_factory.mktemp("lightning_ddp")
+def _run_ranks(out: Path) -> list[tuple[int, str]]:
+    """Start the 2 ranks on a free port; their return codes and logs."""
     port = str(_free_port())
     procs = []
     for rank in range(2):
@@ -161,9 +161,30 @@ def ddp_ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, object
         for p in procs:
             p.kill()
         pytest.fail("the Lightning DDP ranks did not finish (deadlock?)")
-    for rank, (p, log) in enumerate(zip(procs, logs)):
-        assert p.returncode == 0, f"rank {rank} failed:\n{log[-4000:]}"
-    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    return [(p.returncode, log) for p, log in zip(procs, logs)]
+
+
+@pytest.fixture(scope="module")
+def ddp_ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, object]]:
+    # A start failed in ~1 of 6 full parallel suite runs (cause not captured; likely the free
+    # port, released before rank 0 binds it, taken by another test process). A failed start is
+    # retried once on a new port with the first failure's log as a warning; a real failure fails
+    # both attempts and the first attempt's logs are shown.
+    first: list[tuple[int, str]] = []
+    for attempt in range(2):
+        out = tmp_path_factory.mktemp(f"lightning_ddp{attempt}")
+        ranks = _run_ranks(out)
+        if all(code == 0 for code, _ in ranks):
+            if first:
+                tails = " | ".join(log[-1500:] for code, log in first if code != 0)
+                warnings.warn(f"Lightning DDP ranks failed once, retried: {tails}", stacklevel=1)
+            return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
+        first = first or ranks
+    logs = "\n".join(
+        f"rank {rank} (first attempt) exited {code}:\n{log[-3000:]}"
+        for rank, (code, log) in enumerate(first)
+    )
+    pytest.fail(f"the Lightning DDP ranks failed twice:\n{logs}")
 
 
 @pytest.mark.slow

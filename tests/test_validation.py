@@ -54,3 +54,32 @@ def test_finite_loss_check_names_the_first_bad_task() -> None:
         check_finite_losses(torch.tensor([1.0, math.nan, math.inf]), ["a", "b", "c"])
     with pytest.raises(ValueError, match=r"the loss of task 1 is inf"):
         check_finite_losses(torch.tensor([1.0, math.inf]))
+
+
+def test_registered_names_the_closest_and_every_valid_name() -> None:
+    from taskbalance.validation import did_you_mean, registered
+
+    registry = {"nyuv2": 1, "cityscapes": 2}
+    assert registered(registry, "nyuv2", "dataset") == 1
+    assert did_you_mean("nyu_v2", registry) == " (did you mean 'nyuv2'?)"
+    assert did_you_mean("zzz", registry) == ""
+    with pytest.raises(ValueError) as err:
+        registered(registry, "citiscapes", "dataset", " (see docs)")
+    assert str(err.value) == (
+        "unknown dataset 'citiscapes' (did you mean 'cityscapes'?); "
+        "available datasets: cityscapes, nyuv2 (see docs)"
+    )
+
+
+def test_benchmarks_datasets_and_recipes_share_the_unknown_name_error() -> None:
+    from taskbalance.data.benchmark import get_spec
+    from taskbalance.data.registry import get_dataset_spec
+    from taskbalance.training.recipes import get_recipe
+
+    close = r"unknown benchmark 'multidigit' \(did you mean 'multidigits'\?\)"
+    with pytest.raises(ValueError, match=close):
+        get_spec("multidigit")
+    with pytest.raises(ValueError, match=r"unknown dataset 'celeb' \(did you mean 'celeba'\?\)"):
+        get_dataset_spec("celeb")
+    with pytest.raises(ValueError, match=r"unknown recipe 'nyuv2' .*taskbalance recipes"):
+        get_recipe("nyuv2")

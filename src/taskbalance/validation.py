@@ -8,9 +8,10 @@ the option, the bound and the value given.
 
 from __future__ import annotations
 
+import difflib
 import math
-from collections.abc import Sequence
-from typing import Any, TypeGuard
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, TypeGuard, TypeVar
 
 import torch
 from torch import Tensor
@@ -20,10 +21,14 @@ __all__ = [
     "check_finite_losses",
     "check_int",
     "check_positive",
+    "did_you_mean",
     "is_int",
     "is_number",
     "is_real",
+    "registered",
 ]
+
+V = TypeVar("V")
 
 
 def is_int(value: Any) -> TypeGuard[int]:
@@ -63,6 +68,23 @@ def check_choice(name: str, value: str, choices: Sequence[str]) -> str:
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
     return value
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``choices`` to ``word``, or ``""``."""
+    close = difflib.get_close_matches(str(word), list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def registered(registry: Mapping[str, V], name: str, what: str, tail: str = "") -> V:
+    """``registry[name]``; else one ``ValueError`` naming the closest and every valid name:
+    ``unknown <what> 'x' (did you mean 'y'?); available <what>s: a, b<tail>``."""
+    if name not in registry:
+        raise ValueError(
+            f"unknown {what} {name!r}{did_you_mean(name, registry)}; available {what}s: "
+            f"{', '.join(sorted(registry))}{tail}"
+        )
+    return registry[name]
 
 
 def check_finite_losses(

@@ -43,7 +43,7 @@ from torch.utils.data import DataLoader
 
 from taskbalance.data.dataset import Batch, MultiTaskDataset
 from taskbalance.fileio import atomic_write
-from taskbalance.validation import is_int
+from taskbalance.validation import is_int, registered
 
 if TYPE_CHECKING:  # pragma: no cover
     from taskbalance.models import MultiTaskModel
@@ -186,11 +186,7 @@ def available_benchmarks() -> list[str]:
 def get_spec(name: str) -> BenchmarkSpec:
     """The :class:`BenchmarkSpec` of ``name``; ``ValueError`` listing valid names otherwise."""
     _ensure_builtins()
-    if name not in _REGISTRY:
-        raise ValueError(
-            f"unknown benchmark {name!r}; available benchmarks: {', '.join(sorted(_REGISTRY))}"
-        )
-    return _REGISTRY[name]
+    return registered(_REGISTRY, name, "benchmark")
 
 
 def default_cache_dir() -> Path:

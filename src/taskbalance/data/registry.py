@@ -11,7 +11,6 @@ expected layout (files, shapes, dtypes) and the section of ``docs/datasets.md`` 
 
 from __future__ import annotations
 
-import difflib
 import os
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ import numpy as np
 from torch.utils.data import Subset
 
 from taskbalance.data.source import DatasetSpec, RealDataSource
-from taskbalance.validation import is_int, is_real
+from taskbalance.validation import is_int, is_real, registered
 
 __all__ = [
     "available_datasets",
@@ -66,13 +65,7 @@ def available_datasets() -> list[str]:
 def get_dataset_spec(name: str) -> DatasetSpec:
     """The :class:`DatasetSpec` of ``name``; ``ValueError`` naming the valid names otherwise."""
     _ensure_builtins()
-    if name not in _REGISTRY:
-        close = difflib.get_close_matches(str(name), list(_REGISTRY), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(
-            f"unknown dataset {name!r}{hint}; available datasets: {', '.join(sorted(_REGISTRY))}"
-        )
-    return _REGISTRY[name]
+    return registered(_REGISTRY, name, "dataset")
 
 
 def dataset_options(spec: DatasetSpec, options: dict[str, Any] | None = None) -> dict[str, Any]:

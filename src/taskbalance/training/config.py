@@ -8,7 +8,6 @@ suggesting the closest valid key and listing all valid keys.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 import re
 from collections.abc import Mapping
@@ -16,7 +15,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from taskbalance.validation import is_int, is_real
+from taskbalance.validation import did_you_mean, is_int, is_real
 
 __all__ = [
     "AMP_DTYPES",
@@ -540,8 +539,8 @@ def _plain(value: Any) -> Any:
 
 
 def _suggest(word: str, choices: list[str], prefix: str = "") -> str:
-    close = difflib.get_close_matches(word, choices, n=1)
-    return f"{prefix} (did you mean {close[0]!r}?)" if close else ""
+    hint = did_you_mean(word, choices)
+    return f"{prefix}{hint}" if hint else ""
 
 
 def _benchmark_task_names(name: str) -> list[str] | None:

@@ -12,10 +12,11 @@ then MPS, then the CPU); every recipe also runs on the CPU with ``--steps 1`` fo
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from taskbalance.validation import registered
 
 __all__ = [
     "RECIPES",
@@ -302,14 +303,7 @@ def available_recipes() -> list[str]:
 
 def get_recipe(name: str) -> Recipe:
     """The recipe ``name``; ``ValueError`` naming the valid ones (and the closest) otherwise."""
-    if name not in RECIPES:
-        close = difflib.get_close_matches(str(name), list(RECIPES), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(
-            f"unknown recipe {name!r}{hint}; available recipes: {', '.join(available_recipes())} "
-            "(list them with `taskbalance recipes`)"
-        )
-    return RECIPES[name]
+    return registered(RECIPES, name, "recipe", " (list them with `taskbalance recipes`)")
 
 
 def recipe_config(name: str, explicit: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -7,13 +7,14 @@ imports nothing, so a config can be checked against the task names of an experim
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from taskbalance.validation import did_you_mean
 
 __all__ = ["ExperimentError", "ExperimentFile", "parse_experiment_file"]
 
@@ -75,10 +76,7 @@ class ExperimentFile:
         return ExperimentError(self.path, key, problem)
 
 
-def suggestion(word: str, choices: Sequence[str]) -> str:
-    """`` (did you mean 'x'?)`` for the closest of ``choices``, or ``""``."""
-    close = difflib.get_close_matches(word, list(choices), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+suggestion = did_you_mean  # `` (did you mean 'x'?)`` for the closest choice, or ``""``
 
 
 def parse_experiment_file(path: str | os.PathLike[str]) -> ExperimentFile:
