@@ -9,6 +9,7 @@ from pathlib import Path
 
 import matplotlib.image as mpimg
 import pytest
+from _cli_errors import user_error as _user_error
 
 import taskbalance
 from taskbalance.cli import main
@@ -29,16 +30,6 @@ def _benchmark_cache(tmp_path_factory):
         os.environ["TASKBALANCE_CACHE"] = old
 
 
-def _user_error(capsys, argv, *needles):
-    """``argv`` fails with status 2 and one stderr line that names every needle."""
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
 
 
 # ---------------------------------------------------------------------------------- help, methods

@@ -9,19 +9,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from _cli_errors import user_error as _user_error
 
 from taskbalance.cli import _build_parser, _train_config_dict, main
 from taskbalance.data.real.fake import write_fake_dataset
-
-
-def _user_error(capsys, argv, *needles):
-    """``argv`` fails with status 2 and one stderr line that names every needle."""
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from _cli_errors import user_error as _user_error
 
 from taskbalance.cli import main
 from taskbalance.experiments.tune import TuneSettings, train_command
@@ -23,13 +24,6 @@ def _restore_sys_path(monkeypatch):
     monkeypatch.setattr(sys, "path", list(sys.path))  # the example's python_path is added
 
 
-def _user_error(capsys, argv, *needles):
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
 
 
 def _relative_change(value, base, higher_is_better):

@@ -8,6 +8,7 @@ import os
 import sys
 
 import pytest
+from _cli_errors import user_error as _user_error
 
 from taskbalance.cli import default_threads, main
 
@@ -25,14 +26,6 @@ def _benchmark_cache(tmp_path_factory):
         os.environ["TASKBALANCE_CACHE"] = old
 
 
-def _user_error(capsys, argv, *needles):
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

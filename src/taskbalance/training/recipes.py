@@ -188,25 +188,32 @@ def _published(table: Mapping[str, tuple[float, ...]], to_metrics: Any, paper_ta
     )
 
 
+def _mtan_config(dataset: str, *, batch_size: int, **dataset_options: Any) -> dict[str, Any]:
+    """The MTAN protocol of the NYUv2 and Cityscapes tables (CAGrad / Nash-MTL code): SegNet-MTAN,
+    Adam 1e-4 halved at epoch 100, 200 epochs, scale-crop-flip, the test split as validation,
+    mean of the last 10 epochs."""
+    return {
+        "dataset": dataset,
+        "dataset_options": {"val_fraction": 0, "augment": True, **dataset_options},
+        "model_options": {"architecture": "mtan"},
+        "optimizer": "adam",
+        "lr": 1e-4,
+        "weight_decay": 0.0,
+        "scheduler": "step",
+        "scheduler_options": {"step_size": 100, "gamma": 0.5},
+        "epochs": 200,
+        "batch_size": batch_size,
+        "eval_batch_size": batch_size,
+        "final_epochs": 10,
+    }
+
+
 RECIPES: dict[str, Recipe] = {
     "nyuv2-mtan": Recipe(
         name="nyuv2-mtan",
         dataset="nyuv2",
         model="MTAN on MTAN's SegNet (64-128-256-512-512, 2-2-3-3-3 convs), dense heads",
-        config={
-            "dataset": "nyuv2",
-            "dataset_options": {"val_fraction": 0, "augment": True},
-            "model_options": {"architecture": "mtan"},
-            "optimizer": "adam",
-            "lr": 1e-4,
-            "weight_decay": 0.0,
-            "scheduler": "step",
-            "scheduler_options": {"step_size": 100, "gamma": 0.5},
-            "epochs": 200,
-            "batch_size": 2,
-            "eval_batch_size": 2,
-            "final_epochs": 10,
-        },
+        config=_mtan_config("nyuv2", batch_size=2),
         seeds=(0, 1, 2),
         source="Navon et al., 'Multi-Task Learning as a Bargaining Game', ICML 2022, Table 2 "
         "(protocol of Liu et al., CVPR 2019, with CAGrad's augmentation)",
@@ -218,20 +225,7 @@ RECIPES: dict[str, Recipe] = {
         name="cityscapes-mtan",
         dataset="cityscapes",
         model="MTAN on MTAN's SegNet, dense heads; 7 classes + depth at 128 x 256",
-        config={
-            "dataset": "cityscapes",
-            "dataset_options": {"val_fraction": 0, "augment": True, "num_classes": 7},
-            "model_options": {"architecture": "mtan"},
-            "optimizer": "adam",
-            "lr": 1e-4,
-            "weight_decay": 0.0,
-            "scheduler": "step",
-            "scheduler_options": {"step_size": 100, "gamma": 0.5},
-            "epochs": 200,
-            "batch_size": 8,
-            "eval_batch_size": 8,
-            "final_epochs": 10,
-        },
+        config=_mtan_config("cityscapes", batch_size=8, num_classes=7),
         seeds=(0, 1, 2),
         source="Navon et al., ICML 2022, Table 3 (Cityscapes protocol of CAGrad, Liu et al., "
         "NeurIPS 2021)",
