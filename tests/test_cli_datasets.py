@@ -11,7 +11,8 @@ import pytest
 import yaml
 from _cli_errors import user_error as _user_error
 
-from taskbalance.cli import _build_parser, _train_config_dict, main
+from taskbalance.cli import _build_parser, main
+from taskbalance.cli.train import _train_config_dict
 from taskbalance.data.real.fake import write_fake_dataset
 
 

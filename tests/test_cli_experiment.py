@@ -90,7 +90,8 @@ def test_train_records_the_experiment_and_resumes(tmp_path, capsys, monkeypatch)
 
 def test_default_run_folder_is_named_after_the_experiment(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    from taskbalance.cli import _build_parser, _train_config_dict
+    from taskbalance.cli import _build_parser
+    from taskbalance.cli.train import _train_config_dict
 
     args = _build_parser().parse_args(["train", "--experiment", str(EXAMPLE), "--seed", "3"])
     assert _train_config_dict(args)["out_dir"] == str(Path("runs") / "customers-ew-seed3")

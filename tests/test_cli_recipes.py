@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from taskbalance import cli
+from taskbalance.cli import compare
 from taskbalance.data.real.fake import write_fake_dataset
 from taskbalance.training.recipes import RECIPES, get_recipe
 
@@ -82,7 +83,7 @@ def test_each_recipe_trains_one_step_on_fake_data(name: str, tmp_path: Path) -> 
 def _compare_settings(argv: list[str]):
     args = cli._build_parser().parse_args(argv)
     args.argv = argv
-    return cli._compare_settings(args, Path("out"))
+    return compare._compare_settings(args, Path("out"))
 
 
 def test_compare_flags_given_override_the_recipe_and_defaults_do_not() -> None:

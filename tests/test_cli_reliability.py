@@ -10,7 +10,8 @@ import sys
 import pytest
 from _cli_errors import user_error as _user_error
 
-from taskbalance.cli import default_threads, main
+from taskbalance.cli import main
+from taskbalance.cli._runtime import default_threads
 
 TINY = ["--size", "tiny", "--epochs", "1", "--steps", "2"]
 

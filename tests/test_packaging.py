@@ -93,5 +93,7 @@ def test_every_optional_package_of_the_cli_is_in_an_extra() -> None:
     project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
     assert [d.split(">")[0].split("=")[0] for d in project["dependencies"]] == ["torch", "numpy"]
     extras = project["optional-dependencies"]
-    for package, extra in cli.OPTIONAL_PACKAGES.values():
+    from taskbalance.cli._runtime import OPTIONAL_PACKAGES
+
+    for package, extra in OPTIONAL_PACKAGES.values():
         assert any(d.startswith(package) for d in extras[extra]), (package, extra)

@@ -1,0 +1,83 @@
+"""taskbalance tune: an Optuna search of static task weights."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from taskbalance.cli._common import (
+    add_data_flags,
+    add_training_flags,
+    check_out,
+    data_name,
+    data_settings,
+    log,
+    positive_int,
+    prepare_out,
+    require_data,
+)
+
+# What tune writes in its --out folder (deleted by --overwrite).
+_TUNE_FILES = ("baselines", "trials", "tune.db", "best_weights.json")
+
+
+def add_command(sub: Any, defaults: dict[str, Any]) -> None:
+    """The ``tune`` command and its flags."""
+    p = sub.add_parser(
+        "tune",
+        help="tune static task weights with Optuna",
+        description="Optuna search of static task weights (log-uniform per task, normalised to "
+        "sum to the number of tasks) minimising validation Δm% against single-task baselines "
+        "(trained once, cached in the output folder). The study is stored (default "
+        "sqlite:///OUT/tune.db), so calling tune again continues it.",
+    )
+    p.add_argument("--benchmark", default=None, help="benchmark name (or --dataset)")
+    add_data_flags(p)
+    p.add_argument(
+        "--trials",
+        type=positive_int,
+        default=20,
+        help="finished trials the study should have; a rerun adds only the missing "
+        "ones (default: %(default)s)",
+    )
+    p.add_argument(
+        "--storage", default=None, help="Optuna storage URL (default: sqlite:///OUT/tune.db)"
+    )
+    p.add_argument("--study", default=None, help="study name (default: <benchmark>-static-weights)")
+    p.add_argument("--seed", type=int, default=0, help="training and sampler seed (default: 0)")
+    add_training_flags(
+        p, defaults=defaults, out_help="output folder (default: runs/tune-<benchmark>)"
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from taskbalance.experiments.tune import TuneSettings, run_tune
+
+    require_data(args)
+    out_dir = check_out(args.out or Path("runs") / f"tune-{data_name(args)}", "--out")
+    prepare_out(out_dir, _TUNE_FILES, args.overwrite, "study")
+    settings = TuneSettings(
+        benchmark=args.benchmark,
+        **data_settings(args),
+        trials=args.trials,
+        storage=args.storage,
+        study=args.study,
+        epochs=args.epochs,
+        steps=args.steps,
+        size=args.size,
+        device=args.device,
+        seed=args.seed,
+        out_dir=str(out_dir),
+        overwrite=args.overwrite,
+        lr=args.lr,
+        batch_size=args.batch_size,
+    )
+    result = run_tune(settings, log=log)
+    weights = ", ".join(f"{t}={w:.4f}" for t, w in result.best_weights.items())
+    print(f"study {result.study_name!r} ({result.storage}): {result.trials} finished trials")
+    print(f"best validation Δm%: {result.best_value:+.2f}  weights: {weights}")
+    print("train with them:")
+    print(f"  {result.command}")
+    return 0
