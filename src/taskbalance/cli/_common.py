@@ -30,24 +30,22 @@ class Parser(argparse.ArgumentParser):
 
 
 # ---------------------------------------------------------------------------------- arg types
-def positive_int(text: str) -> int:
+def _int_at_least(text: str, low: int) -> int:
     try:
-        value = int(text)
+        value: int | None = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+        value = None
+    if value is None or value < low:
+        raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}")
     return value
+
+
+def positive_int(text: str) -> int:
+    return _int_at_least(text, 1)
 
 
 def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
+    return _int_at_least(text, 0)
 
 
 def steps_or_all(text: str) -> int | None:
@@ -107,6 +105,17 @@ def check_out(path: str | os.PathLike[str], option: str) -> Path:
             f"{option} {str(out)!r}: {str(existing)!r} is not writable; give a folder you can "
             "write to"
         )
+    return out
+
+
+def out_folder(
+    args: argparse.Namespace, default: str, names: Sequence[str] = (), what: str = ""
+) -> Path:
+    """The ``--out`` folder (default ``runs/<default>``), checked (:func:`check_out`); with
+    ``names``, also prepared for the command that writes them (:func:`prepare_out`)."""
+    out = check_out(args.out or Path("runs") / default, "--out")
+    if names:
+        prepare_out(out, names, args.overwrite, what)
     return out
 
 

@@ -8,11 +8,10 @@ from typing import Any
 
 from taskbalance.cli._common import (
     add_training_flags,
-    check_out,
     log,
     optional_training_options,
+    out_folder,
     positive_int,
-    prepare_out,
 )
 
 # What annotate writes in its --out folder (deleted by --overwrite).
@@ -63,8 +62,7 @@ def add_command(sub: Any, defaults: dict[str, Any]) -> None:
 def run(args: argparse.Namespace) -> int:
     from taskbalance.experiments.annotate import STORE_NAME, annotate_benchmark, format_summary
 
-    out = str(check_out(args.out or Path("runs") / f"annotate-{args.benchmark}", "--out"))
-    prepare_out(Path(out), _ANNOTATE_FILES, args.overwrite, "annotation")
+    out = str(out_folder(args, f"annotate-{args.benchmark}", _ANNOTATE_FILES, "annotation"))
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
     store = annotate_benchmark(
         args.benchmark,

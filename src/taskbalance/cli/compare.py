@@ -13,7 +13,6 @@ from taskbalance.cli._common import (
     add_nproc_flag,
     add_recipe_flag,
     add_training_flags,
-    check_out,
     command_defaults,
     data_name,
     data_settings,
@@ -21,8 +20,8 @@ from taskbalance.cli._common import (
     new_parser,
     non_negative_int,
     optional_training_options,
+    out_folder,
     positive_int,
-    prepare_out,
 )
 
 # What compare writes in its --out folder (deleted by --overwrite).
@@ -152,17 +151,14 @@ def run(args: argparse.Namespace) -> int:
                 "process (the method comparison runs under torchrun)"
             )
         return _compare_workflows(args)
-    out_dir = check_out(args.out or Path("runs") / f"compare-{data_name(args)}", "--out")
-    prepare_out(out_dir, _COMPARE_FILES, args.overwrite, "comparison")
+    out_dir = out_folder(args, f"compare-{data_name(args)}", _COMPARE_FILES, "comparison")
     if args.finetune_rounds:
         raise UserError(
             "--finetune-rounds applies to the partial-label workflows: give --labels TASK=FRACTION"
         )
     settings = _compare_settings(args, out_dir)
     result = run_compare(settings, log=log)
-    print()
-    print(result.markdown, end="")
-    print()
+    _print_table(result.markdown)
     print(f"report:  {result.out_dir / 'leaderboard.md'}")
     print(f"results: {result.out_dir / 'results.json'}")
     for name, path in result.plots.items():
@@ -269,8 +265,9 @@ def _compare_workflows(args: argparse.Namespace) -> int:
                 f"name (got {args.methods!r})"
             )
         method = names[0]
-    out_dir = check_out(args.out or Path("runs") / f"workflows-{args.benchmark}", "--out")
-    prepare_out(out_dir, _WORKFLOW_FILES, args.overwrite, "workflow comparison")
+    out_dir = out_folder(
+        args, f"workflows-{args.benchmark}", _WORKFLOW_FILES, "workflow comparison"
+    )
     # An earlier call with the same settings is continued: each run resumes from its
     # checkpoint; a run of other settings is refused (the message names --overwrite).
     result = compare_workflows(
@@ -288,9 +285,7 @@ def _compare_workflows(args: argparse.Namespace) -> int:
         log=log,
         **optional_training_options(args),
     )
-    print()
-    print(result.markdown, end="")
-    print()
+    _print_table(result.markdown)
     if result.out_dir is not None:
         print(f"report:  {result.out_dir / 'workflows.md'}")
     return 0
@@ -312,3 +307,9 @@ def _seeds(text: str) -> list[int]:
             f"expected a count >= 1 or distinct non-negative seeds, got {text!r}"
         )
     return seeds
+
+
+def _print_table(markdown: str) -> None:
+    print()
+    print(markdown, end="")
+    print()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 from taskbalance.cli._common import (
@@ -11,10 +10,10 @@ from taskbalance.cli._common import (
     UserError,
     add_data_flags,
     add_threads_flag,
-    check_out,
     data_name,
     data_settings,
     log,
+    out_folder,
     positive_int,
     require_data,
 )
@@ -65,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--size applies to the built-in benchmarks; an experiment's data_options "
                         "set its data's size")  # fmt: skip
     name = data_name(args)
-    out_dir = check_out(args.out or Path("runs") / f"diagnose-{name}", "--out")
+    out_dir = out_folder(args, f"diagnose-{name}")
     log(f"diagnose: {args.steps} equal-weights steps on {name}")
     result = run_diagnose(
         args.benchmark,

@@ -179,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
     config = TrainConfig.from_dict(_train_config_dict(args))
     if config.out_dir is None:
         raise UserError("config key 'out_dir' is null: taskbalance train needs a run folder")
-    check_out(config.out_dir, "--out" if args.out is not None else "config key 'out_dir'")
+    _check_run_folder(args, config.out_dir)
     if config.pseudo_labels is not None:
         _check_pseudo_labels(
             config.pseudo_labels,
@@ -203,7 +203,7 @@ def _train_groups(args: argparse.Namespace) -> int:
         raise UserError("--groups trains on the built-in benchmarks; remove --experiment")
     if args.out is None and args.config is None:  # the default folder, marked as groups
         data["out_dir"] += "-groups"
-    check_out(data["out_dir"], "--out" if args.out is not None else "config key 'out_dir'")
+    _check_run_folder(args, data["out_dir"])
     result = train_groups(
         data, parse_groups(args.groups), baselines=args.baselines, shared=args.shared,
         overwrite=args.overwrite, log=log,
@@ -221,3 +221,7 @@ def _check_pseudo_labels(path: str, option: str) -> None:
         PseudoLabelStore.load(path)
     except (OSError, ValueError) as err:
         raise UserError(f"{option}: {one_line(err)}") from None
+
+
+def _check_run_folder(args: argparse.Namespace, path: str) -> None:
+    check_out(path, "--out" if args.out is not None else "config key 'out_dir'")

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 from taskbalance.cli._common import (
     add_data_flags,
     add_training_flags,
-    check_out,
     data_name,
     data_settings,
     log,
+    out_folder,
     positive_int,
-    prepare_out,
     require_data,
 )
 
@@ -56,8 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from taskbalance.experiments.tune import TuneSettings, run_tune
 
     require_data(args)
-    out_dir = check_out(args.out or Path("runs") / f"tune-{data_name(args)}", "--out")
-    prepare_out(out_dir, _TUNE_FILES, args.overwrite, "study")
+    out_dir = out_folder(args, f"tune-{data_name(args)}", _TUNE_FILES, "study")
     settings = TuneSettings(
         benchmark=args.benchmark,
         **data_settings(args),
