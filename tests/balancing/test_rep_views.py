@@ -9,9 +9,6 @@ import torch
 from torch import nn
 
 import taskbalance as tb
-from taskbalance.balancing import rows as rows_module
-from taskbalance.balancing.rows import TaskRows
-from taskbalance.balancing.solvers import combine, gramian
 
 NAMES = ("a", "b", "c")
 
@@ -116,33 +113,84 @@ def test_per_task_features_are_checked():
     other = z.detach().clone().requires_grad_(True)
     with pytest.raises(ValueError, match="task 'c'.*view of the same shared features"):
         balancer.backward(losses, features={**views, "c": other.view_as(other)})
+    with pytest.raises(ValueError, match="tasks 'a' and 'b' were given the same tensor"):
+        balancer.backward(losses, features={**views, "b": views["a"]})
 
 
-def test_task_rows_gramian_and_combination_equal_those_of_the_stacked_matrix(monkeypatch):
-    monkeypatch.setattr(rows_module, "CHUNK_ELEMENTS", 6)  # chunks of 1024 columns: many
-    gen = torch.Generator().manual_seed(0)
-    feats = [torch.zeros(3, 700), torch.zeros(1500)]
-    grads = [
-        [torch.randn(3, 700, generator=gen), torch.randn(1500, generator=gen)],
-        [None, torch.randn(1500, generator=gen) * 1e3],  # task 1 does not reach feature 0
-        [torch.randn(3, 700, generator=gen), None],
-    ]
-    rows = TaskRows(grads, feats)
-    J = np.zeros((3, 3600))
-    for t, row in enumerate(grads):
-        if row[0] is not None:
-            J[t, :2100] = row[0].reshape(-1).double().numpy()
-        if row[1] is not None:
-            J[t, 2100:] = row[1].double().numpy()
-    np.testing.assert_allclose(rows.stack().double().numpy(), J)
-    np.testing.assert_allclose(gramian(rows).numpy(), J @ J.T, rtol=1e-5)
-    w = torch.tensor([0.5, -2.0, 0.25])
-    np.testing.assert_allclose(
-        combine(w, rows).double().numpy(), w.double().numpy() @ J, rtol=1e-5, atol=1e-3
-    )
-    cot = rows.feature_cotangents()
-    assert [list(c.shape) for c in cot] == [[3, 3, 700], [3, 1500]]
-    np.testing.assert_allclose(cot[0].reshape(3, -1).double().numpy(), J[:, :2100])
+class TwoFeatureNet(nn.Module):
+    """Two shared feature tensors; task ``c`` reads only the first (a zero block of its row)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.shared = nn.ModuleList([nn.Linear(4, 7), nn.Linear(4, 3)])
+        self.heads = nn.ModuleDict({n: nn.Linear(7 if n == "c" else 10, 1) for n in NAMES})
+
+    def forward(self, x):
+        z1 = torch.tanh(self.shared[0](x))  # [b, 7]
+        z2 = self.shared[1](x).pow(2)  # [b, 3]
+        self.features = (z1, z2)
+        self.head_inputs = {n: (z1.view_as(z1), z2.view_as(z2)) for n in NAMES}
+        out = {}
+        for n, (a, b) in self.head_inputs.items():
+            out[n] = self.heads[n](a if n == "c" else torch.cat([a, b], dim=1))
+        return out
+
+
+@pytest.mark.parametrize("views", [False, True])
+def test_rep_rows_norms_cosines_and_update_equal_per_task_gradients(views):
+    # Independent reference: each task's gradient w.r.t. (z1, z2) by its own autograd call,
+    # stacked in float64 (numpy); the step's statistics come from the rows the Balancer wrote
+    # into its reused buffer, and its update is the backward of Σ w_t g_t from the features.
+    # Three steps, the second without task 'b' (fewer rows in the reused buffer), so rows
+    # left from an earlier step would show.
+    net = TwoFeatureNet()
+    shared = list(net.shared.parameters())
+    balancer = tb.Balancer(tb.create("mgda", 3), shared, "rep")
+    gen = torch.Generator().manual_seed(4)
+    for missing in ((), ("b",), ()):
+        net.zero_grad(set_to_none=True)
+        x = torch.randn(5, 4, generator=gen) * 2
+        losses = losses_of(net(x), missing)
+        z1, z2 = net.features
+        present = [n for n in NAMES if n not in missing]
+        rows, param_grads = [], []
+        for n in present:
+            g1, g2 = torch.autograd.grad(losses[n], (z1, z2), retain_graph=True, allow_unused=True)
+            g2 = torch.zeros_like(z2) if g2 is None else g2
+            rows.append(np.concatenate([g1.double().numpy().ravel(), g2.double().numpy().ravel()]))
+            shared_grads = torch.autograd.grad(
+                losses[n], shared, retain_graph=True, allow_unused=True
+            )
+            param_grads.append(
+                [
+                    np.zeros(p.shape) if g is None else g.double().numpy()
+                    for p, g in zip(shared, shared_grads)
+                ]
+            )
+        J = np.stack(rows)
+        info = balancer.backward(losses, features=net.head_inputs if views else net.features)
+        idx = [NAMES.index(n) for n in present]
+        norms = np.sqrt(np.diag(J @ J.T))
+        np.testing.assert_allclose(info.grad_norms.numpy()[idx], norms, rtol=1e-5)
+        cos = (J @ J.T) / np.outer(norms, norms)
+        np.testing.assert_allclose(info.cosines.numpy()[np.ix_(idx, idx)], cos, atol=1e-6)
+        # The update on the shared parameters: Σ_t w_t ∇_θ L_t (the chain rule through z).
+        w = info.weights.double().numpy()[idx]
+        for k, p in enumerate(shared):
+            expected = sum(w_t * grads[k] for w_t, grads in zip(w, param_grads))
+            np.testing.assert_allclose(p.grad.double().numpy(), expected, rtol=1e-5, atol=1e-7)
+
+
+def test_rep_rows_buffer_is_reused_across_steps():
+    net = Net()
+    balancer = tb.Balancer(tb.create("mgda", 3), list(net.shared.parameters()), "rep")
+    pointers = set()
+    for _ in range(3):
+        net.zero_grad(set_to_none=True)
+        balancer.backward(losses_of(net(torch.randn(8, 4))), features=net.head_inputs)
+        pointers.add(balancer._rows._data.data_ptr())
+    assert len(pointers) == 1
 
 
 def test_multitask_model_hands_each_head_a_view_and_the_balancer_takes_them():

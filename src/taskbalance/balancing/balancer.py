@@ -10,8 +10,9 @@ Cost of a step (see ``docs/architecture.md``):
   copy, no concatenation), while task-specific parameters accumulate their own task's gradient;
 * gradient methods in ``"rep"`` mode: ``J`` holds the gradients of the task losses w.r.t. the
   shared features ``z`` (T passes through the heads only; ONE pass when each head read its own
-  view of ``z``), kept as autograd returned them (the Gramian and ``wᵀJ`` run over column
-  chunks), then a single backward from ``z`` with the aggregated direction, so the shared part
+  view of ``z``), each copied into its row of a ``[T, |z|]`` matrix reused from step to step
+  as autograd produces it (no fresh pages every step; the heads' graph is freed as the pass
+  goes), then a single backward from ``z`` with the aggregated direction, so the shared part
   is traversed once.
 """
 
@@ -29,7 +30,7 @@ from .base import GradientMethod, LossMethod, Method, check_choice, raise_nonfin
 from .distributed import resolve_group
 from .distributed_step import distributed_backward
 from .heads import HeadPass, feature_list, head_pass, task_inputs, view_pass
-from .rows import TaskRows
+from .rows import RowBuffer
 from .solvers import combine, first_nonfinite_row, first_nonfinite_row_of, gramian
 from .step_info import Features, LossInput, StepInfo
 from .streaming import (
@@ -153,6 +154,7 @@ class Balancer:
             self._check_gramian_memory()
         #: Steps skipped because a task gradient held NaN or Inf (``nonfinite="skip"``).
         self.skipped_steps = 0
+        self._rows = RowBuffer()  # rep mode / the head pass: the feature gradients, reused
         self._dist = resolve_group(process_group)
         self.sync_parameters: list[nn.Parameter] | None = None
         if parameters is not None:
@@ -332,7 +334,7 @@ class Balancer:
         idx = [t for t, x in enumerate(items) if x is not None]
         own: list[Tensor] = [items[t] for t in idx]  # type: ignore[misc]
         seeds = self._loss_seeds(method, stacked, idx)
-        J: Tensor | TaskRows | None = None
+        J: Tensor | None = None
         G: Tensor | None = None
         write: Callable[[Tensor], None] | None = None
         if self.memory == "gramian":  # G streamed parameter by parameter; J never exists
@@ -343,9 +345,7 @@ class Balancer:
         elif self.mode == "param":
             J, write = self._param_jacobian(own, seeds), self._param_writer()
         else:
-            rows, write = self._rep_jacobian(own, seeds, idx, features)
-            # Methods that read J itself get it stacked; the Gramian and wᵀJ run over chunks.
-            J = rows if method.uses_gramian else rows.stack()
+            J, write = self._rep_jacobian(own, seeds, idx, features)
         if J is not None and (method.uses_gramian or self.track_gradients):
             G = gramian(J, device="cpu")  # once per step: for the method and the statistics
         dtype = self.shared[0].dtype if J is None else J.dtype
@@ -562,13 +562,20 @@ class Balancer:
         assert names is not None
         present = [names[t] for t in idx]
         if not isinstance(features, Mapping):
-            return head_pass(own, seeds, feature_list(features), present)
+            feats = feature_list(features)
+            return head_pass(own, seeds, feats, present, self._feature_rows(len(own), feats))
         inputs = task_inputs(features, names)
         handles, mine = inputs[0], [inputs[t] for t in idx]
-        heads = view_pass(own, seeds, mine, handles, present, split_heads)
+        J = self._feature_rows(len(own), handles)
+        heads = view_pass(own, seeds, mine, handles, present, J, split_heads)
         if heads is None:  # a head parameter reached by two tasks: one backward per task
-            heads = head_pass(own, seeds, handles, present, inputs=mine)
+            heads = head_pass(own, seeds, handles, present, J, inputs=mine)
         return heads
+
+    def _feature_rows(self, n: int, feats: list[Tensor]) -> Tensor:
+        """The ``[n, |z|]`` matrix this step's feature gradients are written into (reused)."""
+        F = sum(f.numel() for f in feats)
+        return self._rows.matrix(n, F, feats[0].dtype, feats[0].device)
 
     def _rep_jacobian(
         self,
@@ -576,10 +583,10 @@ class Balancer:
         seeds: list[Tensor] | None,
         idx: list[int],
         features: Features | None,
-    ) -> tuple[TaskRows, Callable[[Tensor], None]]:
+    ) -> tuple[Tensor, Callable[[Tensor], None]]:
         heads = self._head_pass(own, seeds, idx, features)
         feats = heads.features
-        numels = heads.rows.numels
+        numels = heads.numels
 
         def write(d: Tensor) -> None:
             # The heads' gradients come from the head pass (each head traversed once); the
@@ -669,11 +676,11 @@ class Balancer:
             else:
                 p.grad.add_(g)
 
-    def _nonfinite_row(self, J: Tensor | TaskRows | None, G: Tensor | None) -> int | None:
+    def _nonfinite_row(self, J: Tensor | None, G: Tensor | None) -> int | None:
         """The first row of J holding NaN or Inf (read from the host Gramian when there is one)."""
         if G is not None:
             return first_nonfinite_row(G)
-        assert isinstance(J, Tensor)  # TaskRows only come with a Gramian
+        assert J is not None  # without a Gramian there is a J
         return first_nonfinite_row_of(J) if self.check_finite else None
 
     def _refuse_nonfinite(self, task: str, info: StepInfo) -> None:

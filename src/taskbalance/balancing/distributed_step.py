@@ -389,8 +389,7 @@ def _rep_step(s: _UnionStep, features: Tensor | Sequence[Tensor] | None) -> Tens
     """Rep mode: the Gramian is the sum of the ranks' Gramians; J-methods gather the rows."""
     b, method = s.balancer, s.method
     feats = feature_list(features)
-    task_rows, write = b._rep_jacobian(s.own, s.coef, s.local_idx, feats)
-    rows_local = task_rows.stack()
+    rows_local, write = b._rep_jacobian(s.own, s.coef, s.local_idx, feats)
     rows = rows_local.new_zeros(len(s.idx), rows_local.shape[1])
     if s.own:
         rows[s.pos] = rows_local

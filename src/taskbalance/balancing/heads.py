@@ -16,8 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .rows import TaskRows
-from .solvers import chunk_columns
+from .rows import feature_blocks
 
 __all__ = [
     "HeadPass",
@@ -66,6 +65,16 @@ def task_inputs(
                 "made for that head alone as a view of the shared features (e.g. "
                 "{task: z.view_as(z)}), or pass the shared features themselves"
             )
+    owner: dict[int, str] = {}
+    for name, inputs in zip(task_names, out):
+        for x in inputs:
+            other = owner.setdefault(id(x), name)
+            if other != name:  # one view read by two heads: its gradient would be a sum
+                raise ValueError(
+                    f"tasks {other!r} and {name!r} were given the same tensor: per-task "
+                    "features must be a view made for each head alone (e.g. "
+                    "{task: z.view_as(z)}), or pass the shared features themselves"
+                )
     return out
 
 
@@ -115,23 +124,29 @@ class HeadPass:
     """Per task present: its feature gradient (a row of ``rows``) and its head's gradients."""
 
     features: list[Tensor]
-    rows: TaskRows  # [n, F]: d L̃_t / d z, the features flattened and concatenated
+    rows: Tensor  # [n, F]: d L̃_t / d z, the features flattened and concatenated
     params: list[Tensor]
     grads: list[Tensor]
     #: Per task present, the indices into ``params`` / ``grads`` of its head's parameters.
     owners: list[list[int]]
 
+    @property
+    def numels(self) -> list[int]:
+        """Entries of each feature tensor (its columns of ``rows``)."""
+        return [f.numel() for f in self.features]
+
     def feature_cotangents(self) -> list[Tensor]:
-        """``rows`` split per feature tensor: ``[n, *f.shape]`` each (a batch of cotangents)."""
-        return self.rows.feature_cotangents()
+        """``rows`` split per feature tensor: ``[n, *f.shape]`` each (a batch of cotangents;
+        views of ``rows``, no copy)."""
+        n = self.rows.shape[0]
+        blocks = self.rows.split(self.numels, dim=1)
+        return [b.view(n, *f.shape) for b, f in zip(blocks, self.features)]
 
     def feature_direction(self, coefficients: Tensor) -> list[Tensor]:
         """``Σ_t c_t ∂L_t/∂z`` per feature tensor (one pass over ``rows``)."""
         rows = self.rows
-        d = rows.combine(
-            coefficients.to(device=rows.device, dtype=rows.dtype), chunk_columns(rows.device)
-        )
-        return [p.view_as(f) for p, f in zip(d.split(rows.numels), self.features)]
+        d = coefficients.to(device=rows.device, dtype=rows.dtype) @ rows
+        return [p.view_as(f) for p, f in zip(d.split(self.numels), self.features)]
 
     def write_heads(self, coefficients: Tensor | None = None) -> None:
         """Add ``c_t ·`` (task t's head gradients) to ``.grad`` (``c = 1`` when None)."""
@@ -160,16 +175,18 @@ def head_pass(
     seeds: Sequence[Tensor] | None,
     feats: Sequence[Tensor],
     task_names: Sequence[str],
+    J: Tensor,
     inputs: Sequence[Sequence[Tensor]] | None = None,
 ) -> HeadPass:
     """One backward per task from its own loss (times ``seeds[t]``) to the features.
 
     ``task_names``: the names of the tasks of ``losses`` (for the error when a loss does not
-    depend on the features - typically features kept from an earlier forward). ``inputs``:
-    per task, its own view of the features (see :func:`view_pass`), where the backward stops.
+    depend on the features - typically features kept from an earlier forward). ``J``: the
+    ``[n, F]`` matrix the rows are written into (:class:`~.rows.RowBuffer`). ``inputs``: per
+    task, its own view of the features (see :func:`view_pass`), where the backward stops.
     """
     feats = list(feats)
-    rows: list[Sequence[Tensor | None]] = []
+    blocks = feature_blocks(J, feats)
     params: list[Tensor] = []
     grads: list[Tensor] = []
     owners: list[list[int]] = []
@@ -177,13 +194,17 @@ def head_pass(
         stop = feats if inputs is None else list(inputs[t])
         own_params = leaves_above(loss, stop)
         seed = None if seeds is None else seeds[t]
+        # The last task's pass frees the heads' graph (the shared part, below the features,
+        # is not traversed and stays for the backward from the features).
+        last = t == len(losses) - 1
         out = torch.autograd.grad(
-            loss, [*stop, *own_params], grad_outputs=seed, retain_graph=True, allow_unused=True
+            loss, [*stop, *own_params], grad_outputs=seed, retain_graph=not last, allow_unused=True
         )
-        feature_grads, param_grads = list(out[: len(stop)]), out[len(stop) :]
+        feature_grads, param_grads = out[: len(stop)], out[len(stop) :]
         if all(g is None for g in feature_grads):
             raise _no_feature_error(task_names[t])
-        rows.append(feature_grads)  # kept as returned: no copy into a [n, F] matrix
+        for block, g in zip(blocks[t], feature_grads):  # copied while in cache, then freed
+            block.zero_() if g is None else block.copy_(g)
         owned = []
         for p, g in zip(own_params, param_grads):
             if g is not None:
@@ -191,7 +212,7 @@ def head_pass(
                 params.append(p)
                 grads.append(g)
         owners.append(owned)
-    return HeadPass(feats, TaskRows(rows, feats), params, grads, owners)
+    return HeadPass(feats, J, params, grads, owners)
 
 
 def view_pass(
@@ -200,13 +221,16 @@ def view_pass(
     inputs: Sequence[Sequence[Tensor]],
     shared: Sequence[Tensor],
     task_names: Sequence[str],
+    J: Tensor,
     split_heads: bool = False,
 ) -> HeadPass | None:
     """Every task's feature gradient and head gradients from ONE backward.
 
     ``inputs[t]``: the tensors task t's head consumed, aliases of the ``shared`` features made
     for task t alone (e.g. ``z.view_as(z)``), so the gradient of ``Σ_s seed_s L_s`` at
-    ``inputs[t]`` is task t's own. Each head is traversed once, in a single autograd call.
+    ``inputs[t]`` is task t's own. Each head is traversed once, in a single autograd call. A
+    hook on each input copies its gradient into row t of ``J`` (``[n, F]``) the moment autograd
+    produces it, so the T gradients are never held as T separate tensors.
 
     ``split_heads``: the head gradients will be scaled per task (:meth:`HeadPass.write_heads`
     with coefficients), so each head parameter must belong to one task; returns None when one
@@ -221,20 +245,38 @@ def view_pass(
         position = {id(p): i for i, p in enumerate(params)}
     else:
         params = leaves_above(list(losses), flat)
-    grads = torch.autograd.grad(
-        list(losses),
-        [*flat, *params],
-        grad_outputs=None if seeds is None else list(seeds),
-        retain_graph=True,
-        allow_unused=True,
-    )
-    k = len(shared)
-    rows: list[Sequence[Tensor | None]] = []
-    for t in range(len(losses)):
-        row = list(grads[t * k : (t + 1) * k])
-        if all(g is None for g in row):
+    blocks = feature_blocks(J, shared)
+    written = [[False] * len(shared) for _ in losses]
+
+    def into_row(t: int, i: int):  # noqa: ANN202 - a tensor hook
+        def hook(grad: Tensor) -> Tensor:
+            written[t][i] = True
+            return blocks[t][i].copy_(grad)  # autograd passes on (and returns) the row's block
+
+        return hook
+
+    handles = [
+        x.register_hook(into_row(t, i)) for t, xs in enumerate(inputs) for i, x in enumerate(xs)
+    ]
+    try:
+        grads = torch.autograd.grad(
+            list(losses),
+            [*flat, *params],
+            grad_outputs=None if seeds is None else list(seeds),
+            # Frees the heads' graph as it goes (their memory is reused within the pass); the
+            # shared part below the inputs is not traversed and stays for the next backward.
+            retain_graph=False,
+            allow_unused=True,
+        )
+    finally:
+        for handle in handles:
+            handle.remove()
+    for t, row in enumerate(written):
+        if not any(row):
             raise _no_feature_error(task_names[t])
-        rows.append(row)
+        for i, done in enumerate(row):
+            if not done:  # task t's loss does not reach this feature tensor: a zero block
+                blocks[t][i].zero_()
     head_grads = grads[len(flat) :]
     kept = [i for i, g in enumerate(head_grads) if g is not None]
     index = {i: j for j, i in enumerate(kept)}
@@ -246,7 +288,7 @@ def view_pass(
         owners = [list(range(len(kept)))] + [[] for _ in losses[1:]]
     return HeadPass(
         list(shared),
-        TaskRows(rows, shared),
+        J,
         [params[i] for i in kept],
         [head_grads[i] for i in kept],  # type: ignore[misc]
         owners,

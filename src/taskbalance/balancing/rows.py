@@ -1,100 +1,46 @@
-"""Per-task feature gradients kept as autograd returned them: a ``[n, F]`` matrix never stacked.
+"""Per-task feature gradients written into one ``[n, F]`` matrix that is reused from step to step.
 
 Rep mode's J (the gradients of the task losses w.r.t. the shared features) arrives as one
-tensor per task and feature tensor. Copying them into one ``[n, F]`` matrix costs a pass over
-J and, for a large J, a fresh allocation whose pages fault in every step. The Gramian and
-``d = wᵀJ`` only need J column chunk by column chunk, so :class:`TaskRows` stacks one chunk at a
-time (small, cache-resident); methods that need J itself get :meth:`TaskRows.stack`.
+tensor per task and feature tensor. Held as autograd returns them, the T gradients are T fresh
+allocations a step, whose pages fault in again every step on the CPU (at T=40 over a 1 MiB
+feature map that cost a rep-mode step more than its Gramian). So each gradient is copied into
+its row of a :class:`RowBuffer` matrix as soon as autograd produces it (while it is still in
+cache; the original is then freed and its memory reused by the next head's backward), and the
+matrix is kept for the next step. The Gramian, ``d = wᵀJ`` and the batched cotangents are then
+plain products on, and views of, one contiguous matrix.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
-__all__ = ["TaskRows", "column_chunks"]
-
-#: Entries per stacked chunk on the CPU (float32: 1 MiB, about a core's L2 cache).
-CHUNK_ELEMENTS = 1 << 18
+__all__ = ["RowBuffer", "feature_blocks"]
 
 
-class TaskRows:
-    """Row t: task t's gradient w.r.t. each feature tensor (``None``: the loss does not reach
-    that tensor, a zero block), flattened and concatenated in the order of ``features``."""
+class RowBuffer:
+    """One ``[n, F]`` matrix reused across steps (reallocated only when it must grow, or its
+    dtype or device change). It holds ``n x F`` entries between steps: the memory of one
+    step's J, which the step needs anyway."""
 
-    def __init__(self, grads: Sequence[Sequence[Tensor | None]], features: Sequence[Tensor]):
-        self.features = list(features)
-        self.grads = [list(g) for g in grads]
-        first = self.features[0]
-        self.dtype = first.dtype
-        self.device = first.device
-        self.numels = [f.numel() for f in self.features]
-        self.shape = (len(self.grads), sum(self.numels))
+    def __init__(self) -> None:
+        self._data: Tensor | None = None
 
-    def _block(self, t: int, i: int) -> Tensor | None:
-        g = self.grads[t][i]
-        return None if g is None else g.reshape(-1)
-
-    def chunks(self, step: int) -> Iterator[Tensor]:
-        """``[n, c]`` column chunks of J (at most ``step`` columns), in column order.
-
-        On the CPU a chunk is also kept to about ``CHUNK_ELEMENTS`` entries, so the stacked
-        chunk stays in a core's cache while its product is taken."""
-        n = self.shape[0]
-        if self.device.type == "cpu":
-            step = min(step, max(1024, 1 << (CHUNK_ELEMENTS // max(n, 1)).bit_length() - 1))
-        for i, numel in enumerate(self.numels):
-            blocks = [self._block(t, i) for t in range(n)]
-            for start in range(0, numel, step):
-                stop = min(start + step, numel)
-                parts = [
-                    b[start:stop] if b is not None else self._zeros(stop - start) for b in blocks
-                ]
-                yield torch.stack(parts)
-
-    def _zeros(self, size: int) -> Tensor:
-        return torch.zeros(size, dtype=self.dtype, device=self.device)
-
-    def stack(self) -> Tensor:
-        """J as one ``[n, F]`` tensor (for methods that need J itself)."""
-        n, F = self.shape
-        J = torch.empty(n, F, dtype=self.dtype, device=self.device)
-        offset = 0
-        for i, numel in enumerate(self.numels):
-            for t in range(n):
-                block = self._block(t, i)
-                target = J[t, offset : offset + numel]
-                if block is None:
-                    target.zero_()
-                else:
-                    target.copy_(block)
-            offset += numel
-        return J
-
-    def combine(self, w: Tensor, step: int) -> Tensor:
-        """``wᵀJ`` (``[F]``), one column chunk at a time (``w`` in J's dtype and device)."""
-        d = torch.empty(self.shape[1], dtype=self.dtype, device=self.device)
-        start = 0
-        for Jc in self.chunks(step):
-            torch.mm(w[None], Jc, out=d[None, start : start + Jc.shape[1]])
-            start += Jc.shape[1]
-        return d
-
-    def feature_cotangents(self) -> list[Tensor]:
-        """Per feature tensor, the rows as a batch of cotangents ``[n, *f.shape]``."""
-        out = []
-        for i, f in enumerate(self.features):
-            blocks = [self.grads[t][i] for t in range(self.shape[0])]
-            out.append(torch.stack([torch.zeros_like(f) if b is None else b for b in blocks]))
-        return out
+    def matrix(self, n: int, F: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+        """An ``[n, F]`` contiguous matrix (contents unspecified)."""
+        data, size = self._data, n * F
+        if data is None or data.dtype != dtype or data.device != device or data.numel() < size:
+            self._data = None  # free the old one before allocating the new one
+            self._data = data = torch.empty(size, dtype=dtype, device=device)
+        return data[:size].view(n, F)
 
 
-def column_chunks(J: Tensor | TaskRows, step: int) -> Iterator[Tensor]:
-    """``[n, c]`` column chunks of a J held as one tensor or as :class:`TaskRows`."""
-    if isinstance(J, TaskRows):
-        yield from J.chunks(step)
-        return
-    for start in range(0, J.shape[1], step):
-        yield J[:, start : start + step]
+def feature_blocks(J: Tensor, features: Sequence[Tensor]) -> list[list[Tensor]]:
+    """Per row t of ``J``, per feature tensor, the block of row t shaped like that feature
+    (the features flattened and concatenated in order, as in ``J``'s columns)."""
+    sizes = [f.numel() for f in features]
+    return [
+        [block.view(f.shape) for block, f in zip(row.split(sizes), features)] for row in J.unbind()
+    ]

@@ -21,12 +21,11 @@ Nothing here copies ``J`` to the host; the only per-parameter work is ``J Jᵀ``
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 from functools import lru_cache
 
 import torch
 from torch import Tensor
-
-from .rows import TaskRows, column_chunks
 
 __all__ = [
     "dual_cone_weights",
@@ -68,7 +67,13 @@ def chunk_columns(device: torch.device) -> int:
     return CHUNK_COLUMNS_CPU if device.type == "cpu" else CHUNK_COLUMNS_ACCELERATOR
 
 
-def _chunked_gramian(J: Tensor | TaskRows, exact: bool, scale: Tensor | None = None) -> Tensor:
+def column_chunks(J: Tensor, step: int) -> Iterator[Tensor]:
+    """``[n, c]`` column chunks of ``J`` (views, at most ``step`` columns), in column order."""
+    for start in range(0, J.shape[1], step):
+        yield J[:, start : start + step]
+
+
+def _chunked_gramian(J: Tensor, exact: bool, scale: Tensor | None = None) -> Tensor:
     """``Σ_chunks J_c J_cᵀ`` accumulated in float64 on ``J``'s device, never copying all of J.
 
     ``exact=False``: each chunk product in float32 (fast; J's precision is float32 at best);
@@ -95,7 +100,7 @@ def _needs_exact(G: Tensor) -> bool:
     return not bool(torch.isfinite(G).all()) or bool((diag < TINY_DIAGONAL).any())
 
 
-def _row_scales(J: Tensor | TaskRows) -> Tensor:
+def _row_scales(J: Tensor) -> Tensor:
     """Power-of-two ``≈ max_k |J_tk|`` per row (1 for zero rows), chunk by chunk, float64."""
     top = torch.zeros(J.shape[0], dtype=torch.float64, device=J.device)
     for Jc in column_chunks(J, chunk_columns(J.device)):
@@ -105,7 +110,7 @@ def _row_scales(J: Tensor | TaskRows) -> Tensor:
     return torch.exp2(torch.round(torch.log2(top)))  # exact rescaling: a power of two
 
 
-def gramian(J: Tensor | TaskRows, device: torch.device | str | None = None) -> Tensor:
+def gramian(J: Tensor, device: torch.device | str | None = None) -> Tensor:
     """``G = J Jᵀ`` as a float64 ``[n, n]`` tensor, without copying ``J``.
 
     Built from column chunks of ``J`` and accumulated in float64. A float32 (or lower
@@ -118,12 +123,11 @@ def gramian(J: Tensor | TaskRows, device: torch.device | str | None = None) -> T
     The decision is taken on a CPU copy of ``G`` (one device-to-host transfer on an
     accelerator). Rows holding NaN or Inf give a non-finite row of ``G``; see
     :func:`first_nonfinite_row`. ``G`` is returned on ``device`` (default: :func:`solve_device`
-    of J's device), symmetric. ``J`` may be :class:`~.rows.TaskRows` (rows never stacked).
+    of J's device), symmetric.
     """
-    if isinstance(J, Tensor):
-        if J.dim() != 2:
-            raise ValueError(f"J must have shape [n, P], got shape {list(J.shape)}")
-        J = J.detach()
+    if J.dim() != 2:
+        raise ValueError(f"J must have shape [n, P], got shape {list(J.shape)}")
+    J = J.detach()
     out = solve_device(J.device) if device is None else torch.device(device)
     G = _chunked_gramian(J, exact=J.dtype == torch.float64)
     host = G.to("cpu")
@@ -211,13 +215,10 @@ def unit_gramian(J: Tensor) -> tuple[Tensor, Tensor]:
     return unit_form(gramian(J))
 
 
-def combine(w: Tensor, J: Tensor | TaskRows) -> Tensor:
+def combine(w: Tensor, J: Tensor) -> Tensor:
     """``d = Σ_t w_t g_t`` in ``J``'s dtype and device, never NaN or Inf for finite ``J``."""
     w = w.to(device=J.device, dtype=J.dtype)
     big = torch.finfo(J.dtype).max
-    if isinstance(J, TaskRows):  # chunk by chunk: the rows are never stacked whole
-        d = J.combine(w, chunk_columns(J.device))
-        return d.nan_to_num_(nan=0.0, posinf=big, neginf=-big)
     # In place: a second [P] tensor would raise the step's peak memory.
     return (w @ J).nan_to_num_(nan=0.0, posinf=big, neginf=-big)
 
