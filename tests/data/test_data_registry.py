@@ -153,3 +153,36 @@ def test_cityscapes_label_folders(tmp_path: Path) -> None:
         (root / split / "label_19").rename(root / split / "other")
     with pytest.raises(FileNotFoundError, match="label_19"):  # label/ holds 7 classes only
         load_dataset("cityscapes", root, num_classes=19, val_fraction=0)
+
+
+def test_dataset_fingerprint_names_the_files_not_the_folder(nyu_root: Path, tmp_path: Path) -> None:
+    import os
+    import shutil
+
+    from taskbalance.data.registry import dataset_fingerprint
+
+    files = [p for p in nyu_root.rglob("*") if p.is_file()]
+    first = dataset_fingerprint("nyuv2", nyu_root)
+    # (10 + 3 samples) x (image, label, depth, normal)
+    assert first["files"] == len(files) == 13 * 4
+    assert first["bytes"] == sum(p.stat().st_size for p in files)
+    (nyu_root / ".DS_Store").write_text("x")  # hidden files are not data
+    (nyu_root / ".cache").mkdir()
+    (nyu_root / ".cache" / "a").write_text("x")
+    copy = Path(shutil.copytree(nyu_root, tmp_path / "copy"))  # copytree keeps the times
+    assert dataset_fingerprint("nyuv2", copy) == first
+    one = copy / "val" / "depth" / "0.npy"  # the test split's folder is "val"
+    one.rename(copy / "val" / "depth" / "9.npy")
+    assert dataset_fingerprint("nyuv2", copy)["digest"] != first["digest"]  # a file renamed
+    (copy / "val" / "depth" / "9.npy").rename(one)
+    assert dataset_fingerprint("nyuv2", copy) == first
+    (copy / "val" / "extra.txt").write_text("")
+    assert dataset_fingerprint("nyuv2", copy)["files"] == first["files"] + 1
+    os.remove(copy / "val" / "extra.txt")
+    with open(one, "ab") as handle:
+        handle.write(b"\0")
+    os.utime(one, (0, os.stat(nyu_root / "val" / "depth" / "0.npy").st_mtime))
+    changed = dataset_fingerprint("nyuv2", copy)  # one byte more, the same time
+    assert changed["bytes"] == first["bytes"] + 1 and changed["digest"] != first["digest"]
+    with pytest.raises(FileNotFoundError, match=r"data root .*missing.* does not exist.*layout"):
+        dataset_fingerprint("nyuv2", tmp_path / "missing")

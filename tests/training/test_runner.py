@@ -132,3 +132,37 @@ def test_a_finished_run_is_not_reused_under_another_final_epochs(make_config):
     assert first.config["final_epochs"] is None
     with pytest.raises(ValueError, match="other settings.*final_epochs: None there, 2 now"):
         run(config.replace(final_epochs=2))
+
+
+def test_a_run_on_a_dataset_is_reused_only_on_the_same_files(tmp_path):
+    import os
+    import shutil
+
+    from taskbalance.data.real.fake import write_fake_dataset
+
+    root = write_fake_dataset("nyuv2", tmp_path / "nyu", train=3, test=2, size=(8, 8))
+    config = {
+        "dataset": "nyuv2", "data_root": str(root), "model_options": {"width": 2, "depth": 1},
+        "batch_size": 2, "epochs": 1, "steps": 1, "progress": False, "tensorboard": False,
+        "out_dir": str(tmp_path / "run"),
+    }  # fmt: skip
+    first = run(config)
+    lines: list[str] = []
+    moved = shutil.move(str(root), str(tmp_path / "elsewhere"))  # the same files, another folder
+    assert run({**config, "data_root": moved}, log=lines.append, label="m").to_dict() == (
+        first.to_dict()
+    )
+    assert lines == [f"m: reused ({tmp_path / 'run' / 'results.json'})"]
+    # another version of the data: one file rewritten (same size, a later time)
+    image = next(iter(sorted((tmp_path / "elsewhere" / "train" / "image").iterdir())))
+    stat = image.stat()
+    os.utime(image, (stat.st_atime, stat.st_mtime + 60))
+    changed = {**config, "data_root": moved}
+    with pytest.raises(ValueError, match="other settings.*dataset_files.*--overwrite"):
+        run(changed)
+    # unfinished (results gone, checkpoint left): resuming on other files is refused too
+    (tmp_path / "run" / "results.json").unlink()
+    with pytest.raises(ValueError, match="cannot resume.*dataset_files.*--overwrite"):
+        run(changed)
+    os.utime(image, (stat.st_atime, stat.st_mtime))  # back to the run's files: it resumes
+    assert run(changed).test == first.test

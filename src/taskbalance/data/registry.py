@@ -11,6 +11,7 @@ expected layout (files, shapes, dtypes) and the section of ``docs/datasets.md`` 
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from taskbalance.validation import is_int, is_real, registered
 
 __all__ = [
     "available_datasets",
+    "dataset_fingerprint",
     "dataset_options",
     "get_dataset_spec",
     "load_dataset",
@@ -122,11 +124,8 @@ def load_dataset(name: str, root: str | os.PathLike[str], **options: Any) -> Rea
     """
     spec = get_dataset_spec(name)
     resolved = dataset_options(spec, options)
-    path = Path(root).expanduser()
+    path = _root_folder(spec, root)
     try:
-        if not path.is_dir():
-            what = "is not a folder" if path.exists() else "does not exist"
-            raise FileNotFoundError(f"data root {str(path)!r} {what}")
         read = {split: spec.read(path, folder, resolved) for split, folder in spec.folders.items()}
     except (FileNotFoundError, ValueError) as err:
         raise layout_error(spec, err) from err
@@ -138,6 +137,43 @@ def load_dataset(name: str, root: str | os.PathLike[str], **options: Any) -> Rea
 
         read["train"] = AugmentedDataset(read["train"], transform)
     return RealDataSource(spec, path, resolved, read)
+
+
+def dataset_fingerprint(name: str, root: str | os.PathLike[str]) -> dict[str, Any]:
+    """What tells one copy or version of a dataset from another without reading it: the number
+    of files under ``root``, their total size and a digest of every file's path relative to
+    ``root``, size and modification time (whole seconds). Hidden files and folders (names
+    starting with ``.``) are left out; linked folders are followed.
+
+    The folder's own path is not part of it: the same files moved (or copied keeping their times:
+    ``cp -a``, ``rsync -a``) give the same fingerprint; a file added, removed, resized or
+    rewritten gives another.
+
+    Raises:
+        FileNotFoundError: ``root`` is not a folder (the message of :func:`load_dataset`).
+    """
+    path = _root_folder(get_dataset_spec(name), root)
+    lines, total = [], 0
+    for folder, subfolders, files in os.walk(path, followlinks=True):
+        subfolders[:] = [d for d in subfolders if not d.startswith(".")]
+        for file in files:
+            if file.startswith("."):
+                continue
+            stat = os.stat(os.path.join(folder, file))
+            relative = Path(folder, file).relative_to(path).as_posix()
+            lines.append(f"{relative}\t{stat.st_size}\t{int(stat.st_mtime)}")
+            total += stat.st_size
+    digest = hashlib.sha256("\n".join(sorted(lines)).encode()).hexdigest()[:16]
+    return {"files": len(lines), "bytes": total, "digest": digest}
+
+
+def _root_folder(spec: DatasetSpec, root: str | os.PathLike[str]) -> Path:
+    """``root`` as a path; the layout error naming it when it is not a folder."""
+    path = Path(root).expanduser()
+    if not path.is_dir():
+        what = "is not a folder" if path.exists() else "does not exist"
+        raise layout_error(spec, FileNotFoundError(f"data root {str(path)!r} {what}"))
+    return path
 
 
 def _hold_out(train: Any, options: dict[str, Any], test: Any, name: str) -> tuple[Any, Any]:

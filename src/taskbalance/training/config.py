@@ -34,6 +34,8 @@ SIZES = ("default", "tiny")
 DEFAULT_BENCHMARK = "multidigits"
 
 #: Keys that may change between a run and its resumption (everything else must match).
+#: ``data_root`` may: the runner names a real dataset's files by their fingerprint instead
+#: (:func:`~taskbalance.data.registry.dataset_fingerprint`), so moved data still resumes.
 RESUME_MAY_DIFFER = frozenset(
     {
         "epochs", "resume", "progress", "out_dir", "tensorboard", "num_workers", "device",

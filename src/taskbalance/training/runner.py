@@ -315,6 +315,12 @@ def _run_config(config: TrainConfig, inputs: RunInputs) -> dict[str, Any]:
     if config.experiment is not None:
         # the config names the experiment file by its path only: its content names the run
         identity["experiment_file"] = _experiment_content(config.experiment)
+    if config.dataset is not None:
+        # data_root may differ (the same files moved): the files themselves name the data
+        from taskbalance.data.registry import dataset_fingerprint
+
+        assert config.data_root is not None  # TrainConfig checks
+        identity["dataset_files"] = dataset_fingerprint(config.dataset, config.data_root)
     if identity:
         stored["inputs"] = _plain(identity)
     return stored
