@@ -94,3 +94,34 @@ def test_baselines_of_another_seed_or_not_single_task_are_refused(tmp_path: Path
     write("a2", 0, ["a1", "a2"])
     with pytest.raises(ValueError, match=r"a2.*not a single-task run.*\['a1', 'a2'\]"):
         load_baselines(tmp_path, ["a2"], seed=0)
+
+
+def test_shared_parameters_are_counted_without_loading_the_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from taskbalance.data.real.fake import write_fake_dataset
+    from taskbalance.experiments.grouped import _shared_parameters
+    from taskbalance.training import TrainConfig, sources
+    from taskbalance.training.results import count_parameters
+
+    root = write_fake_dataset("nyuv2", tmp_path / "nyu", train=3, test=2, size=(8, 8))
+    example = Path(__file__).parents[2] / "examples" / "own_experiment" / "experiment.yaml"
+    configs = [
+        TrainConfig(benchmark="synthetic-groups", size="tiny"),
+        TrainConfig(dataset="nyuv2", data_root=str(root), model_options={"width": 2, "depth": 1}),
+        TrainConfig(experiment=str(example)),
+    ]
+    # the counts of models built from the loaded data, as before
+    expected = []
+    for config in configs:
+        data = sources.load_data(config)
+        tasks = data.task_names[:2]
+        model = data.build_model(**config.model_options)
+        expected.append((tasks, count_parameters(model, tasks)))
+
+    def refuse(config: TrainConfig) -> None:
+        raise AssertionError("the data was loaded")
+
+    monkeypatch.setattr(sources, "load_data", refuse)
+    for config, (tasks, count) in zip(configs, expected):
+        assert _shared_parameters(config, tasks) == count > 0

@@ -163,11 +163,12 @@ def _delta(test: Metrics, baseline: Metrics, directions: Directions) -> dict[str
 
 
 def _shared_parameters(config: Any, tasks: Sequence[str]) -> int:
-    """Parameters of one network of the data's default model used by ``tasks``."""
+    """Parameters of one network of the data's default model used by ``tasks`` (the model is
+    built without its data)."""
     from taskbalance.training.results import count_parameters
-    from taskbalance.training.sources import load_data
+    from taskbalance.training.sources import data_model
 
-    model = load_data(config).build_model(**config.model_options)
+    model = data_model(config)
     return count_parameters(model, list(tasks))
 
 

@@ -16,7 +16,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from taskbalance.data.source import DataSource
     from taskbalance.tasks import Task
 
-__all__ = ["data_tasks", "load_data"]
+__all__ = ["data_model", "data_tasks", "load_data"]
 
 
 def load_data(config: TrainConfig) -> DataSource:
@@ -58,6 +58,25 @@ def data_tasks(config: TrainConfig) -> list[Task]:
 
     bench = get_spec(_benchmark_name(config))
     return list(bench.make_tasks(bench.resolve_size(config.size)))
+
+
+def data_model(config: TrainConfig) -> Any:
+    """The default model of ``config``'s data (with ``config.model_options``), without generating
+    or reading any data; an experiment file's model is not checked on a training sample."""
+    if config.experiment is not None:
+        from taskbalance.data.experiment import experiment_model
+
+        return experiment_model(config.experiment, **config.model_options)
+    if config.dataset is not None:
+        from taskbalance.data.registry import dataset_options, get_dataset_spec
+
+        spec = get_dataset_spec(config.dataset)
+        options = dataset_options(spec, config.dataset_options)
+        return spec.make_model(options, dict(config.model_options))
+    from taskbalance.data.benchmark import get_spec
+
+    bench = get_spec(_benchmark_name(config))
+    return bench.make_model(bench.resolve_size(config.size), dict(config.model_options))
 
 
 def _real_dataset(config: TrainConfig) -> Any:

@@ -6,13 +6,14 @@
 """
 
 from .schema import ExperimentError, ExperimentFile, parse_experiment_file
-from .source import ExperimentSource, experiment_tasks, load_experiment
+from .source import ExperimentSource, experiment_model, experiment_tasks, load_experiment
 from .tasks import preset_kinds
 
 __all__ = [
     "ExperimentError",
     "ExperimentFile",
     "ExperimentSource",
+    "experiment_model",
     "experiment_tasks",
     "load_experiment",
     "parse_experiment_file",

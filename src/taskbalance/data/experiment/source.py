@@ -56,26 +56,7 @@ class ExperimentSource:
         The model is checked on one training sample (eval mode, no gradient, random states
         left as they were): it must return one prediction per task whose shape fits the task.
         """
-        file = self.file
-        merged = {**file.model_options, **options}
-        model = call_factory(
-            file, "model", file.model, self._model_factory, (), merged, "model_options"
-        )
-        if not isinstance(model, nn.Module):
-            raise file.error(
-                "model",
-                f"{file.model} returned a {type(model).__name__}; it must return a torch "
-                "nn.Module (e.g. a taskbalance.models.MultiTaskModel)",
-            )
-        if not any(
-            callable(getattr(model, m, None)) for m in ("shared_modules", "shared_parameters")
-        ):
-            raise file.error(
-                "model",
-                f"{file.model} returned a {type(model).__name__} without shared_parameters(); "
-                "return a taskbalance.models.MultiTaskModel, or give the module a method "
-                "shared_parameters() listing the parameters the tasks share",
-            )
+        model = _factory_model(self.file, self._model_factory, options)
         self._check_outputs(model)
         return model
 
@@ -120,6 +101,36 @@ class ExperimentSource:
 def experiment_tasks(path: str | os.PathLike[str]) -> list[Any]:
     """The tasks of an experiment file (task factories imported; no data or model built)."""
     return build_tasks(parse_experiment_file(path))
+
+
+def experiment_model(path: str | os.PathLike[str], **options: Any) -> nn.Module:
+    """A fresh model of an experiment file's factory, without building its data (so unchecked
+    on a training sample, unlike :meth:`ExperimentSource.build_model`): for counting parameters.
+    """
+    file = parse_experiment_file(path)
+    return _factory_model(file, import_callable(file, "model", file.model), options)
+
+
+def _factory_model(
+    file: ExperimentFile, factory: Callable[..., Any], options: Mapping[str, Any]
+) -> nn.Module:
+    """``factory(**{**model_options, **options})``, an ``nn.Module`` with shared parameters."""
+    merged = {**file.model_options, **options}
+    model = call_factory(file, "model", file.model, factory, (), merged, "model_options")
+    if not isinstance(model, nn.Module):
+        raise file.error(
+            "model",
+            f"{file.model} returned a {type(model).__name__}; it must return a torch "
+            "nn.Module (e.g. a taskbalance.models.MultiTaskModel)",
+        )
+    if not any(callable(getattr(model, m, None)) for m in ("shared_modules", "shared_parameters")):
+        raise file.error(
+            "model",
+            f"{file.model} returned a {type(model).__name__} without shared_parameters(); "
+            "return a taskbalance.models.MultiTaskModel, or give the module a method "
+            "shared_parameters() listing the parameters the tasks share",
+        )
+    return model
 
 
 def load_experiment(path: str | os.PathLike[str]) -> ExperimentSource:
