@@ -71,6 +71,17 @@ def test_train_command_round_trips():
     assert shlex.split(command)[7] == "weights=0.25,1.75"
 
 
+def test_train_command_weights_read_back_exactly():
+    import yaml
+
+    settings = tune.TuneSettings(benchmark="multidigits")
+    weights = tune.normalise_weights([0.123456789, 1.0, 9.87654321, 1e-7])
+    option = shlex.split(tune.train_command(settings, weights))[7]
+    # --option reads each comma-separated value as YAML
+    assert [yaml.safe_load(v) for v in option.removeprefix("weights=").split(",")] == weights
+    assert yaml.safe_load(tune._exact(1e-05)) == 1e-05  # YAML reads "1e-05" as a string
+
+
 def test_run_or_reuse_refuses_a_finished_run_with_another_mode(tmp_path):
     config = {
         "benchmark": "multidigits",
@@ -106,3 +117,47 @@ def test_resolve_jobs_one_thread_each_on_cpu(monkeypatch):
     assert resolve_jobs(None, "cuda", 39) == (1, 4)
     with pytest.raises(ValueError, match="jobs"):
         resolve_jobs(0, "cpu", 3)
+
+
+def _tune_with_values(tmp_path, monkeypatch, trial_values, trials):
+    """``run_tune`` whose runs are replaced: baselines at 0.5, trial k's every metric at
+    ``trial_values[k]``."""
+    info = compare.task_info("multidigits", "tiny")
+    values = iter(trial_values)
+
+    def fake_run(config, *, label="", log=print):
+        if config["method"] == "ew":
+            value = 0.5
+        else:
+            value = next(values)
+        return {"val": {t: {m: value for m in info.higher_is_better[t]} for t in config.get(
+            "tasks") or info.names}}
+
+    monkeypatch.setattr(tune, "run_or_reuse", fake_run)
+    settings = tune.TuneSettings(benchmark="multidigits", size="tiny", trials=trials,
+                                 out_dir=tmp_path / "tune")  # fmt: skip
+    return tune.run_tune(settings, log=lambda line: None)
+
+
+def test_tune_marks_a_trial_of_nan_metrics_failed_and_says_when_none_finished(
+    tmp_path, monkeypatch
+):
+    import optuna
+    from optuna.trial import TrialState
+
+    nan = float("nan")
+    with pytest.raises(ValueError, match=r"none of the 2 trial\(s\) .* finite validation Δm%"):
+        _tune_with_values(tmp_path, monkeypatch, [nan, nan], trials=2)
+    study = optuna.load_study(
+        study_name="multidigits-static-weights", storage=f"sqlite:///{tmp_path / 'tune' / 'tune.db'}"
+    )
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.FAIL]
+    # the next call runs one more (no finished trial yet): metrics 0.6 against 0.5, higher is
+    # better: Δm% = -(0.6 - 0.5) / 0.5 x 100 = -20
+    result = _tune_with_values(tmp_path, monkeypatch, [0.6], trials=1)
+    assert (result.trials, result.best_trial) == (1, 2)
+    assert result.best_value == pytest.approx(-20.0)
+    # a failed trial among finished ones: the study goes on, the best stays
+    result = _tune_with_values(tmp_path, monkeypatch, [nan], trials=2)
+    assert (result.trials, result.best_trial) == (1, 2)
+    assert [t.state for t in study.trials][3] == TrialState.FAIL

@@ -20,7 +20,9 @@ with the same weights by the next call (at once when it ran on this host; otherw
 storage heartbeat marks it failed, after 30 s of silence), resuming its run from the checkpoint in
 ``OUT/trials/w-<hash of the weights>/``. The sampler's random draws depend only on the seed and
 the trial's position, so an interrupted and continued study samples what an uninterrupted one
-would.
+would. A trial whose validation Δm% is not finite (its run diverged to NaN metrics) is marked
+failed and does not count as finished; a study without a finished trial is an error. The printed
+``train`` command writes the best weights exactly (the shortest repr that reads back the same).
 """
 
 from __future__ import annotations
@@ -157,7 +159,7 @@ def train_command(settings: TuneSettings, weights: Sequence[float]) -> str:
         "--method",
         "static",
         "--option",
-        "weights=" + ",".join(f"{w:.4g}" for w in weights),
+        "weights=" + ",".join(_exact(w) for w in weights),
         "--epochs",
         str(settings.epochs),
     ]
@@ -174,6 +176,16 @@ def train_command(settings: TuneSettings, weights: Sequence[float]) -> str:
     if settings.device != "cpu":
         args += ["--device", settings.device]
     return " ".join(shlex.quote(a) for a in args)
+
+
+def _exact(value: float) -> str:
+    """``value`` written so that reading it back as YAML (``--option``) gives the same float:
+    the shortest repr, with a decimal point (YAML 1.1 reads ``1e-05`` as a string)."""
+    text = repr(float(value))
+    mantissa, e, exponent = text.partition("e")
+    if e and "." not in mantissa:
+        text = f"{mantissa}.0e{exponent}"
+    return text
 
 
 def _trial_seeded_tpe(seed: int) -> Any:
@@ -265,6 +277,12 @@ def run_tune(settings: TuneSettings, log: Log = print) -> TuneResult:
     if remaining > 0:
         study.optimize(objective, n_trials=remaining, catch=())
     finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not finished:  # optuna's study.best_trial would say "Record does not exist."
+        raise ValueError(
+            f"none of the {len(study.trials)} trial(s) of study {study_name!r} gave a finite "
+            "validation Δm% (their runs diverged to NaN metrics, or no metric enters Δm%); see "
+            f"their runs in {out / 'trials'}, then try a lower --lr or more --trials"
+        )
     best = study.best_trial
     if best.value is None:  # pragma: no cover - a COMPLETE trial always has a value
         raise RuntimeError(f"best trial {best.number} has no value")
@@ -424,6 +442,10 @@ def _objective(
         trial.set_user_attr("weights", weights)
         trial.set_user_attr("out_dir", str(folder))
         shown = ", ".join(f"{t}={w:.3f}" for t, w in zip(info.names, weights, strict=True))
+        if not math.isfinite(value):  # optuna marks the trial failed; the study goes on
+            log(f"trial {trial.number}: weights {shown} -> validation Δm% not finite (NaN "
+                "metrics: the run diverged); the trial fails")  # fmt: skip
+            return math.nan
         log(f"trial {trial.number}: weights {shown} -> validation Δm% {value:+.2f}")
         return value
 
