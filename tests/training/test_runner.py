@@ -166,3 +166,13 @@ def test_a_run_on_a_dataset_is_reused_only_on_the_same_files(tmp_path):
         run(changed)
     os.utime(image, (stat.st_atime, stat.st_mtime))  # back to the run's files: it resumes
     assert run(changed).test == first.test
+
+
+def test_batchnorm_recalibration_leaves_the_global_random_stream_alone(make_config):
+    from taskbalance.training.batchnorm import batchnorm_layers
+
+    trainer = build_trainer(make_config(out_dir=None))
+    assert batchnorm_layers(trainer.model)  # the multidigits model has BatchNorm
+    state = torch.get_rng_state()
+    assert trainer.recalibrate_batchnorm() > 0
+    assert torch.equal(torch.get_rng_state(), state)  # later draws of the run are unchanged

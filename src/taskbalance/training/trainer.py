@@ -320,7 +320,7 @@ class Trainer:
 
     def recalibrate_batchnorm(self) -> int:
         """Re-estimate BatchNorm running statistics for the current weights from the first
-        ``bn_recalibration`` training samples, in order (no RNG is consumed); see
+        ``bn_recalibration`` training samples, in order (no global RNG is consumed); see
         :mod:`taskbalance.training.batchnorm`. Returns the number of batches used."""
         from .batchnorm import batchnorm_layers, recalibrate_batchnorm
 
@@ -330,7 +330,9 @@ class Trainer:
         from taskbalance.data.loading import batch_loader, loader_batch_size
 
         batch = loader_batch_size(self.train_loader)
-        loader = batch_loader(dataset, batch)
+        # its own generator: a loader without one draws its iterator's seed from torch's global
+        # generator, which would shift every later draw of the run (methods, dropout)
+        loader = batch_loader(dataset, batch, generator=torch.Generator())
         inputs = (to_device(unpack_batch(b)[0], self.device) for b in loader)
 
         def forward(x: Any) -> Any:
