@@ -100,6 +100,22 @@ def _failing_runs(rank: int, world: int, port: int, out: Path) -> dict[str, str]
     return seen
 
 
+def _count_epoch_samples() -> list[float]:
+    """Samples/s times seconds of every epoch line this rank prints (rank 0 alone prints), in
+    the list returned (filled as the runs go)."""
+    import taskbalance.training.trainer as trainer_module
+
+    seen: list[float] = []
+    original = trainer_module.epoch_line
+
+    def counting(out_dir: Any, epoch: int, epochs: int, summary: Any, best: int) -> None:
+        seen.append(summary["samples_per_second"] * summary["seconds"])
+        original(out_dir, epoch, epochs, summary, best)
+
+    trainer_module.epoch_line = counting  # type: ignore[assignment]
+    return seen
+
+
 def worker(rank: int, world: int, job: str, ports: list[int], out_dir: str) -> None:
     import taskbalance.fileio as fileio
     from taskbalance.cli import main
@@ -111,6 +127,7 @@ def worker(rank: int, world: int, job: str, ports: list[int], out_dir: str) -> N
     sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - quiet workers
     try:
         if job == "runs":
+            report["epoch_samples"] = _count_epoch_samples()
             for k, name in enumerate(RUNS):
                 _env(rank, world, ports[k])
                 report[name] = main(argv(name, out))

@@ -112,6 +112,14 @@ def test_two_processes_end_as_one_process_on_the_same_union_batches(
     assert [h["steps"] for h in history] == [3, 3, 3]  # full union batches of 31 of 96 samples
 
 
+def test_samples_per_second_count_every_rank(runs) -> None:
+    # rank 0's epoch lines of the two 3-epoch runs, then compare's: 3 union steps of 31 samples
+    # = 93 an epoch (rank 0's own part: 3 x 16 = 48)
+    counts = runs["reports"][0]["epoch_samples"]
+    assert counts[:6] == pytest.approx([93] * 6, rel=1e-9)
+    assert runs["reports"][1]["epoch_samples"] == []  # rank 1 prints none
+
+
 def test_two_process_compare_reports_once_what_one_process_reports(runs, tmp_path, monkeypatch):
     assert [r["compare"] for r in runs["reports"]] == [0, 0]
     assert [r["compare_again"] for r in runs["reports"]] == [0, 0]

@@ -20,6 +20,7 @@ holds the same parameters, optimizer and method state after each step. On top of
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -103,9 +104,16 @@ class DistributedTrainer(Trainer):
 
     # ------------------------------------------------------------------ training
     def train_epoch(self) -> dict[str, Any]:
+        """One epoch; ``samples_per_second`` counts the union's samples (every rank's), over
+        this rank's time."""
         if self.train_sampler is not None:
             self.train_sampler.set_epoch(self.epoch)
-        return super().train_epoch()
+        summary = super().train_epoch()
+        union = torch.tensor(self._epoch_samples, dtype=torch.int64, device=self.device)
+        dist.all_reduce(union, group=self.group)
+        seconds = summary["seconds"]
+        summary["samples_per_second"] = int(union) / seconds if seconds > 0 else math.nan
+        return summary
 
     def train_step(self, batch: Any, stats: EpochStats | None = None) -> StepInfo | None:
         """One union-batch step; every rank calls it for every step, also with no label."""

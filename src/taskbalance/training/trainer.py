@@ -312,6 +312,7 @@ class Trainer:
         summary["steps"] = stats.steps
         summary["skipped_steps"] = stats.skipped
         summary["seconds_per_step"] = seconds / stats.steps
+        self._epoch_samples = samples  # under torchrun: this rank's part of the union's
         summary["samples_per_second"] = samples / seconds if seconds > 0 else math.nan
         summary["seconds"] = seconds
         self._train_time += seconds
@@ -330,8 +331,7 @@ class Trainer:
         from taskbalance.data.loading import batch_loader, loader_batch_size
 
         batch = loader_batch_size(self.train_loader)
-        # its own generator: a loader without one draws its iterator's seed from torch's global
-        # generator, which would shift every later draw of the run (methods, dropout)
+        # without a generator of its own it would draw its seed from torch's global one
         loader = batch_loader(dataset, batch, generator=torch.Generator())
         inputs = (to_device(unpack_batch(b)[0], self.device) for b in loader)
 
