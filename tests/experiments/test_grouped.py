@@ -125,3 +125,31 @@ def test_shared_parameters_are_counted_without_loading_the_data(
     monkeypatch.setattr(sources, "load_data", refuse)
     for config, (tasks, count) in zip(configs, expected):
         assert _shared_parameters(config, tasks) == count > 0
+
+
+def test_a_second_call_reuses_the_group_runs_and_refuses_other_settings(tmp_path: Path) -> None:
+    from taskbalance.experiments.grouped import train_groups
+
+    out = tmp_path / "g"
+    config = {
+        "benchmark": "synthetic-groups", "size": "tiny", "epochs": 1, "steps": 2,
+        "out_dir": str(out), "progress": False, "tensorboard": False,
+    }  # fmt: skip
+    groups = [["a1", "a2"], ["b1"]]
+    first = train_groups(config, groups, shared=True, log=lambda line: None)
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/checkpoint.pt")}
+    assert len(stamps) == 3
+    lines: list[str] = []
+    again = train_groups(config, groups, shared=True, log=lines.append)
+    assert [line.split(" (")[0] for line in lines if "reused" in line] == [
+        "a1+a2: reused", "b1: reused", "shared: reused"
+    ]
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*/checkpoint.pt")} == stamps
+    assert (again.test, again.shared_test) == (first.test, first.shared_test)
+    assert (again.group_parameters, again.shared_parameters) == (
+        first.group_parameters, first.shared_parameters
+    )
+    with pytest.raises(ValueError, match=r"a1\+a2 holds a finished run .*lr.*--overwrite"):
+        train_groups({**config, "lr": 0.5}, groups, log=lambda line: None)
+    train_groups({**config, "lr": 0.5}, groups, overwrite=True, log=lambda line: None)
+    assert json.loads((out / "b1" / "results.json").read_text())["config"]["lr"] == 0.5

@@ -1,7 +1,8 @@
 """``taskbalance train --groups "a,b;c"``: one network per task group, reported as one model.
 
-Each group is an ordinary run of :func:`taskbalance.training.train` with ``tasks=[group]``, so
-hard sharing inside a group and nothing shared across groups. Every task's metrics come from
+Each group is an ordinary run of the runner (:func:`taskbalance.training.run`) with
+``tasks=[group]``, so hard sharing inside a group and nothing shared across groups; a second call
+reuses the finished group runs and resumes a killed one (``overwrite`` trains them afresh). Every task's metrics come from
 its own group's run; the combined model's compute is the sum over the group networks
 (parameters, and seconds per training step: one step of every group network processes one
 batch), set against one network shared by all the grouped tasks. With single-task baselines,
@@ -172,11 +173,15 @@ def _shared_parameters(config: Any, tasks: Sequence[str]) -> int:
     return count_parameters(model, list(tasks))
 
 
-def _run_one(base: Any, tasks: Sequence[str], folder: Path, overwrite: bool) -> Any:
-    from taskbalance.training import train
+def _run_one(base: Any, tasks: Sequence[str], folder: Path, overwrite: bool, log: Any) -> Any:
+    """The run of one network: through the runner (a finished run reused, a killed one resumed,
+    one of other settings refused naming ``--overwrite``), or trained afresh with ``overwrite``."""
+    from taskbalance.training import run, train
 
-    return train({**base.to_dict(), "tasks": list(tasks), "out_dir": str(folder)},
-                 overwrite=overwrite)  # fmt: skip
+    config = {**base.to_dict(), "tasks": list(tasks), "out_dir": str(folder)}
+    if overwrite:
+        return train(config, overwrite=True)
+    return run(config, log=log, label=folder.name)
 
 
 def train_groups(
@@ -209,7 +214,7 @@ def train_groups(
     start = time.perf_counter()
     for group in groups:
         log(f"group {group_folder(group)}: one network for {len(group)} task(s)")
-        result = _run_one(base, group, out / group_folder(group), overwrite)
+        result = _run_one(base, group, out / group_folder(group), overwrite, log)
         test.update({t: dict((result.test or {})[t]) for t in group})
         params.append(int(result.num_parameters))
         seconds_per_step.append(float(result.seconds_per_step))
@@ -221,7 +226,7 @@ def train_groups(
     )  # fmt: skip
     if shared:
         log(f"shared: one network for all {len(everyone)} grouped tasks")
-        result = _run_one(base, everyone, out / "shared", overwrite)
+        result = _run_one(base, everyone, out / "shared", overwrite, log)
         grouped.shared_test = {t: dict((result.test or {})[t]) for t in everyone}
         grouped.shared_seconds_per_step = float(result.seconds_per_step)
         grouped.shared_parameters = int(result.num_parameters)
