@@ -148,9 +148,8 @@ def test_tune_marks_a_trial_of_nan_metrics_failed_and_says_when_none_finished(
     nan = float("nan")
     with pytest.raises(ValueError, match=r"none of the 2 trial\(s\) .* finite validation Δm%"):
         _tune_with_values(tmp_path, monkeypatch, [nan, nan], trials=2)
-    study = optuna.load_study(
-        study_name="multidigits-static-weights", storage=f"sqlite:///{tmp_path / 'tune' / 'tune.db'}"
-    )
+    storage = f"sqlite:///{tmp_path / 'tune' / 'tune.db'}"
+    study = optuna.load_study(study_name="multidigits-static-weights", storage=storage)
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.FAIL]
     # the next call runs one more (no finished trial yet): metrics 0.6 against 0.5, higher is
     # better: Δm% = -(0.6 - 0.5) / 0.5 x 100 = -20

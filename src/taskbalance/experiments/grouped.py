@@ -2,12 +2,13 @@
 
 Each group is an ordinary run of the runner (:func:`taskbalance.training.run`) with
 ``tasks=[group]``, so hard sharing inside a group and nothing shared across groups; a second call
-reuses the finished group runs and resumes a killed one (``overwrite`` trains them afresh). Every task's metrics come from
-its own group's run; the combined model's compute is the sum over the group networks
-(parameters, and seconds per training step: one step of every group network processes one
-batch), set against one network shared by all the grouped tasks. With single-task baselines,
-Δm% (:mod:`taskbalance.tasks.delta`) scores the combination, and the shared network when it is
-trained too (``shared=True``), so a grouping that ``diagnose`` recommends can be verified.
+reuses the finished group runs and resumes a killed one (``overwrite`` trains them afresh).
+Every task's metrics come from its own group's run; the combined model's compute is the sum
+over the group networks (parameters, and seconds per training step: one step of every group
+network processes one batch), set against one network shared by all the grouped tasks. With
+single-task baselines, Δm% (:mod:`taskbalance.tasks.delta`) scores the combination, and the
+shared network when it is trained too (``shared=True``), so a grouping that ``diagnose``
+recommends can be verified.
 
 Layout of ``out_dir``::
 
