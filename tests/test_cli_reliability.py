@@ -104,16 +104,40 @@ def test_tune_with_a_bad_storage_fails_before_training(tmp_path, capsys):
     assert not (out / "baselines").exists()
 
 
-def test_threads_default_and_override(monkeypatch, capsys):
+def _stat(*cpus: tuple[int, int, int]) -> str:
+    """/proc/stat with per-CPU (user, idle, iowait) jiffies (the other fields 0)."""
+    lines = ["cpu  1 2 3 4 5 6 7 8 9 10", "intr 1 2 3"]
+    lines += [f"cpu{k} {u} 0 0 {i} {w} 0 0 0 0 0" for k, (u, i, w) in enumerate(cpus)]
+    return "\n".join(lines)
+
+
+def _reader(*texts: str | None):
+    snapshots = iter(texts)
+    return lambda: next(snapshots)
+
+
+def test_threads_default_counts_the_cpus_busy_now(monkeypatch, capsys):
+    from taskbalance.cli._runtime import busy_cpus
+
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    # a heavy job just ended: the 1-minute load average still says 1.6, the CPUs are idle now
     monkeypatch.setattr(os, "getloadavg", lambda: (1.6, 1.0, 1.0))
-    assert default_threads()[0] == 1  # two CPUs, both busy: one thread, not two
+    idle = _reader(_stat((5, 5, 0), (5, 5, 0)), _stat((5, 15, 0), (5, 15, 0)))
+    assert default_threads(idle) == (2, "2 CPUs, 0.0 busy")
+    both = _reader(_stat((0, 0, 0), (0, 0, 0)), _stat((10, 0, 0), (9, 1, 0)))
+    assert default_threads(both) == (1, "2 CPUs, 1.9 busy")  # 10/10 + 9/10
+    # waiting on the disk is not busy; CPUs outside the affinity do not count
+    text = _reader(_stat((0, 0, 0), (0, 0, 0), (0, 0, 0)), _stat((4, 2, 4), (0, 5, 5), (9, 1, 0)))
+    assert busy_cpus({0, 1}, text, wait=lambda s: None) == pytest.approx(0.4)
+    # no /proc/stat (not Linux): the load average
+    assert default_threads(_reader(None)) == (1, "2 CPUs, load 1.6")
     monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
-    assert default_threads()[0] == 2
+    assert default_threads(_reader(None))[0] == 2
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
-    assert default_threads()[0] == 4  # capped
-    monkeypatch.setattr(os, "getloadavg", lambda: (62.0, 0.0, 0.0))
-    assert default_threads()[0] == 2
+    quiet = [(0, 10, 0)] * 64
+    assert default_threads(_reader(_stat(*[(0, 0, 0)] * 64), _stat(*quiet)))[0] == 4  # capped
+    busy = [(10, 0, 0)] * 62 + [(0, 10, 0)] * 2
+    assert default_threads(_reader(_stat(*[(0, 0, 0)] * 64), _stat(*busy)))[0] == 2
     assert main(["train", "--threads", "0"]) == 2
     assert "--threads" in capsys.readouterr().err
 

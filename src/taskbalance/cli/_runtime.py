@@ -7,30 +7,85 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from taskbalance.cli._common import MAX_DEFAULT_THREADS, UserError, log
 
+#: ``() -> text of /proc/stat`` (``None`` where it cannot be read).
+StatReader = Callable[[], "str | None"]
 
-def default_threads() -> tuple[int, str]:
+
+def _read_proc_stat() -> str | None:
+    try:
+        with open("/proc/stat", encoding="ascii") as handle:
+            return handle.read()
+    except OSError:  # not Linux
+        return None
+
+
+def _cpu_times(text: str, cpus: Collection[int]) -> dict[int, tuple[int, int]]:
+    """``{cpu: (busy, total)}`` jiffies of the per-CPU lines of /proc/stat: user, nice, system,
+    idle, iowait, irq, softirq, steal (guest time is counted in user already); idle and iowait
+    are not busy."""
+    times = {}
+    for line in text.splitlines():
+        name, *fields = line.split()
+        if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
+            values = [int(v) for v in fields[:8]]
+            total = sum(values)
+            times[int(name[3:])] = (total - values[3] - values[4], total)
+    return times
+
+
+def busy_cpus(
+    cpus: Collection[int],
+    read_stat: StatReader = _read_proc_stat,
+    wait: Callable[[float], Any] = time.sleep,
+    interval: float = 0.1,
+) -> float | None:
+    """How many of ``cpus`` (CPU numbers) other work keeps busy now: the busy fraction of each
+    over ``interval`` seconds (two reads of /proc/stat), summed. ``None`` where /proc/stat cannot
+    be read or names none of ``cpus``."""
+    first = read_stat()
+    if first is None:
+        return None
+    wait(interval)
+    second = read_stat()
+    before, after = _cpu_times(first, cpus), _cpu_times(second or "", cpus)
+    busy = 0.0
+    for cpu in set(before) & set(after):
+        elapsed = after[cpu][1] - before[cpu][1]
+        if elapsed > 0:
+            busy += min(1.0, max(0.0, (after[cpu][0] - before[cpu][0]) / elapsed))
+    return busy if before and after else None
+
+
+def default_threads(read_stat: StatReader = _read_proc_stat) -> tuple[int, str]:
     """The default torch thread count and why: the usable CPUs minus those busy with other work
-    (1-minute load average), between 1 and :data:`MAX_DEFAULT_THREADS`.
+    now (:func:`busy_cpus` over 0.1 s; without /proc/stat, the 1-minute load average), between 1
+    and :data:`MAX_DEFAULT_THREADS`. A load average lags: after a heavy job it still counted the
+    CPUs busy for minutes.
 
     Measured (``benchmarks/bench_threads.py``, 2 CPUs): idle, 2 threads take 0.57x the time of
     one; with two other busy processes, 2 threads take 3.7x the time of one (oversubscription).
     """
     try:
-        cpus = len(os.sched_getaffinity(0))
+        usable = set(os.sched_getaffinity(0))
     except AttributeError:  # not on every platform
-        cpus = os.cpu_count() or 1
-    try:
-        load = os.getloadavg()[0]
-    except (AttributeError, OSError):
-        load = 0.0
-    free = cpus - round(load)
-    threads = max(1, min(MAX_DEFAULT_THREADS, free))
-    return threads, f"{cpus} CPUs, load {load:.1f}"
+        usable = set(range(os.cpu_count() or 1))
+    busy = busy_cpus(usable, read_stat)
+    if busy is not None:
+        why = f"{len(usable)} CPUs, {busy:.1f} busy"
+    else:
+        try:
+            busy = os.getloadavg()[0]
+        except (AttributeError, OSError):
+            busy = 0.0
+        why = f"{len(usable)} CPUs, load {busy:.1f}"
+    threads = max(1, min(MAX_DEFAULT_THREADS, len(usable) - round(busy)))
+    return threads, why
 
 
 def set_threads(requested: int | None) -> None:
