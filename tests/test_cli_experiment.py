@@ -88,6 +88,27 @@ def test_train_records_the_experiment_and_resumes(tmp_path, capsys, monkeypatch)
     capsys.readouterr()
 
 
+def test_groups_train_on_the_experiment_and_a_rerun_reuses_them(tmp_path, capsys):
+    out = tmp_path / "groups"
+    argv = ["train", "--experiment", str(EXAMPLE), "--groups", "spend;churn", "--shared",
+            "--out", str(out), *TINY]  # fmt: skip
+    assert main(argv) == 0
+    report = json.loads((out / "groups.json").read_text())
+    for task in ("spend", "churn"):
+        run = json.loads((out / task / "results.json").read_text())
+        assert run["config"]["tasks"] == [task] and run["config"]["experiment"] == str(EXAMPLE)
+        assert report["test"][task] == run["test"][task]
+    shared = json.loads((out / "shared" / "results.json").read_text())
+    assert report["shared_parameters"] == shared["num_parameters"]
+    capsys.readouterr()
+    assert main(argv) == 0  # every run reused, none trained again
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(" (")[0] for line in lines if "reused" in line] == [
+        "spend: reused", "churn: reused", "shared: reused"
+    ]
+    assert json.loads((out / "groups.json").read_text())["test"] == report["test"]
+
+
 def test_default_run_folder_is_named_after_the_experiment(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     from taskbalance.cli import _build_parser
@@ -110,9 +131,6 @@ def test_bad_calls_are_one_line_errors(tmp_path, capsys):
     _user_error(capsys, ["train", *ex, "--benchmark", "scenes", "--out", str(tmp_path / "e")],
                 "'benchmark'", "does not apply to the experiment file")  # fmt: skip
     _user_error(capsys, ["train", "--experiment", str(tmp_path / "none.yaml")], "does not exist")
-    _user_error(
-        capsys, ["train", *ex, "--groups", "spend;churn"], "--groups", "remove --experiment"
-    )
     broken = tmp_path / "broken.yaml"
     text = EXAMPLE.read_text().replace("model: customers:build", "model: customers:bild")
     broken.write_text(text.replace("python_path: .", f"python_path: {EXAMPLE.parent}"))

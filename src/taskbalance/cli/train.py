@@ -199,8 +199,6 @@ def _train_groups(args: argparse.Namespace) -> int:
     from taskbalance.experiments.grouped import parse_groups, train_groups, write_grouped_report
 
     data = _train_config_dict(args)
-    if data.get("experiment") is not None:
-        raise UserError("--groups trains on the built-in benchmarks; remove --experiment")
     if args.out is None and args.config is None:  # the default folder, marked as groups
         data["out_dir"] += "-groups"
     _check_run_folder(args, data["out_dir"])
