@@ -256,3 +256,37 @@ def test_rep_detach_model_still_trains_its_backbone(method):
     if method == "mean":
         with pytest.raises(ValueError, match="rep_detach"):
             Trainer(model, tasks(), MeanAggregation(2), *loaders(), mode="param")
+
+
+@pytest.mark.parametrize("labelled_b", [1.0, 0.5])
+def test_gradnorm_gets_the_head_views_and_trains_as_without_them(monkeypatch, labelled_b):
+    # The Trainer hands GradNorm the heads' views of the features (one head pass and one
+    # batched backward for the T norms); the run equals one whose Balancer gets no features
+    # (T passes from each loss to the last shared layer), to float rounding.
+    from taskbalance.balancing import Balancer
+
+    fast = []
+    step = Balancer._grad_norm_step
+
+    def counted(self, *args):
+        fast.append(1)
+        return step(self, *args)
+
+    monkeypatch.setattr(Balancer, "_grad_norm_step", counted)
+    runs = []
+    for views in (True, False):
+        model = make_model()
+        if not views:  # the slow path: no shared representation, so no features are passed
+            model.supports_rep_mode = False
+        fast.clear()
+        kwargs = {"progress": False, "lr": 0.05, "epochs": 2}
+        result = Trainer(model, tasks(), "gradnorm", *loaders(labelled_b), **kwargs).fit()
+        assert len(fast) == (12 if views else 0)  # 2 epochs of 6 batches
+        runs.append((snapshot(model), result.history))
+    (fast_state, fast_history), (slow_state, slow_history) = runs
+    for key, value in slow_state.items():
+        torch.testing.assert_close(fast_state[key], value, rtol=1e-5, atol=1e-6)
+    for a, b in zip(fast_history, slow_history):
+        for task in ("a", "b"):
+            assert a["weights"][task] == pytest.approx(b["weights"][task], rel=1e-5)
+            assert a["train_loss"][task] == pytest.approx(b["train_loss"][task], rel=1e-5)

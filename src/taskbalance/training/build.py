@@ -17,6 +17,7 @@ from taskbalance.validation import is_int
 __all__ = [
     "check_counts",
     "choose_mode",
+    "passes_features",
     "rep_features",
     "resolve_method",
     "resolve_tasks",
@@ -76,10 +77,28 @@ def resolve_method(
     return method
 
 
+def passes_features(method: Method, mode: str, model: nn.Module) -> bool:
+    """Whether a step hands the Balancer the shared features: rep mode for a gradient method,
+    and GradNorm (``needs_last_layer_grad_norms``) whenever the model has one shared
+    representation below which every shared parameter lies (``supports_rep_mode``, not
+    ``rep_detach``): its T norms then take one head pass and one batched backward from the
+    features instead of T passes through the heads and the top of the trunk (same numbers to
+    float rounding)."""
+    if method.kind == "gradient":
+        return mode == "rep"
+    return (
+        bool(getattr(method, "needs_last_layer_grad_norms", False))
+        and bool(getattr(model, "supports_rep_mode", True))
+        and not getattr(model, "rep_detach", False)
+    )
+
+
 def rep_features(model: nn.Module, losses: Mapping[str, Any], balancer: Any) -> Any:
-    """What a rep-mode step hands the Balancer: the heads' own views of the features when the
-    model has them (``head_inputs``: one backward gives every task's row; one process only),
-    else the shared features."""
+    """What a step hands the Balancer: None unless :func:`passes_features`; then the heads' own
+    views of the features when the model has them (``head_inputs``: one backward gives every
+    task's row; one process only), else the shared features."""
+    if not passes_features(balancer.method, balancer.mode, model):
+        return None
     inputs = getattr(model, "head_inputs", None)
     if inputs is None or balancer.distributed:
         return getattr(model, "features", None)

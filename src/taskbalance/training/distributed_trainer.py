@@ -127,7 +127,8 @@ class DistributedTrainer(Trainer):
         except Exception as exc:  # the other ranks raise too, in the Balancer's first collective
             abort_step(self.balancer, exc)
         self.optimizer.zero_grad(set_to_none=True)
-        features: Any = self.model.features if self._rep else None
+        rep = self.mode == "rep" and self.method.kind == "gradient"  # the union's rep mode
+        features: Any = self.model.features if rep else None
         try:
             info = self.balancer.backward(losses, features=features, counts=counts)
         except EmptyStepError:  # raised on every rank alike

@@ -194,11 +194,6 @@ class Trainer:
         self._train_steps = 0
 
     @property
-    def _rep(self) -> bool:
-        """Rep mode for a gradient method: the Balancer needs the shared features."""
-        return self.mode == "rep" and self.method.kind == "gradient"
-
-    @property
     def _rep_detach(self) -> bool:
         return bool(getattr(self.model, "rep_detach", False))
 
@@ -240,7 +235,7 @@ class Trainer:
             return None
         losses, scale = self.precision.prepare_losses(losses)
         self.optimizer.zero_grad(set_to_none=True)
-        features: Any = rep_features(self.model, losses, self.balancer) if self._rep else None
+        features: Any = rep_features(self.model, losses, self.balancer)
         info = self.balancer.backward(losses, features=features)
         return self._apply_step(info, scale, stats)  # unscale, clip, optimizer step
 
