@@ -207,32 +207,55 @@ def test_pcgrad_many_tasks_against_numpy(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("chunk", [1 << 15, 16])  # 16: chunks of 16, 16 and a remainder of 8
-def test_graddrop_against_numpy(dtype, chunk, monkeypatch):
+@pytest.mark.parametrize("n", [3, 20])  # 20: column sums of >= 16 rows are summed pairwise
+@pytest.mark.parametrize("columns", [None, 16])  # 16: chunks of 16, 16 and a remainder of 8
+def test_graddrop_against_numpy(dtype, n, columns, monkeypatch):
     from taskbalance.balancing.aggregation import graddrop
 
-    monkeypatch.setattr(graddrop, "CHUNK", chunk)
+    if columns is not None:
+        monkeypatch.setattr(graddrop, "CHUNK", columns * n)
     rng = np.random.default_rng(4)
-    J = rng.standard_normal((3, 40))
+    J = rng.standard_normal((n, 40))
     J[:, :5] = np.abs(J[:, :5])  # all positive: always kept
     J[:, 5:8] = 0.0  # all zero: P = 1/2, contributes nothing
     Jt = torch.tensor(J, dtype=dtype)
     J = Jt.double().numpy()
-    for leak in (0.0, [0.0, 0.5, 1.0]):
+    for leak in (0.0, np.linspace(0.0, 1.0, n).tolist()):
+        # The same U: one torch.rand(40) of a generator seeded like the method's.
         U = torch.rand(40, generator=torch.Generator().manual_seed(7), dtype=dtype).double().numpy()
         mass = np.abs(J).sum(0)
         P = 0.5 * (1 + np.divide(J.sum(0), mass, out=np.zeros(40), where=mass > 0))
         M = ((P > U) & (J > 0)) | ((P < U) & (J < 0))
-        ell = np.broadcast_to(np.asarray(leak, dtype=float), (3,))[:, None]
+        ell = np.broadcast_to(np.asarray(leak, dtype=float), (n,))[:, None]
         expected = ((ell + (1 - ell) * M) * J).sum(0)
-        m = taskbalance.create("graddrop", 3, seed=7, leak=leak)
+        m = taskbalance.create("graddrop", n, seed=7, leak=leak)
         d = m.aggregate(Jt)
-        close(d, expected, dtype)
+        close(d, expected, dtype, scale=n)
         assert m.last_weights is None
-        close(d[:5], J[:, :5].sum(0), dtype)
-    all_leak = taskbalance.create("graddrop", 3, seed=0, leak=1.0).aggregate(Jt)
-    close(all_leak, J.sum(0), dtype)
+        close(d[:5], J[:, :5].sum(0), dtype, scale=n)
+        torch.manual_seed(7)  # the global RNG (seed=None) draws the same numbers
+        same = taskbalance.create("graddrop", n, leak=leak).aggregate(Jt)
+        assert torch.equal(same, d)
+    all_leak = taskbalance.create("graddrop", n, seed=0, leak=1.0).aggregate(Jt)
+    close(all_leak, J.sum(0), dtype, scale=n)
     assert taskbalance.create("graddrop", 2).prefers_rep_mode
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_graddrop_keeps_the_positive_sign_with_probability_p(dtype):
+    """Two tasks, g_1 = P > 0 and g_2 = P - 1 < 0 in every column of a group: the purity is P,
+    and d is g_1 (positive sign kept) with probability P, else g_2 - never 0, never the sum.
+    The kept fraction of each group must lie within 5 binomial standard deviations of P."""
+    per = 20_000
+    probs = torch.tensor([0.002, 0.05, 0.3, 0.5, 0.7, 0.95, 0.998], dtype=dtype)
+    p = probs.repeat_interleave(per)
+    J = torch.stack([p, p - 1.0])
+    d = taskbalance.create("graddrop", 2, seed=3).aggregate(J)
+    assert bool(((d == J[0]) | (d == J[1])).all())
+    kept = (d > 0).reshape(len(probs), per).double().mean(1)
+    expected = probs.double()
+    bound = 5 * (expected * (1 - expected) / per).sqrt()
+    assert bool(((kept - expected).abs() <= bound).all()), (kept.tolist(), bound.tolist())
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
