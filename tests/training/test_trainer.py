@@ -274,19 +274,22 @@ def test_gradnorm_gets_the_head_views_and_trains_as_without_them(monkeypatch, la
 
     monkeypatch.setattr(Balancer, "_grad_norm_step", counted)
     runs = []
-    for views in (True, False):
+    for variant in ("views", "no shared representation", "no views"):
         model = make_model()
-        if not views:  # the slow path: no shared representation, so no features are passed
+        if variant == "no shared representation":  # the slow path: no features are passed
             model.supports_rep_mode = False
+        if variant == "no views":  # features but no views: GradNorm's norms from the losses
+            model.__class__ = type("NoViews", (MultiTaskModel,), {"head_inputs": None})
         fast.clear()
         kwargs = {"progress": False, "lr": 0.05, "epochs": 2}
         result = Trainer(model, tasks(), "gradnorm", *loaders(labelled_b), **kwargs).fit()
-        assert len(fast) == (12 if views else 0)  # 2 epochs of 6 batches
+        assert len(fast) == (12 if variant == "views" else 0)  # 2 epochs of 6 batches
         runs.append((snapshot(model), result.history))
-    (fast_state, fast_history), (slow_state, slow_history) = runs
-    for key, value in slow_state.items():
-        torch.testing.assert_close(fast_state[key], value, rtol=1e-5, atol=1e-6)
-    for a, b in zip(fast_history, slow_history):
-        for task in ("a", "b"):
-            assert a["weights"][task] == pytest.approx(b["weights"][task], rel=1e-5)
-            assert a["train_loss"][task] == pytest.approx(b["train_loss"][task], rel=1e-5)
+    (fast_state, fast_history), *slow_runs = runs
+    for slow_state, slow_history in slow_runs:
+        for key, value in slow_state.items():
+            torch.testing.assert_close(fast_state[key], value, rtol=1e-5, atol=1e-6)
+        for a, b in zip(fast_history, slow_history):
+            for task in ("a", "b"):
+                assert a["weights"][task] == pytest.approx(b["weights"][task], rel=1e-5)
+                assert a["train_loss"][task] == pytest.approx(b["train_loss"][task], rel=1e-5)

@@ -79,11 +79,11 @@ def resolve_method(
 
 def passes_features(method: Method, mode: str, model: nn.Module) -> bool:
     """Whether a step hands the Balancer the shared features: rep mode for a gradient method,
-    and GradNorm (``needs_last_layer_grad_norms``) whenever the model has one shared
-    representation below which every shared parameter lies (``supports_rep_mode``, not
-    ``rep_detach``): its T norms then take one head pass and one batched backward from the
-    features instead of T passes through the heads and the top of the trunk (same numbers to
-    float rounding)."""
+    and GradNorm (``needs_last_layer_grad_norms``) when the model has one shared representation
+    below which every shared parameter lies (``supports_rep_mode``, not ``rep_detach``) and
+    hands each head its own view of it (``head_inputs``, see :func:`rep_features`): its T norms
+    then take one head pass and one batched backward from the features instead of T passes
+    through the heads and the top of the trunk (same numbers to float rounding)."""
     if method.kind == "gradient":
         return mode == "rep"
     return (
@@ -96,12 +96,14 @@ def passes_features(method: Method, mode: str, model: nn.Module) -> bool:
 def rep_features(model: nn.Module, losses: Mapping[str, Any], balancer: Any) -> Any:
     """What a step hands the Balancer: None unless :func:`passes_features`; then the heads' own
     views of the features when the model has them (``head_inputs``: one backward gives every
-    task's row; one process only), else the shared features."""
+    task's row; one process only), else the shared features (gradient methods; GradNorm gets
+    only views, which its heads provably read, else None: the norms from the losses)."""
     if not passes_features(balancer.method, balancer.mode, model):
         return None
     inputs = getattr(model, "head_inputs", None)
     if inputs is None or balancer.distributed:
-        return getattr(model, "features", None)
+        gradient = balancer.method.kind == "gradient"
+        return getattr(model, "features", None) if gradient else None
     return {task: inputs[task] for task in losses}
 
 
