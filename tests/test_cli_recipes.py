@@ -29,7 +29,7 @@ def test_recipes_lists_name_dataset_model_protocol_source(capsys) -> None:
         assert f"model:     {recipe.model}" in block
         assert f"protocol:  {recipe.summary()}" in block
         assert f"source:    {recipe.source}" in block
-    assert "published: 10 rows (LS, RLW, DWA, MGDA, GradDrop" in out
+    assert "published: 11 rows (LS, UW, RLW, DWA, MGDA, PCGrad, GradDrop" in out
     assert "note:" not in out
     assert cli.main(["recipes", "--verbose"]) == 0
     verbose = capsys.readouterr().out

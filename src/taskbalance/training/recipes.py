@@ -13,10 +13,12 @@ then MPS, then the CPU); every recipe also runs on the CPU with ``--steps 1`` fo
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from taskbalance.validation import registered
+
+from .published_tables import CITYSCAPES_MTAN, NYUV2_MTAN, PublishedRow, PublishedTable
 
 __all__ = [
     "RECIPES",
@@ -32,26 +34,6 @@ _MERGED_KEYS = ("model_options", "dataset_options", "optimizer_options", "schedu
 
 
 @dataclass(frozen=True)
-class PublishedRow:
-    """Published test numbers of one method under a recipe's protocol.
-
-    Attributes:
-        method: our method name (``"ew"``, ``"nash_mtl"``, ...).
-        label: the row's name in the paper (``"LS"``, ``"Nash-MTL"``).
-        metrics: ``{task: {metric: value}}`` in taskbalance's names and units (fractions, not
-            percentages); only the cells that were checked are stored.
-        source: paper and table.
-        checked: where the numbers were read (so a reader can tell how far to trust them).
-    """
-
-    method: str
-    label: str
-    metrics: Mapping[str, Mapping[str, float]]
-    source: str
-    checked: str
-
-
-@dataclass(frozen=True)
 class Recipe:
     """A published protocol (see the module docstring).
 
@@ -64,7 +46,8 @@ class Recipe:
         source: paper and table (or section) it follows; ``code``: the reference code read for
             the settings the paper does not state.
         notes: where we differ from the reference, and why.
-        published: published rows to print beside ours.
+        published_table: the paper's table whose rows are printed beside ours (``None``: no
+            published numbers are stored; ``notes`` says why).
     """
 
     name: str
@@ -75,7 +58,17 @@ class Recipe:
     source: str
     code: str
     notes: tuple[str, ...] = ()
-    published: tuple[PublishedRow, ...] = field(default_factory=tuple)
+    published_table: PublishedTable | None = None
+
+    @property
+    def published(self) -> tuple[PublishedRow, ...]:
+        """The published method rows to print beside ours (none without a table)."""
+        return () if self.published_table is None else self.published_table.rows
+
+    @property
+    def published_baseline(self) -> PublishedRow | None:
+        """The published table's single-task row (what its Δm% is measured against)."""
+        return None if self.published_table is None else self.published_table.baseline
 
     @property
     def final(self) -> str:
@@ -114,78 +107,13 @@ _SENER_KOLTUN_CODE = (
     "https://github.com/isl-org/MultiObjectiveOptimization (sample.json, train_multi_task.py, "
     "models/multi_faces_resnet.py, models/multi_lenet.py, loaders/multi_mnist_loader.py)"
 )
-_REPRINT = (
-    "read from Tables 2 (Cityscapes) and 3 (NYUv2) of the IMGrad paper's text, which reprints "
-    "the rows of Navon et al. 2022 and of the MoCo (Fernando et al., ICLR 2023) and FAMO (Liu et "
-    "al., NeurIPS 2023) papers; the NYUv2 depth errors are rounded to 2 decimals there; Nash-MTL's "
-    "mIoU (40.13 / 75.41) also matches the paper's Papers with Code entry"
+_SENER_KOLTUN_NOTES = (
+    "no published numbers are stored: the paper's MultiMNIST and CelebA tables could not be read "
+    "from any source reachable when this recipe was written (neither the paper's text nor a "
+    "reprint of those tables); the protocol is the reference code's, which the paper points to",
+    "the reference code multiplies the lr by 0.85 at the start of epochs 10, 20, ... (counting "
+    "from 1); StepLR(10) here does it one epoch later (epochs 11, 21, ...)",
 )
-_ORIGIN = {
-    "MoCo": "Fernando et al., ICLR 2023",
-    "FAMO": "Liu et al., NeurIPS 2023",
-}
-_METHODS = {
-    "LS": "ew", "RLW": "rlw", "DWA": "dwa", "MGDA": "mgda", "GradDrop": "graddrop",
-    "PCGrad": "pcgrad", "CAGrad": "cagrad", "Nash-MTL": "nash_mtl", "MoCo": "moco", "FAMO": "famo",
-}  # fmt: skip
-# NYUv2, MTAN, 200 epochs, mean of the last 10 (percent as printed): mIoU, pixel acc, abs err,
-# rel err, mean angle, median angle, within 11.25, 22.5, 30
-_NYUV2_TABLE = {
-    "LS": (39.29, 65.33, 0.55, 0.23, 28.15, 23.96, 22.09, 47.50, 61.08),
-    "RLW": (37.17, 63.77, 0.58, 0.24, 28.27, 24.18, 22.26, 47.05, 60.62),
-    "DWA": (39.11, 65.31, 0.55, 0.23, 27.61, 23.18, 24.17, 50.18, 62.39),
-    "MGDA": (30.47, 59.90, 0.61, 0.26, 24.88, 19.45, 29.18, 56.88, 69.36),
-    "GradDrop": (39.39, 65.12, 0.55, 0.23, 27.48, 22.96, 23.38, 49.44, 62.87),
-    "PCGrad": (38.06, 64.64, 0.56, 0.23, 27.41, 22.80, 23.86, 49.83, 63.14),
-    "CAGrad": (39.79, 65.49, 0.55, 0.23, 26.31, 21.58, 25.61, 52.36, 65.58),
-    "Nash-MTL": (40.13, 65.93, 0.53, 0.22, 25.26, 20.08, 28.40, 55.47, 68.15),
-    "MoCo": (40.30, 66.07, 0.56, 0.21, 26.67, 21.83, 25.61, 51.78, 64.85),
-    "FAMO": (38.88, 64.90, 0.55, 0.22, 25.06, 19.57, 29.21, 56.61, 68.98),
-}
-# Cityscapes (7 classes), MTAN: mIoU, pixel acc (percent), depth abs err
-_CITYSCAPES_TABLE = {
-    "LS": (75.18, 93.49, 0.0155),
-    "RLW": (74.57, 93.41, 0.0158),
-    "DWA": (75.24, 93.52, 0.0160),
-    "MGDA": (68.84, 91.54, 0.0309),
-    "GradDrop": (75.27, 93.53, 0.0157),
-    "PCGrad": (75.13, 93.48, 0.0154),
-    "CAGrad": (75.16, 93.48, 0.0141),
-    "Nash-MTL": (75.41, 93.66, 0.0129),
-    "MoCo": (75.42, 93.55, 0.0149),
-    "FAMO": (74.54, 93.29, 0.0145),
-}
-
-
-def _nyuv2_metrics(v: tuple[float, ...]) -> dict[str, dict[str, float]]:
-    pct = [round(x / 100, 6) for x in v]
-    return {
-        "segmentation": {"miou": pct[0], "pixel_acc": pct[1]},
-        "depth": {"abs_err": v[2], "rel_err": v[3]},
-        "normals": {"mean_angle": v[4], "median_angle": v[5], "within_11.25": pct[6],
-                    "within_22.5": pct[7], "within_30": pct[8]},
-    }  # fmt: skip
-
-
-def _cityscapes_metrics(v: tuple[float, ...]) -> dict[str, dict[str, float]]:
-    return {
-        "segmentation": {"miou": round(v[0] / 100, 6), "pixel_acc": round(v[1] / 100, 6)},
-        "depth": {"abs_err": v[2]},
-    }
-
-
-def _published(table: Mapping[str, tuple[float, ...]], to_metrics: Any, paper_table: str) -> tuple:
-    """One :class:`PublishedRow` per printed row (values converted to our names and units)."""
-    return tuple(
-        PublishedRow(
-            method=_METHODS[label],
-            label=label,
-            metrics=to_metrics(values),
-            source=_ORIGIN.get(label, f"Navon et al., ICML 2022, {paper_table}"),
-            checked=_REPRINT,
-        )
-        for label, values in table.items()
-    )
 
 
 def _mtan_config(dataset: str, *, batch_size: int, **dataset_options: Any) -> dict[str, Any]:
@@ -219,7 +147,7 @@ RECIPES: dict[str, Recipe] = {
         "(protocol of Liu et al., CVPR 2019, with CAGrad's augmentation)",
         code=_MTAN_CODE,
         notes=_MTAN_NOTES + ("validation = the test split, as in the reference code",),
-        published=_published(_NYUV2_TABLE, _nyuv2_metrics, "Table 2"),
+        published_table=NYUV2_MTAN,
     ),
     "cityscapes-mtan": Recipe(
         name="cityscapes-mtan",
@@ -231,12 +159,13 @@ RECIPES: dict[str, Recipe] = {
         "NeurIPS 2021)",
         code=_MTAN_CODE,
         notes=_MTAN_NOTES[:1] + ("validation = the test split, as in the reference code",),
-        published=_published(_CITYSCAPES_TABLE, _cityscapes_metrics, "Table 3"),
+        published_table=CITYSCAPES_MTAN,
     ),
     "celeba-resnet18": Recipe(
         name="celeba-resnet18",
         dataset="celeba",
-        model="ResNet-18 (3x3 stem, no max-pool) shared, 2x2 average pool, 40 linear heads",
+        model="ResNet-18 (3x3 stem, no max-pool) shared, average-pooled to 2 x 2 (2048 features), "
+        "40 linear heads 2048 -> 2",
         config={
             "dataset": "celeba",
             "dataset_options": {"image_size": 64},
@@ -251,10 +180,13 @@ RECIPES: dict[str, Recipe] = {
         },
         seeds=(0,),
         source="Sener & Koltun, 'Multi-Task Learning as Multi-Objective Optimization', "
-        "NeurIPS 2018, CelebA experiment (Sec. 6)",
+        "NeurIPS 2018, CelebA experiment",
         code=_SENER_KOLTUN_CODE,
-        notes=(
-            "images are scaled to [0, 1]; the reference code subtracts a per-channel mean",
+        notes=_SENER_KOLTUN_NOTES
+        + (
+            "images are scaled to [0, 1]; the reference code subtracts a per-channel mean and "
+            "then resizes with scipy's imresize, which stretches each image to 0-255 again",
+            "validation is CelebA's official val partition, as in the reference code",
             "lr x0.85 every 10 epochs and 100 epochs: train_multi_task.py; Adam 5e-4, batch "
             "256: the repository's sample.json (its CelebA configuration)",
         ),
@@ -262,7 +194,8 @@ RECIPES: dict[str, Recipe] = {
     "multimnist-lenet": Recipe(
         name="multimnist-lenet",
         dataset="multimnist",
-        model="LeNet (2 conv + fc 50) shared, two heads fc 50-50-10 (Sener & Koltun)",
+        model="LeNet (conv 10, conv 20 + dropout, fc 50) shared, two heads fc 50-50-10 with "
+        "dropout (Sener & Koltun's code)",
         config={
             "dataset": "multimnist",
             "dataset_options": {"val_size": 10_000},
@@ -277,9 +210,10 @@ RECIPES: dict[str, Recipe] = {
             "eval_batch_size": 100,
         },
         seeds=(0,),
-        source="Sener & Koltun, NeurIPS 2018, MultiMNIST experiment (Sec. 6)",
+        source="Sener & Koltun, NeurIPS 2018, MultiMNIST experiment",
         code=_SENER_KOLTUN_CODE,
-        notes=(
+        notes=_SENER_KOLTUN_NOTES
+        + (
             "the reference code has no validation split (it validates on test); here the last "
             "10,000 MNIST training images build the validation set",
             "Adam 5e-4 and batch 256 come from the repository's sample configuration, which it "
