@@ -7,9 +7,10 @@ import json
 from pathlib import Path
 
 import pytest
+from _cli_errors import user_error
 
 from taskbalance import cli
-from taskbalance.cli import compare
+from taskbalance.cli import compare, tune
 from taskbalance.data.real.fake import write_fake_dataset
 from taskbalance.training.recipes import RECIPES, get_recipe
 
@@ -36,6 +37,10 @@ def test_recipes_lists_name_dataset_model_protocol_source(capsys) -> None:
     assert "note:      taskbalance computes depth" in verbose
     # the printed percent 40.13 / 65.93 / 28.40 as fractions, the angles in degrees
     assert "Nash-MTL: segmentation miou 0.4013, segmentation pixel_acc 0.6593" in verbose
+    assert "depth abs_err 0.5261, depth rel_err 0.2171, normals" in verbose  # 4 decimals
+    assert "within_30 0.6815, Δm% -4.04 (Navon et al., ICML 2022, Table 2)" in verbose
+    assert "STL: segmentation miou 0.383, segmentation pixel_acc 0.6376" in verbose
+    assert "no published numbers are stored" in verbose  # celeba-resnet18, multimnist-lenet
     assert "normals mean_angle 25.26, normals median_angle 20.08, normals within_11.25 0.284" in (
         verbose
     )
@@ -147,3 +152,85 @@ def test_compare_with_a_recipe_prints_the_published_rows(tmp_path: Path) -> None
     assert (
         json.loads((tmp_path / "cmp" / "results.json").read_text())["recipe"] == "cityscapes-mtan"
     )
+
+
+def _tune_settings(argv: list[str]):
+    args = cli._build_parser().parse_args(argv)
+    args.argv = argv
+    return tune._recipe_settings(args, _plain_tune_settings(args))
+
+
+def _plain_tune_settings(args):
+    from taskbalance.cli._common import data_settings
+    from taskbalance.experiments.tune import TuneSettings
+
+    fields = {k: getattr(args, k) for k in ("epochs", "steps", "device", "lr", "batch_size")}
+    return TuneSettings(benchmark="multidigits", **data_settings(args), **fields)
+
+
+def test_tune_follows_the_recipe_under_the_flags_given(capsys) -> None:
+    from taskbalance.experiments.tune import train_command
+
+    s = _tune_settings(["tune", "--recipe", "nyuv2-mtan", "--data-root", "/d"])
+    assert (s.dataset, s.data_root, s.epochs, s.steps, s.batch_size, s.lr, s.device) == (
+        "nyuv2", "/d", 200, None, 2, 1e-4, "auto"
+    )  # fmt: skip
+    assert s.extra["model_options"] == {"architecture": "mtan"} and s.extra["final_epochs"] == 10
+    assert (s.extra["scheduler"], s.extra["scheduler_options"]) == ("step", RECIPES[
+        "nyuv2-mtan"].config["scheduler_options"])  # fmt: skip
+    # the weights are tuned on a held-out part of the training folder, not on the test split
+    assert s.dataset_options == {"val_fraction": 0.1, "augment": True}
+    assert "not on the test split" in capsys.readouterr().out
+    command = train_command(s, [1.0, 1.0, 1.0])
+    assert command.startswith("taskbalance train --recipe nyuv2-mtan --data-root /d ")
+    assert "--dataset-option=val_fraction=0.1" in command and "--dataset " not in command
+    argv = ["tune", "--recipe", "nyuv2-mtan", "--data-root", "/d", "--epochs", "3", "--steps"]
+    argv += ["2", "--batch-size", "4", "--device", "cpu", "--dataset-option", "val_fraction=0"]
+    s = _tune_settings(argv)
+    assert (s.epochs, s.steps, s.batch_size, s.device) == (3, 2, 4, "cpu")
+    assert s.dataset_options["val_fraction"] == 0  # given: the recipe's test-split validation
+
+
+def test_tune_command_takes_a_recipe(tmp_path: Path, monkeypatch, capsys) -> None:
+    import taskbalance.experiments.tune as tuning
+
+    seen = []
+
+    def fake_run_tune(settings, log):
+        seen.append(settings)
+        return tuning.TuneResult("s", "sqlite://", 1, 0.0, {"a": 1.0, "b": 1.0}, "cmd")
+
+    monkeypatch.setattr(tuning, "run_tune", fake_run_tune)
+    argv = ["tune", "--recipe", "cityscapes-mtan", "--data-root", "/d", "--out", str(tmp_path)]
+    assert cli.main(argv) == 0
+    assert seen[0].recipe == "cityscapes-mtan" and seen[0].dataset == "cityscapes"
+    assert seen[0].extra["final_epochs"] == 10
+    for extra in (["--benchmark", "multidigits"], ["--experiment", "x.yaml"]):
+        user_error(capsys, [*argv, *extra], "--recipe sets a published dataset", f"drop {extra[0]}")
+
+
+def test_tune_with_a_recipe_runs_a_trial_on_fake_data(tmp_path: Path, capsys) -> None:
+    import yaml
+
+    root = write_fake_dataset("cityscapes", tmp_path / "cs", train=4, test=2, size=(32, 32))
+    argv = ["tune", "--recipe", "cityscapes-mtan", "--data-root", str(root), "--trials", "1"]
+    argv += ["--steps", "1", "--epochs", "1", "--device", "cpu", "--out", str(tmp_path / "t")]
+    argv += ["--dataset-option", "val_fraction=0.5", "--batch-size", "2"]
+    args = cli._build_parser().parse_args(argv)
+    args.argv = argv
+    settings = tune._recipe_settings(args, _plain_tune_settings(args))
+    settings.extra["model_options"] = {**settings.extra["model_options"], "width": 4}  # CPU-sized
+    from dataclasses import replace
+
+    from taskbalance.experiments.tune import run_tune
+
+    result = run_tune(replace(settings, out_dir=str(tmp_path / "t"), trials=1), log=lambda _: None)
+    assert result.trials == 1 and set(result.best_weights) == {"segmentation", "depth"}
+    assert result.command.startswith("taskbalance train --recipe cityscapes-mtan --data-root ")
+    trial = next((tmp_path / "t" / "trials").iterdir())
+    config = yaml.safe_load(next(trial.rglob("config.yaml")).read_text())
+    recipe = RECIPES["cityscapes-mtan"].config
+    for key in ("optimizer", "scheduler", "scheduler_options", "final_epochs", "weight_decay"):
+        assert config[key] == recipe[key], key
+    assert config["model_options"] == {"architecture": "mtan", "width": 4}
+    assert config["dataset_options"] == {"val_fraction": 0.5, "augment": True, "num_classes": 7}

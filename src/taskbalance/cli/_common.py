@@ -168,10 +168,15 @@ def data_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def require_data(args: argparse.Namespace) -> None:
-    """Exactly one of ``--benchmark``, ``--dataset`` and ``--experiment`` (tune, diagnose)."""
+    """Exactly one of ``--benchmark``, ``--dataset`` and ``--experiment`` (tune, diagnose);
+    ``--recipe`` names a dataset too (``--dataset`` may repeat the recipe's)."""
     flags = {"--benchmark": args.benchmark, "--dataset": args.dataset,
              "--experiment": args.experiment}  # fmt: skip
     given = [flag for flag, value in flags.items() if value is not None]
+    if getattr(args, "recipe", None) is not None:  # it sets the dataset (and refuses another)
+        if given not in ([], ["--dataset"]):
+            raise UserError(f"--recipe sets a published dataset and model; drop {given[-1]}")
+        return
     if len(given) != 1:
         said = {0: "neither given", 2: "both {} and {} given"}.get(len(given), "all three given")
         raise UserError(
@@ -281,6 +286,44 @@ def add_threads_flag(p: argparse.ArgumentParser) -> None:
         help="torch CPU threads (default: the CPUs not busy with other work, at most "
         f"{MAX_DEFAULT_THREADS}; the choice is printed)",
     )
+
+
+def explicit_dests(args: argparse.Namespace, add_command: Any) -> set[str]:
+    """The flags (argparse dests) given on the command line ``args.argv``, found by parsing it
+    again with every default suppressed; ``add_command`` adds the command it is for."""
+    parser, sub = new_parser()
+    add_command(sub, command_defaults())
+    for p in [parser, *sub.choices.values()]:
+        p._defaults.clear()
+        for action in p._actions:
+            action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(args.argv))) - {"command"}
+
+
+#: The data settings a recipe sets (compare's and tune's settings fields of the same name).
+_RECIPE_DATA = ("dataset", "data_root", "dataset_options")
+
+
+def recipe_settings(
+    args: argparse.Namespace, settings: Any, fields: Sequence[str], add_command: Any
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Recipe ``args.recipe`` applied under the flags given explicitly, for compare's or tune's
+    settings: ``(fields, extra)``, the values of ``dataset``, ``data_root``,
+    ``dataset_options``, ``steps`` and of ``fields`` (settings fields named like their flags:
+    ``epochs``, ``device``, ...), and ``settings.extra`` with the rest of the recipe's
+    TrainConfig (model options, optimizer, schedule, ...) on top."""
+    from taskbalance.training.recipes import recipe_config
+
+    if getattr(settings, "experiment", None) is not None:
+        raise UserError("--recipe sets a published dataset and model; drop --experiment or it")
+    given = explicit_dests(args, add_command)
+    explicit = {k: getattr(settings, k) for k in (*fields, "steps") if k in given}
+    explicit.update({k: getattr(settings, k) for k in _RECIPE_DATA if getattr(settings, k)})
+    cfg = recipe_config(args.recipe, explicit)
+    values = {k: cfg.pop(k, None) for k in _RECIPE_DATA}
+    values.update({k: cfg.pop(k) for k in fields})
+    values["steps"] = cfg.pop("steps", None)  # whole epochs unless --steps
+    return values, {**settings.extra, **cfg}
 
 
 def add_recipe_flag(p: argparse.ArgumentParser) -> None:

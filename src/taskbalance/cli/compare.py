@@ -13,15 +13,15 @@ from taskbalance.cli._common import (
     add_nproc_flag,
     add_recipe_flag,
     add_training_flags,
-    command_defaults,
     data_name,
     data_settings,
+    explicit_dests,
     log,
-    new_parser,
     non_negative_int,
     optional_training_options,
     out_folder,
     positive_int,
+    recipe_settings,
 )
 
 # What compare writes in its --out folder (deleted by --overwrite).
@@ -193,45 +193,21 @@ def _compare_settings(args: argparse.Namespace, out_dir: Path) -> Any:
     return settings
 
 
-# compare flag (argparse dest) -> CompareSettings field a recipe sets unless the flag is given
-_RECIPE_SETTINGS = ("epochs", "steps", "device", "lr", "batch_size", "scheduler", "seeds")
+# compare flags (argparse dests) -> CompareSettings fields a recipe sets unless the flag is given
+_RECIPE_SETTINGS = ("epochs", "device", "lr", "batch_size", "scheduler")
 
 
 def _recipe_settings(args: argparse.Namespace, settings: Any) -> Any:
-    """``settings`` with recipe ``args.recipe`` applied under the flags given explicitly."""
+    """``settings`` with recipe ``args.recipe`` applied under the flags given explicitly (its
+    seeds unless --seeds)."""
     import dataclasses
 
-    from taskbalance.training.recipes import get_recipe, recipe_config
+    from taskbalance.training.recipes import get_recipe
 
-    if getattr(settings, "experiment", None) is not None:
-        raise UserError("--recipe sets a published dataset and model; drop --experiment or it")
-    given = _explicit_dests(args)
-    explicit = {k: getattr(settings, k) for k in _RECIPE_SETTINGS if k in given}
-    explicit.pop("seeds", None)
-    for key in ("dataset", "data_root", "dataset_options"):
-        if getattr(settings, key) is not None:
-            explicit[key] = getattr(settings, key)
-    cfg = recipe_config(args.recipe, explicit)
-    fields = {k: cfg.pop(k, None) for k in ("dataset", "data_root", "dataset_options")}
-    fields.update({k: cfg.pop(k) for k in ("epochs", "device", "lr", "batch_size", "scheduler")})
-    fields["steps"] = cfg.pop("steps", None)  # whole epochs unless --steps
-    if "seeds" not in given:
+    fields, extra = recipe_settings(args, settings, _RECIPE_SETTINGS, add_command)
+    if "seeds" not in explicit_dests(args, add_command):
         fields["seeds"] = list(get_recipe(args.recipe).seeds)
-    extra = {**settings.extra, **cfg}
     return dataclasses.replace(settings, **fields, extra=extra, recipe=args.recipe)
-
-
-def _explicit_dests(args: argparse.Namespace) -> set[str]:
-    """The flags (argparse dests) given on the command line, found by parsing it again with
-    every default suppressed (the command line is compare's)."""
-    parser, sub = new_parser()
-    add_command(sub, command_defaults())
-    parsers = [parser, *sub.choices.values()]
-    for p in parsers:
-        p._defaults.clear()
-        for action in p._actions:
-            action.default = argparse.SUPPRESS
-    return set(vars(parser.parse_args(args.argv))) - {"command"}
 
 
 def _compare_workflows(args: argparse.Namespace) -> int:

@@ -32,15 +32,18 @@ def run(args: argparse.Namespace) -> int:
             labels = ", ".join(row.label for row in recipe.published)
             print(f"  published: {len(recipe.published)} rows ({labels}); --verbose shows them")
         if args.verbose:
-            for row in recipe.published:
+            rows = [r for r in (recipe.published_baseline,) if r is not None]
+            rows += recipe.published
+            for row in rows:
                 cells = ", ".join(
                     f"{t} {m} {v:.4g}" for t, ms in row.metrics.items() for m, v in ms.items()
                 )
-                print(f"  published: {row.label}: {cells} ({row.source})")
-            for checked in dict.fromkeys(row.checked for row in recipe.published):
+                delta = "" if row.delta_m is None else f", Δm% {row.delta_m:.2f}"
+                print(f"  published: {row.label}: {cells}{delta} ({row.source})")
+            for checked in dict.fromkeys(row.checked for row in rows):
                 print(f"  read:      {checked}")
             print(f"  code:      {recipe.code}")
             for note in recipe.notes:
                 print(f"  note:      {note}")
-    print("use: taskbalance compare|train --recipe NAME --data-root DIR (flags override it)")
+    print("use: taskbalance compare|train|tune --recipe NAME --data-root DIR (flags override it)")
     return 0

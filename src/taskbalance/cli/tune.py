@@ -7,12 +7,14 @@ from typing import Any
 
 from taskbalance.cli._common import (
     add_data_flags,
+    add_recipe_flag,
     add_training_flags,
     data_name,
     data_settings,
     log,
     out_folder,
     positive_int,
+    recipe_settings,
     require_data,
 )
 
@@ -47,6 +49,7 @@ def add_command(sub: Any, defaults: dict[str, Any]) -> None:
     add_training_flags(
         p, defaults=defaults, out_help="output folder (default: runs/tune-<benchmark>)"
     )
+    add_recipe_flag(p)
     p.set_defaults(func=run)
 
 
@@ -71,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
         lr=args.lr,
         batch_size=args.batch_size,
     )
+    if args.recipe is not None:
+        settings = _recipe_settings(args, settings)
     result = run_tune(settings, log=log)
     weights = ", ".join(f"{t}={w:.4f}" for t, w in result.best_weights.items())
     print(f"study {result.study_name!r} ({result.storage}): {result.trials} finished trials")
@@ -78,3 +83,33 @@ def run(args: argparse.Namespace) -> int:
     print("train with them:")
     print(f"  {result.command}")
     return 0
+
+
+# tune flags (argparse dests) -> TuneSettings fields a recipe sets unless the flag is given; the
+# rest of the recipe (model, optimizer, schedule, final_epochs, ...) goes to ``extra``
+_RECIPE_SETTINGS = ("epochs", "device", "lr", "batch_size")
+
+
+def _recipe_settings(args: argparse.Namespace, settings: Any) -> Any:
+    """``settings`` with recipe ``args.recipe`` applied under the flags given explicitly.
+
+    A recipe that validates on the test split (``val_fraction: 0``, as the published tables
+    do) would tune the weights on the test split: tune holds out the dataset's default
+    fraction of the training folder instead, unless ``--dataset-option val_fraction=...`` is
+    given."""
+    import dataclasses
+
+    from taskbalance.data.registry import HOLDOUT_OPTIONS
+
+    fields, extra = recipe_settings(args, settings, _RECIPE_SETTINGS, add_command)
+    options = dict(fields["dataset_options"] or {})
+    given = {key for key, _ in args.dataset_option or ()}
+    if options.get("val_fraction") == 0 and "val_fraction" not in given:
+        options["val_fraction"] = HOLDOUT_OPTIONS["val_fraction"]
+        log(
+            f"tune --recipe {args.recipe}: validating on a held-out "
+            f"{options['val_fraction']:g} of the training folder, not on the test split the "
+            "recipe validates on (give --dataset-option val_fraction=0 for the recipe's)"
+        )
+    fields["dataset_options"] = options
+    return dataclasses.replace(settings, **fields, extra=extra, recipe=args.recipe)

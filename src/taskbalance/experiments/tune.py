@@ -84,6 +84,7 @@ class TuneSettings:
     high: float = 10.0
     extra: dict[str, Any] = field(default_factory=dict)  # more TrainConfig fields
     overwrite: bool = False  # delete an existing study of this name and start afresh
+    recipe: str | None = None  # the recipe (--recipe) they follow; the train command names it
 
 
 @dataclass
@@ -148,8 +149,11 @@ def train_command(settings: TuneSettings, weights: Sequence[float]) -> str:
     if settings.experiment is not None:
         data = ["--experiment", settings.experiment]
     elif settings.dataset is not None:
-        data = ["--dataset", settings.dataset, "--data-root", str(settings.data_root)]
+        data = ["--dataset", settings.dataset] if settings.recipe is None else []
+        data += ["--data-root", str(settings.data_root)]
         data += [f"--dataset-option={k}={v}" for k, v in (settings.dataset_options or {}).items()]
+        if settings.recipe is not None:  # the recipe's model, optimizer and schedule
+            data = ["--recipe", settings.recipe, *data]
     else:
         data = ["--benchmark", settings.benchmark]
     args = [
@@ -250,6 +254,8 @@ def _study_settings(s: TuneSettings) -> dict[str, Any]:
         settings.update(dataset=s.dataset, dataset_options=s.dataset_options)
     if s.experiment is not None:
         settings.update(experiment=s.experiment)
+    if s.recipe is not None:
+        settings.update(recipe=s.recipe, extra=s.extra)
     return settings
 
 
