@@ -1,10 +1,11 @@
 """Loader throughput (samples/s) of the real-dataset readers on fake files in the published layouts.
 
-    PYTHONPATH=src python benchmarks/bench_real_loading.py [--datasets nyuv2,cityscapes,fingers]
+    PYTHONPATH=src python benchmarks/bench_real_loading.py [--datasets nyuv2,cityscapes,...]
         [--workers 0,1,2] [--samples 48] [--batch-size 8] [--rounds 3] [--dir DIR]
 
 Writes ``--samples`` random samples per dataset at the published image size (NYUv2 288 x 384,
-Cityscapes 128 x 256, Fingers 128 x 128) with :func:`taskbalance.data.real.fake.
+Cityscapes 128 x 256, Fingers 128 x 128, CelebA's aligned JPEGs 218 x 178 read at 64 x 64,
+MultiMNIST's 28 x 28 idx files) with :func:`taskbalance.data.real.fake.
 write_fake_dataset`, then reads the training folder with the loaders a run uses
 (:func:`taskbalance.training.make_loaders`) for each worker count, in interleaved rounds, and
 reports the median wall-clock samples/s (an epoch includes starting its workers). The files are
@@ -27,7 +28,16 @@ from taskbalance.data import load_dataset
 from taskbalance.data.real.fake import write_fake_dataset
 from taskbalance.training import make_loaders
 
-SIZES = {"nyuv2": (288, 384), "cityscapes": (128, 256), "fingers": (128, 128)}
+SIZES = {
+    "nyuv2": (288, 384),
+    "cityscapes": (128, 256),
+    "fingers": (128, 128),
+    "celeba": (218, 178),
+    "multimnist": (28, 28),
+}
+# the dataset options of the training folder read whole (CelebA and MultiMNIST have their own
+# validation split: MultiMNIST's takes ``val_size`` of the training images)
+OPTIONS = {"celeba": {}, "multimnist": {"val_size": 1}}
 
 
 def _epoch_rate(loader: torch.utils.data.DataLoader) -> tuple[float, float]:
@@ -40,7 +50,7 @@ def _epoch_rate(loader: torch.utils.data.DataLoader) -> tuple[float, float]:
 
 
 def _measure(name: str, root: Path, workers: list[int], batch: int, rounds: int) -> None:
-    data = load_dataset(name, root, val_fraction=0)
+    data = load_dataset(name, root, **OPTIONS.get(name, {"val_fraction": 0}))
     loaders = {
         w: make_loaders(data.train, None, batch_size=batch, seed=0, num_workers=w)[0]
         for w in workers
@@ -64,7 +74,7 @@ def _measure(name: str, root: Path, workers: list[int], batch: int, rounds: int)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--datasets", default="nyuv2,cityscapes,fingers")
+    parser.add_argument("--datasets", default=",".join(SIZES))
     parser.add_argument("--workers", default="0,1,2")
     parser.add_argument("--samples", type=int, default=48)
     parser.add_argument("--batch-size", type=int, default=8)

@@ -70,7 +70,7 @@ def test_each_recipe_trains_one_step_on_fake_data(name: str, tmp_path: Path) -> 
     (tmp_path / "smoke.yaml").write_text(yaml.safe_dump(smoke))
     out = tmp_path / "run"
     argv = ["train", "--recipe", name, "--data-root", str(root), "--steps", "1", "--epochs", "1"]
-    argv += ["--out", str(out), "--device", "cpu", "--lr", "0.01"]
+    argv += ["--out", str(out), "--lr", "0.01"]  # no --device: the recipe's auto (CPU here)
     assert cli.main([*argv, "--config", str(tmp_path / "smoke.yaml")]) == 0
     results = json.loads((out / "results.json").read_text())
     config, recipe = results["config"], get_recipe(name).config
@@ -82,6 +82,7 @@ def test_each_recipe_trains_one_step_on_fake_data(name: str, tmp_path: Path) -> 
         assert config[key] == {**recipe[key], **smoke.get(key, {})}
     assert (config["lr"], config["epochs"], config["steps"]) == (0.01, 1, 1)
     assert config["final_epochs"] == recipe.get("final_epochs")
+    assert config["device"] == "auto"  # CUDA, then MPS, then the CPU
     assert results["epochs_completed"] == 1 and set(results["test"]) == set(results["tasks"])
 
 
