@@ -139,6 +139,12 @@ class BalancedModule(nn.Module):
                 f"method must be a balancing method from taskbalance.create(...), got "
                 f"{type(method).__name__}"
             )
+        if getattr(method, "independent_batches", 1) > 1:
+            raise ValueError(
+                f"method {method.name!r} with sampling='independent' needs three independent "
+                "sub-batches a step, which a Lightning training_step does not split; create it "
+                f"with taskbalance.create({method.name!r}, T, sampling='single')"
+            )
         taken = sorted({"process_group", "parameters"} & set(balancer_options))
         if taken:
             raise ValueError(

@@ -60,6 +60,8 @@ def make_method(name: str, seed: int | None = 0):
         options["weights"] = [0.5, 1.0, 2.0]
     if "seed" in method_info(name).options:
         options["seed"] = seed
+    if "sampling" in method_info(name).options:  # a distributed step takes one batch a step
+        options["sampling"] = "single"
     return taskbalance.create(name, T, **options)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _methods import one_batch
 from torch import nn
 
 import taskbalance as tb
@@ -44,7 +45,8 @@ class ManyHeads(nn.Module):
 
 def step(name: str, mode: str, T: int = 5, features: bool = True, **options) -> int:
     net = ManyHeads(T)
-    balancer = tb.Balancer(tb.create(name, T), list(net.shared.parameters()), mode, **options)
+    method = tb.create(name, T, **one_batch(name))
+    balancer = tb.Balancer(method, list(net.shared.parameters()), mode, **options)
     x = torch.randn(8, 4, generator=torch.Generator().manual_seed(0))
     losses = [(out - 0.5).pow(2).mean() for out in net(x)]
     CountBackward.calls = {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _methods import one_batch
 from torch import nn
 
 import taskbalance as tb
@@ -45,7 +46,7 @@ def run(
 ):
     T = 3
     net = Net(T)
-    method = tb.create(name, T, **OPTIONS.get(name, {}))
+    method = tb.create(name, T, **OPTIONS.get(name, {}), **one_batch(name))
     shared = list(net.shared.parameters())
     balancer = tb.Balancer(method, shared, memory=memory, **balancer_options)
     gen = torch.Generator().manual_seed(1)

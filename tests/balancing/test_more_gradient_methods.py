@@ -18,6 +18,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from _methods import one_batch
 from scipy.optimize import nnls
 from torch import nn
 
@@ -490,7 +491,7 @@ def test_trains_a_two_head_net(name):
     ya = (x[:, :1] * 2 - x[:, 1:2]).sin()
     yb = x[:, 2:3] * x[:, 3:4] * 3.0
     net = TwoHead()
-    balancer = tb.Balancer(tb.create(name, 2), net.shared.parameters())
+    balancer = tb.Balancer(tb.create(name, 2, **one_batch(name)), net.shared.parameters())
     opt = torch.optim.Adam(net.parameters(), lr=0.02)
 
     def losses():
@@ -513,7 +514,7 @@ def test_trains_a_two_head_net(name):
 @pytest.mark.parametrize("name", NEW_METHODS)
 def test_missing_task_in_a_batch(name):
     net = TwoHead()
-    balancer = tb.Balancer(tb.create(name, 3), net.shared.parameters())
+    balancer = tb.Balancer(tb.create(name, 3, **one_batch(name)), net.shared.parameters())
     x = torch.randn(8, 4)
     for absent in (None, "c", "a", None):
         _, pa, pb = net(x)

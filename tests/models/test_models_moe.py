@@ -9,6 +9,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 import torch
+from _methods import one_batch
 from torch import Tensor, nn
 
 import taskbalance
@@ -382,7 +383,9 @@ def test_every_registered_method_steps_in_both_modes(name: str) -> None:
         rep = probe.kind == "gradient" and getattr(probe, "supports_rep_mode", True)
         for mode in ("param", "rep") if rep else ("param",):
             model = MAKERS[name]()
-            method = taskbalance.create(method_name, num_tasks=3, **options)
+            method = taskbalance.create(
+                method_name, num_tasks=3, **options, **one_batch(method_name)
+            )
             balancer = taskbalance.Balancer(method, model.shared_parameters(), mode=mode)
             losses = mse_losses(model, x, y)
             balancer.backward(losses, features=model.features)

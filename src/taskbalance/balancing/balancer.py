@@ -30,6 +30,7 @@ from .base import GradientMethod, LossMethod, Method, check_choice, raise_nonfin
 from .distributed import resolve_group
 from .distributed_step import distributed_backward
 from .heads import HeadPass, feature_list, head_pass, task_inputs, view_pass
+from .independent_step import check_independent_setup, independent_backward
 from .rows import RowBuffer
 from .solvers import combine, first_nonfinite_row, first_nonfinite_row_of, gramian
 from .step_info import Features, LossInput, StepInfo
@@ -156,6 +157,7 @@ class Balancer:
         self.skipped_steps = 0
         self._rows = RowBuffer()  # rep mode / the head pass: the feature gradients, reused
         self._dist = resolve_group(process_group)
+        check_independent_setup(method, self.mode, memory, self._dist is not None)
         self.sync_parameters: list[nn.Parameter] | None = None
         if parameters is not None:
             seen: set[int] = set()
@@ -277,6 +279,13 @@ class Balancer:
         loss is the mean over all ranks' labelled samples. Default: 1 per task present (equal
         local batches). A rank may pass every loss as ``None`` (it contributes nothing).
         """
+        parts = getattr(self.method, "independent_batches", 1)
+        if parts > 1:
+            raise ValueError(
+                f"method {self.method.name!r} (sampling='independent') needs {parts} independent "
+                f"sub-batches a step: call backward_independent([losses of each part]) (the "
+                "Trainer does), or create the method with sampling='single'"
+            )
         self._select_shared()
         if self._dist is not None:
             if not self.shared:
@@ -319,6 +328,21 @@ class Balancer:
         if not info.skipped:
             info.weights = self._full_weights(method.last_weights, present, all_present)
         return info
+
+    def backward_independent(self, parts: Sequence[LossInput]) -> StepInfo:
+        """The step of a method with ``independent_batches == 3`` (MoDo, SDMGrad with
+        ``sampling="independent"``) from the losses of 3 disjoint parts of the batch (each a
+        loss input as for :meth:`backward`, from its own forward pass; every part must label
+        the same tasks): the weights from the cross-Gramian of parts 1 and 2, the shared
+        parameters' update from part 3, every head the mean of its task's gradients over the
+        parts. ``StepInfo.losses`` are the parts' mean; its norms and cosines are those of the
+        whole batch's gradients. Param mode, one process (see
+        :mod:`taskbalance.balancing.independent_step`)."""
+        if getattr(self.method, "independent_batches", 1) == 1:
+            raise ValueError(
+                f"method {self.method.name!r} takes one batch a step: call backward(losses)"
+            )
+        return independent_backward(self, parts)
 
     def _gradient_step(
         self,
@@ -512,10 +536,15 @@ class Balancer:
             batched_task_gradients(heads.features, heads.feature_cotangents(), self.shared, store)
         return J
 
-    def _param_jacobian(self, own: list[Tensor], seeds: list[Tensor] | None) -> Tensor:
+    def _param_jacobian(
+        self, own: list[Tensor], seeds: list[Tensor] | None, out: Tensor | None = None
+    ) -> Tensor:
+        """J ``[n, P]`` (written into ``out``, zeros of that shape, when given)."""
         shared = self.shared
         first = shared[0]
-        J = torch.zeros(len(own), self._num_shared, dtype=first.dtype, device=first.device)
+        J = out
+        if J is None:
+            J = torch.zeros(len(own), self._num_shared, dtype=first.dtype, device=first.device)
         saved = [p.grad for p in shared]
         try:
             for row, loss in enumerate(own):

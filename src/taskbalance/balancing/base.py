@@ -30,6 +30,7 @@ from taskbalance.validation import check_choice, check_finite_losses, check_posi
 from .solvers import combine, first_nonfinite_row, first_nonfinite_row_of, gramian
 
 __all__ = [
+    "SAMPLING",
     "GradientMethod",
     "LossMethod",
     "Method",
@@ -43,9 +44,14 @@ __all__ = [
     "check_task_weights",
     "follow",
     "imtl_l_transform",
+    "independent_gramians",
     "make_generator",
     "present_mask",
 ]
+
+
+#: The ``sampling`` choices of the double-sampling methods (MoDo, SDMGrad).
+SAMPLING = ("independent", "single")
 
 
 class Method(nn.Module):
@@ -181,6 +187,10 @@ class GradientMethod(Method):
     needs_losses: bool = False
     #: ``True`` when the direction is ``Σ_t w_t g_t`` with ``w = _weights(G, ...)``.
     uses_gramian: ClassVar[bool] = False
+    #: Independent samples of the per-task gradients one update needs: 1 (one batch), or 3 for
+    #: the double-sampling rule of :meth:`aggregate_independent` (MoDo, SDMGrad with
+    #: ``sampling="independent"``): the Trainer then splits each batch into 3 disjoint parts.
+    independent_batches: int = 1
 
     def aggregate(self, J: Tensor, losses: Tensor | None = None) -> Tensor:
         """The update direction ``d`` (shape ``[P]``, dtype and device of ``J``).
@@ -276,6 +286,38 @@ class GradientMethod(Method):
         w = self.solve(gramian(J, "cpu"), losses, present, dtype=J.dtype, device=J.device)
         return combine(w, J)
 
+    def aggregate_independent(self, Js: Sequence[Tensor], losses: Tensor | None = None) -> Tensor:
+        """The update from the per-task gradients ``[J₁, J₂, J₃]`` of three independent samples
+        (e.g. disjoint parts of an i.i.d. batch), for a method with ``independent_batches == 3``.
+
+        Double sampling: the weights come from the cross-Gramian ``G₁₂ = J₁ J₂ᵀ`` (an unbiased
+        estimate of ``G = J Jᵀ``, unlike ``J₁ J₁ᵀ``), and the direction is ``d = Σ_t w_t J₃[t]``
+        (independent of the weights). ``losses``: ``[T]``, e.g. the mean over the samples.
+        """
+        if self.independent_batches != 3:
+            raise ValueError(
+                f"method {self.name!r} takes one sample of the gradients per step: call "
+                "aggregate(J) (aggregate_independent is for a method created with "
+                "sampling='independent')"
+            )
+        if not isinstance(Js, Sequence) or len(Js) != 3:
+            got = len(Js) if isinstance(Js, Sequence) else type(Js).__name__
+            raise ValueError(f"Js must be 3 per-task gradient matrices [J1, J2, J3], got {got}")
+        for J in Js:
+            check_jacobian(J, self.num_tasks)
+        if len({(J.shape, J.dtype, J.device) for J in Js}) != 1:
+            raise ValueError("J1, J2 and J3 must have the same shape, dtype and device")
+        losses = self._check_losses_arg(losses, Js[0].dtype)
+        G = gramian(torch.cat([J.detach() for J in Js]), device="cpu")
+        bad = first_nonfinite_row(G)
+        if bad is not None:
+            t = bad % self.num_tasks
+            raise_nonfinite_gradient(f"row {t} of J{bad // self.num_tasks + 1} (task {t})")
+        cross, _ = independent_gramians(G, self.num_tasks)
+        J3 = Js[2]
+        w = self.solve(cross, losses, None, dtype=J3.dtype, device=J3.device)
+        return combine(w, J3)
+
     def _check_losses_arg(self, losses: Tensor | None, dtype: torch.dtype) -> Tensor | None:
         if losses is not None:
             check_losses(losses, self.num_tasks, sign=self.loss_sign, method=self.name)
@@ -289,6 +331,14 @@ class GradientMethod(Method):
 
 class NonFiniteGradientError(ValueError):
     """A per-task gradient holds NaN or Inf: no method can balance it."""
+
+
+def independent_gramians(G: Tensor, n: int) -> tuple[Tensor, Tensor]:
+    """From the Gramian ``[3n, 3n]`` of the stacked ``[J₁; J₂; J₃]`` (``n`` rows each): the
+    cross-Gramian ``J₁ J₂ᵀ`` that double sampling solves the weights with, and the Gramian
+    of the mean ``(J₁ + J₂ + J₃)/3`` (the whole batch's gradients, for statistics)."""
+    blocks = G.reshape(3, n, 3, n)
+    return blocks[0, :, 1, :], blocks.sum(dim=(0, 2)) / 9.0
 
 
 def raise_nonfinite_gradient(task: str, hint: str = "") -> None:

@@ -16,6 +16,7 @@ __all__ = [
     "make_loaders",
     "mask_for",
     "resolve_workers",
+    "split_batch",
     "to_device",
     "unpack_batch",
 ]
@@ -34,6 +35,29 @@ def to_device(obj: Any, device: torch.device) -> Any:
     if isinstance(obj, (list, tuple)):
         return type(obj)(to_device(v, device) for v in obj)
     return obj
+
+
+def split_batch(batch: Any, parts: int) -> list[Any]:
+    """``parts`` disjoint batches covering ``batch``: every tensor in it cut along dim 0 into
+    consecutive slices of sizes differing by at most one (views, no copy). The parts of a
+    shuffled batch are independent samples (what double-sampling methods need)."""
+    size = batch_len(batch)
+    if size < parts:
+        raise ValueError(
+            f"a batch of {size} sample(s) cannot be split into {parts} independent parts; use a "
+            f"batch size of at least {parts} (or the method's sampling='single')"
+        )
+
+    def cut(obj: Any, i: int) -> Any:
+        if isinstance(obj, Tensor) and obj.dim() and obj.shape[0] == size:
+            return obj.tensor_split(parts)[i]
+        if isinstance(obj, Mapping):
+            return {k: cut(v, i) for k, v in obj.items()}
+        if isinstance(obj, (list, tuple)):
+            return type(obj)(cut(v, i) for v in obj)
+        return obj
+
+    return [cut(batch, i) for i in range(parts)]
 
 
 def unpack_batch(batch: Any) -> tuple[Any, Mapping[str, Tensor], Mapping[str, Tensor] | None]:

@@ -37,7 +37,7 @@ from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from .devices import resolve_device
 from .epoch_stats import EpochStats
 from .factories import build_optimizer, build_scheduler
-from .loaders import batch_len, loader_len, mask_for, to_device, unpack_batch
+from .loaders import batch_len, loader_len, mask_for, split_batch, to_device, unpack_batch
 from .logging import HistoryWriter
 from .precision import Precision
 from .progress import bar, epoch_line, progress_style
@@ -227,16 +227,22 @@ class Trainer:
         return preds
 
     def train_step(self, batch: Any, stats: EpochStats | None = None) -> StepInfo | None:
-        """One optimisation step; ``None`` when no trained task has a label in the batch."""
-        losses = self._losses(batch)
-        if losses is None:
+        """One optimisation step; ``None`` when no trained task has a label in the batch (a
+        double-sampling method gets the losses of ``independent_batches`` disjoint parts)."""
+        k = getattr(self.method, "independent_batches", 1)
+        parts = [self._losses(b) for b in split_batch(batch, k)] if k > 1 else [self._losses(batch)]
+        if None in parts:
             if stats is not None:
                 stats.skipped += 1
             return None
-        losses, scale = self.precision.prepare_losses(losses)
         self.optimizer.zero_grad(set_to_none=True)
-        features: Any = rep_features(self.model, losses, self.balancer)
-        info = self.balancer.backward(losses, features=features)
+        prepared = [self.precision.prepare_losses(p) for p in parts]  # type: ignore[arg-type]
+        losses, scale = prepared[-1]
+        if k > 1:
+            info = self.balancer.backward_independent([p for p, _ in prepared])
+        else:
+            features: Any = rep_features(self.model, losses, self.balancer)
+            info = self.balancer.backward(losses, features=features)
         return self._apply_step(info, scale, stats)  # unscale, clip, optimizer step
 
     def _apply_step(self, info: StepInfo, scale: Any, stats: EpochStats | None) -> StepInfo:
@@ -362,9 +368,6 @@ class Trainer:
             self.model.train(was_training)
         return metrics
 
-    def _selection_tasks(self) -> list[Any]:
-        return [self.tasks[n] for n in self.trainable_tasks]
-
     def fit(self, resume: bool = False) -> RunResult:
         """Train until ``epochs``; with ``resume``, continue from ``out_dir/checkpoint.pt``."""
         if self.val_loader is None:
@@ -420,7 +423,8 @@ class Trainer:
         test = self.evaluate(self.test_loader, "test") if self.test_loader is not None else None
         if self._first_val is None:
             self._first_val = val
-        score = selection_score(val, self._first_val, self._selection_tasks())
+        trained = [self.tasks[n] for n in self.trainable_tasks]
+        score = selection_score(val, self._first_val, trained)
         improved = self.best is None or score < self.best["score"]
         if improved:
             self.best = {"epoch": self.epoch, "score": score, "val": val, "test": test}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..base import GradientMethod, check_positive
+from ..base import SAMPLING, GradientMethod, check_choice, check_positive
 from ..registry import register
 from ..solvers import project_simplex
 
@@ -27,30 +27,41 @@ class MoDo(GradientMethod):
     travels in ``state_dict``; :meth:`reset` restores it). In a step where some tasks are
     absent only their entries are left unchanged and the others are projected onto the simplex.
 
-    The paper's unbiased version evaluates ``G`` from two independent mini-batches
-    (``J₁ J₂ᵀ``) and ``d`` from a third; the Balancer gives one batch per step, so here all
-    three are that batch (the variant whose bias the paper discusses; LibMTL's MoDo needs a
-    special three-batch trainer). ``G`` is not normalised, so ``γ`` acts on the raw gradient
-    scale, as in the paper.
+    Double sampling (the paper's Algorithm 1, ``sampling="independent"``, default): ``G`` is
+    the cross-Gramian ``J₁ J₂ᵀ`` of two independent samples (an unbiased estimate of the true
+    Gramian) and ``d = Σ_t λ_t J₃[t]`` uses a third; the Trainer splits each batch into three
+    disjoint parts for it (:meth:`~taskbalance.balancing.Balancer.backward_independent`;
+    LibMTL draws three batches a step instead). ``sampling="single"``: all three are the one
+    batch (``G = J Jᵀ``, the biased variant the paper contrasts; what
+    ``Balancer.backward``, the distributed step and the Lightning module take). ``G`` is not
+    normalised, so ``γ`` acts on the raw gradient scale, as in the paper.
 
     Args:
         gamma: step size ``γ > 0`` of the weights (LibMTL default 1e-3).
         rho: ``ℓ2`` regularisation ``ρ >= 0`` of the weights (LibMTL default 0.1).
+        sampling: ``"independent"`` (three independent samples a step) or ``"single"``.
     """
 
     lambdas: Tensor
     uses_gramian = True
 
-    def __init__(self, num_tasks: int, gamma: float = 1e-3, rho: float = 0.1) -> None:
+    def __init__(
+        self, num_tasks: int, gamma: float = 1e-3, rho: float = 0.1, sampling: str = "independent"
+    ) -> None:
         super().__init__(num_tasks)
         self.gamma = check_positive("gamma", gamma)
         self.rho = check_positive("rho", rho, allow_zero=True)
+        self.sampling = check_choice("sampling", sampling, SAMPLING)
+        self.independent_batches = 3 if sampling == "independent" else 1
         self.register_buffer(
             "lambdas", torch.full((num_tasks,), 1.0 / num_tasks, dtype=torch.float64)
         )
 
     def extra_repr(self) -> str:
-        return f"num_tasks={self.num_tasks}, gamma={self.gamma}, rho={self.rho}"
+        return (
+            f"num_tasks={self.num_tasks}, gamma={self.gamma}, rho={self.rho}, "
+            f"sampling={self.sampling!r}"
+        )
 
     def reset(self) -> None:
         super().reset()

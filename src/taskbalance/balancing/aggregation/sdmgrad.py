@@ -7,7 +7,7 @@ from torch import Tensor
 
 from taskbalance.validation import is_int, is_number
 
-from ..base import GradientMethod, check_positive
+from ..base import SAMPLING, GradientMethod, check_choice, check_positive
 from ..registry import register
 from ..solvers import project_simplex
 
@@ -31,16 +31,22 @@ class SDMGrad(GradientMethod):
     (a buffer, in ``state_dict``; :meth:`reset` restores ``1/T``). Absent tasks keep their
     entries; the others are projected onto the simplex.
 
-    The paper's unbiased estimate uses ``J_ξ J_ξ'ᵀ`` from two independent mini-batches and the
-    direction from a third; the Balancer gives one batch per step, so all three are that batch.
-    The authors add ``1e-8`` to ``s²``; here a zero Gramian is handled explicitly instead, so the
-    weights do not depend on the gradient scale.
+    Double sampling (the paper's stochastic algorithm, ``sampling="independent"``, default):
+    ``G`` is the cross-Gramian ``J_ξ J_ξ'ᵀ`` of two independent samples (``s²`` from its
+    diagonal, negative entries counted as 0) and the direction uses a third, ``J_ζ``; the
+    Trainer splits each batch into three disjoint parts for it
+    (:meth:`~taskbalance.balancing.Balancer.backward_independent`; LibMTL draws three batches
+    a step instead). ``sampling="single"``: all three are the one batch (``G = J Jᵀ``; what
+    ``Balancer.backward``, the distributed step and the Lightning module take). The authors
+    add ``1e-8`` to ``s²``; here a zero Gramian is handled explicitly instead, so the weights
+    do not depend on the gradient scale.
 
     Args:
         lamda: ``λ >= 0``, pull towards the mean gradient (authors' experiments: 0.3).
         n_iter: inner steps per training step (authors: 20).
         lr: inner step size (authors' default 10; LibMTL uses 5).
         momentum: inner heavy-ball momentum in ``[0, 1)`` (authors: 0.5).
+        sampling: ``"independent"`` (three independent samples a step) or ``"single"``.
     """
 
     simplex_weights: Tensor
@@ -53,8 +59,11 @@ class SDMGrad(GradientMethod):
         n_iter: int = 20,
         lr: float = 10.0,
         momentum: float = 0.5,
+        sampling: str = "independent",
     ) -> None:
         super().__init__(num_tasks)
+        self.sampling = check_choice("sampling", sampling, SAMPLING)
+        self.independent_batches = 3 if sampling == "independent" else 1
         self.lamda = check_positive("lamda", lamda, allow_zero=True)
         if not is_int(n_iter) or n_iter < 1:
             raise ValueError(f"n_iter must be a positive integer, got {n_iter!r}")
@@ -71,7 +80,7 @@ class SDMGrad(GradientMethod):
     def extra_repr(self) -> str:
         return (
             f"num_tasks={self.num_tasks}, lamda={self.lamda}, n_iter={self.n_iter}, "
-            f"lr={self.lr}, momentum={self.momentum}"
+            f"lr={self.lr}, momentum={self.momentum}, sampling={self.sampling!r}"
         )
 
     def reset(self) -> None:
