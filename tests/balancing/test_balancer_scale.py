@@ -209,7 +209,8 @@ def test_a_nan_task_gradient_is_an_error_naming_the_task(name, mode):
         with pytest.raises(ValueError, match="mode='param'"):  # per-parameter state (db_mtl…)
             tb.Balancer(tb.create(name, 3), list(net.shared.parameters()), mode)
         return
-    balancer = tb.Balancer(tb.create(name, 3), list(net.shared.parameters()), mode)
+    method = tb.create(name, 3, **one_batch(name))
+    balancer = tb.Balancer(method, list(net.shared.parameters()), mode)
     losses = nan_gradient_losses(net, torch.randn(5, 4))
     assert all(torch.isfinite(v) for v in losses.values())
     with pytest.raises(ValueError, match="task 'b'.*NaN or Inf"):

@@ -262,3 +262,20 @@ def test_the_trainer_gives_three_disjoint_parts_of_each_batch(monkeypatch):
     assert calls == [3, 3]
     assert [len(i) for i in seen_inputs] == [3, 3, 2, 3, 3, 2]
     torch.testing.assert_close(torch.cat(seen_inputs), x)  # disjoint, covering, in order
+
+
+@pytest.mark.parametrize("nonfinite", ["raise", "skip"])
+def test_a_nan_gradient_in_one_part_names_the_task(nonfinite):
+    net = Net().double()
+    balancer = tb.Balancer(tb.create("sdmgrad", 3), net.shared.parameters(), nonfinite=nonfinite)
+    parts = [net.losses(*p) for p in split_batch(data(), 3)]
+    z = net.shared(data()[0][:2])
+    parts[1]["t1"] = parts[1]["t1"] + (0.0 * z).abs().sqrt().sum()  # NaN gradient, finite loss
+    assert torch.isfinite(parts[1]["t1"])
+    if nonfinite == "raise":
+        with pytest.raises(ValueError, match="task 't1'.*NaN or Inf"):
+            balancer.backward_independent(parts)
+        return
+    with pytest.warns(RuntimeWarning, match="task 't1'"):
+        info = balancer.backward_independent(parts)
+    assert info.skipped and balancer.skipped_steps == 1

@@ -32,9 +32,10 @@ class MoDo(GradientMethod):
     Gramian) and ``d = Σ_t λ_t J₃[t]`` uses a third; the Trainer splits each batch into three
     disjoint parts for it (:meth:`~taskbalance.balancing.Balancer.backward_independent`;
     LibMTL draws three batches a step instead). ``sampling="single"``: all three are the one
-    batch (``G = J Jᵀ``, the biased variant the paper contrasts; what
-    ``Balancer.backward``, the distributed step and the Lightning module take). ``G`` is not
-    normalised, so ``γ`` acts on the raw gradient scale, as in the paper.
+    batch (``G = J Jᵀ``, a biased estimate; what ``Balancer.backward``, the distributed step
+    and the Lightning module take). ``aggregate(J)`` and ``weights(G)`` (one sample given)
+    always use the one-batch rule; :meth:`aggregate_independent` takes ``[J₁, J₂, J₃]``.
+    ``G`` is not normalised, so ``γ`` acts on the raw gradient scale, as in the paper.
 
     Args:
         gamma: step size ``γ > 0`` of the weights (LibMTL default 1e-3).

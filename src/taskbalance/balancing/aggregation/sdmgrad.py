@@ -37,9 +37,11 @@ class SDMGrad(GradientMethod):
     Trainer splits each batch into three disjoint parts for it
     (:meth:`~taskbalance.balancing.Balancer.backward_independent`; LibMTL draws three batches
     a step instead). ``sampling="single"``: all three are the one batch (``G = J Jᵀ``; what
-    ``Balancer.backward``, the distributed step and the Lightning module take). The authors
-    add ``1e-8`` to ``s²``; here a zero Gramian is handled explicitly instead, so the weights
-    do not depend on the gradient scale.
+    ``Balancer.backward``, the distributed step and the Lightning module take).
+    ``aggregate(J)`` and ``weights(G)`` (one sample given) always use the one-batch rule;
+    :meth:`aggregate_independent` takes ``[J₁, J₂, J₃]``. The authors add ``1e-8`` to ``s²``;
+    here a zero Gramian is handled explicitly instead, so the weights do not depend on the
+    gradient scale.
 
     Args:
         lamda: ``λ >= 0``, pull towards the mean gradient (authors' experiments: 0.3).
