@@ -16,12 +16,19 @@ linear unit), all in one process, interleaved (see ``common.py``):
   <= 1.3x ``ew`` at T=10);
 * ``gn-floor``: GradNorm's least work with exact norms as bare autograd calls (forward, one
   backward through the heads to their views, the T weight gradients of the last shared conv in
-  one batched backward, one backward through the trunk): what any exact GradNorm step costs.
+  one batched backward, one backward through the trunk): what any exact GradNorm step costs;
+* ``--loss-methods``: every other loss method through the Balancer (one backward of
+  ``combine(L)``; target <= 1.05x ``ew``), in a second table;
+* methods with ``sampling`` (``modo``, ``sdmgrad``) run the columns above with
+  ``sampling="single"`` (one batch); a row ``name[independent]`` times their default double
+  sampling as the Trainer runs it (three forwards over thirds of the batch,
+  ``Balancer.backward_independent``) against the same floor.
 
 Ratios are median (min-max over rounds) of a candidate / median of its base.
 
 Usage: ``python benchmarks/bench_step.py [--tasks 2,3,5,10,20,40] [--heads conv,tiny]
-[--rounds 5] [--per-round 2] [--methods mgda|m1,m2|all] [--device cpu]``
+[--rounds 5] [--per-round 2] [--methods mgda|m1,m2|all] [--loss-methods none|m1,m2|all]
+[--device cpu]``
 """
 
 from __future__ import annotations
@@ -36,8 +43,16 @@ from common import TaskCNN, interleaved, task_losses
 import taskbalance as tb
 
 
+def one_batch(name: str, T: int) -> dict[str, object]:
+    """Options of a method for one batch a step (``static`` needs its weights)."""
+    options: dict[str, object] = {"weights": [1.0] * T} if name == "static" else {}
+    if "sampling" in tb.method_info(name).options:
+        options["sampling"] = "single"
+    return options
+
+
 def candidates(
-    model: TaskCNN, x: torch.Tensor, T: int, methods: list[str]
+    model: TaskCNN, x: torch.Tensor, T: int, methods: list[str], loss_methods: list[str]
 ) -> dict[str, Callable[[], object]]:
     params = list(model.parameters())
     shared = list(model.shared.parameters())
@@ -86,7 +101,8 @@ def candidates(
         opt.step()
 
     def balanced(name: str, mode: str, views: bool = True, **options: object) -> Callable[[], None]:
-        balancer = tb.Balancer(tb.create(name, T), shared, mode=mode, **options)  # type: ignore[arg-type]
+        method = tb.create(name, T, **one_batch(name, T))
+        balancer = tb.Balancer(method, shared, mode=mode, **options)  # type: ignore[arg-type]
         step_opt = torch.optim.SGD([*params, *balancer.parameters()], lr=1e-5)
 
         def step() -> None:
@@ -97,13 +113,29 @@ def candidates(
 
         return step
 
+    def independent(name: str) -> Callable[[], None]:
+        balancer = tb.Balancer(tb.create(name, T), shared)
+        step_opt = torch.optim.SGD(params, lr=1e-5)
+
+        def step() -> None:
+            step_opt.zero_grad(set_to_none=True)
+            parts = [task_losses(model(part)) for part in x.tensor_split(3)]
+            balancer.backward_independent(parts)
+            step_opt.step()
+
+        return step
+
     steps: dict[str, Callable[[], object]] = {
         "floor": floor,
         "ew": ew,
         "gradnorm": balanced("gradnorm", "param"),
         "gn-floor": gradnorm_floor,
     }
+    for method in loss_methods:
+        steps[f"{method}/loss"] = balanced(method, "param")
     for method in methods:
+        if "sampling" in tb.method_info(method).options:
+            steps[f"{method}/independent"] = independent(method)
         steps[f"{method}/param"] = balanced(method, "param")
         steps[f"{method}/batched"] = balanced(method, "param", task_backward="batched")
         if getattr(tb.method_info(method).cls, "supports_rep_mode", True):
@@ -118,6 +150,11 @@ def main() -> None:
     parser.add_argument("--heads", default="conv,tiny")
     parser.add_argument(
         "--methods", default="mgda", help="gradient methods, comma-separated, or 'all'"
+    )
+    parser.add_argument(
+        "--loss-methods",
+        default="none",
+        help="loss methods (besides gradnorm) timed against ew, comma-separated, 'all' or 'none'",
     )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--per-round", type=int, default=2)
@@ -134,6 +171,12 @@ def main() -> None:
         if args.methods == "all"
         else args.methods.split(",")
     )
+    loss_methods = (
+        [n for n in tb.available_methods() if tb.method_info(n).kind == "loss" and n != "gradnorm"]
+        if args.loss_methods == "all"
+        else [] if args.loss_methods == "none" else args.loss_methods.split(",")
+    )
+    loss_rows: list[str] = []
     print(
         f"device={device} threads={args.threads} batch={args.batch} size={args.size} "
         f"rounds={args.rounds}x{args.per_round}; "
@@ -151,10 +194,19 @@ def main() -> None:
             model = TaskCNN(T, heads).to(device)
             x = torch.randn(args.batch, 3, args.size, args.size, device=device)
             clock = time.perf_counter if device.type != "cpu" else time.process_time
-            steps = candidates(model, x, T, methods)
+            steps = candidates(model, x, T, methods, loss_methods)
             t = interleaved(steps, args.rounds, args.per_round, sync, clock=clock)
             floor, ew = t["floor"], t["ew"]
+            for m in loss_methods:
+                loss_rows.append(f"| {heads} | {T} | {m} | {t[f'{m}/loss'].ratio(ew)} |")
             for method in methods:
+                double = t.get(f"{method}/independent")
+                if double is not None:
+                    print(
+                        f"| {heads} | {T} | {method}[independent] | {floor.median * 1e3:.1f} | "
+                        f"{ew.median * 1e3:.1f} | {double.ratio(floor)} | - | - | - | - | - |",
+                        flush=True,
+                    )
                 rep, rep_z = t.get(f"{method}/rep"), t.get(f"{method}/rep-z")
                 print(
                     f"| {heads} | {T} | {method} | {floor.median * 1e3:.1f} | "
@@ -165,6 +217,10 @@ def main() -> None:
                     f"{t['gn-floor'].ratio(ew)} |",
                     flush=True,
                 )
+
+    if loss_rows:
+        print("\n| heads | T | loss method | step/ew |\n|---|---:|---|---:|")
+        print("\n".join(loss_rows))
 
 
 if __name__ == "__main__":
