@@ -27,6 +27,10 @@ DEFAULTS: dict[str, Any] = {
     "branch_layers": 2,  # LTB: layers of the branching stack
     "branch_dim": 32,  # LTB: units of each layer
     "gate_bias": True,  # MMoE / CGC / PLE softmax gates with a bias (the papers' have none)
+    "entropy_weight": 0.0,  # DSelect-K: λ of the selectors' entropy regulariser (0: off)
+    "temperature": 1.0,  # LTB: Gumbel-softmax temperature (the schedule's start)
+    "anneal": 1.0,  # LTB: temperature factor per epoch (1: constant)
+    "min_temperature": 0.5,  # LTB: the annealing schedule's floor
 }
 
 
@@ -62,7 +66,12 @@ def tabular_model(
         )
     if arch == "dselect_k":
         return models.DSelectK(
-            in_features, towers, num_experts=opts["num_experts"], k=opts["k"], expert_dim=e
+            in_features,
+            towers,
+            num_experts=opts["num_experts"],
+            k=opts["k"],
+            expert_dim=e,
+            entropy_weight=opts["entropy_weight"],
         )
     if arch == "cgc":
         return models.CGC(
@@ -88,4 +97,5 @@ def tabular_model(
         models.experts.mlp(in_features if i == 0 else width, [width])
         for i in range(opts["branch_layers"])
     ]
-    return models.LTB(layers, {t: tower(width, h) for t in tasks})
+    schedule = {k: opts[k] for k in ("temperature", "anneal", "min_temperature")}
+    return models.LTB(layers, {t: tower(width, h) for t in tasks}, **schedule)

@@ -24,8 +24,10 @@ paper's per-example gating); with ``False`` they are free parameters per task (s
 
 Initialisation follows the paper's released implementation: ``z`` (weights and bias) uniform in
 ``±γ/100``, ``α`` uniform in ``±0.05``. The paper's optional entropy regulariser, which speeds up
-the convergence of the selectors to binary, is :meth:`DSelectK.entropy` (add
-``λ · model.entropy()`` to the loss in your own loop; the trainer does not add it).
+the convergence of the selectors to binary, is ``λ ·`` :meth:`DSelectK.entropy` with
+``entropy_weight=λ``: :meth:`DSelectK.regularization` returns it, and the
+:class:`~taskbalance.training.Trainer` adds its gradient to every step's balanced update (it is
+not a task: no balancing method weights it; see :mod:`taskbalance.training.model_hooks`).
 
 When ``n`` is not a power of two the ``2^m - n`` unused codes are folded onto experts
 ``code mod n`` (the reference adds a penalty instead); the gate still sums to one and still
@@ -150,6 +152,8 @@ class DSelectK(MMoE):
         k: the most experts each task's gate selects (``1 <= k <= num_experts``).
         gamma: width γ of the smooth-step's cubic region (default 1, as the authors' code).
         per_example: input-dependent gates (default) or one static gate per task.
+        entropy_weight: λ >= 0 of the entropy regulariser :meth:`regularization` (default 0:
+            off).
 
     Parameter split and rep mode as :class:`~taskbalance.models.MMoE`: the experts are shared,
     gate k and tower k belong to task k, ``features`` is the stacked expert outputs.
@@ -164,10 +168,14 @@ class DSelectK(MMoE):
         k: int = 2,
         gamma: float = 1.0,
         per_example: bool = True,
+        entropy_weight: float = 0.0,
         expert_dim: int = 16,
         expert_factory: ExpertFactory | None = None,
         task_names: Sequence[str] | None = None,
     ) -> None:
+        if not is_number(entropy_weight) or not 0 <= entropy_weight < math.inf:
+            raise ValueError(f"entropy_weight must be a finite number >= 0, got {entropy_weight!r}")
+        self.entropy_weight = float(entropy_weight)
         self.k = k
         self.gamma = gamma
         self.per_example = per_example
@@ -193,5 +201,10 @@ class DSelectK(MMoE):
         """Sum over tasks of :meth:`DSelectKGate.entropy` (the paper's sparsity regulariser)."""
         return torch.stack([gate.entropy() for gate in self.gates.values()]).sum()  # type: ignore[operator]
 
+    def regularization(self) -> Tensor | None:
+        """``entropy_weight ·`` :meth:`entropy` of the last forward (``None`` when the weight is
+        0); the Trainer adds its gradient to each step's update."""
+        return self.entropy_weight * self.entropy() if self.entropy_weight else None
+
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, k={self.k}"
+        return f"{super().extra_repr()}, k={self.k}, entropy_weight={self.entropy_weight}"

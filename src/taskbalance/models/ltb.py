@@ -12,9 +12,13 @@ Gumbel-softmax so that it is learned by gradient descent together with the weigh
     h_{l,j} = node_{l,j}( Σ_i d_{l,j,i} · h_{l-1,i} )
     y_k     = head_k(h_{L-1,k})
 
-with learnable branching logits ``θ`` and temperature τ (lowering τ during training sharpens the
-samples towards one-hot, Jang et al. 2017; set ``model.temperature`` from a callback: the
-trainer does not anneal it). ``hard=True`` uses the straight-through one-hot sample. In eval mode
+with learnable branching logits ``θ`` and temperature τ. Lowering τ during training sharpens the
+samples towards one-hot (Jang et al. 2017), as Guo et al. do: with ``anneal=r < 1`` the
+temperature of epoch ``e`` (0-based) is ``τ_e = max(min_temperature, temperature · r^e)``, set by
+:meth:`LTB.set_epoch`, which the :class:`~taskbalance.training.Trainer` calls before every epoch
+(a function of the epoch, so a resumed run continues the schedule exactly). The paper gives no
+schedule constants that we could confirm; the exponential form is the one of Jang et al.
+``hard=True`` uses the straight-through one-hot sample. In eval mode
 each node takes its most likely parent (``argmax θ``), i.e. the learned tree; :meth:`LTB.tree`
 lists it. For a search in the usual style, give θ its own learning rate
 (:meth:`LTB.branching_parameters`) and retrain the derived tree afterwards
@@ -24,6 +28,7 @@ lists it. For a search in the usual style, give θ its own learning rate
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Mapping, Sequence
 from typing import cast
 
@@ -68,7 +73,12 @@ class LTB(ForgetsLastForward, MultiTaskNetwork):
         heads: task name -> head reading that task's last-layer node output.
         nodes: nodes per layer ``n_0 … n_{L-2}`` below the last layer (which has one node per
             task); default T at every layer, enough for any tree.
-        temperature: Gumbel-softmax temperature τ (> 0), settable during training.
+        temperature: Gumbel-softmax temperature τ (> 0), settable during training; with
+            ``anneal < 1`` the schedule's starting value.
+        anneal: factor r in ``(0, 1]`` per epoch of the schedule ``max(min_temperature,
+            temperature · r^epoch)`` that :meth:`set_epoch` applies (default 1: no schedule,
+            ``set_epoch`` leaves τ alone).
+        min_temperature: the schedule's floor (> 0; default 0.5, Jang et al. 2017).
         hard: straight-through one-hot samples instead of soft ones.
         reinitialize: give every node its own random initialisation (default; nodes of one
             layer with equal weights and inputs would stay equal).
@@ -89,6 +99,8 @@ class LTB(ForgetsLastForward, MultiTaskNetwork):
         *,
         nodes: Sequence[int] | None = None,
         temperature: float = 1.0,
+        anneal: float = 1.0,
+        min_temperature: float = 0.5,
         hard: bool = False,
         reinitialize: bool = True,
         task_names: Sequence[str] | None = None,
@@ -118,6 +130,12 @@ class LTB(ForgetsLastForward, MultiTaskNetwork):
         self.node_counts = (*counts, len(names))
         self.hard = bool(hard)
         self.temperature = temperature
+        if not is_number(anneal) or not 0 < anneal <= 1:
+            raise ValueError(f"anneal must be a number in (0, 1], got {anneal!r}")
+        if not is_number(min_temperature) or not 0 < min_temperature < math.inf:
+            raise ValueError(f"min_temperature must be a positive number, got {min_temperature!r}")
+        self.initial_temperature, self.anneal = float(temperature), float(anneal)
+        self.min_temperature = float(min_temperature)
 
         def copies(layer: nn.Module, n: int) -> nn.ModuleList:
             out = nn.ModuleList([copy.deepcopy(layer) for _ in range(n)])
@@ -148,6 +166,21 @@ class LTB(ForgetsLastForward, MultiTaskNetwork):
         if not is_number(value) or not value > 0:
             raise ValueError(f"temperature must be a positive number, got {value!r}")
         self._temperature = float(value)
+
+    def temperature_at(self, epoch: int) -> float:
+        """The schedule's temperature of ``epoch`` (0-based): ``max(min_temperature,
+        temperature · anneal^epoch)``, the initial temperature when ``anneal == 1``."""
+        if not is_int(epoch) or epoch < 0:
+            raise ValueError(f"epoch must be an int >= 0, got {epoch!r}")
+        if self.anneal == 1.0:
+            return self.initial_temperature
+        return max(self.min_temperature, self.initial_temperature * self.anneal**epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Set the temperature of ``epoch`` (:meth:`temperature_at`); does nothing without a
+        schedule (``anneal == 1``), so a temperature set by hand stays."""
+        if self.anneal != 1.0:
+            self.temperature = self.temperature_at(epoch)
 
     def shared_modules(self) -> list[nn.Module]:
         return [self.shared_nodes, self.shared_branches]
@@ -217,5 +250,5 @@ class LTB(ForgetsLastForward, MultiTaskNetwork):
     def extra_repr(self) -> str:
         return (
             f"tasks={list(self.task_names)}, nodes={list(self.node_counts)}, "
-            f"temperature={self.temperature}, hard={self.hard}"
+            f"temperature={self.temperature}, anneal={self.anneal}, hard={self.hard}"
         )

@@ -39,6 +39,7 @@ from .distributed_run import epoch_sampler
 from .epoch_stats import EpochStats
 from .loaders import batch_len, mask_for, to_device, unpack_batch
 from .logging import HistoryWriter
+from .model_hooks import backward_regularization, model_regularization
 from .results import RunResult
 from .trainer import Trainer
 from .trainer_state import check_resumable
@@ -119,6 +120,13 @@ class DistributedTrainer(Trainer):
         """One union-batch step; every rank calls it for every step, also with no label."""
         try:
             losses, counts = self._rank_losses(batch)
+            if self.world > 1 and model_regularization(self.model) is not None:
+                raise ValueError(
+                    f"{type(self.model).__name__}.regularization() returned a penalty: its "
+                    "gradient would stay local to each rank (not reduced), so the ranks' "
+                    "parameters would drift apart; turn the penalty off (e.g. DSelectK "
+                    "entropy_weight=0) or train in one process"
+                )
             scale = None
             if any(v is not None for v in losses.values()):
                 losses, scale = self.precision.prepare_losses(losses)
@@ -127,6 +135,7 @@ class DistributedTrainer(Trainer):
         except Exception as exc:  # the other ranks raise too, in the Balancer's first collective
             abort_step(self.balancer, exc)
         self.optimizer.zero_grad(set_to_none=True)
+        backward_regularization(self.model, scale)  # one rank only (refused above otherwise)
         rep = self.mode == "rep" and self.method.kind == "gradient"  # the union's rep mode
         features: Any = self.model.features if rep else None
         try:

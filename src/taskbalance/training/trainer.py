@@ -2,9 +2,10 @@
 
 One epoch of :meth:`Trainer.fit`:
 
-1. training steps: forward, masked task losses (``None`` for a task without labels in the batch),
-   ``Balancer.backward``, optimizer step. ``StepInfo`` statistics are summed on the device and
-   read back once per epoch (the only per-step synchronisation is the Balancer's finiteness check);
+1. ``model.set_epoch(epoch)``; steps: forward, masked task losses (``None`` for a task without
+   labels), ``model.regularization()`` (:mod:`.model_hooks`), ``Balancer.backward``, optimizer
+   step. ``StepInfo`` statistics are summed on the device and read back once per epoch (the only
+   per-step synchronisation is the Balancer's finiteness check);
 2. ``method.epoch_end(mean_losses)`` (methods that update per epoch, e.g. DWA; ``NaN`` for a task
    that had no label in the whole epoch), scheduler step;
 3. evaluation of every task's metrics on validation and test;
@@ -39,6 +40,7 @@ from .epoch_stats import EpochStats
 from .factories import build_optimizer, build_scheduler
 from .loaders import batch_len, loader_len, mask_for, split_batch, to_device, unpack_batch
 from .logging import HistoryWriter
+from .model_hooks import backward_regularization, set_epoch
 from .precision import Precision
 from .progress import bar, epoch_line, progress_style
 from .results import RunResult, count_parameters
@@ -238,11 +240,11 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         prepared = [self.precision.prepare_losses(p) for p in parts]  # type: ignore[arg-type]
         losses, scale = prepared[-1]
+        backward_regularization(self.model, scale)  # of the last forward; unweighted, unbalanced
         if k > 1:
             info = self.balancer.backward_independent([p for p, _ in prepared])
         else:
-            features: Any = rep_features(self.model, losses, self.balancer)
-            info = self.balancer.backward(losses, features=features)
+            info = self.balancer.backward(losses, rep_features(self.model, losses, self.balancer))
         return self._apply_step(info, scale, stats)  # unscale, clip, optimizer step
 
     def _apply_step(self, info: StepInfo, scale: Any, stats: EpochStats | None) -> StepInfo:
@@ -277,6 +279,7 @@ class Trainer:
     def train_epoch(self) -> dict[str, Any]:
         """Train one epoch; returns the epoch's statistics (plain numbers)."""
         self.model.train()
+        set_epoch(self.model, self.epoch)  # the model's own schedules (model_hooks)
         lr = self.optimizer.param_groups[0]["lr"] if self.affinity else None
         stats = EpochStats(len(self.trainable_tasks), self.device, affinity_lr=lr)
         total = loader_len(self.train_loader)
