@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from taskbalance.experiments.report import paired_t_test
 from taskbalance.training import train
 
 #: architecture names of this script -> model options of the benchmark
@@ -45,7 +46,11 @@ def run_dir(out: Path, arch: str, correlation: float, seed: int) -> Path:
 
 
 def run(
-    arch: str, correlation: float, seed: int, epochs: int, lr: float, out: Path, device: str
+    arch: str,
+    correlation: float,
+    seed: int,
+    args: argparse.Namespace,
+    out: Path,
 ) -> None:
     """Train one run unless its results.json exists (an interrupted sweep continues)."""
     folder = run_dir(out, arch, correlation, seed)
@@ -53,14 +58,14 @@ def run(
         return
     config = {
         "benchmark": "synthetic-mtl",
-        "size": {"correlation": correlation},
+        "size": {"correlation": correlation, "train": args.train},
         "model_options": ARCHS[arch],
         "method": "ew",
-        "epochs": epochs,
+        "epochs": args.epochs,
         "batch_size": 128,
-        "lr": lr,
+        "lr": args.lr,
         "seed": seed,
-        "device": device,
+        "device": args.device,
         "out_dir": str(folder),
         "progress": False,
         "tensorboard": False,
@@ -88,6 +93,7 @@ def main() -> None:
     parser.add_argument("--correlations", default="0.0,0.5,0.9,1.0")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--archs", default="hard,mmoe", help=f"from {', '.join(ARCHS)}")
+    parser.add_argument("--train", type=int, default=8000, help="training samples")
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--device", default="cpu")
@@ -104,7 +110,7 @@ def main() -> None:
     for p in correlations:
         for seed in range(args.seeds):
             for arch in archs:  # interleaved: the same data seed for every architecture
-                run(arch, p, seed, args.epochs, args.lr, out, args.device)
+                run(arch, p, seed, args, out)
                 test, train_loss = read(run_dir(out, arch, p, seed))
                 print(
                     f"p={p:g} seed={seed} {arch}: test MSE {test:.4f}, train loss {train_loss:.4f}",
@@ -117,8 +123,9 @@ def main() -> None:
     summary: dict[str, dict[str, dict[str, list[float]]]] = {}
     cols = " | ".join(f"{a} test" for a in archs) + " | " + " | ".join(f"{a} train" for a in archs)
     paired = "hard" in archs and "mmoe" in archs
-    print(f"| correlation | {cols} |" + (" test hard − mmoe per seed (mean) |" if paired else ""))
-    print("|---|" + "---|" * (2 * len(archs)) + ("---|" if paired else ""))
+    head = " test hard − mmoe per seed (mean) | paired t (p) |" if paired else ""
+    print(f"| correlation | {cols} |" + head)
+    print("|---|" + "---|" * (2 * len(archs)) + ("---|---|" if paired else ""))
     for p in correlations:
         row = summary.setdefault(f"{p:g}", {})
         for a in archs:
@@ -131,8 +138,10 @@ def main() -> None:
             diffs = [
                 h - m for h, m in zip(row["hard"]["test_mse"], row["mmoe"]["test_mse"], strict=True)
             ]
+            ttest = paired_t_test(diffs)
             line += " " + ", ".join(f"{d:+.3f}" for d in diffs)
             line += f" ({statistics.fmean(diffs):+.3f}) |"
+            line += " n/a |" if ttest is None else f" {ttest['t']:.2f} ({ttest['p']:.3f}) |"
         print(line)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"\nruns and summary.json in {out}")
