@@ -2,10 +2,9 @@
 
 One epoch of :meth:`Trainer.fit`:
 
-1. ``model.set_epoch(epoch)``; steps: forward, masked task losses (``None`` for a task without
-   labels), ``model.regularization()`` (:mod:`.model_hooks`), ``Balancer.backward``, optimizer
-   step. ``StepInfo`` statistics are summed on the device and read back once per epoch (the only
-   per-step synchronisation is the Balancer's finiteness check);
+1. ``model.set_epoch``; steps: forward, masked task losses, ``model.regularization()``'s gradient
+   (:mod:`.model_hooks`), ``Balancer.backward``, optimizer step; ``StepInfo`` statistics summed
+   on the device, read once per epoch (per step, only the Balancer's finiteness check syncs);
 2. ``method.epoch_end(mean_losses)`` (methods that update per epoch, e.g. DWA; ``NaN`` for a task
    that had no label in the whole epoch), scheduler step;
 3. evaluation of every task's metrics on validation and test;
@@ -278,8 +277,7 @@ class Trainer:
 
     def train_epoch(self) -> dict[str, Any]:
         """Train one epoch; returns the epoch's statistics (plain numbers)."""
-        self.model.train()
-        set_epoch(self.model, self.epoch)  # the model's own schedules (model_hooks)
+        set_epoch(self.model.train(), self.epoch)  # train mode; the model's own schedules
         lr = self.optimizer.param_groups[0]["lr"] if self.affinity else None
         stats = EpochStats(len(self.trainable_tasks), self.device, affinity_lr=lr)
         total = loader_len(self.train_loader)
