@@ -6,13 +6,15 @@ correlation, architecture and seed it trains one run with ``taskbalance.training
 weights, Adam, validation-selected epoch; the seed also seeds the data, so every seed is a new
 data set as in the paper's repeated runs) and reports the test MSE at the validation-selected
 epoch and the last epoch's training loss (both averaged over the two tasks), mean ± standard
-deviation over seeds, and the paired test difference hard − MMoE per seed. Finished runs are
-reused, so calling it again with the same ``--out`` only adds what is missing.
+deviation over seeds, the paired test difference hard − MMoE per seed and its paired t-test
+(t and two-sided p). Finished runs are reused, so calling it again with the same ``--out`` only
+adds what is missing. ``--train 80000 --epochs 10`` is the study with ten times the data and the
+same number of steps (docs/architecture.md has both tables).
 
 Usage::
 
     python benchmarks/mmoe_synthetic.py [--correlations 0.0,0.5,0.9,1.0] [--seeds 3]
-        [--archs hard,mmoe,mmoe-nobias] [--epochs 100] [--lr 1e-3] [--out DIR]
+        [--archs hard,mmoe,mmoe-nobias] [--train 8000] [--epochs 100] [--lr 1e-3] [--out DIR]
 """
 
 from __future__ import annotations
