@@ -3,6 +3,7 @@ device, per-task label masks, and the seeded loaders of a run."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -40,13 +41,18 @@ def to_device(obj: Any, device: torch.device) -> Any:
 def split_batch(batch: Any, parts: int) -> list[Any]:
     """``parts`` disjoint batches covering ``batch``: every tensor in it cut along dim 0 into
     consecutive slices of sizes differing by at most one (views, no copy). The parts of a
-    shuffled batch are independent samples (what double-sampling methods need)."""
+    shuffled batch are independent samples (what double-sampling methods need). A batch of
+    fewer than ``parts`` samples (an epoch's last) gives ``[]`` and a warning: the Trainer
+    skips it (counted in the epoch's ``skipped_steps``)."""
     size = batch_len(batch)
     if size < parts:
-        raise ValueError(
-            f"a batch of {size} sample(s) cannot be split into {parts} independent parts; use a "
-            f"batch size of at least {parts} (or the method's sampling='single')"
+        warnings.warn(
+            f"skipped a batch of {size} sample(s): it cannot be split into {parts} independent "
+            f"parts (a batch size that leaves no such last batch avoids it)",
+            RuntimeWarning,
+            stacklevel=3,
         )
+        return []
 
     def cut(obj: Any, i: int) -> Any:
         if isinstance(obj, Tensor) and obj.dim() and obj.shape[0] == size:

@@ -231,7 +231,8 @@ class Trainer:
         """One optimisation step; ``None`` when no trained task has a label in the batch (a
         double-sampling method gets the losses of ``independent_batches`` disjoint parts)."""
         k = getattr(self.method, "independent_batches", 1)
-        parts = [self._losses(b) for b in split_batch(batch, k)] if k > 1 else [self._losses(batch)]
+        chunks = split_batch(batch, k) if k > 1 else [batch]  # [] for a batch too small
+        parts = [self._losses(b) for b in chunks] if chunks else [None]
         if None in parts:
             if stats is not None:
                 stats.skipped += 1
