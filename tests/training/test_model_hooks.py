@@ -182,3 +182,25 @@ def test_bad_hooks_and_schedules_name_the_problem() -> None:
         DSelectK(
             6, {t: nn.Linear(4, 1) for t in TASKS}, num_experts=4, expert_dim=4, entropy_weight=-1.0
         )
+
+
+def test_benchmark_model_options_reach_the_models(tmp_path) -> None:
+    from taskbalance.training import train
+
+    seen: list[float] = []
+    common = {"benchmark": "synthetic-mtl", "size": "tiny", "steps": 2, "progress": False,
+              "tensorboard": False, "cache_dir": str(tmp_path / "cache")}  # fmt: skip
+    ltb = {"arch": "ltb", "temperature": 2.0, "anneal": 0.5, "min_temperature": 0.4}
+    train(
+        {**common, "model_options": ltb, "epochs": 3, "out_dir": str(tmp_path / "ltb")},
+        callbacks=[lambda tr, rec: seen.append(tr.model.temperature)],
+    )
+    assert seen == [2.0, 1.0, 0.5]
+    models: list[nn.Module] = []
+    dselect = {"arch": "dselect_k", "entropy_weight": 0.25}
+    train(
+        {**common, "model_options": dselect, "epochs": 1, "out_dir": str(tmp_path / "ds")},
+        callbacks=[lambda tr, rec: models.append(tr.model)],
+    )
+    assert models[0].entropy_weight == 0.25
+    assert models[0].regularization() is not None

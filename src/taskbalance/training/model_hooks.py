@@ -6,7 +6,8 @@ both hooks for any model, in param and rep mode, with every balancing method:
   forward pass (so it may read what that pass left behind, such as gate outputs) and adds its
   gradient once, unweighted, to the balanced update. It is not a task: no method weights,
   projects or sees it, and it does not enter the logged task losses. ``None`` (or a model
-  without the method) adds nothing.
+  without the method) adds nothing. With a double-sampling method (several forward passes a
+  step) it is read once, after the last.
 * ``model.set_epoch(epoch)``: called before every training epoch with that epoch's 0-based
   index (the first epoch after a resume included), for schedules that are a function of the
   epoch, e.g. LTB's Gumbel-softmax temperature (Guo et al. 2020). A schedule written this way
