@@ -186,3 +186,42 @@ def test_dataset_fingerprint_names_the_files_not_the_folder(nyu_root: Path, tmp_
     assert changed["bytes"] == first["bytes"] + 1 and changed["digest"] != first["digest"]
     with pytest.raises(FileNotFoundError, match=r"data root .*missing.* does not exist.*layout"):
         dataset_fingerprint("nyuv2", tmp_path / "missing")
+
+
+def test_dataset_fingerprint_links_to_nothing_loops_and_unreadable_folders(
+    nyu_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A link whose target is gone and a linked folder that leads back up were errors (No such
+    file; ELOOP after walking the tree 40 times); they are not data: named in the digest, not
+    counted, not followed. An unreadable folder (a disk's lost+found) is named, not an error."""
+    import os
+
+    from taskbalance.data.registry import dataset_fingerprint
+
+    first = dataset_fingerprint("nyuv2", nyu_root)
+    os.symlink(nyu_root / "gone.npy", nyu_root / "train" / "stale.npy")
+    stale = dataset_fingerprint("nyuv2", nyu_root)
+    assert (stale["files"], stale["bytes"]) == (first["files"], first["bytes"])
+    assert stale["digest"] != first["digest"]
+    os.remove(nyu_root / "train" / "stale.npy")
+    os.symlink("..", nyu_root / "train" / "up")  # train/up/train/up/...
+    loop = dataset_fingerprint("nyuv2", nyu_root)
+    assert (loop["files"], loop["bytes"]) == (first["files"], first["bytes"])
+    assert loop["digest"] not in (first["digest"], stale["digest"])
+    os.remove(nyu_root / "train" / "up")
+    os.symlink(nyu_root / "val", nyu_root / "more")  # a linked folder elsewhere is followed
+    linked = dataset_fingerprint("nyuv2", nyu_root)
+    assert linked["files"] == first["files"] + 3 * 4 and linked["bytes"] > first["bytes"]
+    os.remove(nyu_root / "more")
+    assert dataset_fingerprint("nyuv2", nyu_root) == first
+    scandir = os.scandir
+
+    def refuse(path):  # root may read every folder: the refusal is simulated
+        if Path(path).name == "depth":
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refuse)
+    closed = dataset_fingerprint("nyuv2", nyu_root)
+    assert closed["files"] == first["files"] - (10 + 3)  # train/depth and val/depth
+    assert closed["digest"] != first["digest"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from stat import S_ISDIR
 from typing import Any
 
 import numpy as np
@@ -143,7 +144,9 @@ def dataset_fingerprint(name: str, root: str | os.PathLike[str]) -> dict[str, An
     """What tells one copy or version of a dataset from another without reading it: the number
     of files under ``root``, their total size and a digest of every file's path relative to
     ``root``, size and modification time (whole seconds). Hidden files and folders (names
-    starting with ``.``) are left out; linked folders are followed.
+    starting with ``.``) are left out; linked folders are followed, except a link back to a
+    folder it is in (a loop), and a link whose target is missing counts by its target's name
+    only (neither is read; their lines are in the digest, not in the count).
 
     The folder's own path is not part of it: the same files moved (or copied keeping their times:
     ``cp -a``, ``rsync -a``) give the same fingerprint; a file added, removed, resized or
@@ -153,18 +156,43 @@ def dataset_fingerprint(name: str, root: str | os.PathLike[str]) -> dict[str, An
         FileNotFoundError: ``root`` is not a folder (the message of :func:`load_dataset`).
     """
     path = _root_folder(get_dataset_spec(name), root)
-    lines, total = [], 0
-    for folder, subfolders, files in os.walk(path, followlinks=True):
-        subfolders[:] = [d for d in subfolders if not d.startswith(".")]
-        for file in files:
-            if file.startswith("."):
-                continue
-            stat = os.stat(os.path.join(folder, file))
-            relative = Path(folder, file).relative_to(path).as_posix()
-            lines.append(f"{relative}\t{stat.st_size}\t{int(stat.st_mtime)}")
-            total += stat.st_size
+    lines: list[str] = []
+    files, total = _fingerprint_walk(path, "", (os.stat(path),), lines)
     digest = hashlib.sha256("\n".join(sorted(lines)).encode()).hexdigest()[:16]
-    return {"files": len(lines), "bytes": total, "digest": digest}
+    return {"files": files, "bytes": total, "digest": digest}
+
+
+def _fingerprint_walk(
+    folder: Path, prefix: str, above: tuple[os.stat_result, ...], lines: list[str]
+) -> tuple[int, int]:
+    """Adds a line per entry under ``folder`` to ``lines`` (paths relative to the root, which
+    ``prefix`` is relative to); ``above``: ``folder`` and the folders it is in (for loops).
+    Returns (files, bytes)."""
+    files = total = 0
+    try:
+        with os.scandir(folder) as entries:
+            names = sorted((e.name, e.is_symlink()) for e in entries if not e.name.startswith("."))
+    except PermissionError:  # e.g. a disk's lost+found: not data the run can read either
+        lines.append(f"{prefix}\tunreadable")
+        return 0, 0
+    for name, link in names:
+        relative, entry = prefix + name, folder / name
+        try:
+            stat = os.stat(entry)
+        except FileNotFoundError:  # a link to nothing, or a file deleted since the listing
+            if link:
+                lines.append(f"{relative}\tlink\t{os.readlink(entry)}")
+            continue
+        if S_ISDIR(stat.st_mode):
+            if any(os.path.samestat(stat, s) for s in above):  # a link back up: a loop
+                lines.append(f"{relative}\tlink\t{os.readlink(entry)}")
+                continue
+            more, size = _fingerprint_walk(entry, relative + "/", (*above, stat), lines)
+            files, total = files + more, total + size
+        else:
+            lines.append(f"{relative}\t{stat.st_size}\t{int(stat.st_mtime)}")
+            files, total = files + 1, total + stat.st_size
+    return files, total
 
 
 def _root_folder(spec: DatasetSpec, root: str | os.PathLike[str]) -> Path:
