@@ -176,3 +176,15 @@ def test_batchnorm_recalibration_leaves_the_global_random_stream_alone(make_conf
     state = torch.get_rng_state()
     assert trainer.recalibrate_batchnorm() > 0
     assert torch.equal(torch.get_rng_state(), state)  # later draws of the run are unchanged
+
+
+def test_double_sampling_with_partial_labels_is_refused_before_training(make_config):
+    # The three parts of a batch label different tasks once labels are partial: the run
+    # stopped at the first such batch (with batch 6 and right=0.3, in the first epoch).
+    config = make_config(method="modo", labels={"right": 0.3}, batch_size=6, steps=None)
+    with pytest.raises(ValueError, match=r"labels of \[.right.\].*--option sampling=single"):
+        build_trainer(config)
+    single = build_trainer(config.replace(method_options={"sampling": "single"}))
+    assert single.method.independent_batches == 1
+    full = build_trainer(config.replace(labels={"right": 1.0}))  # every sample labelled
+    assert full.method.independent_batches == 3

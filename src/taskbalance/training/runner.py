@@ -194,6 +194,7 @@ class _Pieces:
             model = bench.build_model(**config.model_options)
         trained = config.trainable_tasks or [t.name for t in tasks]
         method = _method(config, len(trained))
+        _check_sampling(config, method)
         if group and inputs.loaders is not None:
             raise ValueError(
                 "loaders handed over cannot be shared out among the ranks under torchrun; "
@@ -393,6 +394,20 @@ def _method(config: TrainConfig, num_tasks: int) -> Any:
         raise ValueError(
             f"method {config.method!r} with options {given or 'none'}: {err}"
         ) from None
+
+
+def _check_sampling(config: TrainConfig, method: Any) -> None:
+    """A double-sampling method needs the parts of every batch to label the same tasks: with
+    partial labels (``labels`` below 1, no pseudo-labels filling them) they differ from step to
+    step, and the run would stop at the first such batch; refused before training."""
+    partial = sorted(t for t, f in (config.labels or {}).items() if f < 1)
+    if getattr(method, "independent_batches", 1) > 1 and partial and not config.pseudo_labels:
+        raise ValueError(
+            f"method {config.method!r} draws three independent parts of each batch "
+            "(sampling='independent'), which must label the same tasks; with partial labels "
+            f"of {partial} they differ from batch to batch: give --option sampling=single "
+            "(method_options: {sampling: single})"
+        )
 
 
 def _trainer_options(config: TrainConfig) -> dict[str, Any]:
