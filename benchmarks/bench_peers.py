@@ -37,8 +37,19 @@ except ImportError as exc:  # pragma: no cover - optional dependency
     raise SystemExit('bench_peers needs TorchJD: pip install -e ".[bench]"') from exc
 
 
+#: Gradient methods without a TorchJD counterpart (0.18): no row.
+NO_COUNTERPART = {"moco", "db_mtl"}
+
+
 def torchjd_aggregator(name: str, T: int) -> object | None:
-    """The TorchJD aggregator of the same method and defaults, or None when unavailable."""
+    """The TorchJD aggregator of the same method and our defaults, or None when unavailable.
+
+    TorchJD's SDMGrad and MoDo are weightings of ``J₁ J₂ᵀ`` (two mini-batches); ours use one
+    batch (``J Jᵀ``, see their docstrings), so theirs is given the Gramian of the one batch.
+    """
+    if name in NO_COUNTERPART:
+        print(f"  ({name}: no TorchJD counterpart; skipped)")
+        return None
     factories: dict[str, Callable[[], object]] = {
         "upgrad": jda.UPGrad,
         "mgda": jda.MGDA,
@@ -49,6 +60,14 @@ def torchjd_aggregator(name: str, T: int) -> object | None:
         "graddrop": jda.GradDrop,
         "cagrad": lambda: jda.CAGrad(c=0.4),
         "nash_mtl": lambda: jda.NashMTL(n_tasks=T),
+        "fairgrad": lambda: jda.FairGrad(alpha=1.0),
+        "dualproj": jda.DualProj,
+        "config": jda.ConFIG,
+        "excess_mtl": lambda: jda.ExcessMTL(robust_step_size=1e-2),
+        "sdmgrad": lambda: jda.GramianWeightedAggregator(jda.SDMGradWeighting()),  # type: ignore[arg-type]
+        "modo": lambda: jda.GramianWeightedAggregator(
+            jda.MoDoWeighting(gamma=1e-3, rho=0.1)  # type: ignore[arg-type]
+        ),
     }
     try:
         agg = factories[name]()
@@ -97,7 +116,8 @@ def main() -> None:
     parser.add_argument("--tasks", default="10,40")
     parser.add_argument(
         "--methods",
-        default="upgrad,mgda,pcgrad,gradvac,imtl_g,aligned_mtl,graddrop,cagrad,nash_mtl",
+        default="upgrad,mgda,pcgrad,gradvac,imtl_g,aligned_mtl,graddrop,cagrad,nash_mtl,"
+        "fairgrad,sdmgrad,modo,dualproj,config,excess_mtl,moco,db_mtl",
     )
     parser.add_argument("--part", default="both", choices=["step", "aggregate", "both"])
     parser.add_argument("--rounds", type=int, default=5)

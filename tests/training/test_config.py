@@ -47,6 +47,7 @@ def test_unknown_key_names_it_suggests_and_lists_valid_keys():
         ("labels", {"left": 0.0}, "fractions in (0, 1]"),
         ("method_options", [1, 2], "mapping"),
         ("amp_dtype", "fp8", "'bfloat16', 'float16'"),
+        ("nonfinite", "ignore", "'raise' or 'skip'"),
     ],
 )
 def test_bad_value_names_key_and_allowed_values(key, value, expected):

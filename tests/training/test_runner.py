@@ -188,3 +188,9 @@ def test_double_sampling_with_partial_labels_is_refused_before_training(make_con
     assert single.method.independent_batches == 1
     full = build_trainer(config.replace(labels={"right": 1.0}))  # every sample labelled
     assert full.method.independent_batches == 3
+
+
+def test_config_nonfinite_reaches_the_balancer(make_config):
+    assert build_trainer(make_config(out_dir=None)).balancer.nonfinite == "raise"
+    trainer = build_trainer(make_config(out_dir=None, nonfinite="skip"))
+    assert trainer.balancer.nonfinite == "skip"

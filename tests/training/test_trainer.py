@@ -293,3 +293,55 @@ def test_gradnorm_gets_the_head_views_and_trains_as_without_them(monkeypatch, la
             for task in ("a", "b"):
                 assert a["weights"][task] == pytest.approx(b["weights"][task], rel=1e-5)
                 assert a["train_loss"][task] == pytest.approx(b["train_loss"][task], rel=1e-5)
+
+
+class NanGradientOn(nn.Module):
+    """Identity whose input gradient is NaN on the chosen training calls (the value stays
+    finite: ``x + 0·√(0·x)``, and d√u/du = inf at u = 0, times 0)."""
+
+    def __init__(self, calls):
+        super().__init__()
+        self.calls, self.count = set(calls), 0
+
+    def forward(self, x):
+        if not self.training:
+            return x
+        self.count += 1
+        return x + (x * 0.0).sqrt() if self.count - 1 in self.calls else x
+
+
+def nan_model(calls):
+    model = make_model()
+    model.heads["b"] = nn.Sequential(NanGradientOn(calls), model.heads["b"])
+    return model
+
+
+@pytest.mark.parametrize("mode", ["param", "rep"])
+def test_nonfinite_skip_makes_no_update_and_counts_the_step(mode):
+    model = nan_model(calls=[0])
+    trainer = Trainer(
+        model, tasks(), "mgda", *loaders(), mode=mode, nonfinite="skip", progress=False
+    )
+    before = snapshot(model)
+    batch = next(iter(trainer.train_loader))
+    with pytest.warns(RuntimeWarning, match=r"task 'b' holds NaN or Inf.*1 step\(s\) skipped"):
+        info = trainer.train_step(batch)
+    assert info.skipped and not changed(before, model)
+    assert all(p.grad is None for p in model.parameters())  # the heads' gradients dropped
+    info = trainer.train_step(batch)  # the next call is finite: an ordinary update
+    assert not info.skipped and changed(before, model)
+
+
+def test_nonfinite_steps_are_counted_in_the_history_and_raise_by_default():
+    trainer = Trainer(
+        nan_model(calls=[1, 3]), tasks(), "mgda", *loaders(), nonfinite="skip", progress=False
+    )
+    with pytest.warns(RuntimeWarning, match="skipped a step"):
+        result = trainer.fit()
+    record = result.history[0]
+    assert record["nonfinite_steps"] == 2 and record["steps"] == 6 - 2
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    ok = Trainer(make_model(), tasks(), "mgda", *loaders(), progress=False).fit()
+    assert ok.history[0]["nonfinite_steps"] == 0
+    with pytest.raises(ValueError, match="task 'b' holds NaN or Inf.*nonfinite='skip'"):
+        Trainer(nan_model(calls=[0]), tasks(), "mgda", *loaders(), progress=False).fit()

@@ -39,7 +39,7 @@ DEFAULT_BENCHMARK = "multidigits"
 RESUME_MAY_DIFFER = frozenset(
     {
         "epochs", "resume", "progress", "out_dir", "tensorboard", "num_workers", "device",
-        "cache_dir", "final_epochs", "data_root", "affinity",
+        "cache_dir", "final_epochs", "data_root", "affinity", "nonfinite",
     }
 )
 
@@ -115,6 +115,10 @@ class TrainConfig:
             (``None``).
         affinity: also log the per-epoch first-order TAG task affinity (Fifty et al. 2021) to
             the history and TensorBoard (gradient methods; see ``docs/diagnostics.md``).
+        nonfinite: a step whose task gradient holds NaN or Inf: ``"raise"`` (default) stops the
+            run with an error naming the task; ``"skip"`` warns, makes no update that step and
+            counts it in the history's ``nonfinite_steps`` (``Balancer(nonfinite=...)``). May
+            change on resume (e.g. to finish a run that stopped on such a step).
     """
 
     benchmark: str | None = DEFAULT_BENCHMARK
@@ -157,6 +161,7 @@ class TrainConfig:
     save_best: bool = True
     final_epochs: int | None = None
     affinity: bool = False
+    nonfinite: str = "raise"
 
     # ------------------------------------------------------------------ validation
     def __post_init__(self) -> None:
@@ -191,6 +196,8 @@ class TrainConfig:
             )
         if not isinstance(self.device, str) or not _DEVICE_RE.match(self.device):
             raise self._bad("device", "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'", self.device)
+        if self.nonfinite not in ("raise", "skip"):
+            raise self._bad("nonfinite", "'raise' or 'skip'", self.nonfinite)
         if self.amp_dtype not in AMP_DTYPES:
             raise self._bad(
                 "amp_dtype", f"one of {', '.join(map(repr, AMP_DTYPES))}", self.amp_dtype

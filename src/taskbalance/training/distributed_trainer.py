@@ -99,6 +99,7 @@ class DistributedTrainer(Trainer):
             self.mode,
             task_names=self.trainable_tasks,
             check_finite=check_finite,
+            nonfinite=self.nonfinite,
             process_group=group,
             parameters=list(self.model.parameters()),
         )

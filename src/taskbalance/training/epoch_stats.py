@@ -35,8 +35,13 @@ class EpochStats:
         self.aff_sum, self.aff_count = z(num_tasks, num_tasks), z(num_tasks, num_tasks)
         self.steps = 0
         self.skipped = 0
+        #: Steps the Balancer skipped for a non-finite task gradient (``nonfinite="skip"``).
+        self.nonfinite = 0
 
     def add(self, info: StepInfo) -> None:
+        if info.skipped:  # no update was made: its losses do not enter the epoch's means
+            self.nonfinite += 1
+            return
         p = info.present.to(self.dtype)
         self.loss_sum += info.losses.detach().to(self.dtype) * p
         self.loss_count += p
@@ -106,6 +111,7 @@ class EpochStats:
             "weights": means(rows[2], rows[3]) if self.has_weights else None,
             "grad_norms": means(rows[4], rows[5]) if self.has_norms else None,
             "cosines": None,
+            "nonfinite_steps": self.nonfinite,
         }
         if self.has_cos:
             cos: dict[str, float | None] = {}

@@ -3,6 +3,7 @@
 One history record per epoch (a plain dict, see :func:`flatten_record` for the CSV columns)::
 
     {"epoch": 1, "steps": 12, "seconds_per_step": 0.01, "lr": 0.001,
+     "nonfinite_steps": 0,                        # steps skipped for a NaN/Inf task gradient
      "train_loss": {"left": 1.9, "right": 2.0},
      "weights": {"left": 1.0, "right": 1.0},      # mean StepInfo.weights (None: method has none)
      "grad_norms": {"left": 3.1, "right": 2.7},   # mean ‖g_t‖ (None: not computed)

@@ -111,6 +111,14 @@ class Precision:
                 p.grad.mul_(scale)
         self.scaler.unscale_(optimizer)
 
+    def skip(self, optimizer: torch.optim.Optimizer) -> None:
+        """A step skipped for non-finite gradients: no update, its gradients dropped (task
+        heads may hold some), the float16 loss scale lowered as the scaler does after an
+        overflow (otherwise the next step would overflow alike)."""
+        optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.update(self.scaler.get_scale() * self.scaler.get_backoff_factor())
+
     def step(self, optimizer: torch.optim.Optimizer) -> None:
         """The optimizer step (skipped by the scaler when a scaled gradient overflowed)."""
         if self.scaler is None:

@@ -415,6 +415,6 @@ def _trainer_options(config: TrainConfig) -> dict[str, Any]:
     keys = (
         "epochs", "steps", "mode", "optimizer", "lr", "weight_decay", "optimizer_options",
         "scheduler", "scheduler_options", "grad_clip", "amp", "amp_dtype", "progress",
-        "tensorboard", "save_best", "final_epochs", "affinity",
+        "tensorboard", "save_best", "final_epochs", "affinity", "nonfinite",
     )
     return {key: getattr(config, key) for key in keys}

@@ -94,9 +94,9 @@ class Trainer:
             (except :data:`~taskbalance.training.config.RESUME_MAY_DIFFER`) are an error.
         loader_generator: the train loader's shuffling generator, saved in checkpoints
             (default: ``train_loader.generator``).
-        progress, tensorboard, save_best, callbacks, check_finite, final_epochs: see
-            :class:`TrainConfig`; ``check_finite`` goes to the Balancer. affinity: log per-epoch
-            TAG affinity (history).
+        progress, tensorboard, save_best, callbacks, check_finite, nonfinite, final_epochs: see
+            :class:`TrainConfig`; ``check_finite`` and ``nonfinite`` go to the Balancer (a
+            skipped step makes no update). affinity: log per-epoch TAG affinity (history).
         bn_recalibration: re-estimate the BatchNorm running statistics from this many training
             samples (in order; 0: off) before each evaluation (:mod:`.batchnorm`).
         method_options, shared_parameters: for a method given by name; the shared parameters
@@ -134,6 +134,7 @@ class Trainer:
         save_best: bool = True,
         callbacks: Sequence[Callback] = (),
         check_finite: bool = True,
+        nonfinite: str = "raise",
         method_options: Mapping[str, Any] | None = None,
         shared_parameters: Iterable[nn.Parameter] | None = None,
         bn_recalibration: int = 1024,
@@ -141,7 +142,7 @@ class Trainer:
         affinity: bool = False,
     ) -> None:
         check_counts(epochs, steps, bn_recalibration, final_epochs)
-        self.final_epochs, self.affinity = final_epochs, affinity
+        self.final_epochs, self.affinity, self.nonfinite = final_epochs, affinity, nonfinite
         self.device = resolve_device(device)
         self.model = model.to(self.device)
         self.tasks, self.trainable_tasks = resolve_tasks(tasks, trainable_tasks)
@@ -164,6 +165,7 @@ class Trainer:
         """One process (``DistributedTrainer``: a group); skips shared parameters frozen now."""
         names, mode = self.trainable_tasks, self.mode
         kwargs: dict[str, Any] = {"task_names": names, "check_finite": check_finite}
+        kwargs["nonfinite"] = self.nonfinite
         return Balancer(self.method, shared, mode, process_group=None, **kwargs)
 
     def _set_output(
@@ -248,6 +250,11 @@ class Trainer:
         return self._apply_step(info, scale, stats)  # unscale, clip, optimizer step
 
     def _apply_step(self, info: StepInfo, scale: Any, stats: EpochStats | None) -> StepInfo:
+        if info.skipped:  # Balancer(nonfinite="skip"): drop the step's gradients, no update
+            self.precision.skip(self.optimizer)
+            if stats is not None:
+                stats.add(info)  # counted in nonfinite_steps
+            return info
         if self._rep_detach:  # the heads consumed a detached copy: carry on into the backbone
             self.model.backward_shared()  # type: ignore[operator]
         self.precision.unscale(self.optimizer, self.balancer.parameters(), scale)
@@ -437,8 +444,8 @@ class Trainer:
             "skipped_steps": summary["skipped_steps"],
             "seconds_per_step": summary["seconds_per_step"],
             "lr": lr,
-            **{k: summary[k] for k in ("train_loss", "weights", "grad_norms", "cosines",
-                                       "affinity") if k in summary},  # affinity: when asked
+            **{k: summary[k] for k in ("nonfinite_steps", "train_loss", "weights", "grad_norms",
+                                       "cosines", "affinity") if k in summary},  # affinity: asked
             "val": val,
             "test": test,
             "selection_score": score,

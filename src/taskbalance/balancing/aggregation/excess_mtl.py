@@ -10,7 +10,7 @@ from torch import Tensor
 from .._per_parameter_state import PerParameterState
 from ..base import GradientMethod, check_positive
 from ..registry import register
-from ..solvers import combine
+from ..solvers import chunk_columns, combine
 
 __all__ = ["ExcessMTL"]
 
@@ -73,13 +73,9 @@ class ExcessMTL(PerParameterState, GradientMethod):
         for name in ("sq_grad_sum", "baseline", "log_weights"):
             if getattr(self, name).device != dev:
                 setattr(self, name, getattr(self, name).to(dev))
-        idx = (
-            torch.arange(T, device=dev) if present is None else present.to(dev).nonzero().flatten()
-        )
-        g = J.detach().to(torch.float64)
-        S = self.sq_grad_sum.index_select(0, idx) + g * g
-        self.sq_grad_sum.index_copy_(0, idx, S)
-        excess = (g * g / (S + _ADAGRAD_EPS).sqrt()).sum(1)
+        rows = None if present is None else present.to(dev).nonzero().flatten()
+        excess = _excess_risks(J.detach(), self.sq_grad_sum, rows)
+        idx = torch.arange(T, device=dev) if rows is None else rows
         base = self.baseline.index_select(0, idx)
         has_base = base > 0
         ratio = torch.where(has_base, excess / torch.where(has_base, base, 1.0), 0.0)
@@ -91,3 +87,30 @@ class ExcessMTL(PerParameterState, GradientMethod):
         w = self.log_weights.index_select(0, idx).exp()
         self.last_weights = w.to(dtype=J.dtype)
         return combine(w, J)
+
+
+def _excess_risks(J: Tensor, S: Tensor, rows: Tensor | None) -> Tensor:
+    """``E_t = Σ_k g_tk² / √(S_tk + ε)`` after adding ``g_tk²`` to the AdaGrad sums ``S``.
+
+    ``S``: the float64 ``[T, P]`` state, updated in place (only its ``rows`` when given: the
+    tasks present, one per row of ``J``). Column chunk by chunk in two reused float64 buffers,
+    so no ``[T, P]`` temporaries; the squares of float32 gradients are exact in float64.
+    """
+    n, P = J.shape
+    c = max(1, min(chunk_columns(J.device), P))
+    sq = torch.empty(n, c, dtype=torch.float64, device=J.device)
+    h = torch.empty_like(sq)
+    excess = torch.zeros(n, dtype=torch.float64, device=J.device)
+    for start in range(0, P, c):
+        Jc = J[:, start : start + c]
+        w = Jc.shape[1]
+        g2 = sq[:, :w].copy_(Jc)
+        g2.mul_(g2)
+        if rows is None:
+            S[:, start : start + w].add_(g2)
+            Sc = S[:, start : start + w]
+        else:
+            Sc = S[rows, start : start + w].add_(g2)
+            S[rows, start : start + w] = Sc
+        excess += g2.div_(torch.add(Sc, _ADAGRAD_EPS, out=h[:, :w]).sqrt_()).sum(1)
+    return excess
