@@ -95,8 +95,7 @@ class Trainer:
         loader_generator: the train loader's shuffling generator, saved in checkpoints
             (default: ``train_loader.generator``).
         progress, tensorboard, save_best, callbacks, check_finite, nonfinite, final_epochs: see
-            :class:`TrainConfig`; ``check_finite`` and ``nonfinite`` go to the Balancer (a
-            skipped step makes no update). affinity: log per-epoch TAG affinity (history).
+            :class:`TrainConfig` (the checks go to the Balancer). affinity: log TAG affinity.
         bn_recalibration: re-estimate the BatchNorm running statistics from this many training
             samples (in order; 0: off) before each evaluation (:mod:`.batchnorm`).
         method_options, shared_parameters: for a method given by name; the shared parameters
@@ -163,10 +162,9 @@ class Trainer:
 
     def _balancer(self, shared: list[nn.Parameter], check_finite: bool) -> Balancer:
         """One process (``DistributedTrainer``: a group); skips shared parameters frozen now."""
-        names, mode = self.trainable_tasks, self.mode
-        kwargs: dict[str, Any] = {"task_names": names, "check_finite": check_finite}
-        kwargs["nonfinite"] = self.nonfinite
-        return Balancer(self.method, shared, mode, process_group=None, **kwargs)
+        kwargs: dict[str, Any] = {"check_finite": check_finite, "nonfinite": self.nonfinite}
+        kwargs["task_names"] = self.trainable_tasks
+        return Balancer(self.method, shared, self.mode, process_group=None, **kwargs)
 
     def _set_output(
         self,
@@ -250,10 +248,10 @@ class Trainer:
         return self._apply_step(info, scale, stats)  # unscale, clip, optimizer step
 
     def _apply_step(self, info: StepInfo, scale: Any, stats: EpochStats | None) -> StepInfo:
+        if stats is not None:
+            stats.add(info)  # a skipped step: counted in nonfinite_steps
         if info.skipped:  # Balancer(nonfinite="skip"): drop the step's gradients, no update
             self.precision.skip(self.optimizer)
-            if stats is not None:
-                stats.add(info)  # counted in nonfinite_steps
             return info
         if self._rep_detach:  # the heads consumed a detached copy: carry on into the backbone
             self.model.backward_shared()  # type: ignore[operator]
@@ -262,8 +260,6 @@ class Trainer:
             grads = [p for p in self._params() if p.grad is not None]
             torch.nn.utils.clip_grad_norm_(grads, self.grad_clip)
         self.precision.step(self.optimizer)
-        if stats is not None:
-            stats.add(info)
         return info
 
     def _losses(self, batch: Any) -> dict[str, Tensor | None] | None:
