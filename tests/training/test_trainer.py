@@ -345,3 +345,19 @@ def test_nonfinite_steps_are_counted_in_the_history_and_raise_by_default():
     assert ok.history[0]["nonfinite_steps"] == 0
     with pytest.raises(ValueError, match="task 'b' holds NaN or Inf.*nonfinite='skip'"):
         Trainer(nan_model(calls=[0]), tasks(), "mgda", *loaders(), progress=False).fit()
+
+
+def test_a_skipped_step_lowers_a_float16_loss_scale():
+    """Precision.skip backs the GradScaler off as after an overflow (a CPU scaler stands in
+    for CUDA's), drops the gradients and hands the step back."""
+    from taskbalance.training.precision import Precision
+
+    precision = Precision(False, "bfloat16", torch.device("cpu"), None)
+    precision.scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, backoff_factor=0.25)
+    precision.scaler.scale(torch.ones(()))  # as each step's prepare_losses does first
+    layer = nn.Linear(2, 1)
+    layer(torch.ones(1, 2)).sum().backward()
+    optimizer = torch.optim.SGD(layer.parameters(), lr=0.1)
+    assert precision.skip(optimizer, "info") == "info"
+    assert precision.scaler.get_scale() == 256.0
+    assert all(p.grad is None for p in layer.parameters())

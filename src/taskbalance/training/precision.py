@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -15,6 +15,8 @@ from torch import Tensor, nn
 __all__ = ["AMP_DTYPES", "Precision", "ScaleGrad"]
 
 AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+T = TypeVar("T")
 
 
 class ScaleGrad(torch.autograd.Function):
@@ -111,13 +113,14 @@ class Precision:
                 p.grad.mul_(scale)
         self.scaler.unscale_(optimizer)
 
-    def skip(self, optimizer: torch.optim.Optimizer) -> None:
-        """A step skipped for non-finite gradients: no update, its gradients dropped (task
-        heads may hold some), the float16 loss scale lowered as the scaler does after an
-        overflow (otherwise the next step would overflow alike)."""
+    def skip(self, optimizer: torch.optim.Optimizer, info: T) -> T:
+        """A step skipped for non-finite gradients (``info``, returned): no update, its
+        gradients dropped (task heads may hold some), the float16 loss scale lowered as the
+        scaler does after an overflow (otherwise the next step would overflow alike)."""
         optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.update(self.scaler.get_scale() * self.scaler.get_backoff_factor())
+        return info
 
     def step(self, optimizer: torch.optim.Optimizer) -> None:
         """The optimizer step (skipped by the scaler when a scaled gradient overflowed)."""

@@ -162,9 +162,8 @@ class Trainer:
 
     def _balancer(self, shared: list[nn.Parameter], check_finite: bool) -> Balancer:
         """One process (``DistributedTrainer``: a group); skips shared parameters frozen now."""
-        kwargs: dict[str, Any] = {"check_finite": check_finite, "nonfinite": self.nonfinite}
-        kwargs["task_names"] = self.trainable_tasks
-        return Balancer(self.method, shared, self.mode, process_group=None, **kwargs)
+        return Balancer(self.method, shared, self.mode, task_names=self.trainable_tasks,
+                        check_finite=check_finite, nonfinite=self.nonfinite, process_group=None)
 
     def _set_output(
         self,
@@ -251,8 +250,7 @@ class Trainer:
         if stats is not None:
             stats.add(info)  # a skipped step: counted in nonfinite_steps
         if info.skipped:  # Balancer(nonfinite="skip"): drop the step's gradients, no update
-            self.precision.skip(self.optimizer)
-            return info
+            return self.precision.skip(self.optimizer, info)
         if self._rep_detach:  # the heads consumed a detached copy: carry on into the backbone
             self.model.backward_shared()  # type: ignore[operator]
         self.precision.unscale(self.optimizer, self.balancer.parameters(), scale)
