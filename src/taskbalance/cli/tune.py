@@ -39,7 +39,7 @@ def add_command(sub: Any, defaults: dict[str, Any]) -> None:
         type=positive_int,
         default=20,
         help="finished trials the study should have; a rerun adds only the missing "
-        "ones (default: %(default)s)",
+        "ones (a trial of NaN metrics fails and is missing) (default: %(default)s)",
     )
     p.add_argument(
         "--storage", default=None, help="Optuna storage URL (default: sqlite:///OUT/tune.db)"

@@ -260,7 +260,9 @@ def _study_settings(s: TuneSettings) -> dict[str, Any]:
 
 
 def run_tune(settings: TuneSettings, log: Log = print) -> TuneResult:
-    """Run (or continue) the study until it has ``settings.trials`` finished trials."""
+    """Run (or continue) the study: as many trials as it lacks finished ones of
+    ``settings.trials``. A trial that fails (non-finite Δm%) does not count, so the study may end
+    with fewer; the next call runs the missing ones."""
     from optuna.trial import TrialState
 
     s = settings
