@@ -65,13 +65,15 @@ def test_methods_lists_every_registered_method(capsys):
 def test_train_one_run(tmp_path, capsys):
     out = tmp_path / "run"
     argv = ["train", "--benchmark", "multidigits", "--method", "pcgrad", *TINY, "--out", str(out),
-            "--affinity"]  # fmt: skip
+            "--affinity", "--nonfinite", "skip"]  # fmt: skip
     assert main(argv) == 0
     assert f"results: {out / 'results.json'}" in capsys.readouterr().out
     results = json.loads((out / "results.json").read_text())
     assert results["config"]["method"] == "pcgrad" and results["config"]["affinity"] is True
     affinity = results["history"][0]["affinity"]  # --affinity logs TAG affinity per epoch
     assert set(affinity) == {"left>right", "right>left"}
+    assert results["config"]["nonfinite"] == "skip"  # --nonfinite: the config key
+    assert results["history"][0]["nonfinite_steps"] == 0
     assert results["config"]["steps"] == 2 and results["config"]["size"] == "tiny"
     assert set(results["test"]) == {"left", "right"}
 

@@ -53,6 +53,12 @@ def add_command(sub: Any, defaults: dict[str, Any]) -> None:
         action="store_true",
         help="also log per-epoch TAG task affinity to history/TensorBoard (gradient methods)",
     )
+    p.add_argument(
+        "--nonfinite",
+        choices=["raise", "skip"],
+        help="a step whose task gradient holds NaN or Inf: stop with an error (raise, the "
+        "default) or warn and skip it without an update, counted in the history (skip)",
+    )
     add_nproc_flag(p)
     p.add_argument(
         "--overwrite",
@@ -111,6 +117,7 @@ def _add_group_flags(p: argparse.ArgumentParser) -> None:
 # flag (argparse dest) -> TrainConfig key
 _TRAIN_FLAGS = {
     "benchmark": "benchmark",
+    "nonfinite": "nonfinite",
     "method": "method",
     "epochs": "epochs",
     "steps": "steps",
