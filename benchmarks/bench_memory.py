@@ -54,6 +54,7 @@ def torchjd_step(model: DeepTrunk) -> Callable[[list[torch.Tensor]], None] | Non
     heads = [list(h.parameters()) for h in model.heads]
 
     def step(losses: list[torch.Tensor]) -> None:
+        assert model.features is not None  # set by the forward pass
         mtl_backward(losses, model.features, shared_params=shared, tasks_params=heads)
         jac_to_grad(shared, agg)
 

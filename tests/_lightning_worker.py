@@ -150,7 +150,7 @@ def main(out: str) -> None:
             strategy = DDPStrategy(process_group_backend="gloo", ddp_comm_hook=counting_hook)
             # unshuffled: rank r takes samples r, r + 2, ..., so the union of the ranks' k-th
             # batches is the k-th batch of 2 x DDP_LOCAL_BATCH samples of one process
-            sampler = DistributedSampler(dataset(), 2, rank, shuffle=False)
+            sampler: DistributedSampler = DistributedSampler(dataset(), 2, rank, shuffle=False)
             fit(
                 net,
                 DDP_LOCAL_BATCH,

@@ -4,6 +4,7 @@ published layouts, explicit flags over recipe values, published rows on the lead
 from __future__ import annotations
 
 import json
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -49,7 +50,7 @@ def test_recipes_lists_name_dataset_model_protocol_source(capsys) -> None:
 # fake data each recipe reads, and the options a CPU smoke run needs on it: MTAN's SegNet halves
 # the image 5 times (32 x 32), at width 4 instead of 64 (a 44M-parameter checkpoint per test
 # otherwise); CelebA at 16 x 16; MultiMNIST with 3 validation images
-_FAKE = {
+_FAKE: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "nyuv2-mtan": ("nyuv2", {"size": (32, 32)}, {"model_options": {"width": 4}}),
     "cityscapes-mtan": ("cityscapes", {"size": (32, 32)}, {"model_options": {"width": 4}}),
     "celeba-resnet18": ("celeba", {}, {"dataset_options": {"image_size": 16}}),

@@ -225,7 +225,12 @@ def test_nproc_runs_the_same_command_under_torchrun(monkeypatch) -> None:
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     started: list[list[str]] = []
-    monkeypatch.setattr(subprocess, "call", lambda cmd: started.append(cmd) or 7)
+
+    def call(cmd: list[str]) -> int:
+        started.append(cmd)
+        return 7
+
+    monkeypatch.setattr(subprocess, "call", call)
     argv = ["train", "--nproc", "3", "--method", "mgda", "--nproc=3", "--epochs", "1"]
     assert main(argv) == 7  # torchrun's exit status
     assert started == [

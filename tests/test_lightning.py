@@ -54,6 +54,7 @@ def test_lightning_fit_equals_the_same_steps_by_hand(method, mode, scheduler) ->
             float(epoch_weights[i])
         )
     if method == "mgda":
+        assert last.cosines is not None
         assert float(logged["balance/cos/a~b_step"]) == pytest.approx(float(last.cosines[0, 1]))
     if method == "dwa":
         assert abs(float(last.weights[0]) - 1.0) > 1e-3  # epoch_end reached the method

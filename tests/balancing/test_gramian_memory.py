@@ -14,7 +14,7 @@ GRAMIAN_METHODS = [
     for n in tb.available_methods()
     if tb.method_info(n).kind == "gradient" and tb.create(n, 2).uses_gramian
 ]
-OPTIONS = {
+OPTIONS: dict[str, dict[str, object]] = {
     "mgda": {"normalization": "loss+"},
     "pcgrad": {"seed": 3},
     "gradvac": {"seed": 3},

@@ -100,7 +100,7 @@ def test_cache_file_reused_and_corrupt_file_regenerated(tmp_path: Path) -> None:
     files[0].write_bytes(b"not an npz file")
     third = load_benchmark("scenes", size="tiny", cache_dir=tmp_path)
     assert torch.equal(first.train.inputs, third.train.inputs)
-    np.savez(files[0], **{"train/inputs": np.zeros((2, 3, 4, 4), np.uint8)})  # incomplete
+    np.savez(files[0], **{"train/inputs": np.zeros((2, 3, 4, 4), np.uint8)})  # type: ignore[arg-type]  # incomplete
     fourth = load_benchmark("scenes", size="tiny", cache_dir=tmp_path)
     assert torch.equal(first.test.targets["normals"], fourth.test.targets["normals"])
     # different sizes and seeds get different files

@@ -36,7 +36,7 @@ def test_conflict_stats_by_hand_with_missing_step() -> None:
 
 def test_norm_ratios_and_loss_scale() -> None:
     norms = np.array([[1.0, 2.0, 8.0], [3.0, 3.0, 3.0]])
-    np.testing.assert_allclose(norm_ratios_to_median(norms), [[0.5, 1.0, 4.0], [1, 1, 1]])
+    np.testing.assert_allclose(norm_ratios_to_median(norms), [[0.5, 1.0, 4.0], [1.0, 1.0, 1.0]])
     losses = np.array([[1.0, 10.0, 100.0], [3.0, 10.0, 300.0]])  # means 2, 10, 200
     np.testing.assert_allclose(loss_scale_ratios(losses), [0.2, 1.0, 20.0])
 

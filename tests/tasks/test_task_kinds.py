@@ -38,7 +38,8 @@ BUILT_IN = [
 ]
 
 # kind -> (shapes that fit, shapes that do not), each (prediction, target)
-SHAPES = {
+Shape = tuple[int, ...]
+SHAPES: dict[str, tuple[list[tuple[Shape, Shape]], list[tuple[Shape, Shape]]]] = {
     "classification": ([((4, 3), (4,))], [((4, 3), (4, 3)), ((4, 3), (5,))]),
     "event": ([((2, 5), (2,))], [((2, 5, 1), (2,))]),
     "binary": ([((4, 2), (4, 2))], [((4, 2), (4,))]),

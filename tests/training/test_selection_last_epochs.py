@@ -52,6 +52,7 @@ def test_a_run_with_final_epochs_reports_the_mean_of_its_last_epochs(tmp_path) -
     }
     result = train(config)
     last = result.history[-2:]
+    assert result.test is not None
     for task in ("left", "right"):
         by_hand = (last[0]["test"][task]["accuracy"] + last[1]["test"][task]["accuracy"]) / 2
         assert result.test[task]["accuracy"] == pytest.approx(by_hand)

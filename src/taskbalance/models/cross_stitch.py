@@ -17,7 +17,7 @@ columns (they scale it by 10^2-10^3): give ``model.shared_parameters()`` its own
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import cast
 
 import torch
@@ -224,7 +224,7 @@ class CrossStitchNetwork(MultiTaskNetwork):
 
     def __init__(
         self,
-        layers: Sequence[nn.Module],
+        layers: Iterable[nn.Module],
         heads: Mapping[str, nn.Module],
         *,
         stitch_after: Sequence[int] | None = None,
