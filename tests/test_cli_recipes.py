@@ -4,8 +4,8 @@ published layouts, explicit flags over recipe values, published rows on the lead
 from __future__ import annotations
 
 import json
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import pytest
 from _cli_errors import user_error

@@ -42,7 +42,7 @@ class OnAccelerator(torch.Tensor):
         return out
 
     @classmethod
-    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):  # pragma: no cover
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):  # type: ignore[override]  # pragma: no cover
         raise AssertionError("operations on OnAccelerator go through FakeAccelerator")
 
 
@@ -105,8 +105,9 @@ def test_one_synchronisation_per_aggregation_at_most(name):
     for T in (3, 10):  # 10 > 8: MGDA's Wolfe loop, CAGrad's polish, Nash's Newton
         J = conflicting_jacobian(T)
         expected = tb.create(name, T, seed=0) if name in SEEDED else tb.create(name, T)
-        reference = expected.aggregate(J)
         method = tb.create(name, T, seed=0) if name in SEEDED else tb.create(name, T)
+        assert isinstance(expected, tb.GradientMethod) and isinstance(method, tb.GradientMethod)
+        reference = expected.aggregate(J)
         mode = FakeAccelerator()
         with mode:
             d = method.aggregate(OnAccelerator(J))
@@ -144,5 +145,6 @@ def test_log_loss_methods_leave_the_sign_check_to_the_callers_one_sync(name):
         if name == "db_mtl":
             method.transform_losses(L_dev)
         else:
+            assert isinstance(method, tb.LossMethod)
             method.combine_present(L_dev, None)
     assert mode.syncs == []

@@ -82,7 +82,7 @@ def enumerate_faces(J: np.ndarray) -> np.ndarray:
             if (w < -1e-14).any():
                 continue
             w = np.clip(w, 0, None) / np.clip(w, 0, None).sum()
-            v = np.linalg.norm(w @ J)
+            v = float(np.linalg.norm(w @ J))
             if v < best:
                 best, best_w = v, w
     assert best_w is not None
@@ -130,7 +130,9 @@ def test_tiny_row_alone_is_the_answer():
         np.testing.assert_allclose(solve(J, method), [1.0, 0.0, 0.0], atol=1e-12)
     for dtype in (torch.float32, torch.float64):
         m = tb.create("mgda", 3)
+        assert isinstance(m, tb.GradientMethod)
         m.aggregate(torch.tensor(J, dtype=dtype))
+        assert m.last_weights is not None
         np.testing.assert_allclose(m.last_weights.double().numpy(), [1, 0, 0], atol=1e-6)
 
 
@@ -235,9 +237,11 @@ def test_float32_rows_spread_1e12():
         J = rows(rng, n, 20, 1e12, "random") / 1e2
         J32 = torch.tensor(J, dtype=torch.float32)
         m = tb.create("mgda", n)
+        assert isinstance(m, tb.GradientMethod)
         d = m.aggregate(J32)
         assert d.dtype == torch.float32
         J64 = J32.double().numpy()
         ref = enumerate_faces(J64)
+        assert m.last_weights is not None
         w = m.last_weights.double().numpy()
         assert np.linalg.norm(w @ J64) <= np.linalg.norm(ref @ J64) * (1 + 1e-5)

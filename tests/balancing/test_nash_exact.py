@@ -57,7 +57,9 @@ def authors_alpha(G: np.ndarray, s: float, iterations: int = 40) -> np.ndarray:
 
 def paper_alpha(J: np.ndarray) -> np.ndarray:
     m = tb.create("nash_mtl", len(J), max_norm=0.0)
+    assert isinstance(m, tb.GradientMethod)
     m.aggregate(torch.tensor(J))
+    assert m.last_weights is not None
     return m.last_weights.numpy()
 
 
@@ -128,6 +130,7 @@ def test_no_solution_keeps_the_finite_ridge_fallback():
         assert torch.isfinite(alpha).all() and (alpha > 0).all()
         assert float(alpha.max()) <= 2.0 / np.sqrt(1e-10)
         m = tb.create("nash_mtl", len(J), max_norm=0.0)
+        assert isinstance(m, tb.GradientMethod)
         d = m.aggregate(torch.tensor(J))
         assert torch.isfinite(d).all()
         assert float(d.norm()) <= np.sqrt(len(J)) * 1.001

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from torch import nn
 
 from taskbalance.data.experiment import (
     ExperimentError,
@@ -92,7 +93,7 @@ def make(tmp_path, monkeypatch):
         path.write_text(yaml.safe_dump(data, sort_keys=False).replace("MOD:", f"{module}:"))
         return path
 
-    write.module = module
+    write.module = module  # type: ignore[attr-defined]  # the module name, for the tests
     return write
 
 
@@ -129,7 +130,10 @@ def test_example_loads_with_its_tasks_data_and_model():
     model = source.build_model(width=8)
     outputs = model(source.train[[0, 1, 2]][0])
     assert outputs["spend"].shape == (3, 1) and outputs["churn"].shape == (3, 2)
-    assert model.backbone[0].out_features == 8  # the option overrides the file's width 64
+    backbone = model.backbone
+    assert isinstance(backbone, nn.Sequential) and isinstance(backbone[0], nn.Linear)
+    first = backbone[0]
+    assert first.out_features == 8  # the option overrides the file's width 64
 
 
 def test_example_data_is_deterministic():
@@ -342,7 +346,8 @@ def test_a_registered_kind_with_a_preset_is_accepted(make, monkeypatch):
     register_kind(
         TaskKind("count_experiment_test", "[B, 1] / [B, 1]", kinds.same_shape, count_task)
     )
-    entries = [{"name": "a", "kind": "count_experiment_test", "scale": 2.0},
+    entries: list[dict[str, object]] = [
+               {"name": "a", "kind": "count_experiment_test", "scale": 2.0},
                {"name": "b", "kind": "regression"}]  # fmt: skip
     source = load_experiment(make(tasks=entries))
     assert [t.kind for t in source.tasks] == ["count_experiment_test", "regression"]

@@ -22,7 +22,7 @@ def test_task_info_from_the_benchmark(info):
 
 
 def test_resolve_methods():
-    notes = []
+    notes: list[str] = []
     standard = compare.resolve_methods(None, 2, notes.append)
     registered = set(taskbalance.available_methods())
     assert standard == [m for m in compare.STANDARD_METHODS if m in registered]
@@ -98,7 +98,7 @@ def test_run_or_reuse_refuses_a_finished_run_with_another_mode(tmp_path):
         "tensorboard": False,
     }
     first = compare.run_or_reuse(config, log=lambda _: None)
-    lines = []
+    lines: list[str] = []
     again = compare.run_or_reuse(config, log=lines.append)
     assert again == first and "reused" in lines[0]
     with pytest.raises(ValueError, match="other settings.*mode: 'param' there, 'rep' now"):

@@ -231,8 +231,9 @@ def test_paired_tests_match_scipy_and_mark_rows():
     assert single["values"] == pytest.approx([25.0, -15.0])
     assert single["p"] == pytest.approx(stats.ttest_1samp([25.0, -15.0], 0.0).pvalue)
     assert report.paired_t_test([1.0]) is None
-    assert report.paired_t_test([2.0, 2.0])["p"] == 0.0
-    assert report.paired_t_test([0.0, 0.0])["p"] == 1.0
+    constant, zero = report.paired_t_test([2.0, 2.0]), report.paired_t_test([0.0, 0.0])
+    assert constant is not None and constant["p"] == 0.0
+    assert zero is not None and zero["p"] == 1.0
     assert report.critical_t(3) == pytest.approx(stats.t.ppf(0.975, 2))
     row = {"vs_reference": {"p": 0.01}, "vs_single_task": {"p": 0.2}}
     assert report.significance_marks(row) == "*"

@@ -76,7 +76,7 @@ def _bitwise_equal(before: dict[str, torch.Tensor], module: nn.Module) -> bool:
 
 
 def test_stage_normalises_and_validates() -> None:
-    stage = Stage(["a", "b"], freeze="backbone", epochs=2, lr=1e-4)
+    stage = Stage(["a", "b"], freeze="backbone", epochs=2, lr=1e-4)  # type: ignore[arg-type]
     assert stage.tasks == ("a", "b") and stage.freeze == ("backbone",)
     with pytest.raises(ValueError, match="at least one task"):
         Stage(())
@@ -204,7 +204,9 @@ def test_frozen_parts_stay_bitwise_fixed_and_balancer_sees_stage_tasks() -> None
     assert _bitwise_equal(s2["backbone"], model.backbone)
     assert _bitwise_equal(s2["heads"]["a"], model.heads["a"])
     assert _bitwise_equal(s2["heads"]["b"], model.heads["b"])  # includes its BatchNorm buffers
-    assert not torch.equal(s2["heads"]["c"]["weight"], model.heads["c"].weight)
+    head_c = model.heads["c"]
+    assert isinstance(head_c.weight, torch.Tensor)
+    assert not torch.equal(s2["heads"]["c"]["weight"], head_c.weight)
 
     # afterwards every part is trainable again and frozen parts got no gradient
     assert model.frozen_parts == frozenset()
@@ -213,6 +215,7 @@ def test_frozen_parts_stay_bitwise_fixed_and_balancer_sees_stage_tasks() -> None
     assert all(p.grad is None for t in ("a", "b") for p in model.heads[t].parameters())
 
     # final metrics: every task, from the last epoch of the last stage
+    assert result.test is not None
     assert set(result.val) == set(TASKS) and set(result.test) == set(TASKS)
     assert result.val == result.stages[-1].result.history[-1]["val"]
     assert [h["stage"] for h in result.history] == ["first", "second", "second"]

@@ -39,10 +39,10 @@ def test_segnet_stages_and_config() -> None:
         ((1, 2, 4, 4), (1, 2, 4, 4)),  # decoder: unpool to 4x4, map 4 -> 2 channels
         ((1, 2, 8, 8), (1, 2, 8, 8)),
     ]
-    assert [len(stage) for stage in net.encoder] == [1, 3]
+    assert [len(list(stage.children())) for stage in net.encoder] == [1, 3]
     paper = SegNetBackbone.mtan_nyuv2()
     assert paper.channels == [64, 128, 256, 512, 512]
-    assert [len(stage) for stage in paper.encoder] == [2, 2, 3, 3, 3]
+    assert [len(list(stage.children())) for stage in paper.encoder] == [2, 2, 3, 3, 3]
     assert paper.out_channels == 64
 
 

@@ -73,7 +73,9 @@ def test_task_gradient_reaches_only_shared_and_own_params(task_grads) -> None:
     assert not g["touched"] & (g["b"] | g["c"])
     # through the units, task a's loss reaches every column: that is why they are shared
     for task in ("a", "b", "c"):
-        assert id(net.columns[task][0].weight) in g["touched"]
+        column = net.columns[task]
+        assert isinstance(column, nn.Sequential)
+        assert id(column[0].weight) in g["touched"]
 
 
 def test_network_with_small_cnn_measures_channels() -> None:
@@ -81,12 +83,13 @@ def test_network_with_small_cnn_measures_channels() -> None:
     cnn = SmallCNN(1, width=2, out_dim=4, pool_size=2)
     heads = {"a": ClassificationHead(4, 3), "b": ClassificationHead(4, 2)}
     net = CrossStitchNetwork(cnn, heads, example_input=x)
-    assert [u.alpha.shape[0] for u in net.units.values()] == [2, 4, 16]
+    # a unit's one parameter is its alpha
+    assert [p.shape[0] for p in net.units.parameters()] == [2, 4, 16]
     assert net(x)["a"].shape == (2, 3)
     with pytest.raises(ValueError, match="example_input"):
         CrossStitchNetwork(cnn, heads, stitch_after=[2])
     few = CrossStitchNetwork(cnn, heads, stitch_after=[0, 1])  # channels read from the layers
-    assert [u.alpha.shape[0] for u in few.units.values()] == [2, 4]
+    assert [p.shape[0] for p in few.units.parameters()] == [2, 4]
 
 
 def test_network_errors_and_single_task_copies() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from taskbalance.models import ClassificationHead, CoordinateHead, DenseHead, NormalHead
 
@@ -41,11 +42,14 @@ def test_coordinate_head_from_map_and_vector() -> None:
 def test_coordinate_head_localises_a_peak() -> None:
     """Identity-like scores: the x logits peak at the column of a bright pixel, y at its row."""
     head = CoordinateHead(1, width=8, height=6, hidden=1)
+    first, last = head.net[0], head.net[2]
+    assert isinstance(first, nn.Conv2d) and isinstance(last, nn.Conv2d)
+    assert first.bias is not None and last.bias is not None
     with torch.no_grad():
-        head.net[0].weight.fill_(1.0)
-        head.net[0].bias.zero_()
-        head.net[2].weight.fill_(1.0)
-        head.net[2].bias.zero_()
+        first.weight.fill_(1.0)
+        first.bias.zero_()
+        last.weight.fill_(1.0)
+        last.bias.zero_()
     fmap = torch.zeros(1, 1, 6, 8)
     fmap[0, 0, 4, 2] = 10.0
     lx, ly = head.split(head(fmap))

@@ -58,6 +58,7 @@ def test_attention_module_counts() -> None:
     # g^(2): conv1x1 4->2 (10) + BN(4) + conv1x1 2->2 (6) + BN(4) = 24
     assert sum(p.numel() for p in model.attention["a"].parameters()) == 44
     # f^(2): conv3x3 2->2 without bias (36) + BN (4) = 40, shared by default
+    assert model.shared_f is not None
     assert sum(p.numel() for p in model.shared_f.parameters()) == 40
 
 

@@ -111,7 +111,9 @@ def test_preset_round_trip(task: Task, make, directions: dict, primary: str) -> 
     pred.grad = None
     mask = torch.ones(pred.shape[0], dtype=torch.bool)
     mask[0] = False
-    task.loss(pred, target, mask).backward()
+    masked = task.loss(pred, target, mask)
+    assert masked is not None
+    masked.backward()
     assert torch.count_nonzero(pred.grad[0]) == 0
     metrics = task.new_metrics()
     metrics.update(pred, target, mask)
@@ -146,6 +148,7 @@ def test_segmentation_task_loss_options() -> None:
     ce = segmentation_task("s", 3).loss(pred, target)
     dice = segmentation_task("s", 3, loss="dice").loss(pred, target)
     both = segmentation_task("s", 3, loss="ce+dice").loss(pred, target)
+    assert ce is not None and dice is not None and both is not None
     assert float(both) == pytest.approx(float(ce) + float(dice), rel=1e-6)
     with pytest.raises(ValueError, match="'ce', 'dice' or 'ce\\+dice'"):
         segmentation_task("s", 3, loss="focal")  # type: ignore[arg-type]
@@ -158,7 +161,7 @@ def test_segmentation_task_loss_options() -> None:
         (lambda: segmentation_task("s", 0), "num_classes"),
         (lambda: ball_position_task("b", 0, 5), "width"),
         (lambda: ball_position_task("b", 5, 5, sigma=0), "sigma"),
-        (lambda: regression_task("r", loss="huber"), "'l1' or 'mse'"),
+        (lambda: regression_task("r", loss="huber"), "'l1' or 'mse'"),  # type: ignore[arg-type]
         (lambda: event_task("e", 3, background_class=3), "background_class"),
     ],
 )

@@ -92,7 +92,7 @@ def test_workers_prefetch_and_give_the_same_batches_every_epoch():
         got = [b[1]["t"].tolist() for b in loaded]
         assert got == [b[1]["t"].tolist() for b in plain]
         assert torch.equal(loaded.generator.get_state(), plain.generator.get_state())
-        seen = sum(got, [])  # 10 = 3 * 3 + 1: the single-sample last batch is dropped
+        seen: list[float] = sum(got, [])  # 10 = 3 * 3 + 1: the single-sample last batch is dropped
         assert len(seen) == len(set(seen)) == 9
 
 
@@ -112,4 +112,4 @@ def test_a_run_with_workers_equals_one_without(tmp_path):
         for workers in (0, 1)
     ]
     assert runs[0].test == runs[1].test and runs[0].val == runs[1].val
-    assert runs[0].test["normals"]["mean_angle"] > 0
+    assert runs[0].test is not None and runs[0].test["normals"]["mean_angle"] > 0

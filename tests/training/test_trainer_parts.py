@@ -27,7 +27,8 @@ def test_precision_off_keeps_values_and_casts_to_float32() -> None:
     x = torch.tensor(1.5, dtype=torch.float64, requires_grad=True)
     losses, scale = p.prepare_losses({"a": x, "b": None})
     assert scale is None and losses["b"] is None
-    assert losses["a"].dtype == torch.float32 and float(losses["a"].detach()) == 1.5
+    a = losses["a"]
+    assert a is not None and a.dtype == torch.float32 and float(a.detach()) == 1.5
     with p.autocast():  # a null context off CUDA
         assert not torch.is_autocast_enabled()
 
@@ -37,6 +38,7 @@ def test_scale_grad_multiplies_the_gradient_only() -> None:
     y = ScaleGrad.apply(x, torch.tensor(8.0))
     assert torch.equal(y, x)
     (y * torch.tensor([1.0, 2.0])).sum().backward()
+    assert x.grad is not None
     assert x.grad.tolist() == [8.0, 16.0]  # d/dx (x1 + 2 x2) = (1, 2), times the scale 8
 
 
@@ -105,8 +107,8 @@ def test_scheduler_none_and_bad_names() -> None:
 def step(losses, present, weights=None, norms=None, cosines=None) -> StepInfo:
     t = lambda v: None if v is None else torch.tensor(v, dtype=torch.float32)  # noqa: E731
     return StepInfo(
-        ("a", "b"), t(losses), torch.tensor(present), weights=t(weights), grad_norms=t(norms),
-        cosines=t(cosines),
+        ("a", "b"), torch.tensor(losses, dtype=torch.float32), torch.tensor(present),
+        weights=t(weights), grad_norms=t(norms), cosines=t(cosines),
     )
 
 

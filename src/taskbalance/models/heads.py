@@ -124,7 +124,7 @@ class CoordinateHead(nn.Module):
         self.height = height
         self.from_map = from_map
         if from_map:
-            self.net: nn.Module = nn.Sequential(
+            self.net: nn.Sequential = nn.Sequential(
                 nn.Conv2d(in_dim, hidden, kernel_size=1),
                 nn.ReLU(inplace=True),
                 nn.Conv2d(hidden, 2, kernel_size=1),

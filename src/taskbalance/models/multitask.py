@@ -304,7 +304,7 @@ class MultiTaskModel(MultiTaskNetwork):
     @classmethod
     def from_layers(
         cls,
-        layers: Sequence[nn.Module],
+        layers: Sequence[nn.Module] | nn.Sequential,
         heads: Mapping[str, nn.Module] | Callable[[str], nn.Module],
         branch_point: int,
         *,
