@@ -45,7 +45,7 @@ def one_seed(args: argparse.Namespace, seed: int, root: Path) -> dict[str, Any]:
     two = analyse(result)["groupings"][1]
     groups = [[result.task_names[i] for i in g] for g in two.groups]
     recovered = {frozenset(g) for g in groups} == {frozenset(g) for g in GROUPS}
-    quiet = {"log": lambda _m: None, "overwrite": True}
+    quiet: dict[str, Any] = {"log": lambda _m: None, "overwrite": True}
     base = root / f"seed{seed}" / "single"
     train_groups(_config(args, seed, base), [[t] for g in GROUPS for t in g], **quiet)
     grouped = train_groups(

@@ -60,7 +60,7 @@ def run(name, views, mode="rep", steps=2, missing=(), shared_extra=False, **opti
         with torch.no_grad():
             for p in [*net.parameters(), *method.parameters()]:
                 if p.grad is not None:
-                    p -= 0.05 * p.grad
+                    p.sub_(0.05 * p.grad)
     return [None if p.grad is None else p.grad.clone() for p in net.parameters()], info
 
 
@@ -172,6 +172,8 @@ def test_rep_rows_norms_cosines_and_update_equal_per_task_gradients(views):
         info = balancer.backward(losses, features=net.head_inputs if views else net.features)
         idx = [NAMES.index(n) for n in present]
         norms = np.sqrt(np.diag(J @ J.T))
+        assert info.grad_norms is not None and info.cosines is not None
+        assert info.weights is not None
         np.testing.assert_allclose(info.grad_norms.numpy()[idx], norms, rtol=1e-5)
         cos = (J @ J.T) / np.outer(norms, norms)
         np.testing.assert_allclose(info.cosines.numpy()[np.ix_(idx, idx)], cos, atol=1e-6)
@@ -179,6 +181,7 @@ def test_rep_rows_norms_cosines_and_update_equal_per_task_gradients(views):
         w = info.weights.double().numpy()[idx]
         for k, p in enumerate(shared):
             expected = sum(w_t * grads[k] for w_t, grads in zip(w, param_grads))
+            assert p.grad is not None
             np.testing.assert_allclose(p.grad.double().numpy(), expected, rtol=1e-5, atol=1e-7)
 
 
@@ -189,6 +192,7 @@ def test_rep_rows_buffer_is_reused_across_steps():
     for _ in range(3):
         net.zero_grad(set_to_none=True)
         balancer.backward(losses_of(net(torch.randn(8, 4))), features=net.head_inputs)
+        assert balancer._rows._data is not None
         pointers.add(balancer._rows._data.data_ptr())
     assert len(pointers) == 1
 
@@ -209,7 +213,8 @@ def test_multitask_model_hands_each_head_a_view_and_the_balancer_takes_them():
             assert v._base is model.features  # a view of the features, one per head
         balancer = tb.Balancer(tb.create("mgda", 3), list(model.shared_parameters()), "rep")
         balancer.backward(losses_of(out), features=inputs if views else model.features)
-        grads.append([p.grad.clone() for p in model.parameters()])
+        assert all(p.grad is not None for p in model.parameters())
+        grads.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
     for a, b in zip(*grads):
         torch.testing.assert_close(b, a)
     torch.manual_seed(0)

@@ -8,10 +8,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from taskbalance.data import available_benchmarks, load_benchmark
 from taskbalance.data.benchmark import get_spec
 from taskbalance.data.synthetic_mtl import VARIANTS, label_correlation, task_parameters
+
+
+def _gate_linear(model: nn.Module) -> nn.Linear:
+    """The linear layer of task y1's gate in an MMoE model."""
+    gates = model.gates
+    assert isinstance(gates, nn.ModuleDict)
+    linear = gates["y1"].linear
+    assert isinstance(linear, nn.Linear)
+    return linear
 
 
 def params(**overrides) -> dict:
@@ -102,8 +112,8 @@ def test_registered_names_items_and_models(tmp_path: Path) -> None:
     diff = bench.train.targets["y1"] - bench.train.targets["y2"]
     assert float(diff.std()) == pytest.approx(0.1 * 2**0.5, rel=0.3)
     assert [t.name for t in bench.tasks] == ["y1", "y2"]
-    assert bench.build_model().gates["y1"].linear.bias is not None  # gate_bias=True default
-    assert bench.build_model(gate_bias=False).gates["y1"].linear.bias is None
+    assert _gate_linear(bench.build_model()).bias is not None  # gate_bias=True default
+    assert _gate_linear(bench.build_model(gate_bias=False)).bias is None
     for arch in ("mmoe", "hard", "cgc", "ple", "dselect_k", "ltb"):
         out = bench.build_model(arch=arch)(bench.train.inputs[:4])
         assert {t: tuple(v.shape) for t, v in out.items()} == {"y1": (4, 1), "y2": (4, 1)}

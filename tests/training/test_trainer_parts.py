@@ -107,8 +107,12 @@ def test_scheduler_none_and_bad_names() -> None:
 def step(losses, present, weights=None, norms=None, cosines=None) -> StepInfo:
     t = lambda v: None if v is None else torch.tensor(v, dtype=torch.float32)  # noqa: E731
     return StepInfo(
-        ("a", "b"), torch.tensor(losses, dtype=torch.float32), torch.tensor(present),
-        weights=t(weights), grad_norms=t(norms), cosines=t(cosines),
+        ("a", "b"),
+        torch.tensor(losses, dtype=torch.float32),
+        torch.tensor(present),
+        weights=t(weights),
+        grad_norms=t(norms),
+        cosines=t(cosines),
     )
 
 
