@@ -17,6 +17,7 @@ from taskbalance.balancing.solvers import gramian, normalized, random_orders
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _jacobians import scaled_jacobian  # noqa: E402
+from _typed import gradient_method
 
 DTYPES = [torch.float32, torch.float64]
 METHODS = ["mgda", "pcgrad", "graddrop", "imtl_g", "imtl", "gradvac"]
@@ -202,7 +203,7 @@ def test_pcgrad_many_tasks_against_numpy(dtype):
         n = 4
         J = torch.tensor(rng.standard_normal((n, 7)), dtype=dtype)
         expected = pcgrad_reference(J.double().numpy(), orders_for(seed, n))
-        d = taskbalance.create("pcgrad", n, seed=seed).aggregate(J)
+        d = gradient_method("pcgrad", n, seed=seed).aggregate(J)
         close(d, expected, dtype, scale=10)
 
 
@@ -229,14 +230,15 @@ def test_graddrop_against_numpy(dtype, n, columns, monkeypatch):
         ell = np.broadcast_to(np.asarray(leak, dtype=float), (n,))[:, None]
         expected = ((ell + (1 - ell) * M) * J).sum(0)
         m = taskbalance.create("graddrop", n, seed=7, leak=leak)
+        assert isinstance(m, taskbalance.GradientMethod)
         d = m.aggregate(Jt)
         close(d, expected, dtype, scale=n)
         assert m.last_weights is None
         close(d[:5], J[:, :5].sum(0), dtype, scale=n)
         torch.manual_seed(7)  # the global RNG (seed=None) draws the same numbers
-        same = taskbalance.create("graddrop", n, leak=leak).aggregate(Jt)
+        same = gradient_method("graddrop", n, leak=leak).aggregate(Jt)
         assert torch.equal(same, d)
-    all_leak = taskbalance.create("graddrop", n, seed=0, leak=1.0).aggregate(Jt)
+    all_leak = gradient_method("graddrop", n, seed=0, leak=1.0).aggregate(Jt)
     close(all_leak, J.sum(0), dtype, scale=n)
     assert taskbalance.create("graddrop", 2).prefers_rep_mode
 
@@ -250,7 +252,7 @@ def test_graddrop_keeps_the_positive_sign_with_probability_p(dtype):
     probs = torch.tensor([0.002, 0.05, 0.3, 0.5, 0.7, 0.95, 0.998], dtype=dtype)
     p = probs.repeat_interleave(per)
     J = torch.stack([p, p - 1.0])
-    d = taskbalance.create("graddrop", 2, seed=3).aggregate(J)
+    d = gradient_method("graddrop", 2, seed=3).aggregate(J)
     assert bool(((d == J[0]) | (d == J[1])).all())
     kept = (d > 0).reshape(len(probs), per).double().mean(1)
     expected = probs.double()
@@ -278,6 +280,7 @@ def test_gradvac_against_numpy(dtype):
         J = torch.tensor(rng.standard_normal((n, 6)), dtype=dtype)
         Jn = J.double().numpy()
         m = taskbalance.create("gradvac", n, seed=seed, beta=0.2)
+        assert isinstance(m, taskbalance.GradientMethod)
         targets = rng.uniform(-0.5, 0.9, size=(n, n))
         m.targets.copy_(torch.tensor(targets))
         orders = orders_for(seed, n)
@@ -298,6 +301,7 @@ def test_gradvac_reaches_target_cosine():
     g1 = torch.tensor([1.0, 0.0, 0.5], dtype=torch.float64)
     g2 = torch.tensor([-1.0, 1.0, 0.0], dtype=torch.float64)
     m = taskbalance.create("gradvac", 2, seed=0)
+    assert isinstance(m, taskbalance.GradientMethod)
     m.targets.copy_(torch.tensor([[0.0, 0.3], [-0.99, 0.0]]))  # only g1 is adapted
     d = m.aggregate(torch.stack([g1, g2]))
     adapted = d - g2
@@ -433,11 +437,12 @@ def test_seeds_reproducible_and_reset(name):
     a.reset()
     torch.testing.assert_close(a.aggregate(J), first[0])
     gen = torch.Generator().manual_seed(3)
-    torch.testing.assert_close(taskbalance.create(name, 4, seed=gen).aggregate(J), first[0])
+    torch.testing.assert_close(gradient_method(name, 4, seed=gen).aggregate(J), first[0])
 
 
 def test_gradvac_state_and_absent_tasks():
     m = taskbalance.create("gradvac", 3, seed=0, beta=0.5)
+    assert isinstance(m, taskbalance.GradientMethod)
     assert "targets" in m.state_dict()
     J = torch.tensor([[1.0, 0.0], [-1.0, 0.2], [0.3, 1.0]], dtype=torch.float64)
     present = torch.tensor([True, False, True])
@@ -455,12 +460,14 @@ def test_gradvac_state_and_absent_tasks():
 def test_graddrop_leak_follows_present_tasks():
     J = torch.randn(2, 20, dtype=torch.float64)
     m = taskbalance.create("graddrop", 3, seed=0, leak=[1.0, 0.0, 1.0])
+    assert isinstance(m, taskbalance.GradientMethod)
     d = m.aggregate_present(J, None, torch.tensor([True, False, True]))
     torch.testing.assert_close(d, J.sum(0))  # both present tasks leak fully
 
 
 def test_imtl_transform_and_weights():
     m = taskbalance.create("imtl", 2)
+    assert isinstance(m, taskbalance.GradientMethod)
     assert [p.shape for p in m.parameters()] == [torch.Size([2])]
     with torch.no_grad():
         m.log_scales.copy_(torch.tensor([0.5, -1.0]))
@@ -472,6 +479,7 @@ def test_imtl_transform_and_weights():
     d = m.aggregate(J)
     alpha = imtl_g_reference(J.numpy())
     np.testing.assert_allclose(d.numpy(), alpha @ J.numpy(), rtol=1e-8)
+    assert m.last_weights is not None
     np.testing.assert_allclose(m.last_weights.numpy(), alpha * np.exp([0.5, -1.0]), rtol=1e-6)
     m.reset()
     assert not bool(m.log_scales.any())

@@ -93,6 +93,7 @@ def test_param_mode_J_and_written_grads_match_autograd():
         torch.testing.assert_close(current_grads(list(net.heads[k].parameters())), heads_ref[k])
     torch.testing.assert_close(info.grad_norms, J_ref.norm(dim=1))
     cos01 = (J_ref[0] @ J_ref[1]) / (J_ref[0].norm() * J_ref[1].norm())
+    assert info.cosines is not None
     torch.testing.assert_close(info.cosines[0, 1], cos01)
     torch.testing.assert_close(info.weights, torch.tensor(COEFS))
     assert info.task_names == ("a", "b", "c")
@@ -111,6 +112,7 @@ def test_rep_mode_uses_feature_gradients_and_backpropagates_direction():
     net = TwoHeadNet()
     losses = make_losses(net, X)
     z = net.features
+    assert z is not None
     Jz = torch.stack([flat_grad(losses[k], [z]) for k in "abc"])
     dz = torch.tensor(COEFS) @ Jz
     # Chain rule by hand: the shared grads are (∂z/∂θ)ᵀ dz.
@@ -133,13 +135,15 @@ def test_absent_task_gets_no_gradient_and_zero_weight():
     losses = make_losses(net, X)
     losses["b"] = None
     info = tb.Balancer(method, shared_params(net)).backward(losses)
-    assert method.seen_J.shape[0] == 2
+    assert method.seen_J is not None and method.seen_J.shape[0] == 2
+    assert method.seen_present is not None
     assert method.seen_present.tolist() == [True, False, True]
     assert all(p.grad is None for p in net.heads["b"].parameters())
     J_ref, _, _ = reference_param_mode(COEFS)
     expected = 0.5 * J_ref[0] + 2.0 * J_ref[2]
     torch.testing.assert_close(current_grads(shared_params(net)), expected)
-    assert info.weights.tolist() == [0.5, 0.0, 2.0]
+    assert info.weights is not None and info.weights.tolist() == [0.5, 0.0, 2.0]
+    assert info.grad_norms is not None and info.cosines is not None
     assert info.grad_norms[1] == 0 and torch.isfinite(info.cosines).all()
 
 
@@ -161,7 +165,8 @@ def test_loss_method_one_backward_equals_weighted_sum():
     method = tb.create("static", 3, weights=[1.0, 2.0, 0.5])
     info = tb.Balancer(method, shared_params(net2)).backward(make_losses(net2, X))
     torch.testing.assert_close(current_grads(shared_params(net2)), expected)
-    assert info.grad_norms is None and info.weights.tolist() == [1.0, 2.0, 0.5]
+    assert info.grad_norms is None and info.weights is not None
+    assert info.weights.tolist() == [1.0, 2.0, 0.5]
 
 
 def test_loss_method_with_absent_task_sums_present_only():
@@ -174,7 +179,7 @@ def test_loss_method_with_absent_task_sums_present_only():
     method = tb.create("static", 3, weights=[1.0, 2.0, 0.5])
     info = tb.Balancer(method, shared_params(net2)).backward(losses2)
     torch.testing.assert_close(current_grads(shared_params(net2)), expected)
-    assert info.weights.tolist() == [1.0, 0.0, 0.5]
+    assert info.weights is not None and info.weights.tolist() == [1.0, 0.0, 0.5]
 
 
 def test_unreached_shared_parameter_gets_zero_grad_and_frozen_one_is_skipped():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from _methods import one_batch
+from _typed import gradient_method
 from torch import nn
 
 import taskbalance as tb
@@ -223,10 +224,10 @@ def test_aggregate_refuses_nan_rows_instead_of_zeroing_them(name):
     J = torch.randn(3, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     J[1, 2] = float("nan")
     with pytest.raises(ValueError, match="row 1.*NaN or Inf"):
-        tb.create(name, 3).aggregate(J)
+        gradient_method(name, 3).aggregate(J)
     J[1, 2] = float("inf")
     with pytest.raises(ValueError, match="row 1.*NaN or Inf"):
-        tb.create(name, 3).aggregate(J)
+        gradient_method(name, 3).aggregate(J)
 
 
 def test_nonfinite_skip_warns_counts_and_writes_no_shared_gradient():
@@ -238,6 +239,7 @@ def test_nonfinite_skip_warns_counts_and_writes_no_shared_gradient():
     assert info.skipped and info.weights is None and balancer.skipped_steps == 1
     assert all(p.grad is None for p in shared)
     info = balancer.backward([o.pow(2).mean() for o in net(torch.randn(5, 4))])
+    assert info.weights is not None
     assert not info.skipped and torch.isfinite(info.weights).all()
     assert all(torch.isfinite(p.grad).all() for p in shared)
     with pytest.raises(ValueError, match="nonfinite"):
@@ -279,17 +281,17 @@ def test_finite_check_of_J_tells_overflowing_sums_from_nonfinite_entries():
 def test_weights_from_the_gramian_reproduce_aggregate(name):
     J = torch.randn(4, 9, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     options = {"seed": 0} if name == "pcgrad" else {}
-    d = tb.create(name, 4, **options).aggregate(J)
-    w = tb.create(name, 4, **options).weights(J @ J.T)
+    d = gradient_method(name, 4, **options).aggregate(J)
+    w = gradient_method(name, 4, **options).weights(J @ J.T)
     assert w.dtype == torch.float64
     torch.testing.assert_close(w @ J, d)
 
 
 def test_weights_of_a_method_that_needs_J_is_a_clear_error():
     with pytest.raises(ValueError, match="needs the per-task gradients themselves"):
-        tb.create("graddrop", 2).weights(torch.eye(2))
+        gradient_method("graddrop", 2).weights(torch.eye(2))
     with pytest.raises(ValueError, match=r"shape \[2, 2\]"):
-        tb.create("mgda", 2).weights(torch.eye(3))
+        gradient_method("mgda", 2).weights(torch.eye(3))
 
 
 def test_min_norm_weights_refuses_a_nonfinite_gramian_instead_of_zeroing_it():

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from _typed import gradient_method
 from torch import nn
 
 import taskbalance as tb
@@ -75,11 +76,11 @@ def test_the_cross_gramian_is_not_the_single_batch_gramian(name):
     samples it does not (the test would pass for an implementation using J₃ J₃ᵀ otherwise)."""
     rng = np.random.default_rng(1)
     J = torch.tensor(rng.standard_normal((3, 5)) * [[1.0], [4.0], [0.5]])
-    single = tb.create(name, 3, sampling="single").aggregate(J)
-    same = tb.create(name, 3).aggregate_independent([J, J, J])
+    single = gradient_method(name, 3, sampling="single").aggregate(J)
+    same = gradient_method(name, 3).aggregate_independent([J, J, J])
     torch.testing.assert_close(same, single)
     others = [J + torch.tensor(rng.standard_normal((3, 5))) for _ in range(2)]
-    mixed = tb.create(name, 3).aggregate_independent([*others, J])
+    mixed = gradient_method(name, 3).aggregate_independent([*others, J])
     assert not torch.allclose(mixed, single, rtol=1e-3, atol=0)
 
 
@@ -207,7 +208,8 @@ def test_settings_without_independent_sampling_are_errors_naming_the_fix():
     with pytest.raises(ValueError, match="one batch a step"):
         single.backward_independent(partial)
     with pytest.raises(ValueError, match="aggregate\\(J\\)"):
-        tb.create("sdmgrad", 2, sampling="single").aggregate_independent([torch.ones(2, 3)] * 3)
+        single_batch = gradient_method("sdmgrad", 2, sampling="single")
+        single_batch.aggregate_independent([torch.ones(2, 3)] * 3)
     with pytest.raises(ValueError, match="sampling must be one of"):
         tb.create("modo", 2, sampling="double")
 
@@ -221,6 +223,7 @@ def test_a_task_absent_from_every_part_keeps_its_weight():
         p["t1"] = None
     info = balancer.backward_independent(parts)
     assert method.lambdas[1] == 1 / 3  # untouched
+    assert info.weights is not None
     assert info.weights[1] == 0 and not info.present[1]
     assert torch.isclose(method.lambdas[[0, 2]].sum(), torch.tensor(1.0, dtype=torch.float64))
 

@@ -46,11 +46,14 @@ def test_gls_extreme_losses_and_many_tasks_stay_finite():
 
 def test_gls_absent_task_eps_and_bad_losses():
     m = tb.create("gls", 3)
+    assert isinstance(m, tb.LossMethod)
     L = torch.tensor([2.0, 0.0, 8.0], requires_grad=True)
     total = m.combine(L, torch.tensor([True, False, True]))
     total.backward()
     assert float(total.detach()) == pytest.approx(4.0)  # geometric mean of the present tasks
+    assert L.grad is not None
     assert torch.isfinite(L.grad).all() and float(L.grad[1]) == 0.0
+    assert m.last_weights is not None
     assert float(m.last_weights[1]) == 0.0
     with pytest.raises(ValueError, match="task 1.*positive.*eps"):
         m.combine(torch.tensor([2.0, 0.0, 8.0]))
@@ -110,6 +113,7 @@ def test_stch_matches_the_authors_recipe_over_epochs(mu, warmup):
 def test_stch_is_a_smooth_max_and_resumes_from_state_dict():
     # μ → 0: the gradient goes to the task with the largest normalised log-loss.
     m = tb.create("stch", 2, mu=1e-3, warmup_epochs=0)
+    assert isinstance(m, tb.LossMethod)
     m.combine(torch.tensor([1.0, 1.0]))
     m.epoch_end(torch.tensor([1.0, 1.0]))
     _, grad, _ = grad_of(m, np.array([2.0, 1.5]))
@@ -138,6 +142,7 @@ def test_stch_is_a_smooth_max_and_resumes_from_state_dict():
 
 def test_stch_absent_tasks_and_bad_input():
     m = tb.create("stch", 3, warmup_epochs=0)
+    assert isinstance(m, tb.LossMethod)
     present = torch.tensor([True, False, True])
     m.combine(torch.tensor([1.0, 0.0, 2.0]), present)
     m.epoch_end(torch.tensor([1.0, float("nan"), 2.0]))
@@ -165,6 +170,7 @@ def test_stch_absent_tasks_and_bad_input():
 
 def test_stch_preference_weights():
     m = tb.create("stch", 2, warmup_epochs=0, pref_weights=[2.0, 1.0], mu=0.5)
+    assert isinstance(m, tb.LossMethod)
     m.combine(torch.tensor([1.0, 1.0]))
     m.epoch_end(torch.tensor([1.0, 1.0]))
     total, grad, _ = grad_of(m, np.array([1.5, 3.0]))
@@ -199,6 +205,7 @@ def test_extreme_loss_scales_stay_finite(name, dtype):
     m = tb.create(name, 3, **options).to(dtype)
     for total, grad in drive_epochs(m, seq, dtype):
         assert torch.isfinite(total) and torch.isfinite(grad).all()
+        assert m.last_weights is not None
         assert torch.isfinite(m.last_weights).all()
     if name == "stch":
         assert m.nadir is not None
@@ -208,7 +215,9 @@ def test_extreme_loss_scales_stay_finite(name, dtype):
 def test_outputs_follow_losses_dtype_and_permutation(name):
     for dtype in DTYPES:
         m = tb.create(name, 2)
+        assert isinstance(m, tb.LossMethod)
         total = m.combine(torch.tensor([1.0, 2.0], dtype=dtype))
+        assert m.last_weights is not None
         assert total.dtype == dtype and m.last_weights.dtype == dtype
         assert not m.last_weights.requires_grad
     rng = np.random.default_rng(3)

@@ -26,6 +26,7 @@ import taskbalance as tb
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _jacobians import degenerate_jacobian  # noqa: E402
+from _typed import gradient_method
 
 torchjd_agg = pytest.importorskip("torchjd.aggregation")
 
@@ -41,12 +42,14 @@ SAMPLES = [degenerate_jacobian(s, task_counts=3, row_scale=15) for s in range(40
 def run(name: str, Js, dtype=torch.float64, losses=None, **options):
     """Aggregate a sequence of J (one method object); returns the directions and weights."""
     m = tb.create(name, Js[0].shape[0], **options)
+    assert isinstance(m, tb.GradientMethod)
     out = []
     for k, J in enumerate(Js):
         Jt = torch.as_tensor(J, dtype=dtype)
         L = None if losses is None else torch.as_tensor(losses[k], dtype=dtype)
         d = m.aggregate(Jt, L)
         assert d.dtype == dtype and d.shape == (Jt.shape[1],)
+        assert m.last_weights is not None
         out.append((d.double().numpy(), m.last_weights.double().numpy()))
     return m, out
 
@@ -75,7 +78,7 @@ def test_output_dtype_device_and_shapes(name):
         m, [(d, w)] = run(name, [J], dtype)
         assert m.last_weights.dtype == dtype and not m.last_weights.requires_grad
     with pytest.raises(ValueError, match="shape"):
-        tb.create(name, 3).aggregate(torch.randn(2, 5))
+        gradient_method(name, 3).aggregate(torch.randn(2, 5))
 
 
 @pytest.mark.parametrize("name", GRAM_METHODS + ["excess_mtl"])
@@ -91,7 +94,7 @@ def test_gramian_only_path_gives_the_same_weights(name):
     """``weights(G)`` (no J held: the Balancer's Gramian-only path) equals ``aggregate(J)``."""
     J = np.random.default_rng(3).standard_normal((3, 6))
     _, [(d, w)] = run(name, [J])
-    w_gram = tb.create(name, 3).weights(torch.tensor(J @ J.T)).numpy()
+    w_gram = gradient_method(name, 3).weights(torch.tensor(J @ J.T)).numpy()
     np.testing.assert_allclose(w_gram, w, rtol=1e-10)
     np.testing.assert_allclose(w_gram @ J, d, rtol=1e-10, atol=1e-14)
     assert tb.create(name, 3).uses_gramian
@@ -153,7 +156,8 @@ def test_fairgrad_scaling_and_options():
         with pytest.raises(ValueError, match=next(iter(bad))):
             tb.create("fairgrad", 2, **bad)
     with pytest.raises(RuntimeError, match="did not converge"):
-        tb.create("fairgrad", 3, max_iter=1).aggregate(torch.tensor(J * [[1.0], [1e-6], [1e3]]))
+        one_iteration = gradient_method("fairgrad", 3, max_iter=1)
+        one_iteration.aggregate(torch.tensor(J * [[1.0], [1e-6], [1e3]]))
 
 
 # --------------------------------------------------------------------------- DualProj / ConFIG
@@ -302,13 +306,14 @@ def test_db_mtl_log_losses_through_the_balancer():
     norms = torch.stack([r.norm() for r in rows])
     expected = sum(norms.max() / n * r for n, r in zip(norms, rows, strict=True))
     bal.backward(L)
+    assert W.grad is not None
     torch.testing.assert_close(W.grad.flatten(), expected)
     # the Balancer checks the sign with its finite check, naming the task
     named = tb.Balancer(tb.create("db_mtl", 2), [W], task_names=["a", "b"])
     with pytest.raises(ValueError, match="'db_mtl'.*non-negative.*task 'b' is -2.0"):
         named.backward({"a": W.sum() ** 2, "b": W.sum() * 0 - 2.0})
     with pytest.raises(ValueError, match="task 1 is -2.0"):
-        tb.create("db_mtl", 2).aggregate(torch.ones(2, 3), torch.tensor([1.0, -2.0]))
+        gradient_method("db_mtl", 2).aggregate(torch.ones(2, 3), torch.tensor([1.0, -2.0]))
 
 
 # --------------------------------------------------------------------------- MoCo
@@ -349,7 +354,7 @@ def test_moco_matches_reference(variant):
         np.testing.assert_allclose(w, w_ref, rtol=1e-10, atol=1e-14)
         np.testing.assert_allclose(d, d_ref, rtol=1e-10, atol=1e-14)
     with pytest.raises(ValueError, match="losses"):
-        tb.create("moco", 3, normalize="loss").aggregate(torch.tensor(Js[0]))
+        gradient_method("moco", 3, normalize="loss").aggregate(torch.tensor(Js[0]))
 
 
 # --------------------------------------------------------------------------- state
@@ -361,6 +366,7 @@ def test_state_dict_resumes_exactly_and_reset_restarts(name):
     rng = np.random.default_rng(14)
     Js = [torch.tensor(rng.standard_normal((3, 6))) for _ in range(6)]
     a = tb.create(name, 3)
+    assert isinstance(a, tb.GradientMethod)
     first = a.aggregate(Js[0]).clone()
     for J in Js[1:3]:
         a.aggregate(J)
@@ -403,8 +409,10 @@ def test_db_mtl_half_gradients_longer_than_the_half_range():
     J = torch.ones(2, 70_000)
     J[1] *= 0.5
     ref = tb.create("db_mtl", 2)
+    assert isinstance(ref, tb.GradientMethod)
     ref.aggregate(J)
     m = tb.create("db_mtl", 2)
+    assert isinstance(m, tb.GradientMethod)
     m.aggregate(J.half())
     assert m.last_weights is not None and ref.last_weights is not None
     torch.testing.assert_close(m.last_weights.float(), ref.last_weights, rtol=1e-3, atol=0)
@@ -416,8 +424,10 @@ def test_moco_half_gradients_longer_than_the_half_range():
     J[1] *= -0.5
     losses = torch.tensor([1.0, 2.0])
     ref = tb.create("moco", 2)
+    assert isinstance(ref, tb.GradientMethod)
     ref.aggregate(J, losses)
     m = tb.create("moco", 2)
+    assert isinstance(m, tb.GradientMethod)
     m.aggregate(J.half(), losses.half())
     assert m.last_weights is not None and ref.last_weights is not None
     torch.testing.assert_close(m.last_weights.float(), ref.last_weights, rtol=1e-3, atol=1e-4)
@@ -426,6 +436,7 @@ def test_moco_half_gradients_longer_than_the_half_range():
 @pytest.mark.parametrize("name", ["excess_mtl", "db_mtl", "moco"])
 def test_per_parameter_state_refuses_another_width(name):
     m = tb.create(name, 2)
+    assert isinstance(m, tb.GradientMethod)
     m.aggregate(torch.randn(2, 5))
     with pytest.raises(ValueError, match="P=5.*P=7.*param"):
         m.aggregate(torch.randn(2, 7))
@@ -523,6 +534,7 @@ def test_missing_task_in_a_batch(name):
             ls[absent] = None
         net.zero_grad()
         info = balancer.backward(ls)
+        assert info.weights is not None
         assert torch.isfinite(info.weights).all()
         if absent is not None:
             assert float(info.weights[["a", "b", "c"].index(absent)]) == 0.0

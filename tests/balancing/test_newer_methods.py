@@ -37,6 +37,7 @@ SAMPLES = [degenerate_jacobian(s) for s in range(100)]
 
 def aggregate(name: str, J: np.ndarray, dtype: torch.dtype, **options):
     m = tb.create(name, J.shape[0], **options)
+    assert isinstance(m, tb.GradientMethod)
     Jt = torch.tensor(J, dtype=dtype)
     d = m.aggregate(Jt)
     assert d.dtype == dtype and d.shape == (J.shape[1],)
@@ -221,6 +222,7 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 def test_output_dtype_and_device(name, dtype, device):
     J = torch.tensor(GOLDEN_J[2], dtype=dtype, device=device)
     m = tb.create(name, J.shape[0])
+    assert isinstance(m, tb.GradientMethod)
     d = m.aggregate(J)
     assert d.dtype == dtype and d.device == J.device and d.shape == (J.shape[1],)
     assert m.last_weights is not None
@@ -278,16 +280,19 @@ def test_nash_mtl_fixed_point():
 
 def test_nash_mtl_update_weights_every():
     m = tb.create("nash_mtl", 2, max_norm=0.0, update_weights_every=3)
+    assert isinstance(m, tb.GradientMethod)
     rng = np.random.default_rng(4)
     Js = [torch.tensor(rng.standard_normal((2, 4))) for _ in range(4)]
     weights = []
     for J in Js:
         m.aggregate(J)
+        assert m.last_weights is not None
         weights.append(m.last_weights.clone())
     assert torch.equal(weights[0], weights[1]) and torch.equal(weights[0], weights[2])
     assert not torch.equal(weights[0], weights[3])
     m.reset()
     m.aggregate(Js[1])
+    assert m.last_weights is not None
     assert not torch.equal(m.last_weights, weights[0])
 
 
@@ -384,6 +389,7 @@ def test_famo_golden_next_step_variant(dtype):
             ref.update(prev, L)
         w = famo_grad_weights(m, torch.tensor(L, dtype=dtype))
         np.testing.assert_allclose(w, ref.weights(L), rtol=TOL[dtype] * 10)
+        assert m.last_weights is not None
         np.testing.assert_allclose(m.last_weights.double().numpy(), ref.weights(L), rtol=1e-4)
         prev = L
     np.testing.assert_allclose(m.logits.double().numpy(), ref.xi, rtol=1e-4, atol=1e-7)
@@ -518,6 +524,7 @@ def test_missing_task_in_a_batch(name):
             ls[absent] = None
         net.zero_grad()
         info = balancer.backward(ls)
+        assert info.weights is not None
         assert torch.isfinite(info.weights).all()
         if absent is not None:
             assert float(info.weights[["a", "b", "c"].index(absent)]) == 0.0

@@ -65,6 +65,7 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from _typed import gradient_method
 from scipy.optimize import minimize, nnls, root
 
 import taskbalance as tb
@@ -122,6 +123,7 @@ def rel_err(d: np.ndarray, ref: np.ndarray, J: np.ndarray, dtype=torch.float64) 
 
 def ours(name: str, J: np.ndarray, dtype: torch.dtype, **options) -> tuple[np.ndarray, object]:
     m = tb.create(name, J.shape[0], **options)
+    assert isinstance(m, tb.GradientMethod)
     d = m.aggregate(torch.tensor(J, dtype=dtype))
     assert d.dtype == dtype and torch.isfinite(d).all()
     return d.double().numpy(), m
@@ -303,11 +305,13 @@ def test_mgda_normalisations(normalization):
         J = matrix(kind, n, seed=k)
         losses = rng.uniform(0.1, 5.0, n)
         m = tb.create("mgda", n, normalization=normalization)
+        assert isinstance(m, tb.GradientMethod)
         d = m.aggregate(torch.tensor(J), torch.tensor(losses)).numpy()
         norms = np.linalg.norm(J, axis=1)
         scale = {"l2": norms, "loss": losses, "loss+": losses * norms}[normalization]
         w = min_norm_enumeration(J / scale[:, None])
         # Each weight to 1e-9 of itself where it matters: its share of d (w_t‖g_t‖).
+        assert m.last_weights is not None
         share = np.abs(m.last_weights.numpy() - w) * norms
         assert share.max() <= 1e-9 * (w * norms).sum(), (kind, n)
         assert rel_err(d, w @ J, J) <= 1e-9, (kind, n)
@@ -354,6 +358,7 @@ def test_gradvac_same_orders_over_steps(dtype, monkeypatch):
     bad = {}
     for k, (kind, n) in enumerate(cases(("random", "near_colinear", "opposite", "duplicate"))):
         m = tb.create("gradvac", n, beta=0.5, seed=k)
+        assert isinstance(m, tb.GradientMethod)
         ref_agg = torchjd_aggregation.GradVac(beta=0.5, eps=0.0)
         gen = torch.Generator().manual_seed(k)
         for step in range(3):
@@ -380,7 +385,7 @@ def test_graddrop_same_draws(dtype):
     bad = {}
     for k, (kind, n) in enumerate(cases()):
         J = torch.tensor(matrix(kind, n, seed=k), dtype=dtype)
-        d = tb.create("graddrop", n, seed=k).aggregate(J)
+        d = gradient_method("graddrop", n, seed=k).aggregate(J)
         torch.manual_seed(k)
         ref = torchjd_aggregation.GradDrop()(J)
         if not torch.allclose(d, ref, rtol=TOL[dtype], atol=0.0):
@@ -555,7 +560,9 @@ def test_modo_and_sdmgrad_against_torchjd():
             G = torch.tensor(J @ J.T)
             modo.aggregate(torch.tensor(J))
             sdm.aggregate(torch.tensor(J))
+            assert modo.last_weights is not None
             np.testing.assert_allclose(modo.last_weights.numpy(), tj_modo(G).numpy(), rtol=1e-9)
+            assert sdm.last_weights is not None
             np.testing.assert_allclose(sdm.last_weights.numpy(), tj_sdm(G).numpy(), rtol=1e-7)
 
 
@@ -567,11 +574,13 @@ def test_excess_mtl_against_torchjd():
     rng = np.random.default_rng(1)
     for n in (2, 3, 5):
         ours_m = tb.create("excess_mtl", n, robust_step_size=0.5)
+        assert isinstance(ours_m, tb.GradientMethod)
         ref = torchjd_aggregation.ExcessMTLWeighting(robust_step_size=0.5)
         previous = None
         for _ in range(4):
             J = torch.tensor(rng.standard_normal((n, 9)))
             ours_m.aggregate(J)
+            assert ours_m.last_weights is not None
             logs = (ours_m.last_weights.log().numpy(), ref(J).log().numpy())
             assert abs(ours_m.last_weights.sum().item() - n) < 1e-9
             if previous is not None:
@@ -668,6 +677,7 @@ def test_db_mtl_against_libmtl():
     rng = np.random.default_rng(3)
     n, P, beta, sigma = 3, 7, 0.9, 0.5
     m = tb.create("db_mtl", n, beta=beta, beta_sigma=sigma)
+    assert isinstance(m, tb.GradientMethod)
     buffer = np.zeros((n, P))
     for k in range(1, 5):
         J = rng.standard_normal((n, P))
@@ -685,6 +695,7 @@ def test_moco_against_libmtl():
     n, P = 3, 6
     opts = dict(beta=0.5, beta_sigma=0.5, gamma=0.1, gamma_sigma=0.5, rho=0.0)
     m = tb.create("moco", n, simplex="softmax", normalize="loss", **opts)
+    assert isinstance(m, tb.GradientMethod)
     y = np.zeros((n, P))
     lam = np.full(n, 1.0 / n)
     for k in range(1, 5):
@@ -764,6 +775,7 @@ def test_excess_mtl_against_libmtl():
     rng = np.random.default_rng(7)
     n, P, eta = 3, 8, 0.5
     m = tb.create("excess_mtl", n, robust_step_size=eta)
+    assert isinstance(m, tb.GradientMethod)
     sq, w, base = np.zeros((n, P)), np.ones(n), None
     for _ in range(4):
         J = rng.standard_normal((n, P))

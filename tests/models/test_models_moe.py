@@ -310,6 +310,7 @@ def test_balancer_step_writes_the_weighted_gradients(name: str, mode: str) -> No
     model.zero_grad(set_to_none=True)
     torch.manual_seed(0)
     losses = mse_losses(model, x, y)
+    assert model.features is not None
     balancer.backward(losses, features=model.features if mode == "rep" else None)
     for p in model.parameters():
         torch.testing.assert_close(p.grad, expected[id(p)].to(p.grad))
@@ -329,6 +330,7 @@ def test_mgda_step_decreases_the_loss(name: str, mode: str) -> None:
     model.train()
     opt.zero_grad()
     losses = mse_losses(model, x, y)
+    assert model.features is not None
     info = balancer.backward(losses, features=model.features if mode == "rep" else None)
     assert info.weights is not None and torch.isfinite(info.weights).all()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
@@ -388,6 +390,7 @@ def test_every_registered_method_steps_in_both_modes(name: str) -> None:
             )
             balancer = taskbalance.Balancer(method, model.shared_parameters(), mode=mode)
             losses = mse_losses(model, x, y)
+            assert model.features is not None
             balancer.backward(losses, features=model.features)
             for p in model.parameters():
                 assert p.grad is not None and torch.isfinite(p.grad).all(), (method_name, mode)

@@ -33,6 +33,7 @@ def test_cross_entropy_matches_numpy_with_sample_mask() -> None:
     assert float(got) == pytest.approx(expected, rel=1e-12)
     # no mask = every sample
     full = losses.cross_entropy(_t(z), _t(y))
+    assert full is not None
     assert float(full) == pytest.approx(-_log_softmax(z, 1)[np.arange(6), y].mean(), rel=1e-12)
 
 
@@ -48,7 +49,9 @@ def test_cross_entropy_masked_sample_gets_no_gradient() -> None:
     z = torch.randn(4, 3, requires_grad=True)
     y = torch.tensor([0, 1, 2, 0])
     loss = losses.cross_entropy(z, y, torch.tensor([True, False, True, False]))
+    assert loss is not None
     loss.backward()
+    assert z.grad is not None
     assert torch.count_nonzero(z.grad[1]) == 0 and torch.count_nonzero(z.grad[3]) == 0
     assert torch.count_nonzero(z.grad[0]) > 0
 
@@ -63,6 +66,7 @@ def test_pixel_cross_entropy_ignores_255_and_averages_over_valid_pixels() -> Non
     b, h, w = np.nonzero(valid)
     expected = -logp[b, y[valid], h, w].mean()
     got = losses.pixel_cross_entropy(_t(z), _t(y))
+    assert got is not None
     assert float(got) == pytest.approx(expected, rel=1e-12)
     # the per-sample mask drops sample 1 entirely
     valid0 = valid.copy()
@@ -70,6 +74,7 @@ def test_pixel_cross_entropy_ignores_255_and_averages_over_valid_pixels() -> Non
     b, h, w = np.nonzero(valid0)
     expected0 = -logp[b, y[valid0], h, w].mean()
     got0 = losses.pixel_cross_entropy(_t(z), _t(y), _t(np.array([True, False])))
+    assert got0 is not None
     assert float(got0) == pytest.approx(expected0, rel=1e-12)
 
 
@@ -88,6 +93,7 @@ def test_binary_cross_entropy_matches_numpy_with_ignore_value() -> None:
     elem = -(y * np.log(p) + (1 - y) * np.log(1 - p))
     keep = (y != -1) & mask[:, None]
     got = losses.binary_cross_entropy(_t(z), _t(y), _t(mask), ignore_value=-1.0)
+    assert got is not None
     assert float(got) == pytest.approx(elem[keep].mean(), rel=1e-10)
 
 
@@ -108,6 +114,7 @@ def test_regression_losses_match_numpy(name: str) -> None:
 
 def test_regression_single_sample_batch() -> None:
     got = losses.l1_loss(torch.tensor([2.5]), torch.tensor([1.0]), torch.tensor([True]))
+    assert got is not None
     assert float(got) == pytest.approx(1.5)
 
 
@@ -122,6 +129,7 @@ def test_depth_l1_uses_only_positive_target_pixels() -> None:
     valid = (target > 0) & mask[:, None, None, None]
     expected = np.abs(pred - target)[valid].mean()
     got = losses.depth_l1_loss(_t(pred), _t(target), _t(mask))
+    assert got is not None
     assert float(got) == pytest.approx(expected, rel=1e-12)
     assert losses.depth_l1_loss(_t(pred), _t(np.zeros_like(target))) is None
 
@@ -135,9 +143,11 @@ def test_normal_cosine_loss_matches_numpy_and_skips_zero_normals() -> None:
     valid = np.linalg.norm(target, axis=1) > 0
     expected = (1 - (pn * tn).sum(axis=1))[valid].mean()
     got = losses.normal_cosine_loss(_t(pred), _t(target))
+    assert got is not None
     assert float(got) == pytest.approx(expected, rel=1e-12)
     # scale invariance of the target
     got_scaled = losses.normal_cosine_loss(_t(pred), _t(target * 7.0))
+    assert got_scaled is not None
     assert float(got_scaled) == pytest.approx(expected, rel=1e-12)
     assert losses.normal_cosine_loss(_t(pred), _t(np.zeros_like(target))) is None
 
@@ -147,7 +157,9 @@ def test_normal_cosine_loss_gradient_is_finite_with_zero_targets() -> None:
     target = torch.zeros(1, 3, 2, 2)
     target[0, 2, 0, 0] = 1.0  # one valid pixel
     loss = losses.normal_cosine_loss(pred, target)
+    assert loss is not None
     loss.backward()
+    assert pred.grad is not None
     assert torch.isfinite(pred.grad).all()
     assert torch.count_nonzero(pred.grad[0, :, 1, 1]) == 0
 
@@ -163,6 +175,7 @@ def test_dice_loss_matches_numpy() -> None:
     dice = (2 * (pv * g).sum(0) + 1.0) / (pv.sum(0) + g.sum(0) + 1.0)
     expected = 1 - dice.mean()
     got = losses.dice_loss(_t(z), _t(y))
+    assert got is not None
     assert float(got) == pytest.approx(expected, rel=1e-12)
     assert losses.dice_loss(_t(z), _t(np.full_like(y, 255))) is None
 
@@ -209,6 +222,7 @@ def test_ball_position_loss_matches_numpy(activation: str) -> None:
     got = losses.ball_position_loss(
         _t(z), _t(xy), _t(mask), width=width, height=height, sigma=sigma, activation=activation
     )
+    assert got is not None
     assert float(got) == pytest.approx(expected, rel=1e-10)
 
 
@@ -220,10 +234,14 @@ def test_ball_position_softmax_loss_is_minimal_at_the_smoothed_target() -> None:
     ty = losses.gaussian_1d_target(xy[:, 1], height, sigma)
     z = torch.cat([tx.log(), ty.log()], dim=1).requires_grad_(True)
     loss = losses.ball_position_loss(z, xy, width=width, height=height, sigma=sigma)
+    assert loss is not None
     loss.backward()
+    assert z.grad is not None
     assert float(z.grad.abs().max()) < 1e-12
     perturbed = (z + 0.1 * torch.randn_like(z)).detach()
     worse = losses.ball_position_loss(perturbed, xy, width=width, height=height, sigma=sigma)
+    assert loss is not None
+    assert worse is not None
     assert float(worse) > float(loss.detach())
 
 

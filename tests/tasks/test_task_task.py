@@ -25,8 +25,10 @@ def test_loss_averages_over_labelled_samples_only() -> None:
     pred = torch.tensor([1.0, 2.0, 3.0, 4.0], requires_grad=True)
     target = torch.tensor([0.0, 0.0, 0.0, 0.0])
     loss = task.loss(pred, target, torch.tensor([True, False, True, False]))
+    assert loss is not None
     assert float(loss.detach()) == pytest.approx((1 + 3) / 2)
     loss.backward()
+    assert pred.grad is not None
     assert pred.grad.tolist() == [0.5, 0.0, 0.5, 0.0]
 
 
@@ -48,8 +50,10 @@ def test_nan_placeholder_at_unlabelled_sample_is_harmless() -> None:
     pred = torch.tensor([1.0, 2.0], requires_grad=True)
     target = torch.tensor([3.0, math.nan])
     loss = task.loss(pred, target, torch.tensor([True, False]))
+    assert loss is not None
     assert float(loss.detach()) == pytest.approx(4.0)
     loss.backward()
+    assert pred.grad is not None
     assert torch.isfinite(pred.grad).all() and pred.grad.tolist() == [-4.0, 0.0]
 
 
@@ -79,6 +83,7 @@ def test_nan_count_covers_labelled_samples_of_dense_targets_only() -> None:
         depth.loss(torch.ones(3, 1, 2, 2), target, mask)
     target[0] = target[2] = 2.0
     loss = depth.loss(torch.ones(3, 1, 2, 2), target, mask)
+    assert loss is not None
     assert float(loss) == pytest.approx(1.0)
 
 
@@ -124,6 +129,7 @@ def test_mask_must_be_one_entry_per_sample() -> None:
 def test_integer_mask_is_accepted() -> None:
     task = regression_task("age")
     loss = task.loss(torch.tensor([1.0, 5.0]), torch.zeros(2), torch.tensor([0, 1]))
+    assert loss is not None
     assert float(loss) == pytest.approx(5.0)
 
 

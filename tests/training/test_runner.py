@@ -48,6 +48,7 @@ def test_run_resumes_an_interrupted_run_and_reuses_a_finished_one(make_config):
     resumed = run(config, log=lines.append, label="again")
     assert lines[0].startswith("again: resumed and trained")
     assert resumed.epochs_completed == 3 and _same(resumed, straight)
+    assert resumed.out_dir is not None
     stamp = (resumed.out_dir / "checkpoint.pt").stat().st_mtime_ns
     reused = run(config, log=lines.append, label="third")
     assert lines[1].startswith("third: reused")
@@ -98,6 +99,7 @@ def test_a_folder_of_other_inputs_is_refused(make_config):
     bench = load_benchmark("multidigits", size="tiny", cache_dir=config.cache_dir)
     first = run(config, inputs=RunInputs(benchmark=bench, identity={"subset": "a"}))
     assert first.config["inputs"] == {"subset": "a"}
+    assert first.out_dir is not None
     assert not (first.out_dir / "config.yaml").exists()  # the config alone does not name the data
     with pytest.raises(ValueError, match="inputs: .*'subset': 'a'.*there.*'subset': 'b'.*now"):
         run(config, inputs=RunInputs(benchmark=bench, identity={"subset": "b"}))
