@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from torch import Tensor, nn
+
 import taskbalance as tb
 
 
@@ -24,3 +26,11 @@ def loss_method(name: str, num_tasks: int, **options: Any) -> tb.LossMethod:
     method = tb.create(name, num_tasks, **options)
     assert isinstance(method, tb.LossMethod), f"{name} is not a loss method"
     return method
+
+
+def tensor_attr(module: nn.Module, name: str) -> Tensor:
+    """A tensor a module holds (a parameter or buffer such as ``targets`` or ``log_scales``),
+    which ``nn.Module.__getattr__`` types as ``Tensor | Module``."""
+    value = getattr(module, name)
+    assert isinstance(value, Tensor), f"{type(module).__name__}.{name} is not a tensor"
+    return value

@@ -538,7 +538,9 @@ def test_missing_task_in_a_batch(name):
         assert torch.isfinite(info.weights).all()
         if absent is not None:
             assert float(info.weights[["a", "b", "c"].index(absent)]) == 0.0
-        assert all(torch.isfinite(p.grad).all() for p in net.shared.parameters())
+        assert all(
+            p.grad is not None and torch.isfinite(p.grad).all() for p in net.shared.parameters()
+        )
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64])

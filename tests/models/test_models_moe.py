@@ -333,7 +333,7 @@ def test_mgda_step_decreases_the_loss(name: str, mode: str) -> None:
     assert model.features is not None
     info = balancer.backward(losses, features=model.features if mode == "rep" else None)
     assert info.weights is not None and torch.isfinite(info.weights).all()
-    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
     opt.step()
     model.eval()
     with torch.no_grad():
