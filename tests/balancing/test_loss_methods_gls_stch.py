@@ -19,6 +19,7 @@ def grad_of(method, losses: np.ndarray, dtype=torch.float64):
     L = torch.tensor(losses, dtype=dtype, requires_grad=True)
     total = method.combine(L)
     total.backward()
+    assert L.grad is not None and method.last_weights is not None
     return float(total.detach()), L.grad.double().numpy(), method.last_weights.double().numpy()
 
 
@@ -82,6 +83,7 @@ def stch_reference(epochs, mu, warmup, T):
                 if e == warmup:
                     acc, count = acc + L, count + 1
             else:
+                assert nadir is not None  # set at the end of the warm-up
                 f = np.log(L / nadir + 1e-20)
                 z = f / mu
                 soft = np.exp(z - z.max()) / np.exp(z - z.max()).sum()

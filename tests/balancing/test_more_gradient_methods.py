@@ -102,7 +102,7 @@ def test_gramian_only_path_gives_the_same_weights(name):
 
 @pytest.mark.parametrize("name", STATE_METHODS)
 def test_methods_that_need_j_refuse_the_gramian_only_path(name):
-    m = tb.create(name, 2)
+    m = gradient_method(name, 2)
     assert not m.uses_gramian
     with pytest.raises(ValueError, match="aggregate"):
         m.weights(torch.eye(2))
@@ -201,7 +201,7 @@ def test_pref_weights_are_renormalised_over_the_tasks_present(name):
     G = torch.tensor(sub @ sub.T)
     present = torch.tensor([True, False, True])
     for pref, p in (([5.0, 3.0, 2.0], [5 / 7, 2 / 7]), ([0.0, 3.0, 0.0], [0.5, 0.5])):
-        m = tb.create(name, 3, pref_weights=pref)
+        m = gradient_method(name, 3, pref_weights=pref)
         w = m.solve(G, None, present, dtype=torch.float64, device=torch.device("cpu"))
         assert rel(sub.T @ w.numpy(), expected(sub, np.array(p))) < 1e-9, pref
 
@@ -370,7 +370,7 @@ def test_state_dict_resumes_exactly_and_reset_restarts(name):
     first = a.aggregate(Js[0]).clone()
     for J in Js[1:3]:
         a.aggregate(J)
-    b = tb.create(name, 3)
+    b = gradient_method(name, 3)
     b.load_state_dict(a.state_dict())
     for J in Js[3:]:
         torch.testing.assert_close(a.aggregate(J), b.aggregate(J), rtol=0, atol=0)

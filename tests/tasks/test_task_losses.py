@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 import pytest
 import torch
@@ -183,7 +185,8 @@ def test_dice_loss_matches_numpy() -> None:
 def test_dice_loss_is_small_for_a_confident_correct_prediction() -> None:
     y = torch.tensor([[[0, 1], [2, 1]]])
     z = 50.0 * torch.nn.functional.one_hot(y, 3).permute(0, 3, 1, 2).double()
-    assert float(losses.dice_loss(z, y)) == pytest.approx(0.0, abs=1e-12)
+    loss = losses.dice_loss(z, y)
+    assert loss is not None and float(loss) == pytest.approx(0.0, abs=1e-12)
 
 
 # ------------------------------------------------------------------------------------ TTNet
@@ -203,7 +206,7 @@ def test_gaussian_1d_target_formula_and_normalisation() -> None:
 
 
 @pytest.mark.parametrize("activation", ["softmax", "sigmoid"])
-def test_ball_position_loss_matches_numpy(activation: str) -> None:
+def test_ball_position_loss_matches_numpy(activation: Literal["softmax", "sigmoid"]) -> None:
     width, height, sigma = 10, 6, 1.2
     z = RNG.normal(size=(4, width + height))
     xy = np.array([[3.0, 2.0], [9.0, 0.0], [0.0, 5.0], [4.5, 2.5]])

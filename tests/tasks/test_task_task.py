@@ -93,8 +93,11 @@ def test_all_true_mask_equals_no_mask_and_integer_target_needs_no_mask() -> None
     y = torch.tensor([0, 1])
     expected = -torch.log_softmax(z, dim=1)[torch.arange(2), y].mean()
     for mask in (None, torch.tensor([True, True]), torch.tensor([1, 1])):
-        assert float(task.loss(z, y, mask)) == pytest.approx(float(expected), rel=1e-6)
-    assert float(task.loss(z, y, torch.tensor([False, True]))) == pytest.approx(
+        loss = task.loss(z, y, mask)
+        assert loss is not None and float(loss) == pytest.approx(float(expected), rel=1e-6)
+    second = task.loss(z, y, torch.tensor([False, True]))
+    assert second is not None
+    assert float(second) == pytest.approx(
         float(-torch.log_softmax(z[1], dim=0)[1]), rel=1e-6
     )
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from taskbalance.training import TrainConfig
@@ -18,7 +20,8 @@ def test_dataset_keys_validated() -> None:
         TrainConfig(dataset="nyuv3", data_root="/d")
     with pytest.raises(ValueError, match="'benchmark' .*'scenes'.* and 'dataset'.*both"):
         TrainConfig(benchmark="scenes", dataset="nyuv2", data_root="/d")
-    for key, value in (("size", "tiny"), ("labels", {"depth": 0.5})):
+    benchmark_only: tuple[tuple[str, Any], ...] = (("size", "tiny"), ("labels", {"depth": 0.5}))
+    for key, value in benchmark_only:
         with pytest.raises(ValueError, match=f"'{key}' applies to the built-in benchmarks"):
             TrainConfig(dataset="nyuv2", data_root="/d", **{key: value})
     with pytest.raises(ValueError, match=r"unknown task\(s\) \['left'\] of dataset 'nyuv2'"):

@@ -4,9 +4,11 @@ the config, handed-over inputs, and the Trainer that timing builds through it.""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 from taskbalance.training import RunInputs, RunResult, run
 from taskbalance.training.runner import build_trainer
@@ -60,7 +62,7 @@ def test_run_resumes_an_interrupted_run_and_reuses_a_finished_one(make_config):
 
 def test_freeze_and_trainable_tasks_come_from_the_config(make_config):
     config = make_config("frozen", epochs=1, freeze=["backbone"], trainable_tasks=["left"])
-    seen = {}
+    seen: dict[str, Any] = {}
 
     def started(trainer) -> None:
         model = trainer.model
@@ -123,6 +125,7 @@ def test_build_trainer_honours_loader_workers_and_pseudo_labels(make_config, tmp
     annotate(bench, "left", epochs=1, steps=1, threshold=0.0, out_dir=tmp_path / "a")
     labelled = config.replace(pseudo_labels=str(tmp_path / "a" / "pseudo_labels.pt"))
     trainer = build_trainer(labelled.replace(out_dir=None))
+    assert isinstance(trainer.train_loader, DataLoader)
     assert isinstance(trainer.train_loader.dataset, WithPseudoLabels)
 
 
