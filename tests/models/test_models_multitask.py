@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _typed import tensor_attr
 from torch import nn
 
 from taskbalance.models import ClassificationHead, MultiTaskModel, SmallCNN
+
+
+def _branch_weight(model: nn.Module, task: str, index: int) -> torch.Tensor:
+    """The weight of layer ``index`` (by position) of a task's branch."""
+    branch = model.get_submodule(f"heads.{task}.branch")
+    assert isinstance(branch, nn.Sequential)
+    return tensor_attr(branch[index], "weight")
 
 
 def tiny_layers() -> list[nn.Module]:
@@ -35,8 +43,9 @@ def test_forward_shapes_and_features() -> None:
 def test_features_is_what_heads_consume() -> None:
     model = MultiTaskModel(nn.Linear(3, 4), tiny_heads())
     out = model(torch.randn(5, 3))
+    assert model.features is not None
     (grad,) = torch.autograd.grad(out["a"].sum(), model.features)
-    expected = model.heads["a"].weight.sum(0).expand(5, 4)
+    expected = tensor_attr(model.heads["a"], "weight").sum(0).expand(5, 4)
     torch.testing.assert_close(grad, expected)
 
 
@@ -71,12 +80,12 @@ def test_branch_point_changes_split(branch_point: int, shared: int, partition_ch
 
 def test_branch_copies_are_independent_and_start_equal() -> None:
     model = MultiTaskModel.from_layers(tiny_layers(), tiny_heads(), branch_point=1)
-    wa = model.heads["a"].branch[1].weight
-    wb = model.heads["b"].branch[1].weight
+    wa = _branch_weight(model, "a", 1)
+    wb = _branch_weight(model, "b", 1)
     assert wa is not wb
     torch.testing.assert_close(wa, wb)
     re = MultiTaskModel.from_layers(tiny_layers(), tiny_heads(), branch_point=1, reinitialize=True)
-    assert not torch.equal(re.heads["a"].branch[1].weight, re.heads["b"].branch[1].weight)
+    assert not torch.equal(_branch_weight(re, "a", 1), _branch_weight(re, "b", 1))
 
 
 def test_from_layers_sequential_keeps_names_and_factory_heads() -> None:
@@ -85,7 +94,8 @@ def test_from_layers_sequential_keeps_names_and_factory_heads() -> None:
         cnn, lambda t: ClassificationHead(4, 3), branch_point=2, task_names=["x", "y"]
     )
     assert [n for n, _ in model.backbone.named_children()] == ["block1", "block2"]
-    assert [n for n, _ in model.heads["x"].branch.named_children()] == ["pool", "fc"]
+    branch = model.get_submodule("heads.x.branch")
+    assert [n for n, _ in branch.named_children()] == ["pool", "fc"]
     assert model(torch.randn(2, 1, 8, 8))["y"].shape == (2, 3)
 
 
@@ -108,7 +118,7 @@ def test_freeze_backbone_stops_updates_and_bn_stats() -> None:
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=0.1)
     before = {n: t.clone() for n, t in model.state_dict().items()}
     model.train()
-    bn = model.backbone.block1.conv[1]
+    bn = model.get_submodule("backbone.block1.conv.1")
     assert not bn.training  # BatchNorm of a frozen part stays in eval mode
     for _ in range(2):
         opt.zero_grad()
@@ -190,6 +200,7 @@ def test_single_task_copies() -> None:
     singles = model.single_task_copies()
     assert set(singles) == {"a", "b"}
     assert singles["a"].task_names == ("a",)
-    assert singles["a"].backbone[0].weight is not model.backbone[0].weight
+    copied = tensor_attr(singles["a"].get_submodule("backbone.0"), "weight")
+    assert copied is not tensor_attr(model.get_submodule("backbone.0"), "weight")
     x = torch.randn(3, 3)
     torch.testing.assert_close(singles["a"](x)["a"], model(x)["a"])
