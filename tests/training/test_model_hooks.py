@@ -5,9 +5,11 @@ schedule (LTB's temperature annealing), checked against closed forms."""
 from __future__ import annotations
 
 import copy
+from typing import cast
 
 import pytest
 import torch
+from _typed import tensor_attr
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
@@ -30,7 +32,8 @@ def data(n: int = 16, d: int = 6, seed: int = 0) -> list:
 
 
 def one_batch(n: int = 16) -> DataLoader:
-    return DataLoader(data(n), batch_size=n)
+    # a list is a map-style dataset at runtime; torch's stubs ask for a Dataset
+    return DataLoader(data(n), batch_size=n)  # type: ignore[arg-type]
 
 
 class Penalised(MultiTaskModel):
@@ -83,8 +86,10 @@ def test_regularizer_gradient_is_added_unweighted_in_both_modes(method: str, mod
     assert info_on.weights is not None
     torch.testing.assert_close(info_on.weights, info_off.weights)
     expected = {n: torch.zeros_like(g) for n, g in without.items()}
-    expected["backbone.0.weight"] = 2 * LAM * off.backbone[0].weight.detach()
-    expected["heads.a.0.weight"] = 2 * MU * off.heads["a"][0].weight.detach()
+    shared_w = tensor_attr(off.get_submodule("backbone.0"), "weight")
+    head_w = tensor_attr(off.get_submodule("heads.a.0"), "weight")
+    expected["backbone.0.weight"] = 2 * LAM * shared_w.detach()
+    expected["heads.a.0.weight"] = 2 * MU * head_w.detach()
     assert set(with_r) == set(without)
     for name, g in with_r.items():
         torch.testing.assert_close(g - without[name], expected[name], msg=name)
@@ -125,8 +130,9 @@ def test_dselect_entropy_gradient_reaches_the_selectors_and_only_them() -> None:
             torch.testing.assert_close(diff, g, msg=name)
             selectors += int(bool(g.abs().sum() > 0))
     assert selectors == 2 * 2  # weight and bias of z, in both tasks' gates
-    assert on.regularization() is not None and off.regularization() is None
-    assert float(on.regularization().detach()) == pytest.approx(lam * float(entropy.detach()))
+    regularization = on.regularization()
+    assert regularization is not None and off.regularization() is None
+    assert float(regularization.detach()) == pytest.approx(lam * float(entropy.detach()))
 
 
 def make_ltb(**schedule) -> LTB:
@@ -141,13 +147,13 @@ def fit_ltb(model: LTB, epochs: int, out_dir=None, resume: bool = False) -> list
         model,
         [regression_task(t) for t in TASKS],
         "ew",
-        DataLoader(data(), batch_size=8),
+        DataLoader(data(), batch_size=8),  # type: ignore[arg-type]
         one_batch(),
         epochs=epochs,
         out_dir=out_dir,
         progress=False,
         save_best=False,
-        callbacks=[lambda tr, rec: seen.append(tr.model.temperature)],
+        callbacks=[lambda tr, rec: seen.append(cast(LTB, tr.model).temperature)],
     )
     trainer.fit(resume=resume)
     return seen
