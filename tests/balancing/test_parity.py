@@ -65,11 +65,12 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from _typed import gradient_method
+from _typed import gradient_method, tensor_attr
 from scipy.optimize import minimize, nnls, root
 
 import taskbalance as tb
 from taskbalance.balancing.solvers import random_orders
+from taskbalance.balancing.weighting.famo import FAMO
 
 torchjd_aggregation = pytest.importorskip("torchjd.aggregation")
 from torchjd.linalg import DualConeProjector  # noqa: E402
@@ -121,7 +122,9 @@ def rel_err(d: np.ndarray, ref: np.ndarray, J: np.ndarray, dtype=torch.float64) 
     return float(np.linalg.norm(d - ref) / (np.linalg.norm(ref) + allowance / TOL[dtype]))
 
 
-def ours(name: str, J: np.ndarray, dtype: torch.dtype, **options) -> tuple[np.ndarray, object]:
+def ours(
+    name: str, J: np.ndarray, dtype: torch.dtype, **options
+) -> tuple[np.ndarray, tb.GradientMethod]:
     m = tb.create(name, J.shape[0], **options)
     assert isinstance(m, tb.GradientMethod)
     d = m.aggregate(torch.tensor(J, dtype=dtype))
@@ -239,6 +242,7 @@ def test_imtl_g_conditions_on_every_kind():
         norms = np.linalg.norm(J, axis=1)
         live = norms > 0
         proj = (J[live] / norms[live, None]) @ d
+        assert m.last_weights is not None
         scale = max(np.abs(proj).max(), (m.last_weights.abs().numpy() * norms).sum())
         assert np.abs(proj - proj.mean()).max() <= 1e-9 * scale, (kind, n)
         assert abs(m.last_weights.sum().item() - 1) < 1e-12
@@ -252,7 +256,8 @@ def min_norm_enumeration(J: np.ndarray) -> np.ndarray:
     on the rows (base: the face's shortest row, so no weight comes from 1 − Σ others)."""
     n = J.shape[0]
     norms = np.linalg.norm(J, axis=1)
-    best, best_w = np.inf, None
+    best: float = np.inf
+    best_w: np.ndarray | None = None
     for k in range(1, n + 1):
         for S in itertools.combinations(range(n), k):
             base = min(S, key=lambda t: norms[t])
@@ -270,7 +275,8 @@ def min_norm_enumeration(J: np.ndarray) -> np.ndarray:
                 continue
             w = np.clip(w, 0, None) / np.clip(w, 0, None).sum()
             if np.linalg.norm(w @ J) < best:
-                best, best_w = np.linalg.norm(w @ J), w
+                best, best_w = float(np.linalg.norm(w @ J)), w
+    assert best_w is not None
     return best_w
 
 
@@ -279,7 +285,7 @@ def test_mgda_exact_where_references_approximate(dtype):
     """Differs by design: TorchJD's MGDA and LibMTL's MinNormSolver (MGDA.py) run Frank-Wolfe
     to a tolerance (the paper's algorithm); ours is the exact min-norm point. So ours is never
     longer than TorchJD's, and equals an exact enumeration of faces."""
-    bad = {}
+    bad: dict[tuple[str, int, str], object] = {}
     for k, (kind, n) in enumerate(cases()):
         J = matrix(kind, n, seed=k)
         d, _ = ours("mgda", J, dtype)
@@ -403,6 +409,7 @@ def test_fairgrad_equation_on_spread_rows(dtype):
     for k, n in enumerate((2, 3, 5, 10)):
         J = as_used(matrix("spread", n, seed=k), dtype)
         _, m = ours("fairgrad", J, dtype, alpha=1.0)
+        assert m.last_weights is not None
         w = m.last_weights.double().numpy()
         G = J @ J.T
         assert (w > 0).all()
@@ -420,6 +427,7 @@ def test_fairgrad_against_torchjd(alpha):
         d, m = ours("fairgrad", J, torch.float64, alpha=alpha)
         ref = tj(torchjd_aggregation.FairGrad(alpha=alpha), J)
         assert rel_err(d, ref, J) < 1e-5, (kind, n)
+        assert m.last_weights is not None
         w = m.last_weights.numpy()
         G = J @ J.T
         assert np.abs(G @ w - w ** (-1 / alpha)).max() <= 1e-9 * np.abs(w ** (-1 / alpha)).max()
@@ -472,6 +480,7 @@ def cagrad_libmtl(J: np.ndarray, n: int, c: float = 0.4, rescale: int = 1) -> np
         )
         if best is None or res.fun < best.fun:
             best = res
+    assert best is not None
     gw = best.x @ J
     d = J.mean(0) + phi / np.linalg.norm(gw) * gw
     return d / {0: 1.0, 1: 1 + c * c, 2: 1 + c}[rescale]
@@ -552,7 +561,8 @@ def test_modo_and_sdmgrad_against_torchjd():
     gradients are kept at unit scale."""
     rng = np.random.default_rng(0)
     for n in (2, 3, 5):
-        modo, sdm = tb.create("modo", n, gamma=0.1, rho=0.1), tb.create("sdmgrad", n)
+        modo = gradient_method("modo", n, gamma=0.1, rho=0.1)
+        sdm = gradient_method("sdmgrad", n)
         tj_modo = torchjd_aggregation.MoDoWeighting(gamma=0.1, rho=0.1)
         tj_sdm = torchjd_aggregation.SDMGradWeighting()
         for _ in range(4):
@@ -621,16 +631,16 @@ def test_loss_weightings_against_libmtl(losses):
     np.testing.assert_allclose(w, gm / (n * losses), rtol=1e-12)
     uw = tb.create("uw", n)
     with torch.no_grad():
-        uw.log_vars.copy_(s)
+        tensor_attr(uw, "log_vars").copy_(s)
     value, w = effective_weights(uw, L)
-    s_ = uw.log_vars.detach().double().numpy()  # the parameter is float32
+    s_ = tensor_attr(uw, "log_vars").detach().double().numpy()  # the parameter is float32
     assert value == pytest.approx((losses / (2 * np.exp(s_)) + s_ / 2).sum(), rel=1e-12)
     np.testing.assert_allclose(w, 1 / (2 * np.exp(s_)), rtol=1e-12)
     imtl_l = tb.create("imtl_l", n)
     with torch.no_grad():
-        imtl_l.log_scales.copy_(s)
+        tensor_attr(imtl_l, "log_scales").copy_(s)
     value, w = effective_weights(imtl_l, L)
-    s_ = imtl_l.log_scales.detach().double().numpy()
+    s_ = tensor_attr(imtl_l, "log_scales").detach().double().numpy()
     assert value == pytest.approx((np.exp(s_) * losses - s_).sum(), rel=1e-12)
     np.testing.assert_allclose(w, np.exp(s_), rtol=1e-12)
 
@@ -641,7 +651,7 @@ def test_dwa_against_libmtl():
     rng = np.random.default_rng(2)
     n, tau = 3, 2.0
     m = tb.create("dwa", n, temperature=tau)
-    history = []
+    history: list[np.ndarray] = []
     for epoch in range(5):
         _, w = effective_weights(m, torch.tensor(rng.uniform(0.5, 2.0, n)))
         if epoch < 2:
@@ -752,6 +762,7 @@ def test_famo_against_libmtl():
     rng = np.random.default_rng(6)
     n, lr, wd = 3, 0.025, 1e-3
     m = tb.create("famo", n, lr=lr, weight_decay=wd, eps=1e-8, update_from_next_step=False)
+    assert isinstance(m, FAMO)
     w, m1, m2 = np.zeros(n), np.zeros(n), np.zeros(n)
     for step in range(1, 6):
         L = rng.uniform(0.2, 3.0, n)
@@ -796,7 +807,7 @@ def test_sdmgrad_against_libmtl():
     simplex; d = (Jᵀw + λ·mean g)/(1 + λ). Its +1e-8 on the scale is the only difference."""
     rng = np.random.default_rng(8)
     n, lam, lr, iters = 3, 0.3, 5.0, 20
-    m = tb.create("sdmgrad", n, lamda=lam, lr=lr, n_iter=iters)
+    m = gradient_method("sdmgrad", n, lamda=lam, lr=lr, n_iter=iters)
     w = np.full(n, 1.0 / n)
 
     def project(v):  # Euclidean projection onto the simplex (sort-based)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 from torch import nn
@@ -309,7 +311,9 @@ def test_annotate_warns_when_it_keeps_no_pseudo_label(bench) -> None:
 
 
 def test_annotate_again_continues_its_teachers_and_refuses_other_settings(bench, tmp_path):
-    options = {"teacher_width": 8, "epochs": 2, "steps": 1, "threshold": 0.0, "batch_size": 8}
+    options: dict[str, Any] = {
+        "teacher_width": 8, "epochs": 2, "steps": 1, "threshold": 0.0, "batch_size": 8
+    }
     first = annotate(bench, ["segmentation"], out_dir=tmp_path, **options)
     stamp = (tmp_path / "teachers" / "segmentation" / "checkpoint.pt").stat().st_mtime_ns
     again = annotate(bench, ["segmentation"], out_dir=tmp_path, **options)
