@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from _methods import one_batch
+from _typed import tensor_attr
 from torch import Tensor, nn
 
 import taskbalance
@@ -17,6 +18,8 @@ from taskbalance.balancing.base import GradientMethod
 from taskbalance.models import CGC, LTB, PLE, DSelectK, DSelectKGate, MMoE
 from taskbalance.models.dselect_k import smooth_step
 from taskbalance.models.experts import mlp
+from taskbalance.models.ltb import BranchLogits
+from taskbalance.models.multitask import MultiTaskNetwork
 
 D_IN, D_EXP = 6, 4
 TASKS3 = ("a", "b", "c")
@@ -58,7 +61,7 @@ def make_ltb(tasks=TASKS3) -> LTB:
     return LTB(layers, towers(tasks), nodes=[2, 3])
 
 
-MAKERS: dict[str, Callable[..., nn.Module]] = {
+MAKERS: dict[str, Callable[..., MultiTaskNetwork]] = {
     "mmoe": make_mmoe,
     "mmoe_bias": make_mmoe_bias,
     "dselect_k": make_dselect,
@@ -130,9 +133,11 @@ def test_ple_split_by_level() -> None:
     lv = model.levels
     for t in TASKS3:
         own = {id(p) for p in model.task_parameters(t)}
-        for module in (lv[2].task_experts[t], lv[2].task_gates[t], lv[1].task_gates[t]):
+        for path in ("2.task_experts", "2.task_gates", "1.task_gates"):
+            module = lv.get_submodule(f"{path}.{t}")
             assert {id(p) for p in module.parameters()} <= own
-        for module in (lv[0].task_experts[t], lv[0].task_gates[t], lv[1].task_experts[t]):
+        for path in ("0.task_experts", "0.task_gates", "1.task_experts"):
+            module = lv.get_submodule(f"{path}.{t}")
             assert {id(p) for p in module.parameters()} <= shared
 
 
@@ -140,10 +145,13 @@ def test_ple_split_by_level() -> None:
 @pytest.mark.parametrize("name", ["mmoe", "mmoe_bias", "cgc"])
 def test_softmax_gates_sum_to_one(name: str) -> None:
     model = MAKERS[name]()
+    assert isinstance(model, (MMoE, CGC))
     with torch.no_grad():  # biases away from zero
         for gate in model.gates.values():
-            if gate.linear.bias is not None:
-                gate.linear.bias.uniform_(-2.0, 2.0)
+            linear = gate.get_submodule("linear")
+            assert isinstance(linear, nn.Linear)
+            if linear.bias is not None:
+                linear.bias.uniform_(-2.0, 2.0)
     for w in model.gate_weights(inputs()).values():
         assert (w >= 0).all()
         torch.testing.assert_close(w.sum(-1), torch.ones(16))
@@ -220,9 +228,11 @@ def test_dselect_model_entropy_and_bad_arguments() -> None:
 def test_ltb_eval_uses_the_argmax_tree_and_train_samples() -> None:
     model = make_ltb()
     with torch.no_grad():
-        model.shared_branches[0].logits.copy_(torch.tensor([[0.0, 2.0], [3.0, 0.0], [0.0, 1.0]]))
+        first = tensor_attr(model.shared_branches[0], "logits")
+        first.copy_(torch.tensor([[0.0, 2.0], [3.0, 0.0], [0.0, 1.0]]))
         for k, t in enumerate(TASKS3):
-            model.task_branches[t].logits.copy_(torch.eye(3)[[2, 0, 1][k]].unsqueeze(0))
+            one_hot = torch.eye(3)[[2, 0, 1][k]].unsqueeze(0)
+            tensor_attr(model.task_branches[t], "logits").copy_(one_hot)
     assert model.tree() == [[1, 0, 1], [2, 0, 1]]
     x = inputs()
     model.eval()
@@ -249,7 +259,9 @@ def test_ltb_arguments() -> None:
     with pytest.raises(ValueError, match="temperature"):
         model.temperature = 0.0
     hard = LTB([mlp(D_IN, [4]), mlp(4, [D_EXP])], towers(), hard=True)
-    w = hard.task_branches["a"].sample(1.0, hard=True, training=True)
+    branch = hard.task_branches["a"]
+    assert isinstance(branch, BranchLogits)
+    w = branch.sample(1.0, hard=True, training=True)
     assert sorted(w.flatten().tolist()) == [0.0, 0.0, 1.0]
 
 
@@ -273,10 +285,10 @@ class FixedWeights(GradientMethod):
 
     def __init__(self, weights: list[float]) -> None:
         super().__init__(len(weights))
-        self.weights = torch.tensor(weights)
+        self.fixed = torch.tensor(weights)
 
     def _aggregate(self, J: Tensor, losses: Tensor | None, present: Tensor | None) -> Tensor:
-        w = self.weights.to(J)
+        w = self.fixed.to(J)
         self.last_weights = w
         return w @ J
 
@@ -326,7 +338,7 @@ def test_mgda_step_decreases_the_loss(name: str, mode: str) -> None:
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     model.eval()  # LTB: the argmax tree, so before/after compare one network
     with torch.no_grad():
-        before = sum(mse_losses(model, x, y).values()).item()
+        before = float(sum(mse_losses(model, x, y).values()))
     model.train()
     opt.zero_grad()
     losses = mse_losses(model, x, y)
@@ -337,7 +349,7 @@ def test_mgda_step_decreases_the_loss(name: str, mode: str) -> None:
     opt.step()
     model.eval()
     with torch.no_grad():
-        after = sum(mse_losses(model, x, y).values()).item()
+        after = float(sum(mse_losses(model, x, y).values()))
     assert after < before
 
 
