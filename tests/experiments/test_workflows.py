@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -128,7 +129,7 @@ def _rerun_continues_and_trains_nothing(bench, out_dir, rows) -> None:
     trained again and the rows are the same; other settings are refused."""
     from taskbalance.training import Trainer
 
-    options = dict(epochs=1, steps=1, batch_size=8, teacher_epochs=1, threshold=0.5)
+    options: dict[str, Any] = dict(epochs=1, steps=1, batch_size=8, teacher_epochs=1, threshold=0.5)
     with pytest.MonkeyPatch.context() as patch:
         def no_training(self):
             raise AssertionError("a finished run was trained again")
@@ -213,7 +214,7 @@ def test_contradictory_workflow_row_is_explained_by_its_table() -> None:
             "within_30": 0.14,
         },
     }
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, metrics in ((REFERENCE, full), ("staged", staged)):
         overall, per_task, skipped = _deltas(metrics, full, tasks)
         rows.append(
@@ -256,7 +257,9 @@ def test_interrupted_workflows_continue_and_end_as_uninterrupted(bench, tmp_path
     and ends with the rows of an uninterrupted one."""
     import taskbalance.training.runner as runner
 
-    options = dict(epochs=1, steps=1, batch_size=8, log=None, workflows="masked,staged")
+    options: dict[str, Any] = dict(
+        epochs=1, steps=1, batch_size=8, log=None, workflows="masked,staged"
+    )
     straight = compare_workflows(bench, "depth=0.25", out_dir=tmp_path / "straight", **options)
     real_run, calls = runner.run, []
 
