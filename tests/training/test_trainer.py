@@ -4,6 +4,7 @@ missing labels, rep mode, epoch_end, gradient statistics, model selection scores
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 import torch
@@ -39,7 +40,7 @@ class RecordingSum(LossMethod):
         self.last_weights = losses.new_ones(self.num_tasks).detach()
         return losses
 
-    def epoch_end(self, mean_losses):
+    def epoch_end(self, mean_losses, present=None):
         self.epoch_means.append(mean_losses.clone())
 
 
@@ -143,7 +144,7 @@ def test_gradient_method_auto_rep_mode_logs_gradient_statistics():
 
 
 def test_affinity_is_logged_when_requested(tmp_path):
-    kwargs = {"mode": "param", "progress": False, "lr": 0.01}
+    kwargs: dict[str, Any] = {"mode": "param", "progress": False, "lr": 0.01}
     record = Trainer(make_model(), tasks(), MeanAggregation(2), *loaders(), **kwargs).fit()
     assert "affinity" not in record.history[0]  # off by default
     out = tmp_path / "run"
@@ -281,7 +282,7 @@ def test_gradnorm_gets_the_head_views_and_trains_as_without_them(monkeypatch, la
         if variant == "no views":  # features but no views: GradNorm's norms from the losses
             model.__class__ = type("NoViews", (MultiTaskModel,), {"head_inputs": None})
         fast.clear()
-        kwargs = {"progress": False, "lr": 0.05, "epochs": 2}
+        kwargs: dict[str, Any] = {"progress": False, "lr": 0.05, "epochs": 2}
         result = Trainer(model, tasks(), "gradnorm", *loaders(labelled_b), **kwargs).fit()
         assert len(fast) == (12 if variant == "views" else 0)  # 2 epochs of 6 batches
         runs.append((snapshot(model), result.history))
