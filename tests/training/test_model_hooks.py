@@ -199,7 +199,7 @@ def test_benchmark_model_options_reach_the_models(tmp_path) -> None:
     ltb = {"arch": "ltb", "temperature": 2.0, "anneal": 0.5, "min_temperature": 0.4}
     train(
         {**common, "model_options": ltb, "epochs": 3, "out_dir": str(tmp_path / "ltb")},
-        callbacks=[lambda tr, rec: seen.append(tr.model.temperature)],
+        callbacks=[lambda tr, rec: seen.append(cast(LTB, tr.model).temperature)],
     )
     assert seen == [2.0, 1.0, 0.5]
     models: list[nn.Module] = []
@@ -208,5 +208,6 @@ def test_benchmark_model_options_reach_the_models(tmp_path) -> None:
         {**common, "model_options": dselect, "epochs": 1, "out_dir": str(tmp_path / "ds")},
         callbacks=[lambda tr, rec: models.append(tr.model)],
     )
+    assert isinstance(models[0], DSelectK)
     assert models[0].entropy_weight == 0.25
     assert models[0].regularization() is not None
