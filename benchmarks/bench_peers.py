@@ -22,6 +22,7 @@ Usage: ``python benchmarks/bench_peers.py [--tasks 10,40] [--methods upgrad,mgda
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 from collections.abc import Callable
 
@@ -41,7 +42,7 @@ except ImportError as exc:  # pragma: no cover - optional dependency
 NO_COUNTERPART = {"moco", "db_mtl"}
 
 
-def torchjd_aggregator(name: str, T: int) -> object | None:
+def torchjd_aggregator(name: str, T: int) -> jda.Aggregator | None:
     """The TorchJD aggregator of the same method and our defaults, or None when unavailable.
 
     TorchJD's SDMGrad and MoDo are weightings of ``J₁ J₂ᵀ`` (two mini-batches); ours use one
@@ -50,7 +51,7 @@ def torchjd_aggregator(name: str, T: int) -> object | None:
     if name in NO_COUNTERPART:
         print(f"  ({name}: no TorchJD counterpart; skipped)")
         return None
-    factories: dict[str, Callable[[], object]] = {
+    factories: dict[str, Callable[[], jda.Aggregator]] = {
         "upgrad": jda.UPGrad,
         "mgda": jda.MGDA,
         "pcgrad": jda.PCGrad,
@@ -71,7 +72,7 @@ def torchjd_aggregator(name: str, T: int) -> object | None:
     }
     try:
         agg = factories[name]()
-        agg(torch.randn(T, 8))  # type: ignore[operator]  # cvxpy-backed ones fail here
+        agg(torch.randn(T, 8))  # cvxpy-backed ones fail here
     except Exception as exc:  # noqa: BLE001 - report and skip
         print(f"  (TorchJD {name}: {type(exc).__name__}: {str(exc).splitlines()[0]}; skipped)")
         return None
@@ -104,8 +105,9 @@ def step_candidates(
     def theirs() -> None:
         opt.zero_grad(set_to_none=True)
         losses = task_losses(model(x))
+        assert model.features is not None  # set by the forward pass
         mtl_backward(losses, model.features, shared_params=shared, tasks_params=heads)
-        jac_to_grad(shared, agg)  # type: ignore[arg-type]
+        jac_to_grad(shared, agg)
         opt.step()
 
     return {"ours": ours, "torchjd": theirs}
@@ -160,13 +162,14 @@ def main() -> None:
         for name in methods:
             agg = torchjd_aggregator(name, T)
             ours = tb.create(name, T)
-            steps: dict[str, Callable[[], object]] = {
+            assert isinstance(ours, tb.GradientMethod)
+            candidates: dict[str, Callable[[], object]] = {
                 "bare": lambda: J @ J.T,
-                "ours": lambda ours=ours: ours.aggregate(J),
+                "ours": functools.partial(ours.aggregate, J),
             }
             if agg is not None:
-                steps["torchjd"] = lambda agg=agg: agg(J)  # type: ignore[operator]
-            t = interleaved(steps, args.rounds, args.per_round, clock=time.process_time)
+                candidates["torchjd"] = functools.partial(agg, J)
+            t = interleaved(candidates, args.rounds, args.per_round, clock=time.process_time)
             theirs = t.get("torchjd")
             print(
                 f"| {name} | {t['ours'].median * 1e3:.0f} | "

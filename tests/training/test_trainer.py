@@ -327,10 +327,10 @@ def test_nonfinite_skip_makes_no_update_and_counts_the_step(mode):
     batch = next(iter(trainer.train_loader))
     with pytest.warns(RuntimeWarning, match=r"task 'b' holds NaN or Inf.*1 step\(s\) skipped"):
         info = trainer.train_step(batch)
-    assert info.skipped and not changed(before, model)
+    assert info is not None and info.skipped and not changed(before, model)
     assert all(p.grad is None for p in model.parameters())  # the heads' gradients dropped
     info = trainer.train_step(batch)  # the next call is finite: an ordinary update
-    assert not info.skipped and changed(before, model)
+    assert info is not None and not info.skipped and changed(before, model)
 
 
 def test_nonfinite_steps_are_counted_in_the_history_and_raise_by_default():
