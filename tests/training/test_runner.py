@@ -199,3 +199,28 @@ def test_config_nonfinite_reaches_the_balancer(make_config):
     assert build_trainer(make_config(out_dir=None)).balancer.nonfinite == "raise"
     trainer = build_trainer(make_config(out_dir=None, nonfinite="skip"))
     assert trainer.balancer.nonfinite == "skip"
+
+
+def test_a_run_folder_inside_the_data_root_does_not_change_the_data(tmp_path, monkeypatch):
+    # `cd data/nyu && taskbalance train --dataset nyuv2 --data-root .`: the default runs/... lies
+    # inside the data root; its files were counted as data, so no rerun could reuse or resume.
+    from taskbalance.data.real.fake import write_fake_dataset
+    from taskbalance.data.registry import dataset_fingerprint
+
+    root = write_fake_dataset("nyuv2", tmp_path / "nyu", train=3, test=2, size=(8, 8))
+    data = dataset_fingerprint("nyuv2", root)
+    monkeypatch.chdir(root)
+    config = {
+        "dataset": "nyuv2", "data_root": ".", "model_options": {"width": 2, "depth": 1},
+        "batch_size": 2, "epochs": 1, "steps": 1, "progress": False, "tensorboard": False,
+        "out_dir": "runs/one",
+    }  # fmt: skip
+    first = run(config)
+    assert first.config["inputs"]["dataset_files"] == data  # runs/ is not data
+    lines: list[str] = []
+    assert run(config, log=lines.append, label="again").to_dict() == first.to_dict()
+    assert lines[0].startswith("again: reused")
+    # only the entry holding the run folder is left out: other new files still count
+    (root / "runs" / "other.npy").write_bytes(b"x")
+    (root / "val" / "extra.npy").write_bytes(b"x")
+    assert dataset_fingerprint("nyuv2", root, "runs/one")["files"] == data["files"] + 1

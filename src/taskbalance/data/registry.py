@@ -140,7 +140,9 @@ def load_dataset(name: str, root: str | os.PathLike[str], **options: Any) -> Rea
     return RealDataSource(spec, path, resolved, read)
 
 
-def dataset_fingerprint(name: str, root: str | os.PathLike[str]) -> dict[str, Any]:
+def dataset_fingerprint(
+    name: str, root: str | os.PathLike[str], outputs: str | os.PathLike[str] | None = None
+) -> dict[str, Any]:
     """What tells one copy or version of a dataset from another without reading it: the number
     of files under ``root``, their total size and a digest of every file's path relative to
     ``root``, size and modification time (whole seconds). Hidden files and folders (names
@@ -150,24 +152,35 @@ def dataset_fingerprint(name: str, root: str | os.PathLike[str]) -> dict[str, An
 
     The folder's own path is not part of it: the same files moved (or copied keeping their times:
     ``cp -a``, ``rsync -a``) give the same fingerprint; a file added, removed, resized or
-    rewritten gives another.
+    rewritten gives another. ``outputs``: a run's folder; when it lies inside ``root`` (a run
+    started in the dataset's folder with the default ``runs/...``), the entry of ``root`` that
+    holds it is left out, since the run's own files change it.
 
     Raises:
         FileNotFoundError: ``root`` is not a folder (the message of :func:`load_dataset`).
     """
     path = _root_folder(get_dataset_spec(name), root)
+    skip = None
+    if outputs is not None:
+        out, base = Path(outputs).expanduser().resolve(), path.resolve()
+        if out != base and out.is_relative_to(base):
+            skip = out.relative_to(base).parts[0]
     lines: list[str] = []
-    files, total = _fingerprint_walk(path, "", (os.stat(path),), lines)
+    files, total = _fingerprint_walk(path, "", (os.stat(path),), lines, skip)
     digest = hashlib.sha256("\n".join(sorted(lines)).encode()).hexdigest()[:16]
     return {"files": files, "bytes": total, "digest": digest}
 
 
 def _fingerprint_walk(
-    folder: Path, prefix: str, above: tuple[os.stat_result, ...], lines: list[str]
+    folder: Path,
+    prefix: str,
+    above: tuple[os.stat_result, ...],
+    lines: list[str],
+    skip: str | None = None,
 ) -> tuple[int, int]:
     """Adds a line per entry under ``folder`` to ``lines`` (paths relative to the root, which
-    ``prefix`` is relative to); ``above``: ``folder`` and the folders it is in (for loops).
-    Returns (files, bytes)."""
+    ``prefix`` is relative to); ``above``: ``folder`` and the folders it is in (for loops);
+    ``skip``: the name of an entry of ``folder`` left out. Returns (files, bytes)."""
     files = total = 0
     try:
         with os.scandir(folder) as entries:
@@ -176,6 +189,8 @@ def _fingerprint_walk(
         lines.append(f"{prefix}\tunreadable")
         return 0, 0
     for name, link in names:
+        if name == skip:
+            continue
         relative, entry = prefix + name, folder / name
         try:
             stat = os.stat(entry)

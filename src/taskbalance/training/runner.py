@@ -318,10 +318,12 @@ def _run_config(config: TrainConfig, inputs: RunInputs) -> dict[str, Any]:
         identity["experiment_file"] = _experiment_content(config.experiment)
     if config.dataset is not None:
         # data_root may differ (the same files moved): the files themselves name the data
+        # (a run folder inside data_root left out: its files change as the run goes)
         from taskbalance.data.registry import dataset_fingerprint
 
         assert config.data_root is not None  # TrainConfig checks
-        identity["dataset_files"] = dataset_fingerprint(config.dataset, config.data_root)
+        files = dataset_fingerprint(config.dataset, config.data_root, config.out_dir)
+        identity["dataset_files"] = files
     if identity:
         stored["inputs"] = _plain(identity)
     return stored
