@@ -24,6 +24,7 @@ import itertools
 from collections.abc import Iterator
 from functools import lru_cache
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -610,15 +611,91 @@ def project_simplex(v: Tensor) -> Tensor:
     return (v - theta).clamp_min(0)
 
 
-def _masked_solve(G: Tensor, free: Tensor, rhs: Tensor, ridge: float) -> Tensor:
-    """Solve ``G_FF z_F = rhs_F`` (z = 0 off F) for each row's free set F, batched."""
-    k, n = free.shape
-    pair = free[:, :, None] & free[:, None, :]
-    eye = torch.eye(n, dtype=G.dtype, device=G.device)
-    M = torch.where(pair, G.expand(k, n, n), torch.zeros((), dtype=G.dtype, device=G.device))
-    M = M + eye * torch.where(free, ridge, 1.0)[:, None, :]
-    z = torch.linalg.solve(M, (rhs * free)[..., None])[..., 0]
-    return torch.where(free, z, torch.zeros((), dtype=G.dtype, device=G.device))
+def _masked_solve(G: np.ndarray, free: np.ndarray, rhs: np.ndarray, ridge: float) -> np.ndarray:
+    """Solve ``(G_FF + ridge I) z_F = rhs_F`` (z = 0 off F) for each row's free set F, batched."""
+    n = G.shape[0]
+    M = np.where(free[:, :, None] & free[:, None, :], G, 0.0)
+    diag = np.arange(n)
+    M[:, diag, diag] += np.where(free, ridge, 1.0)
+    z = np.linalg.solve(M, (rhs * free)[..., None])[..., 0]
+    return np.where(free, z, 0.0)
+
+
+def _principal_pivoting(
+    G: np.ndarray, c: np.ndarray, tol: float, ridge: float, max_iter: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``min_{μ≥0} μᵀGμ/2 + cᵀμ`` per row of ``c`` by block principal pivoting (Júdice & Pires,
+    1994; the NNLS form of Kim & Park, 2011): every KKT-infeasible variable changes side at once,
+    and after three exchanges without fewer infeasible variables only the last one does (which
+    terminates). All rows batched, one solve per sweep for the rows still open.
+
+    Returns ``(μ, done)``: ``done[i]`` when row i satisfies the KKT conditions to ``tol``.
+    """
+    k, n = c.shape
+    free = c < -tol
+    mu = np.zeros((k, n))
+    done = np.zeros(k, dtype=bool)
+    best = np.full(k, n + 1)
+    trials = np.full(k, 3)
+    todo = np.arange(k)
+    for _ in range(max_iter):
+        f = free[todo]
+        z = _masked_solve(G, f, -c[todo], ridge)
+        infeasible = (f & (z < -tol)) | (~f & (z @ G + c[todo] < -tol))
+        count = infeasible.sum(1)
+        mu[todo] = z
+        done[todo[count == 0]] = True
+        open_ = count > 0
+        todo, infeasible, count, f = todo[open_], infeasible[open_], count[open_], f[open_]
+        if todo.size == 0:
+            break
+        better = count < best[todo]
+        best[todo[better]] = count[better]
+        trials[todo[better]] = 3
+        full = better | (trials[todo] > 0)
+        trials[todo[~better & full]] -= 1
+        last = n - 1 - np.argmax(infeasible[:, ::-1], axis=1)
+        single = np.zeros_like(infeasible)
+        single[np.arange(todo.size), last] = True
+        free[todo] = f ^ np.where(full[:, None], infeasible, single)
+    return np.where(free, np.maximum(mu, 0.0), 0.0), done
+
+
+def _lawson_hanson(
+    G: np.ndarray, c: np.ndarray, tol: float, ridge: float, max_iter: int
+) -> np.ndarray:
+    """``min_{μ≥0} μᵀGμ/2 + cᵀμ`` per row of ``c`` by the Lawson-Hanson active-set method
+    (one variable enters per outer step), batched over the rows still open."""
+    k, n = c.shape
+    mu = np.zeros((k, n))
+    free = np.zeros((k, n), dtype=bool)
+    rows = np.arange(k)
+    for _ in range(max_iter):
+        cand = ~free & (mu @ G + c < -tol)
+        active = cand.any(1)
+        if not active.any():
+            break
+        j = np.where(cand, mu @ G + c, np.inf).argmin(1)
+        free[rows[active], j[active]] = True
+        for _ in range(n + 1):
+            act = np.flatnonzero(active)
+            z = _masked_solve(G, free[act], -c[act], ridge)
+            bad = free[act] & (z <= 0)
+            need = bad.any(1)
+            mu[act[~need]] = z[~need]
+            if not need.any():
+                break
+            # Step from μ towards z until the first free variable hits zero; drop it.
+            act, z, bad = act[need], z[need], bad[need]
+            gap = mu[act] - z
+            ratio = np.where(bad & (gap > 0), mu[act] / np.where(gap > 0, gap, 1.0), 0.0)
+            alpha = np.where(bad, ratio, np.inf).min(1).clip(0.0, 1.0)
+            stepped = mu[act] + alpha[:, None] * (z - mu[act])
+            free[act] &= stepped > tol
+            mu[act] = np.where(free[act], np.maximum(stepped, 0.0), 0.0)
+            active = np.zeros(k, dtype=bool)
+            active[act] = True
+    return mu
 
 
 def dual_cone_weights(
@@ -629,44 +706,23 @@ def dual_cone_weights(
     For each row ``y`` returns ``v = y + μ*`` with ``μ* = argmin_{μ ≥ 0} (y + μ)ᵀ G (y + μ)``, so
     that ``Jᵀv`` is the Euclidean projection of ``Jᵀy`` onto the dual cone of the rows of J
     (the dual of ``min ‖x − Jᵀy‖² s.t. J x ≥ 0``). The inner problem is the non-negative least
-    squares ``min_{μ≥0} ‖Jᵀμ + Jᵀy‖²``, solved exactly by the Lawson-Hanson active-set method,
-    written with the Gramian only (``G`` is ``[n, n]``, float64, ideally normalised) and batched
-    over the rows of ``Y`` (``[k, n]``).
+    squares ``min_{μ≥0} ‖Jᵀμ + Jᵀy‖²``, written with the Gramian only (``G`` is ``[n, n]``,
+    float64, ideally normalised) and solved exactly, batched over the rows of ``Y`` (``[k, n]``):
+    by block principal pivoting (few sweeps, each one batched solve), and by the Lawson-Hanson
+    active-set method for any row that pivoting leaves open after ``max_iter`` sweeps.
+
+    Runs in numpy on a host copy of ``G`` and ``Y`` (one transfer when they live on an
+    accelerator; the systems are tiny, and per-operation overhead dominates); returns ``V`` with
+    ``Y``'s device, float64.
     """
     k, n = Y.shape
     if max_iter is None:
         max_iter = 3 * n + 10
-    dtype, device = G.dtype, G.device
     ridge = 1e-13 * n
-    c = Y @ G  # G y per row (G symmetric)
-    mu = torch.zeros(k, n, dtype=dtype, device=device)
-    free = torch.zeros(k, n, dtype=torch.bool, device=device)
-    inf = torch.tensor(float("inf"), dtype=dtype, device=device)
-    rows = torch.arange(k, device=device)
-    for _ in range(max_iter):
-        grad = mu @ G + c  # half the gradient of the objective w.r.t. μ
-        cand = ~free & (grad < -tol)
-        active = cand.any(1)
-        if not bool(active.any()):
-            break
-        j = torch.where(cand, grad, inf).argmin(1)
-        free[rows[active], j[active]] = True
-        for _ in range(n + 1):
-            z = _masked_solve(G, free, -c, ridge)
-            bad = free & (z <= 0) & active[:, None]
-            need = bad.any(1)
-            mu = torch.where((active & ~need)[:, None], z, mu)
-            if not bool(need.any()):
-                break
-            # Step from μ towards z until the first free variable hits zero; drop it.
-            gap = mu - z
-            ratio = torch.where(bad & (gap > 0), mu / torch.where(gap > 0, gap, 1.0), 0.0)
-            ratio = torch.where(bad, ratio, inf)
-            alpha = ratio.min(1).values.clamp(0.0, 1.0)
-            stepped = mu + alpha[:, None] * (z - mu)
-            mu = torch.where(need[:, None], stepped, mu)
-            drop = need[:, None] & free & (mu <= tol)
-            free = free & ~drop
-            mu = torch.where(free, mu.clamp_min(0), torch.zeros((), dtype=dtype, device=device))
-            active = need
-    return Y + mu
+    g = G.detach().to("cpu", torch.float64).numpy()
+    y = Y.detach().to("cpu", torch.float64).numpy()
+    c = y @ g  # G y per row (G symmetric)
+    mu, done = _principal_pivoting(g, c, tol, ridge, max_iter)
+    if not done.all():
+        mu[~done] = _lawson_hanson(g, c[~done], tol, ridge, max_iter)
+    return torch.from_numpy(y + mu).to(Y.device)
