@@ -425,69 +425,82 @@ def _min_norm_enumerate(C: Tensor, b: Tensor) -> Tensor:
     return cand.index_select(0, _choose(C, b, cand, keep_first=True))
 
 
+def _affine_min(Ms: tuple[np.ndarray, ...], b: np.ndarray, S: list[int]) -> np.ndarray:
+    """Minimiser of ``yᵀMy`` on the affine hull ``{y_S : b_Sᵀy_S = 1}``, with the first of the
+    matrices ``Ms`` whose KKT system is regular (its solution finite)."""
+    k = len(S)
+    rhs = np.zeros(k + 1)
+    rhs[k] = 1.0
+    z = np.full(k + 1, np.nan)
+    for M in Ms:
+        K = np.zeros((k + 1, k + 1))
+        K[:k, :k] = M[np.ix_(S, S)]
+        K[:k, k] = -b[S]
+        K[k, :k] = b[S]
+        try:
+            z = np.linalg.solve(K, rhs)
+        except np.linalg.LinAlgError:
+            continue
+        if np.isfinite(z).all():
+            break
+    return z[:k]
+
+
+def _corral(
+    Ms: tuple[np.ndarray, ...], b: np.ndarray, S: list[int], y: np.ndarray
+) -> tuple[list[int], np.ndarray]:
+    """Wolfe's minor cycles: move to the affine minimiser of S, dropping indices that turn
+    negative, until it is feasible (each cycle drops at least one index)."""
+    n = b.shape[0]
+    for _ in range(n + 1):
+        z = _affine_min(Ms, b, S)
+        ys = y[S]
+        if (z > 0).all():
+            y = np.zeros(n)
+            y[S] = z
+            return S, y
+        neg = z <= 0
+        theta = min(max(float((ys[neg] / (ys[neg] - z[neg])).min()), 0.0), 1.0)
+        ys = ys + theta * (z - ys)
+        y = np.zeros(n)
+        y[S] = np.maximum(ys, 0.0)
+        keep = ys > 1e-15 * np.abs(ys).sum()
+        S = [s for s, k in zip(S, keep, strict=True) if k]
+        if not S:  # numerical safety; cannot happen in exact arithmetic
+            t0 = int((Ms[0].diagonal() / b**2).argmin())
+            y = np.zeros(n)
+            y[t0] = 1.0 / b[t0]
+            return [t0], y
+    return S, y
+
+
 def _wolfe(
     C: Tensor, C_solve: Tensor, b: Tensor, y: Tensor, max_iter: int
 ) -> tuple[Tensor, Tensor]:
     """Wolfe's major and minor cycles from the feasible point ``y`` (``bᵀy = 1``) on ``C_solve``;
     affine minimisations fall back to ``C`` plus the ridge where ``C_solve``'s is singular.
-    Returns the point and its support mask ``[1, n]``."""
+    Returns the point and its support mask ``[1, n]``.
+
+    Runs in numpy on host copies (data-dependent control flow on tiny systems: per-operation
+    overhead dominates)."""
     n = C.shape[0]
-    C_reg = C + RIDGE * torch.eye(n, dtype=C.dtype, device=C.device)
-    S = [int(t) for t in torch.nonzero(y > 0).flatten().tolist()]
-
-    def affine_min(S: list[int]) -> Tensor:
-        k = len(S)
-        idx = torch.tensor(S, device=C.device)
-        rhs = C.new_zeros(k + 1)
-        rhs[k] = 1.0
-        for M in (C_solve, C_reg):
-            K = C.new_zeros(k + 1, k + 1)
-            K[:k, :k] = M[idx][:, idx]
-            K[:k, k] = -b[idx]
-            K[k, :k] = b[idx]
-            z, info = torch.linalg.solve_ex(K, rhs)
-            if int(info) == 0 and bool(torch.isfinite(z).all()):
-                break
-        return z[:k]
-
-    def corral(S: list[int], y: Tensor) -> tuple[list[int], Tensor]:
-        """Minor cycles: move to the affine minimiser of S, dropping indices that turn
-        negative, until it is feasible (each cycle drops at least one index)."""
-        for _ in range(n + 1):
-            z = affine_min(S)
-            idx = torch.tensor(S, device=C.device)
-            ys = y[idx]
-            if bool((z > 0).all()):
-                y = torch.zeros_like(y)
-                y[idx] = z
-                return S, y
-            neg = z <= 0
-            theta = (ys[neg] / (ys[neg] - z[neg])).min().clamp(0, 1)
-            ys = ys + theta * (z - ys)
-            y = torch.zeros_like(y)
-            y[idx] = ys.clamp_min(0)
-            keep = (ys > 1e-15 * ys.abs().sum()).tolist()
-            S = [s for s, k in zip(S, keep, strict=True) if k]
-            if not S:  # numerical safety; cannot happen in exact arithmetic
-                t0 = int((C_solve.diagonal() / b**2).argmin())
-                y = torch.zeros_like(y)
-                y[t0] = 1.0 / b[t0]
-                return [t0], y
-        return S, y
-
-    S, y = corral(S, y)  # a warm start need not be its face's minimiser
-    for _ in range(max_iter):
-        Cy = C_solve @ y
-        lam = y @ Cy
-        total = y.abs().sum()
-        viol = (lam * b - Cy - 4 * n * _EPS * total) / (lam.clamp_min(0).sqrt() + _EPS * total)
+    Cn = C.detach().cpu().numpy()
+    Ms = (C_solve.detach().cpu().numpy(), Cn + RIDGE * np.eye(n))
+    bn = b.detach().cpu().numpy()
+    yn = y.detach().cpu().numpy()
+    S, yn = _corral(Ms, bn, [int(t) for t in np.flatnonzero(yn > 0)], yn)  # a warm start
+    for _ in range(max_iter):  # need not be its face's minimiser
+        Cy = Ms[0] @ yn
+        lam = float(yn @ Cy)
+        total = float(np.abs(yn).sum())
+        viol = (lam * bn - Cy - 4 * n * _EPS * total) / (np.sqrt(max(lam, 0.0)) + _EPS * total)
         t = int(viol.argmax())
-        if float(viol[t]) <= 0 or t in S:
+        if viol[t] <= 0 or t in S:
             break
-        S, y = corral([*S, t], y)
+        S, yn = _corral(Ms, bn, [*S, t], yn)
     mask = torch.zeros(1, n, dtype=torch.bool, device=C.device)
     mask[0, S] = True
-    return y.unsqueeze(0), mask
+    return torch.from_numpy(yn).to(C).unsqueeze(0), mask
 
 
 def _min_norm_wolfe(C: Tensor, b: Tensor, max_iter: int = 1000) -> Tensor:
