@@ -3,6 +3,8 @@
 Everything here works on the Gramian (cheap for any number of parameters ``P``), in torch, on
 the device of the gradients, and in ``float64`` whatever the dtype of ``J``: the systems are
 tiny, and float64 keeps gradients of very different scales (``1e-15`` next to ``1e15``) exact.
+The active-set loops (:func:`dual_cone_weights`, Wolfe's method in :func:`min_norm_weights`)
+run in numpy on host copies: on ``40 x 40`` systems torch's per-operation overhead dominates.
 
 * :func:`gramian` - ``G`` in float64, robust to the scale of the rows; :func:`normalized` -
   ``G`` divided by its largest diagonal entry (the methods here are scale-invariant);

@@ -18,7 +18,7 @@ def dualproj_weights(G: Tensor, p: Tensor) -> Tensor:
     """Weights ``v`` with ``Jᵀv`` the Euclidean projection of ``Jᵀp`` onto ``{x : J x ≥ 0}``.
 
     ``v = argmin_{v ≥ p} vᵀ G v`` (the dual of the projection), solved exactly by the
-    Lawson-Hanson active set of :func:`dual_cone_weights`, on the unit-diagonal Gramian: with
+    active-set NNLS of :func:`dual_cone_weights`, on the unit-diagonal Gramian: with
     ``G = D Ĝ D``, ``D̃ = D / max D`` and ``v = u / D̃`` the problem is
     ``min_{u ≥ D̃ p} uᵀ Ĝ u``, free of the spread of the gradient norms.
     """

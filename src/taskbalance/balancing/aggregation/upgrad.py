@@ -4,8 +4,8 @@ Quinton & Rey, "Jacobian descent for multi-objective optimization", 2024
 (https://arxiv.org/abs/2406.16232; the method of TorchJD).
 
 The dual-cone projection (:func:`~taskbalance.balancing.solvers.dual_cone_weights`, an exact
-batched Lawson-Hanson non-negative least-squares solver on the Gramian, which CAGrad and DualProj
-use too) and the Gramian helpers live in ``solvers`` and are re-exported here.
+batched non-negative least-squares solver on the Gramian - block principal pivoting, Lawson-Hanson
+for rows it leaves open - which CAGrad and DualProj use too) and the Gramian helpers live in ``solvers`` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class UPGrad(GradientMethod):
     ``π_J(g)`` is the Euclidean projection of ``g`` onto the dual cone ``{x : J x ≥ 0}`` of the
     task gradients (the directions that conflict with no task). With the Gramian ``G = J Jᵀ``,
     ``π_J(g_i) = Jᵀ v_i`` where ``v_i = argmin_{v ≥ e_i} vᵀ G v``, a small non-negative QP
-    solved exactly (Lawson-Hanson active set on the Gramian, batched over i). So
+    solved exactly (active-set NNLS on the Gramian, batched over i). So
     ``d = Jᵀ w`` with ``w = Σ_i p_i v_i`` and ``p`` the preference weights (uniform ``1/n`` by
     default: the mean of the projections). Properties (Quinton & Rey 2024,
     https://arxiv.org/abs/2406.16232): ``gᵗᵀ d ≥ 0`` for every task (non-conflicting); if no two
