@@ -5,7 +5,8 @@ Quinton & Rey, "Jacobian descent for multi-objective optimization", 2024
 
 The dual-cone projection (:func:`~taskbalance.balancing.solvers.dual_cone_weights`, an exact
 batched non-negative least-squares solver on the Gramian - block principal pivoting, Lawson-Hanson
-for rows it leaves open - which CAGrad and DualProj use too) and the Gramian helpers live in ``solvers`` and are re-exported here.
+for rows it leaves open - which CAGrad and DualProj use too) and the Gramian helpers live in
+``solvers`` and are re-exported here.
 """
 
 from __future__ import annotations
