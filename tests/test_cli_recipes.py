@@ -185,12 +185,14 @@ def test_tune_follows_the_recipe_under_the_flags_given(capsys) -> None:
     assert "not on the test split" in capsys.readouterr().out
     command = train_command(s, [1.0, 1.0, 1.0])
     assert command.startswith("taskbalance train --recipe nyuv2-mtan --data-root /d ")
-    assert "--dataset-option=val_fraction=0.1" in command and "--dataset " not in command
+    # the final run follows the recipe: trains on the whole training folder (val_fraction 0)
+    assert "--dataset-option" not in command and "--dataset " not in command
     argv = ["tune", "--recipe", "nyuv2-mtan", "--data-root", "/d", "--epochs", "3", "--steps"]
     argv += ["2", "--batch-size", "4", "--device", "cpu", "--dataset-option", "val_fraction=0"]
     s = _tune_settings(argv)
     assert (s.epochs, s.steps, s.batch_size, s.device) == (3, 2, 4, "cpu")
     assert s.dataset_options["val_fraction"] == 0  # given: the recipe's test-split validation
+    assert "--dataset-option=val_fraction=0 " in train_command(s, [1.0, 1.0, 1.0]) + " "
 
 
 def test_tune_command_takes_a_recipe(tmp_path: Path, monkeypatch, capsys) -> None:

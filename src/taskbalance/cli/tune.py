@@ -112,4 +112,5 @@ def _recipe_settings(args: argparse.Namespace, settings: Any) -> Any:
             "recipe validates on (give --dataset-option val_fraction=0 for the recipe's)"
         )
     fields["dataset_options"] = options
+    fields["command_dataset_options"] = {k: v for k, v in options.items() if k in given}
     return dataclasses.replace(settings, **fields, extra=extra, recipe=args.recipe)

@@ -85,6 +85,10 @@ class TuneSettings:
     extra: dict[str, Any] = field(default_factory=dict)  # more TrainConfig fields
     overwrite: bool = False  # delete an existing study of this name and start afresh
     recipe: str | None = None  # the recipe (--recipe) they follow; the train command names it
+    # the dataset options the printed train command gives (None: ``dataset_options``); with a
+    # recipe only those given on the command line, so the final run follows the recipe's
+    # protocol, not the validation split the search held out
+    command_dataset_options: dict[str, Any] | None = None
 
 
 @dataclass
@@ -151,7 +155,10 @@ def train_command(settings: TuneSettings, weights: Sequence[float]) -> str:
     elif settings.dataset is not None:
         data = ["--dataset", settings.dataset] if settings.recipe is None else []
         data += ["--data-root", str(settings.data_root)]
-        data += [f"--dataset-option={k}={v}" for k, v in (settings.dataset_options or {}).items()]
+        options = settings.dataset_options
+        if settings.command_dataset_options is not None:
+            options = settings.command_dataset_options
+        data += [f"--dataset-option={k}={v}" for k, v in (options or {}).items()]
         if settings.recipe is not None:  # the recipe's model, optimizer and schedule
             data = ["--recipe", settings.recipe, *data]
     else:
