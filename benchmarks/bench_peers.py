@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 
 import torch
-from common import TaskCNN, interleaved, task_losses
+from common import TaskCNN, interleaved, one_batch, task_losses
 
 import taskbalance as tb
 
@@ -92,9 +92,8 @@ def step_candidates(
     shared = list(model.shared.parameters())
     heads = [list(h.parameters()) for h in model.heads]
     opt = torch.optim.SGD(model.parameters(), lr=1e-5)
-    balancer = tb.Balancer(
-        tb.create(name, T), shared, task_backward=task_backward, track_gradients=False
-    )
+    method = tb.create(name, T, **one_batch(name, T))
+    balancer = tb.Balancer(method, shared, task_backward=task_backward, track_gradients=False)
 
     def ours() -> None:
         opt.zero_grad(set_to_none=True)
@@ -161,7 +160,7 @@ def main() -> None:
         print("|---|---:|---:|---:|---:|")
         for name in methods:
             agg = torchjd_aggregator(name, T)
-            ours = tb.create(name, T)
+            ours = tb.create(name, T, **one_batch(name, T))
             assert isinstance(ours, tb.GradientMethod)
             candidates: dict[str, Callable[[], object]] = {
                 "bare": lambda: J @ J.T,

@@ -38,17 +38,9 @@ import time
 from collections.abc import Callable
 
 import torch
-from common import TaskCNN, interleaved, task_losses
+from common import TaskCNN, interleaved, one_batch, task_losses
 
 import taskbalance as tb
-
-
-def one_batch(name: str, T: int) -> dict[str, object]:
-    """Options of a method for one batch a step (``static`` needs its weights)."""
-    options: dict[str, object] = {"weights": [1.0] * T} if name == "static" else {}
-    if "sampling" in tb.method_info(name).options:
-        options["sampling"] = "single"
-    return options
 
 
 def candidates(

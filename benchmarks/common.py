@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+import taskbalance as tb
+
 
 class TaskCNN(nn.Module):
     """A 3-conv shared trunk and T heads: ``"conv"`` (two convolutions, a dense output, as a
@@ -125,3 +127,11 @@ def peak_cpu_bytes(fn: Callable[[], object]) -> int:
     events.sort()
     start = events[0][2] - events[0][1]
     return max(total for _, _, total in events) - start
+
+
+def one_batch(name: str, T: int) -> dict[str, object]:
+    """Options of a method for one batch a step (``static`` needs its weights)."""
+    options: dict[str, object] = {"weights": [1.0] * T} if name == "static" else {}
+    if "sampling" in tb.method_info(name).options:
+        options["sampling"] = "single"
+    return options
