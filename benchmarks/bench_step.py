@@ -43,6 +43,39 @@ from common import TaskCNN, interleaved, one_batch, task_losses
 import taskbalance as tb
 
 
+def gradnorm_floor_step(
+    model: TaskCNN, x: torch.Tensor, T: int, opt: torch.optim.Optimizer
+) -> Callable[[], None]:
+    """GradNorm's least work with exact norms, as bare autograd calls (the ``gn-floor`` column)."""
+    params = list(model.parameters())
+    shared = list(model.shared.parameters())
+    rows = torch.empty(0, device=x.device)
+
+    def gradnorm_floor() -> None:
+        # forward, ONE backward through the heads to their views of z (rows of J), the T weight
+        # gradients of the last shared conv (one batched backward from z), one backward of the
+        # combined direction through the trunk.
+        opt.zero_grad(set_to_none=True)
+        losses = task_losses(model(x))
+        views = list(model.head_inputs.values())
+        if rows.shape[1:] != views[0].shape:
+            rows.resize_(T, *views[0].shape)  # kept from step to step, as the Balancer does
+        hooks = [v.register_hook(lambda g, t=t: rows[t].copy_(g)) for t, v in enumerate(views)]
+        head_params = [p for p in params if all(p is not q for q in shared)]
+        grads = torch.autograd.grad(losses, [*views, *head_params])
+        for hook in hooks:
+            hook.remove()
+        for p, g in zip(head_params, grads[T:]):
+            p.grad = g
+        J = rows
+        last = [p for p in shared if p.dim() >= 2][-1]
+        torch.autograd.grad(views[0], last, J, retain_graph=True, is_grads_batched=True)
+        views[0].backward(J.sum(dim=0))
+        opt.step()
+
+    return gradnorm_floor
+
+
 def candidates(
     model: TaskCNN, x: torch.Tensor, T: int, methods: list[str], loss_methods: list[str]
 ) -> dict[str, Callable[[], object]]:
@@ -66,30 +99,6 @@ def candidates(
     def ew() -> None:
         opt.zero_grad(set_to_none=True)
         torch.stack(task_losses(model(x))).sum().backward()
-        opt.step()
-
-    rows = torch.empty(0, device=x.device)
-
-    def gradnorm_floor() -> None:
-        # GradNorm's least work with exact norms: forward, ONE backward through the heads to
-        # their views of z (rows of J), the T weight gradients of the last shared conv (one
-        # batched backward from z), one backward of the combined direction through the trunk.
-        opt.zero_grad(set_to_none=True)
-        losses = task_losses(model(x))
-        views = list(model.head_inputs.values())
-        if rows.shape[1:] != views[0].shape:
-            rows.resize_(T, *views[0].shape)  # kept from step to step, as the Balancer does
-        hooks = [v.register_hook(lambda g, t=t: rows[t].copy_(g)) for t, v in enumerate(views)]
-        head_params = [p for p in params if all(p is not q for q in shared)]
-        grads = torch.autograd.grad(losses, [*views, *head_params])
-        for hook in hooks:
-            hook.remove()
-        for p, g in zip(head_params, grads[T:]):
-            p.grad = g
-        J = rows
-        last = [p for p in shared if p.dim() >= 2][-1]
-        torch.autograd.grad(views[0], last, J, retain_graph=True, is_grads_batched=True)
-        views[0].backward(J.sum(dim=0))
         opt.step()
 
     def balanced(name: str, mode: str, views: bool = True, **options: object) -> Callable[[], None]:
@@ -121,7 +130,7 @@ def candidates(
         "floor": floor,
         "ew": ew,
         "gradnorm": balanced("gradnorm", "param"),
-        "gn-floor": gradnorm_floor,
+        "gn-floor": gradnorm_floor_step(model, x, T, opt),
     }
     for method in loss_methods:
         steps[f"{method}/loss"] = balanced(method, "param")
