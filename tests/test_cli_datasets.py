@@ -71,9 +71,9 @@ def test_dataset_user_errors(roots, tmp_path, capsys):
     _user_error(capsys, ["train", "--dataset", "nyuv2", *out], "data_root", "--data-root")
     _user_error(capsys, ["train", "--dataset", "nyu2", "--data-root", "d", *out], "'nyuv2'")
     both = ["train", "--benchmark", "scenes", "--dataset", "nyuv2", "--data-root", "d", *out]
-    _user_error(capsys, both, "'benchmark'", "'dataset'", "both")
+    _user_error(capsys, both, "--benchmark applies", "dataset 'nyuv2'", "drop --benchmark")
     tiny = ["train", "--dataset", "nyuv2", "--data-root", "d", "--size", "tiny", *out]
-    _user_error(capsys, tiny, "'size'", "built-in benchmarks")
+    _user_error(capsys, tiny, "--size", "built-in benchmarks", "drop --size")
     missing = ["train", "--dataset", "nyuv2", "--data-root", str(tmp_path / "none"), *out]
     _user_error(capsys, missing, "does not exist", "normal/<i>.npy", "docs/datasets.md#nyuv2")
     broken = tmp_path / "broken"

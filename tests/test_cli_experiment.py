@@ -125,11 +125,11 @@ def test_bad_calls_are_one_line_errors(tmp_path, capsys):
     _user_error(capsys, ["compare", *ex, "--dataset", "nyuv2", "--out", str(tmp_path / "b")],
                 "give --dataset or --experiment, not both")  # fmt: skip
     _user_error(capsys, ["compare", *ex, "--size", "tiny", "--out", str(tmp_path / "c")],
-                "'size'", "data_options")  # fmt: skip
+                "--size applies", "drop --size (its data_options size it)")  # fmt: skip
     _user_error(capsys, ["tune", *ex, "--benchmark", "scenes", "--out", str(tmp_path / "d")],
                 "both --benchmark and --experiment given")  # fmt: skip
     _user_error(capsys, ["train", *ex, "--benchmark", "scenes", "--out", str(tmp_path / "e")],
-                "'benchmark'", "does not apply to the experiment file")  # fmt: skip
+                "--benchmark applies", "--experiment file's data", "drop --benchmark")  # fmt: skip
     _user_error(capsys, ["train", "--experiment", str(tmp_path / "none.yaml")], "does not exist")
     broken = tmp_path / "broken.yaml"
     text = EXAMPLE.read_text().replace("model: customers:build", "model: customers:bild")

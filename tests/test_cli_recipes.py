@@ -116,8 +116,10 @@ def test_compare_flags_given_override_the_recipe_and_defaults_do_not() -> None:
         "--dataset-option",
         "augment=false",
     ]
+    argv += ["--lr", "0.01", "--scheduler", "cosine", "--device", "cpu"]
     s = _compare_settings(argv)
     assert (s.epochs, s.steps, list(s.seeds), s.batch_size) == (3, 2, [0], 4)
+    assert (s.lr, s.scheduler, s.device) == (0.01, "cosine", "cpu")
     assert s.dataset_options == {"val_fraction": 0, "augment": False}
 
 
@@ -125,6 +127,43 @@ def test_a_recipe_refuses_another_dataset() -> None:
     argv = ["compare", "--recipe", "nyuv2-mtan", "--dataset", "fingers", "--data-root", "/d"]
     with pytest.raises(ValueError, match="trains on dataset 'nyuv2'"):
         _compare_settings(argv)
+
+
+_MNIST = ["--recipe", "multimnist-lenet", "--data-root", "/nonexistent"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag", "other"),
+    [
+        (["compare", *_MNIST, "--benchmark", "multidigits"], "--benchmark", "--recipe multimnist"),
+        (["compare", *_MNIST, "--size", "default"], "--size", "--recipe multimnist-lenet"),
+        (["train", *_MNIST, "--benchmark", "multidigits"], "--benchmark", "dataset 'multimnist'"),
+        (["train", *_MNIST, "--size", "default"], "--size", "--recipe multimnist-lenet"),
+        (["tune", *_MNIST, "--size", "default"], "--size", "--recipe multimnist-lenet"),
+        (["compare", "--dataset", "multimnist", "--data-root", "/nonexistent", "--benchmark",
+          "multidigits"], "--benchmark", "trains on dataset 'multimnist'"),
+        (["train", "--dataset", "multimnist", "--data-root", "/nonexistent", "--size",
+          "default"], "--size", "trains on dataset 'multimnist'"),
+        (["train", "--experiment", "/nonexistent.yaml", "--benchmark", "multidigits"],
+         "--benchmark", "the --experiment file's data"),
+    ],
+)  # fmt: skip
+def test_benchmark_flags_beside_other_data_are_refused_not_ignored(
+    argv: list[str], flag: str, other: str, tmp_path: Path, capsys
+) -> None:
+    # --benchmark multidigits and --size default equal the defaults: they used to be dropped
+    # without a word (the run trained on the recipe's or dataset's data)
+    line = user_error(capsys, [*argv, "--out", str(tmp_path / "o")], flag, other, f"drop {flag}")
+    assert "applies to the built-in benchmarks" in line
+    assert not (tmp_path / "o").exists()
+
+
+def test_compare_labels_refuses_a_recipe(tmp_path: Path, capsys) -> None:
+    # the workflows train on a built-in benchmark: the recipe used to be ignored (a workflow
+    # comparison on multidigits ran)
+    argv = ["compare", "--recipe", "multimnist-lenet", "--labels", "left=0.5", "--size", "tiny"]
+    argv += ["--epochs", "1", "--steps", "1", "--out", str(tmp_path / "o")]
+    user_error(capsys, argv, "--labels workflows run on the built-in benchmarks", "--recipe")
 
 
 def test_compare_with_a_recipe_prints_the_published_rows(tmp_path: Path) -> None:

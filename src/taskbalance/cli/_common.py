@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -187,6 +187,36 @@ def require_data(args: argparse.Namespace) -> None:
         from taskbalance.training.config import DEFAULT_BENCHMARK
 
         args.benchmark = DEFAULT_BENCHMARK
+
+
+#: Flags (argparse dests) that choose or size a built-in benchmark.
+_BENCHMARK_FLAGS = ("benchmark", "size")
+
+
+def refuse_benchmark_flags(
+    given: Collection[str], *, dataset: str | None, experiment: Any, recipe: str | None
+) -> None:
+    """``--benchmark`` and ``--size`` (``given``: the flags given explicitly, argparse dests)
+    choose and size a built-in benchmark; when the run trains on other data (a ``dataset``, an
+    ``experiment`` file, or a ``recipe``'s dataset) they are refused, not ignored."""
+    sizes = "--dataset-option sets a dataset's options"
+    if experiment is not None:
+        other, sizes = "the run trains on the --experiment file's data", "its data_options size it"
+    elif recipe is not None:
+        from taskbalance.training.recipes import get_recipe
+
+        other = f"--recipe {recipe} trains on dataset {get_recipe(recipe).dataset!r}"
+    elif dataset is not None:
+        other = f"the run trains on dataset {dataset!r}"
+    else:
+        return
+    for dest in _BENCHMARK_FLAGS:
+        if dest in given:
+            flag = f"--{dest}"
+            raise UserError(
+                f"{flag} applies to the built-in benchmarks, but {other}; drop {flag}"
+                + (f" ({sizes})" if dest == "size" else "")
+            )
 
 
 def optional_training_options(args: argparse.Namespace) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from taskbalance.cli._common import (
     out_folder,
     positive_int,
     recipe_settings,
+    refuse_benchmark_flags,
 )
 
 # What compare writes in its --out folder (deleted by --overwrite).
@@ -140,17 +141,22 @@ def run(args: argparse.Namespace) -> int:
     from taskbalance.experiments.compare import run_compare
 
     if args.labels is not None or args.workflows is not None:
-        if args.dataset is not None or args.experiment is not None:
-            flag = "--dataset" if args.dataset is not None else "--experiment"
-            raise UserError(
-                f"--labels workflows run on the built-in benchmarks; remove {flag} or --labels"
-            )
+        given = {"--dataset": args.dataset, "--experiment": args.experiment}
+        for flag, value in {**given, "--recipe": args.recipe}.items():
+            if value is not None:
+                raise UserError(
+                    f"--labels workflows run on the built-in benchmarks; remove {flag} or --labels"
+                )
         if "WORLD_SIZE" in os.environ:
             raise UserError(
                 "compare --labels/--workflows does not run under torchrun; run it in one "
                 "process (the method comparison runs under torchrun)"
             )
         return _compare_workflows(args)
+    refuse_benchmark_flags(
+        explicit_dests(args, add_command),
+        dataset=args.dataset, experiment=args.experiment, recipe=args.recipe,
+    )  # fmt: skip
     out_dir = out_folder(args, f"compare-{data_name(args)}", _COMPARE_FILES, "comparison")
     if args.finetune_rounds:
         raise UserError(

@@ -19,6 +19,7 @@ from taskbalance.cli._common import (
     log,
     one_line,
     positive_int,
+    refuse_benchmark_flags,
 )
 
 
@@ -165,6 +166,10 @@ def _train_config_dict(args: argparse.Namespace) -> dict[str, Any]:
         from taskbalance.training.recipes import recipe_config
 
         data = recipe_config(args.recipe, data)
+    refuse_benchmark_flags(
+        {dest for dest in ("benchmark", "size") if getattr(args, dest) is not None},
+        dataset=data.get("dataset"), experiment=data.get("experiment"), recipe=args.recipe,
+    )  # fmt: skip
     if "out_dir" not in data:
         bench = (
             experiment_name(data["experiment"])

@@ -11,10 +11,12 @@ from taskbalance.cli._common import (
     add_training_flags,
     data_name,
     data_settings,
+    explicit_dests,
     log,
     out_folder,
     positive_int,
     recipe_settings,
+    refuse_benchmark_flags,
     require_data,
 )
 
@@ -57,6 +59,10 @@ def run(args: argparse.Namespace) -> int:
     from taskbalance.experiments.tune import TuneSettings, run_tune
 
     require_data(args)
+    refuse_benchmark_flags(
+        explicit_dests(args, add_command),
+        dataset=args.dataset, experiment=args.experiment, recipe=args.recipe,
+    )  # fmt: skip
     out_dir = out_folder(args, f"tune-{data_name(args)}", _TUNE_FILES, "study")
     settings = TuneSettings(
         benchmark=args.benchmark,
