@@ -207,3 +207,75 @@ def test_ddp_does_not_reduce_the_gradients_on_top_of_the_balancer(ddp_ranks) -> 
     for r in ddp_ranks:
         assert r["plain_ddp_reductions"] > 0  # the counting hook sees DDP's reductions
         assert r["ddp_reductions"] == 0  # none while Lightning trained with the Balancer
+
+
+LAM = 0.3  # the penalty λ‖W‖² of the trunk's first weight: gradient 2λW
+
+
+class Hooked(W.Net):
+    """W.Net with the Trainer's two model hooks: a penalty ``λ‖W_trunk0‖²`` and a per-epoch
+    schedule that scales task a's loss by 0.5^epoch."""
+
+    def __init__(self, method: str, mode: str = "param") -> None:
+        super().__init__(method, mode)
+        self.scale = 1.0
+        self.epochs_seen: list[int] = []
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epochs_seen.append(epoch)
+        self.scale = 0.5**epoch
+
+    def regularization(self) -> torch.Tensor:
+        return LAM * _first_weight(self).pow(2).sum()
+
+    def losses(self, batch):
+        losses, z = super().losses(batch)
+        return {**losses, "a": losses["a"] * self.scale}, z
+
+
+def _first_weight(net: W.Net) -> torch.Tensor:
+    layer = net.trunk[0]
+    assert isinstance(layer, torch.nn.Linear)
+    return layer.weight
+
+
+def _hooked_by_hand(method: str, mode: str, batch_size: int, epochs: int) -> torch.Tensor:
+    """The hooked training by hand: the scale set per epoch, the balanced update plus 2λW."""
+    net = Hooked(method, mode)
+    balancer = tb.Balancer(net.balancing_method, net.trunk.parameters(), mode, process_group=None)
+    opt = torch.optim.SGD(net.parameters(), lr=W.LR)
+    for epoch in range(epochs):
+        net.scale = 0.5**epoch
+        epoch_losses = []
+        for batch in torch.utils.data.DataLoader(W.dataset(), batch_size=batch_size):
+            opt.zero_grad()
+            losses, z = net.losses(batch)
+            info = balancer.backward(losses, z)
+            weight = _first_weight(net)
+            assert weight.grad is not None
+            weight.grad += 2 * LAM * weight.detach()
+            opt.step()
+            epoch_losses.append(info.losses)
+        net.balancing_method.epoch_end(torch.stack(epoch_losses).mean(0).float())
+    return W.flat(net)
+
+
+@pytest.mark.parametrize(("method", "mode"), [("ew", "param"), ("mgda", "rep"), ("dwa", "param")])
+def test_lightning_honours_the_model_hooks_as_the_trainer(method, mode) -> None:
+    # regularization(): its gradient joins every step unbalanced; set_epoch(e) before epoch e
+    net = Hooked(method, mode)
+    W.fit(net, batch_size=4, epochs=3)
+    expected = _hooked_by_hand(method, mode, 4, 3)
+    plain, _ = W.reference(method, mode, 4, 3)  # the same steps without the hooks
+    assert float((plain - expected).abs().max()) > 1e-2  # the hooks change the outcome
+    assert net.epochs_seen == [0, 1, 2]
+    torch.testing.assert_close(W.flat(net), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_lightning_refuses_a_penalty_under_several_processes() -> None:
+    from types import SimpleNamespace
+
+    net = Hooked("ew")
+    net.trainer = SimpleNamespace(world_size=2)  # type: ignore[assignment]
+    with pytest.raises(ValueError, match="gradient would stay local to each rank"):
+        net._backward_regularization()

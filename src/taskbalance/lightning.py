@@ -4,7 +4,11 @@
 on manual optimisation and takes each training step with a :class:`~taskbalance.Balancer`:
 the module's :meth:`~BalancedModule.task_losses` gives the task losses, ``Balancer.backward``
 writes the gradients, the optimizers and learning-rate schedulers step, per-epoch methods (DWA)
-get their epoch means, and the step's weights, gradient norms and cosines are logged.
+get their epoch means, and the step's weights, gradient norms and cosines are logged. The model
+hooks the :class:`~taskbalance.training.Trainer` honours are honoured on the module itself:
+``self.regularization()``'s gradient is added, unbalanced, to each step, and
+``self.set_epoch(epoch)`` is called before each training epoch
+(:mod:`taskbalance.training.model_hooks`).
 
 Under a Lightning strategy that wraps ``DistributedDataParallel`` (``"ddp"``, ``"ddp_spawn"``,
 ``"ddp_find_unused_parameters_true"``, ...) the Balancer reduces over DDP's process group and the
@@ -28,6 +32,12 @@ from torch.nn.parallel import DistributedDataParallel
 
 from taskbalance.balancing import Balancer, Method, StepInfo
 from taskbalance.balancing.step_info import LossInput
+from taskbalance.training.model_hooks import (
+    backward_regularization,
+    distributed_penalty_error,
+    model_regularization,
+    set_epoch,
+)
 
 if (
     importlib.util.find_spec("lightning") is None
@@ -96,9 +106,15 @@ class BalancedModule(nn.Module):
     Put it first among the bases, call :meth:`set_balancing` in ``__init__`` after the
     submodules exist, implement :meth:`task_losses` and ``configure_optimizers`` (an optimizer
     over ``self.parameters()`` also holds the method's learnable parameters: ``uw``,
-    ``imtl_l``, ``gradnorm``, ``famo``). If you override ``on_fit_start`` or
-    ``on_train_epoch_end``, call ``super()``'s. ``self.balancer`` is the step's
-    :class:`~taskbalance.Balancer` (built at the first training step of each fit).
+    ``imtl_l``, ``gradnorm``, ``famo``). If you override ``on_fit_start``,
+    ``on_train_epoch_start`` or ``on_train_epoch_end``, call ``super()``'s. ``self.balancer`` is
+    the step's :class:`~taskbalance.Balancer` (built at the first training step of each fit).
+
+    The Trainer's model hooks, defined on this module (forward them to a wrapped network, e.g.
+    ``def set_epoch(self, epoch): self.net.set_epoch(epoch)``): ``regularization()`` is read
+    after :meth:`task_losses` and its gradient added once, unweighted, before the balanced
+    update (refused under several processes: it would not be reduced); ``set_epoch(epoch)`` is
+    called with Lightning's 0-based ``current_epoch`` before each training epoch.
 
     Schedulers from ``configure_optimizers`` step as under automatic optimisation: by their
     ``interval`` (``"step"`` or ``"epoch"``) and ``frequency``; a ``ReduceLROnPlateau`` at the
@@ -199,6 +215,7 @@ class BalancedModule(nn.Module):
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)
         with self._no_sync():
+            self._backward_regularization()  # unweighted, unbalanced (the Trainer's hook)
             info = balancer.backward(losses, features, counts=counts)
         if info.skipped:  # nonfinite="skip": heads may hold this step's gradients
             for opt in optimizers:
@@ -217,6 +234,10 @@ class BalancedModule(nn.Module):
         self.balancer = None  # a new fit may run under another strategy or process group
         self._tb_epoch = None
 
+    def on_train_epoch_start(self) -> None:
+        """``self.set_epoch(current_epoch)`` when the module has it (e.g. LTB's annealing)."""
+        set_epoch(self, self.trainer.current_epoch)
+
     def on_train_epoch_end(self) -> None:
         """Per-epoch methods (DWA, STCH) receive the epoch's mean task losses (union losses
         under DDP: the same on every rank); epoch-interval schedulers step."""
@@ -228,6 +249,14 @@ class BalancedModule(nn.Module):
         self._step_schedulers("epoch")
 
     # ------------------------------------------------------------------ helpers
+    def _backward_regularization(self) -> None:
+        """Add ``∇ self.regularization()`` to ``.grad`` (one process only, as the Trainer)."""
+        if self.trainer.world_size > 1:
+            if model_regularization(self) is not None:
+                raise distributed_penalty_error(self)
+            return
+        backward_regularization(self)
+
     def _kw(self) -> dict[str, Any]:
         last = None if self._tb_last is None else self._params(self._tb_last)
         return {"last_shared_parameters": last, **self._tb_options}

@@ -39,7 +39,11 @@ from .distributed_run import epoch_sampler
 from .epoch_stats import EpochStats
 from .loaders import batch_len, mask_for, to_device, unpack_batch
 from .logging import HistoryWriter
-from .model_hooks import backward_regularization, model_regularization
+from .model_hooks import (
+    backward_regularization,
+    distributed_penalty_error,
+    model_regularization,
+)
 from .results import RunResult
 from .trainer import Trainer
 from .trainer_state import check_resumable
@@ -122,12 +126,7 @@ class DistributedTrainer(Trainer):
         try:
             losses, counts = self._rank_losses(batch)
             if self.world > 1 and model_regularization(self.model) is not None:
-                raise ValueError(
-                    f"{type(self.model).__name__}.regularization() returned a penalty: its "
-                    "gradient would stay local to each rank (not reduced), so the ranks' "
-                    "parameters would drift apart; turn the penalty off (e.g. DSelectK "
-                    "entropy_weight=0) or train in one process"
-                )
+                raise distributed_penalty_error(self.model)
             scale = None
             if any(v is not None for v in losses.values()):
                 losses, scale = self.precision.prepare_losses(losses)

@@ -17,6 +17,10 @@ The regulariser's backward runs before the Balancer's and keeps the graph (the B
 backpropagates the task losses through it); the Balancer adds to gradients already present, so
 ``.grad`` ends as ``∇R`` plus the balanced direction. Under float16 loss scaling its gradient
 is scaled like the task losses' and unscaled with them.
+
+The Lightning integration (:class:`taskbalance.lightning.BalancedModule`) honours both hooks of
+the ``LightningModule`` the same way; under several processes a penalty is refused (its
+gradient would not be reduced over the ranks).
 """
 
 from __future__ import annotations
@@ -25,7 +29,12 @@ from typing import Any
 
 from torch import Tensor
 
-__all__ = ["backward_regularization", "model_regularization", "set_epoch"]
+__all__ = [
+    "backward_regularization",
+    "distributed_penalty_error",
+    "model_regularization",
+    "set_epoch",
+]
 
 
 def model_regularization(model: Any) -> Tensor | None:
@@ -60,6 +69,15 @@ def backward_regularization(model: Any, scale: Tensor | None = None) -> Tensor |
         seed = value.float() if scale is None else value.float() * scale
         seed.backward(retain_graph=True)
     return value.detach()
+
+
+def distributed_penalty_error(model: Any) -> ValueError:
+    """The error for a penalty under several processes: its gradient would stay local."""
+    return ValueError(
+        f"{type(model).__name__}.regularization() returned a penalty: its gradient would stay "
+        "local to each rank (not reduced), so the ranks' parameters would drift apart; turn the "
+        "penalty off (e.g. DSelectK entropy_weight=0) or train in one process"
+    )
 
 
 def set_epoch(model: Any, epoch: int) -> None:
