@@ -127,6 +127,17 @@ def test_train_user_errors(tmp_path, capsys):
     assert not (tmp_path / "never").exists()
 
 
+def test_a_double_sampling_refusal_names_the_command_line_fix(tmp_path, capsys):
+    # modo samples three sub-batches a step by default, which rep mode cannot take: the error
+    # named only taskbalance.create(..., sampling='single'), not the flag that fixes the command
+    rep = tmp_path / "rep.yaml"
+    rep.write_text("mode: rep\n")
+    argv = ["train", "--method", "modo", "--config", str(rep), *TINY]
+    argv += ["--out", str(tmp_path / "never")]
+    _user_error(capsys, argv, "rep mode", "--option sampling=single", "method_options")
+    assert not (tmp_path / "never").exists()
+
+
 # ---------------------------------------------------------------------------------- compare
 @pytest.fixture(scope="module")
 def compared(tmp_path_factory):

@@ -92,6 +92,9 @@ def test_set_balancing_checks_its_inputs() -> None:
     with pytest.raises(ValueError, match="mode must be one of"):
         net.set_balancing(tb.create("ew", num_tasks=2), net.trunk.parameters(), "both")
 
+    with pytest.raises(ValueError, match=r"BalancedModule.*create\('modo', T, sampling='single'"):
+        net.set_balancing(tb.create("modo", num_tasks=2), net.trunk.parameters())
+
     class NotLightning(BalancedModule):
         pass
 

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from taskbalance.balancing import Balancer, Method, StepInfo
+from taskbalance.balancing.independent_step import single_sampling_error
 from taskbalance.balancing.step_info import LossInput
 from taskbalance.training.model_hooks import (
     backward_regularization,
@@ -156,10 +157,8 @@ class BalancedModule(nn.Module):
                 f"{type(method).__name__}"
             )
         if getattr(method, "independent_batches", 1) > 1:
-            raise ValueError(
-                f"method {method.name!r} with sampling='independent' needs three independent "
-                "sub-batches a step, which a Lightning training_step does not split; create it "
-                f"with taskbalance.create({method.name!r}, T, sampling='single')"
+            raise single_sampling_error(
+                method.name, "is not supported by BalancedModule (a training_step is not split)"
             )
         taken = sorted({"process_group", "parameters"} & set(balancer_options))
         if taken:

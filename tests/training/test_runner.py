@@ -183,16 +183,34 @@ def test_batchnorm_recalibration_leaves_the_global_random_stream_alone(make_conf
     assert torch.equal(torch.get_rng_state(), state)  # later draws of the run are unchanged
 
 
+_CLI_FIX = r"--option sampling=single on the taskbalance train command line, method_options"
+
+
 def test_double_sampling_with_partial_labels_is_refused_before_training(make_config):
     # The three parts of a batch label different tasks once labels are partial: the run
     # stopped at the first such batch (with batch 6 and right=0.3, in the first epoch).
     config = make_config(method="modo", labels={"right": 0.3}, batch_size=6, steps=None)
-    with pytest.raises(ValueError, match=r"labels of \[.right.\].*--option sampling=single"):
+    with pytest.raises(ValueError, match=rf"labels of \[.right.\].*{_CLI_FIX}"):
         build_trainer(config)
     single = build_trainer(config.replace(method_options={"sampling": "single"}))
     assert single.method.independent_batches == 1
     full = build_trainer(config.replace(labels={"right": 1.0}))  # every sample labelled
     assert full.method.independent_batches == 3
+
+
+@pytest.mark.parametrize("where", ["rep mode", "a distributed step"])
+def test_double_sampling_refusals_of_a_run_name_the_config_and_command_line_fix(
+    where, make_config, monkeypatch
+):
+    # A run from a config (the command line's path) was told only the Python fix
+    # (taskbalance.create(..., sampling='single')), which its user does not call.
+    import taskbalance.training.runner as runner
+
+    config = make_config(method="modo", mode="rep" if where == "rep mode" else "param")
+    if where == "a distributed step":
+        monkeypatch.setattr(runner, "in_process_group", lambda: True)  # as under torchrun
+    with pytest.raises(ValueError, match=rf"{where}.*{_CLI_FIX}.*taskbalance\.create"):
+        build_trainer(config)
 
 
 def test_config_nonfinite_reaches_the_balancer(make_config):

@@ -28,14 +28,39 @@ from .step_info import LossInput, StepInfo
 # The Balancer calls in here with itself: typed Any, since importing it would be a circle.
 Balancer = Any
 
-__all__ = ["check_independent_setup", "independent_backward"]
+__all__ = [
+    "check_independent_setup",
+    "independent_backward",
+    "independent_setup_conflict",
+    "single_sampling_error",
+]
 
 
-def check_independent_setup(method: Method, mode: str, memory: str, distributed: bool) -> None:
-    """Refuse, at construction, a Balancer setting the independent-sample step cannot run in."""
+def single_sampling_error(name: str, problem: str, *, config: bool = False) -> ValueError:
+    """The one refusal of double sampling for method ``name``: ``problem`` says what cannot
+    take three independent sub-batches a step; the fix is ``sampling='single'``, named in
+    Python and, for a run made from a config or the command line (``config``), as the method
+    option there too."""
+    fix = f"taskbalance.create({name!r}, T, sampling='single')"
+    if config:
+        fix = (
+            "--option sampling=single on the taskbalance train command line, method_options: "
+            f"{{sampling: single}} in a config file, or {fix} in Python"
+        )
+    return ValueError(
+        f"method {name!r} with sampling='independent' (three independent sub-batches a step) "
+        f"{problem}; use sampling='single' ({fix})"
+    )
+
+
+def independent_setup_conflict(
+    method: Method, mode: str, memory: str, distributed: bool
+) -> str | None:
+    """What in a Balancer setting the independent-sample step cannot run in (``None``: it can,
+    or the method samples once)."""
     if getattr(method, "independent_batches", 1) == 1:
-        return
-    where = (
+        return None
+    return (
         "rep mode (each part has its own features)"
         if mode == "rep"
         else "memory='gramian' (the cross-Gramian needs two parts' J at once)"
@@ -44,12 +69,15 @@ def check_independent_setup(method: Method, mode: str, memory: str, distributed:
         if distributed
         else None
     )
+
+
+def check_independent_setup(method: Method, mode: str, memory: str, distributed: bool) -> None:
+    """Refuse, at construction, a Balancer setting the independent-sample step cannot run in."""
+    where = independent_setup_conflict(method, mode, memory, distributed)
     if where is not None:
-        raise ValueError(
-            f"method {method.name!r} with sampling='independent' (three independent sub-batches "
-            f"a step) is not supported in {where}; create it with sampling='single' "
-            f"(taskbalance.create({method.name!r}, T, sampling='single'))"
-        )
+        raise single_sampling_error(method.name, f"is not supported in {where}")
+    if getattr(method, "independent_batches", 1) == 1:
+        return
     if type(method).transform_losses is not Method.transform_losses:  # pragma: no cover
         raise ValueError(f"method {method.name!r}: independent sampling of transformed losses")
 
@@ -66,10 +94,10 @@ def _check_parts(balancer: Balancer, parts: Sequence[LossInput]) -> list[Any]:
     flags = [[x is not None for x in items] for items, *_ in stacks]
     differ = [n for t, n in enumerate(balancer.task_names) if len({f[t] for f in flags}) > 1]
     if differ:
-        raise ValueError(
-            f"task(s) {differ} have a loss in some parts of the batch but not in others; "
-            "independent sampling needs every part to label the same tasks (use "
-            "sampling='single' for sparsely labelled data)"
+        raise single_sampling_error(
+            balancer.method.name,
+            f"needs every part to label the same tasks, but task(s) {differ} have a loss in "
+            "some parts of the batch and not in others (sparsely labelled data)",
         )
     return stacks
 

@@ -27,7 +27,12 @@ from typing import Any
 from torch import nn
 
 from taskbalance.balancing import create
+from taskbalance.balancing.independent_step import (
+    independent_setup_conflict,
+    single_sampling_error,
+)
 
+from .build import choose_mode
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint
 from .config import RESUME_MAY_DIFFER, TrainConfig, _plain
 from .devices import resolve_device, seed_everything
@@ -194,7 +199,7 @@ class _Pieces:
             model = bench.build_model(**config.model_options)
         trained = config.trainable_tasks or [t.name for t in tasks]
         method = _method(config, len(trained))
-        _check_sampling(config, method)
+        _check_sampling(config, method, model, group)
         if group and inputs.loaders is not None:
             raise ValueError(
                 "loaders handed over cannot be shared out among the ranks under torchrun; "
@@ -398,18 +403,27 @@ def _method(config: TrainConfig, num_tasks: int) -> Any:
         ) from None
 
 
-def _check_sampling(config: TrainConfig, method: Any) -> None:
-    """A double-sampling method needs the parts of every batch to label the same tasks: with
-    partial labels (``labels`` below 1, no pseudo-labels filling them) they differ from step to
-    step, and the run would stop at the first such batch; refused before training."""
+def _check_sampling(config: TrainConfig, method: Any, model: nn.Module, group: bool) -> None:
+    """A double-sampling method refused before training, with the fix named as a method option
+    of the config and the command line: in rep mode or under torchrun (the Balancer would
+    refuse it naming the Python fix), or with partial labels (``labels`` below 1, no
+    pseudo-labels filling them: the parts of a batch label different tasks, and the run would
+    stop at the first such batch)."""
+    if getattr(method, "independent_batches", 1) == 1:
+        return
+    mode = choose_mode(config.mode, method, model)
+    where = independent_setup_conflict(method, mode, "jacobian", group)
     partial = sorted(t for t, f in (config.labels or {}).items() if f < 1)
-    if getattr(method, "independent_batches", 1) > 1 and partial and not config.pseudo_labels:
-        raise ValueError(
-            f"method {config.method!r} draws three independent parts of each batch "
-            "(sampling='independent'), which must label the same tasks; with partial labels "
-            f"of {partial} they differ from batch to batch: give --option sampling=single "
-            "(method_options: {sampling: single})"
+    if where is not None:
+        problem = f"is not supported in {where}"
+    elif partial and not config.pseudo_labels:
+        problem = (
+            "needs every part of a batch to label the same tasks; with partial labels of "
+            f"{partial} they differ from batch to batch"
         )
+    else:
+        return
+    raise single_sampling_error(method.name, problem, config=True)
 
 
 def _trainer_options(config: TrainConfig) -> dict[str, Any]:
