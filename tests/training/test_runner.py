@@ -219,6 +219,35 @@ def test_config_nonfinite_reaches_the_balancer(make_config):
     assert trainer.balancer.nonfinite == "skip"
 
 
+def test_the_dataset_is_walked_once_per_run(tmp_path, monkeypatch):
+    # compare walked every run's dataset twice: when training it, and again when its timing
+    # pass rebuilt the Trainer without a folder (~2 s a walk for CelebA's 200k files)
+    import taskbalance.data.registry as registry
+    from taskbalance.data.real.fake import write_fake_dataset
+    from taskbalance.experiments.timing import build_trainer as timing_trainer
+
+    walked: list[object] = []
+    walk = registry.dataset_fingerprint
+
+    def counted(*args, **kwargs):
+        walked.append(args[1])
+        return walk(*args, **kwargs)
+
+    monkeypatch.setattr(registry, "dataset_fingerprint", counted)
+    root = write_fake_dataset("nyuv2", tmp_path / "nyu", train=3, test=2, size=(8, 8))
+    config = {
+        "dataset": "nyuv2", "data_root": str(root), "model_options": {"width": 2, "depth": 1},
+        "batch_size": 2, "epochs": 1, "steps": 1, "progress": False, "tensorboard": False,
+        "out_dir": str(tmp_path / "run"),
+    }  # fmt: skip
+    first = run(config)  # trained
+    assert walked == [str(root)] and first.config["inputs"]["dataset_files"]["files"] > 0
+    timing_trainer(config)  # compare's timing pass: no folder, never reused
+    assert len(walked) == 1
+    run(config)  # reused: the files are compared with the finished run's
+    assert len(walked) == 2
+
+
 def test_a_run_folder_inside_the_data_root_does_not_change_the_data(tmp_path, monkeypatch):
     # `cd data/nyu && taskbalance train --dataset nyuv2 --data-root .`: the default runs/... lies
     # inside the data root; its files were counted as data, so no rerun could reuse or resume.

@@ -321,9 +321,10 @@ def _run_config(config: TrainConfig, inputs: RunInputs) -> dict[str, Any]:
     if config.experiment is not None:
         # the config names the experiment file by its path only: its content names the run
         identity["experiment_file"] = _experiment_content(config.experiment)
-    if config.dataset is not None:
+    if config.dataset is not None and config.out_dir is not None:
         # data_root may differ (the same files moved): the files themselves name the data
-        # (a run folder inside data_root left out: its files change as the run goes)
+        # (a run folder inside data_root left out: its files change as the run goes). A run
+        # without a folder (compare's timing pass) is never reused: its data is not walked.
         from taskbalance.data.registry import dataset_fingerprint
 
         assert config.data_root is not None  # TrainConfig checks
