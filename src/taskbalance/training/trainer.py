@@ -36,6 +36,7 @@ from .build import check_counts, choose_mode, rep_features, resolve_method, reso
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from .devices import resolve_device
 from .epoch_stats import EpochStats
+from .evaluation import accumulate_metrics, checked_predictions
 from .factories import build_optimizer, build_scheduler
 from .loaders import batch_len, loader_len, mask_for, split_batch, to_device, unpack_batch
 from .logging import HistoryWriter
@@ -216,15 +217,7 @@ class Trainer:
         return self.precision.autocast()
 
     def _predict(self, inputs: Any) -> Mapping[str, Tensor]:
-        preds = self.model(inputs)
-        if not isinstance(preds, Mapping):
-            raise ValueError(
-                f"the model must return a dict task name -> prediction, got {type(preds).__name__}"
-            )
-        missing = [t for t in self.tasks if t not in preds]
-        if missing:
-            raise ValueError(f"the model returned no prediction for task(s) {missing}")
-        return preds
+        return checked_predictions(self.model(inputs), self.tasks)
 
     def train_step(self, batch: Any, stats: EpochStats | None = None) -> StepInfo | None:
         """One optimisation step; ``None`` when no trained task has a label in the batch (a
@@ -353,23 +346,10 @@ class Trainer:
 
     def _accumulate_metrics(self, loader: Iterable, desc: str) -> dict[str, Any]:
         """Every task's metric accumulators, updated with every batch of ``loader``."""
-        was_training = self.model.training
-        self.model.eval()
-        metrics = {name: task.new_metrics() for name, task in self.tasks.items()}
-        try:
-            for batch in bar(loader, self.progress, desc, loader_len(loader), False):
-                inputs, targets, masks = unpack_batch(batch)
-                with self._autocast():
-                    preds = self._predict(to_device(inputs, self.device))
-                for name, acc in metrics.items():
-                    has, mask = mask_for(masks, name, self.device)
-                    if has:
-                        p = preds[name]
-                        pred = p.float() if p.is_floating_point() else p
-                        acc.update(pred, to_device(targets[name], self.device), mask)
-        finally:
-            self.model.train(was_training)
-        return metrics
+        return accumulate_metrics(
+            self.model, self.tasks, loader, predict=self._predict, autocast=self._autocast,
+            device=self.device, progress=self.progress, desc=desc,
+        )  # fmt: skip
 
     def fit(self, resume: bool = False) -> RunResult:
         """Train until ``epochs``; with ``resume``, continue from ``out_dir/checkpoint.pt``."""
