@@ -248,6 +248,37 @@ def test_the_dataset_is_walked_once_per_run(tmp_path, monkeypatch):
     assert len(walked) == 2
 
 
+def test_a_run_from_before_the_dataset_fingerprint_is_refused_saying_why(tmp_path, capsys):
+    # A run on a real dataset made before its files were recorded (no inputs.dataset_files)
+    # was refused as "other settings (inputs: None there, {'dataset_files': ...} now)".
+    import json
+
+    from taskbalance.data.real.fake import write_fake_dataset
+    from taskbalance.training.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+
+    root = write_fake_dataset("nyuv2", tmp_path / "nyu", train=3, test=2, size=(8, 8))
+    config = {
+        "dataset": "nyuv2", "data_root": str(root), "model_options": {"width": 2, "depth": 1},
+        "batch_size": 2, "epochs": 1, "steps": 1, "progress": False, "tensorboard": False,
+        "out_dir": str(tmp_path / "run"),
+    }  # fmt: skip
+    run(config)
+    results = tmp_path / "run" / "results.json"
+    old = json.loads(results.read_text())
+    del old["config"]["inputs"]  # as written before the fingerprint existed
+    results.write_text(json.dumps(old))
+    why = r"made before taskbalance recorded a dataset's files.*same data.*--overwrite"
+    with pytest.raises(ValueError, match=why):
+        run(config)  # finished: the reuse check
+    results.unlink()  # killed: the resume check reads the checkpoint
+    checkpoint = tmp_path / "run" / CHECKPOINT_NAME
+    state = load_checkpoint(checkpoint)
+    del state["run_config"]["inputs"]
+    save_checkpoint(checkpoint, state)
+    with pytest.raises(ValueError, match=why):
+        run(config)
+
+
 def test_a_run_folder_inside_the_data_root_does_not_change_the_data(tmp_path, monkeypatch):
     # `cd data/nyu && taskbalance train --dataset nyuv2 --data-root .`: the default runs/... lies
     # inside the data root; its files were counted as data, so no rerun could reuse or resume.

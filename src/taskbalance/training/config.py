@@ -43,6 +43,24 @@ RESUME_MAY_DIFFER = frozenset(
     }
 )
 
+
+def unrecorded_files_note(there: Any, now: Any) -> str | None:
+    """Why the ``inputs`` of a run in a folder (``there``) differ from this run's (``now``),
+    when the only difference is that it was made before a real dataset's files were recorded
+    (``dataset_files``, :func:`~taskbalance.data.registry.dataset_fingerprint`); else ``None``."""
+    if not isinstance(now, Mapping) or "dataset_files" not in now:
+        return None
+    if isinstance(there, Mapping) and "dataset_files" in there:
+        return None
+    rest = {k: v for k, v in now.items() if k != "dataset_files"}
+    if rest != dict(there or {}):
+        return None
+    return (
+        "inputs: that run was made before taskbalance recorded a dataset's files (its config "
+        "has no inputs.dataset_files), so it cannot be checked to hold the same data"
+    )
+
+
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 

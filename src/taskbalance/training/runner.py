@@ -34,7 +34,7 @@ from taskbalance.balancing.independent_step import (
 
 from .build import choose_mode
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint
-from .config import RESUME_MAY_DIFFER, TrainConfig, _plain
+from .config import RESUME_MAY_DIFFER, TrainConfig, _plain, unrecorded_files_note
 from .devices import resolve_device, seed_everything
 from .distributed_run import (
     decide_on_rank0,
@@ -306,7 +306,10 @@ def _finished(out: Path | None, config: TrainConfig, inputs: RunInputs | None) -
         if k not in ignore and mine.get(k) != theirs.get(k)
     }
     if diff:
-        shown = "; ".join(f"{k}: {b!r} there, {a!r} now" for k, (a, b) in diff.items())
+        shown = "; ".join(
+            (k == "inputs" and unrecorded_files_note(b, a)) or f"{k}: {b!r} there, {a!r} now"
+            for k, (a, b) in diff.items()
+        )
         raise ValueError(
             f"{out} holds a finished run with other settings ({shown}); "
             "replace it with --overwrite or use another --out folder"

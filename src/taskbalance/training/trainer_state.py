@@ -13,7 +13,7 @@ import torch
 from taskbalance.fileio import atomic_replace, atomic_write
 
 from .checkpoint import CHECKPOINT_NAME, capture_rng_state, restore_rng_state
-from .config import RESUME_MAY_DIFFER
+from .config import RESUME_MAY_DIFFER, unrecorded_files_note
 
 __all__ = [
     "BEST_NAME",
@@ -111,8 +111,10 @@ def check_resumable(trainer: Any, state: Mapping[str, Any]) -> None:
     if scheduled or saved_cfg.get("scheduler", "none") != "none":
         ignore.discard("epochs")  # the schedule's shape depends on the number of epochs
     for key in dict.fromkeys([*saved_cfg, *config]):
-        if key not in ignore and saved_cfg.get(key) != config.get(key):
-            problems.append(f"{key}: checkpoint {saved_cfg.get(key)!r}, now {config.get(key)!r}")
+        there, now = saved_cfg.get(key), config.get(key)
+        if key not in ignore and there != now:
+            note = key == "inputs" and unrecorded_files_note(there, now)
+            problems.append(note or f"{key}: checkpoint {there!r}, now {now!r}")
     if problems:
         raise ValueError(
             f"cannot resume from {str(trainer.out_dir / CHECKPOINT_NAME)!r}: the config differs "
