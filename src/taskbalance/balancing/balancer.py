@@ -29,7 +29,7 @@ from taskbalance.validation import check_finite_losses
 from .base import GradientMethod, LossMethod, Method, check_choice, raise_nonfinite_gradient
 from .distributed import resolve_group
 from .distributed_step import distributed_backward
-from .heads import HeadPass, feature_list, head_pass, task_inputs, view_pass
+from .heads import HeadPass, feature_list, head_pass, leaves_above, task_inputs, view_pass
 from .independent_step import check_independent_setup, independent_backward
 from .rows import RowBuffer
 from .solvers import combine, first_nonfinite_row, first_nonfinite_row_of, gramian
@@ -78,7 +78,8 @@ class Balancer:
         task_backward: how param mode computes the T per-task gradients: ``"loop"`` (default;
             one backward per task, from that task's own loss) or ``"batched"`` (one batched
             backward, ``is_grads_batched``; it also carries every task's cotangent through
-            every head). ``benchmarks/bench_step.py`` measures both.
+            every head). Also how GradNorm, given the features, computes the T gradients of
+            the last shared layer from them. ``benchmarks/bench_step.py`` measures both.
         process_group: ``"auto"`` (default): when ``torch.distributed`` is initialised with more
             than one rank, every :meth:`backward` takes the step of the union of all ranks'
             batches (see ``docs/distributed.md``): the method sees the union's per-task
@@ -637,33 +638,26 @@ class Balancer:
     ) -> None:
         """GradNorm's step with the features: every head and the shared part traversed once.
 
-        The head pass gives each task's feature gradient and head gradients; one batched
-        backward from the features to the last shared layer gives the T norms; then the heads
-        receive ``c_t ·`` their gradients (``c = ∂combine(L)/∂L``) and one backward from the
-        features carries ``Σ_t c_t ∂L_t/∂z`` through the shared part.
-        """
+        The head pass gives each task's feature gradient and head gradients; backwards from
+        the features to the last shared layer W (one per task, or one batched:
+        ``task_backward``) give the T gradients ``g_t = ∇_W L_t`` and their norms; then the
+        heads receive ``c_t ·`` their gradients (``c = ∂combine(L)/∂L``), W receives
+        ``Σ_t c_t g_t`` (by linearity its gradient of ``Σ_t c_t L_t``, already computed) and one
+        backward from the features carries ``Σ_t c_t ∂L_t/∂z`` into every other leaf below
+        them (autograd then skips W's weight-gradient kernel)."""
         idx = [t for t, x in enumerate(items) if x is not None]
         own: list[Tensor] = [items[t] for t in idx]  # type: ignore[misc]
         heads = self._head_pass(own, None, idx, features, split_heads=True)
         feats = heads.features
-        cotangents = heads.feature_cotangents()
-        grads = torch.autograd.grad(
-            feats,
-            self.last_shared,
-            grad_outputs=cotangents,
-            retain_graph=True,
-            allow_unused=True,
-            is_grads_batched=True,
-        )
-        found = [g.reshape(len(own), -1) for g in grads if g is not None]
+        found = self._last_layer_rows(feats, heads.feature_cotangents())
         if not found:
             raise ValueError(
                 "the last shared layer does not lie below the features passed to backward(); "
                 "pass last_shared_parameters=... from the shared part, or no features"
             )
         norms = stacked.new_zeros(len(stacked)).detach()
-        squares = torch.stack([g.pow(2).sum(dim=1) for g in found]).sum(dim=0)
-        norms[idx] = squares.sqrt().to(norms.dtype)
+        per_param = torch.stack([torch.linalg.vector_norm(g, dim=1) for _, g in found])
+        norms[idx] = torch.linalg.vector_norm(per_param, dim=0).to(norms.dtype)
         method.observe_grad_norms(norms)
         info.grad_norms = norms
         raw = stacked.detach().requires_grad_(True)
@@ -672,7 +666,48 @@ class Balancer:
         assert raw.grad is not None
         c = raw.grad[idx]
         heads.write_heads(c)
-        torch.autograd.backward(feats, grad_tensors=heads.feature_direction(c))
+        for p, g in found:
+            _accumulate(p, (c.to(device=g.device, dtype=g.dtype) @ g).view_as(p))
+        done = {id(p) for p, _ in found}
+        below = [x for x in leaves_above(feats, []) if id(x) not in done]
+        if below:
+            torch.autograd.backward(feats, grad_tensors=heads.feature_direction(c), inputs=below)
+
+    def _last_layer_rows(
+        self, feats: list[Tensor], cotangents: list[Tensor]
+    ) -> list[tuple[Tensor, Tensor]]:
+        """Per parameter of the last shared layer below ``feats``: its gradients of the n tasks
+        whose feature gradients are the batch ``cotangents`` (``[n, *f.shape]`` per feature
+        tensor), as an ``[n, numel]`` matrix. ``task_backward="loop"``: one backward from the
+        features per task; ``"batched"``: one batched backward (``is_grads_batched``; PyTorch
+        runs a loop inside it for convolutions and batch norm, and stacks ``[n, ...]`` copies
+        of the layers between, so it is not faster on the CPU: ``bench_step.py``)."""
+        n = cotangents[0].shape[0]
+        if self.task_backward == "batched":
+            grads = torch.autograd.grad(
+                feats,
+                self.last_shared,
+                grad_outputs=cotangents,
+                retain_graph=True,
+                allow_unused=True,
+                is_grads_batched=True,
+            )
+            return [(p, g.reshape(n, -1)) for p, g in zip(self.last_shared, grads) if g is not None]
+        found: list[tuple[Tensor, Tensor]] = []
+        for t in range(n):
+            grads = torch.autograd.grad(
+                feats,
+                self.last_shared,
+                grad_outputs=[c[t] for c in cotangents],
+                retain_graph=True,
+                allow_unused=True,
+            )
+            reached = [(p, g) for p, g in zip(self.last_shared, grads) if g is not None]
+            if t == 0:
+                found = [(p, g.new_empty(n, g.numel())) for p, g in reached]
+            for (_, rows), (_, g) in zip(found, reached):
+                rows[t].copy_(g.reshape(-1))
+        return found
 
     def _last_layer_grad_norms(self, items: list[Tensor | None], stacked: Tensor) -> Tensor:
         norms = stacked.new_zeros(len(stacked)).detach()
@@ -765,3 +800,11 @@ class Balancer:
         full = weights.new_zeros(len(present))
         full[present] = weights
         return full
+
+
+def _accumulate(p: Tensor, g: Tensor) -> None:
+    """``p.grad += g`` as autograd accumulates (``g`` is fresh: kept when ``.grad`` is None)."""
+    if p.grad is None:
+        p.grad = g
+    else:
+        p.grad.add_(g)
