@@ -14,9 +14,13 @@ linear unit), all in one process, interleaved (see ``common.py``):
   (``model.features``: one backward per task);
 * ``gradnorm``: the loss method that measures T gradient norms, given the heads' views (target
   <= 1.3x ``ew`` at T=10);
+* ``gn-batched``: ``gradnorm`` with ``task_backward="batched"`` (its T gradients of the last
+  shared layer in one batched backward instead of one backward per task);
 * ``gn-floor``: GradNorm's least work with exact norms as bare autograd calls (forward, one
-  backward through the heads to their views, the T weight gradients of the last shared conv in
-  one batched backward, one backward through the trunk): what any exact GradNorm step costs;
+  backward through the heads to their views, the T weight gradients of the last shared conv W
+  (one backward from the views each), one backward through the trunk to every shared parameter
+  but W, whose gradient of the combined loss is the sum of its T): what any exact GradNorm step
+  costs; a last table gives the same bound counted in FLOPs (``common.gradnorm_flop_bound``);
 * ``--loss-methods``: every other loss method through the Balancer (one backward of
   ``combine(L)``; target <= 1.05x ``ew``), in a second table;
 * methods with ``sampling`` (``modo``, ``sdmgrad``) run the columns above with
@@ -26,9 +30,13 @@ linear unit), all in one process, interleaved (see ``common.py``):
 
 Ratios are median (min-max over rounds) of a candidate / median of its base.
 
+``--trunk deep``: a ResNet-20-like shared part (19 convolutions, the last one, GradNorm's W,
+about 1/19 of the trunk's work, as in real networks) instead of the 3 convolutions (whose last
+is a third of it). ``--methods none``: only ``ew``, ``gradnorm`` and ``gn-floor`` (no floor).
+
 Usage: ``python benchmarks/bench_step.py [--tasks 2,3,5,10,20,40] [--heads conv,tiny]
-[--rounds 5] [--per-round 2] [--methods mgda|m1,m2|all] [--loss-methods none|m1,m2|all]
-[--device cpu]``
+[--rounds 5] [--per-round 2] [--methods mgda|m1,m2|all|none] [--loss-methods none|m1,m2|all]
+[--trunk small|deep] [--device cpu]``
 """
 
 from __future__ import annotations
@@ -38,7 +46,7 @@ import time
 from collections.abc import Callable
 
 import torch
-from common import TaskCNN, interleaved, one_batch, task_losses
+from common import TaskCNN, gradnorm_flop_bound, interleaved, one_batch, task_losses
 
 import taskbalance as tb
 
@@ -50,11 +58,14 @@ def gradnorm_floor_step(
     params = list(model.parameters())
     shared = list(model.shared.parameters())
     rows = torch.empty(0, device=x.device)
+    last = [p for p in shared if p.dim() >= 2][-1]
+    w_grads = torch.empty(T, *last.shape, device=x.device)
 
     def gradnorm_floor() -> None:
         # forward, ONE backward through the heads to their views of z (rows of J), the T weight
-        # gradients of the last shared conv (one batched backward from z), one backward of the
-        # combined direction through the trunk.
+        # gradients of the last shared conv W (one backward from z per task), one backward of the
+        # combined direction through the trunk to every shared parameter but W (W's gradient of
+        # the combined loss is the sum of the T it has).
         opt.zero_grad(set_to_none=True)
         losses = task_losses(model(x))
         views = list(model.head_inputs.values())
@@ -68,9 +79,12 @@ def gradnorm_floor_step(
         for p, g in zip(head_params, grads[T:]):
             p.grad = g
         J = rows
-        last = [p for p in shared if p.dim() >= 2][-1]
-        torch.autograd.grad(views[0], last, J, retain_graph=True, is_grads_batched=True)
-        views[0].backward(J.sum(dim=0))
+        for t in range(T):  # one backward per task (as the Balancer's default task_backward)
+            (g,) = torch.autograd.grad(views[0], last, J[t], retain_graph=True)
+            w_grads[t].copy_(g)
+        last.grad = w_grads.sum(dim=0)  # the combined loss's W gradient: no second one
+        others = [p for p in shared if p is not last]
+        torch.autograd.backward(views[0], J.sum(dim=0), inputs=others)
         opt.step()
 
     return gradnorm_floor
@@ -127,9 +141,10 @@ def candidates(
         return step
 
     steps: dict[str, Callable[[], object]] = {
-        "floor": floor,
+        **({"floor": floor} if methods else {}),
         "ew": ew,
         "gradnorm": balanced("gradnorm", "param"),
+        "gn-batched": balanced("gradnorm", "param", task_backward="batched"),
         "gn-floor": gradnorm_floor_step(model, x, T, opt),
     }
     for method in loss_methods:
@@ -150,7 +165,9 @@ def main() -> None:
     parser.add_argument("--tasks", default="2,3,5,10,20,40")
     parser.add_argument("--heads", default="conv,tiny")
     parser.add_argument(
-        "--methods", default="mgda", help="gradient methods, comma-separated, or 'all'"
+        "--methods",
+        default="mgda",
+        help="gradient methods, comma-separated, 'all', or 'none' (only ew and GradNorm's columns)",
     )
     parser.add_argument(
         "--loss-methods",
@@ -161,6 +178,12 @@ def main() -> None:
     parser.add_argument("--per-round", type=int, default=2)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--size", type=int, default=16)
+    parser.add_argument(
+        "--trunk",
+        default="small",
+        choices=["small", "deep"],
+        help="the shared part: 3 convolutions, or a ResNet-20-like trunk of 19 (common.py)",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
@@ -170,42 +193,61 @@ def main() -> None:
     methods = (
         [n for n in tb.available_methods() if tb.method_info(n).kind == "gradient"]
         if args.methods == "all"
+        else []
+        if args.methods == "none"
         else args.methods.split(",")
     )
     loss_methods = (
         [n for n in tb.available_methods() if tb.method_info(n).kind == "loss" and n != "gradnorm"]
         if args.loss_methods == "all"
-        else [] if args.loss_methods == "none" else args.loss_methods.split(",")
+        else []
+        if args.loss_methods == "none"
+        else args.loss_methods.split(",")
     )
     loss_rows: list[str] = []
+    bound_rows: list[str] = []
     print(
-        f"device={device} threads={args.threads} batch={args.batch} size={args.size} "
+        f"device={device} trunk={args.trunk} threads={args.threads} batch={args.batch} "
+        f"size={args.size} "
         f"rounds={args.rounds}x{args.per_round}; "
         f"clock={'wall' if device.type != 'cpu' else 'process CPU time'}; "
         "ratio = median (min-max over rounds)"
     )
     print(
         "| heads | T | method | floor ms | ew ms | param/floor | batched/floor | rep/ew "
-        "| rep-z/ew | gradnorm/ew | gn-floor/ew |"
+        "| rep-z/ew | gradnorm/ew | gn-floor/ew | gn-batched/ew |"
     )
-    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for heads in args.heads.split(","):
         for T in [int(t) for t in args.tasks.split(",")]:
             torch.manual_seed(0)
-            model = TaskCNN(T, heads).to(device)
+            model = TaskCNN(T, heads, trunk=args.trunk).to(device)
             x = torch.randn(args.batch, 3, args.size, args.size, device=device)
+            ew_macs, extra, bound = gradnorm_flop_bound(model, x)
+            bound_rows.append(
+                f"| {args.trunk} | {heads} | {T} | {2 * ew_macs / 1e9:.3f} | "
+                f"{2 * extra / 1e9:.3f} | {bound:.2f} |"
+            )
             clock = time.perf_counter if device.type != "cpu" else time.process_time
             steps = candidates(model, x, T, methods, loss_methods)
             t = interleaved(steps, args.rounds, args.per_round, sync, clock=clock)
-            floor, ew = t["floor"], t["ew"]
+            ew = t["ew"]
+            if not methods:
+                print(
+                    f"| {heads} | {T} | - | - | {ew.median * 1e3:.1f} | - | - | - | - | "
+                    f"{t['gradnorm'].ratio(ew)} | {t['gn-floor'].ratio(ew)} | "
+                    f"{t['gn-batched'].ratio(ew)} |",
+                    flush=True,
+                )
             for m in loss_methods:
                 loss_rows.append(f"| {heads} | {T} | {m} | {t[f'{m}/loss'].ratio(ew)} |")
             for method in methods:
+                floor = t["floor"]
                 double = t.get(f"{method}/independent")
                 if double is not None:
                     print(
                         f"| {heads} | {T} | {method}[independent] | {floor.median * 1e3:.1f} | "
-                        f"{ew.median * 1e3:.1f} | {double.ratio(floor)} | - | - | - | - | - |",
+                        f"{ew.median * 1e3:.1f} | {double.ratio(floor)} | - | - | - | - | - | - |",
                         flush=True,
                     )
                 rep, rep_z = t.get(f"{method}/rep"), t.get(f"{method}/rep-z")
@@ -215,13 +257,21 @@ def main() -> None:
                     f"{t[f'{method}/batched'].ratio(floor)} | "
                     f"{'-' if rep is None else rep.ratio(ew)} | "
                     f"{'-' if rep_z is None else rep_z.ratio(ew)} | {t['gradnorm'].ratio(ew)} | "
-                    f"{t['gn-floor'].ratio(ew)} |",
+                    f"{t['gn-floor'].ratio(ew)} | {t['gn-batched'].ratio(ew)} |",
                     flush=True,
                 )
 
     if loss_rows:
         print("\n| heads | T | loss method | step/ew |\n|---|---:|---|---:|")
         print("\n".join(loss_rows))
+    print(
+        "\nGradNorm's exact-norm lower bound in FLOPs (convolutions and linear layers; "
+        "elementwise work left out): ew = forward + backward; extra = the T - 1 weight "
+        "gradients of the last shared layer beyond the one ew computes\n"
+        "| trunk | heads | T | ew GFLOP | extra GFLOP | (ew + extra) / ew |\n"
+        "|---|---|---:|---:|---:|---:|"
+    )
+    print("\n".join(bound_rows))
 
 
 if __name__ == "__main__":

@@ -20,24 +20,71 @@ from torch import nn
 import taskbalance as tb
 
 
-class TaskCNN(nn.Module):
-    """A 3-conv shared trunk and T heads: ``"conv"`` (two convolutions, a dense output, as a
-    segmentation or depth head) or ``"tiny"`` (pooling and one linear unit)."""
+class BasicBlock(nn.Module):
+    """A ResNet basic block: two 3x3 convolutions with batch norm, added to a shortcut (a
+    strided 1x1 convolution where the shape changes), then a ReLU."""
 
-    def __init__(self, num_tasks: int, heads: str = "conv", width: int = 16) -> None:
+    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
         super().__init__()
-        c = 2 * width
-        self.shared = nn.Sequential(
-            nn.Conv2d(3, width, 3, padding=1),
-            nn.BatchNorm2d(width),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(width, c, 3, padding=1),
-            nn.BatchNorm2d(c),
-            nn.ReLU(),
-            nn.Conv2d(c, c, 3, padding=1),
-            nn.ReLU(),
-        )
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
+        return torch.relu(y + self.shortcut(x))
+
+
+def deep_trunk(width: int = 16, blocks: int = 3) -> nn.Sequential:
+    """A ResNet-20-like trunk (He et al. 2016, CIFAR): a stem convolution, then three stages of
+    ``blocks`` basic blocks at ``width``, 2x and 4x channels, each later stage at half the
+    resolution. Its last convolution (the default last shared layer) is one of 19 alike."""
+    layers: list[nn.Module] = [nn.Conv2d(3, width, 3, padding=1, bias=False)]
+    layers += [nn.BatchNorm2d(width), nn.ReLU()]
+    cin = width
+    for stage in range(3):
+        cout = width * 2**stage
+        for b in range(blocks):
+            layers.append(BasicBlock(cin, cout, 2 if stage > 0 and b == 0 else 1))
+            cin = cout
+    return nn.Sequential(*layers)
+
+
+class TaskCNN(nn.Module):
+    """A shared trunk and T heads: ``"conv"`` (two convolutions, a dense output, as a
+    segmentation or depth head) or ``"tiny"`` (pooling and one linear unit).
+
+    ``trunk``: ``"small"`` (3 convolutions; the last is a third of the trunk's work) or
+    ``"deep"`` (:func:`deep_trunk`: 19 convolutions; the last is about 1/19 of it)."""
+
+    def __init__(
+        self, num_tasks: int, heads: str = "conv", width: int = 16, trunk: str = "small"
+    ) -> None:
+        super().__init__()
+        if trunk == "small":
+            c = 2 * width
+            self.shared = nn.Sequential(
+                nn.Conv2d(3, width, 3, padding=1),
+                nn.BatchNorm2d(width),
+                nn.ReLU(),
+                nn.MaxPool2d(2),
+                nn.Conv2d(width, c, 3, padding=1),
+                nn.BatchNorm2d(c),
+                nn.ReLU(),
+                nn.Conv2d(c, c, 3, padding=1),
+                nn.ReLU(),
+            )
+        elif trunk == "deep":
+            c = 4 * width
+            self.shared = deep_trunk(width)
+        else:
+            raise ValueError(f"trunk must be 'small' or 'deep', got {trunk!r}")
         if heads == "conv":
             self.heads = nn.ModuleList(
                 nn.Sequential(nn.Conv2d(c, width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, 1, 1))
@@ -59,6 +106,39 @@ class TaskCNN(nn.Module):
         # Each head reads its own view of z: rep mode then gets every task's row in one backward.
         self.head_inputs = {f"task{t}": z.view_as(z) for t in range(len(self.heads))}
         return [h(v) for h, v in zip(self.heads, self.head_inputs.values())]
+
+
+def gradnorm_flop_bound(model: TaskCNN, x: torch.Tensor) -> tuple[float, float, float]:
+    """``(ew, extra, bound)``: multiply-adds of an ``ew`` step (forward, and the backward's input
+    and weight gradients of every convolution and linear layer), the extra multiply-adds of
+    GradNorm's exact norms (the T weight gradients of the last shared layer W, less the one an
+    ``ew`` step computes: the combined loss's W gradient is their sum), and ``(ew + extra) /
+    ew``. Elementwise work (batch norm, ReLU, pooling, losses) is left out."""
+    last = [p for p in model.shared.parameters() if p.dim() >= 2][-1]
+    counts: list[tuple[nn.Module, int, int]] = []
+
+    def count(module: nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        weight = module.weight
+        assert isinstance(weight, torch.Tensor)
+        per_output = weight[0].numel()  # (in channels / groups) x kernel, or in features
+        macs = out.numel() * per_output
+        backward = macs * (int(weight.requires_grad) + int(inputs[0].requires_grad))
+        counts.append((module, macs, backward))
+
+    hooks = [
+        m.register_forward_hook(count)  # type: ignore[arg-type]
+        for m in model.modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear))
+    ]
+    try:
+        model(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    ew = float(sum(f + b for _, f, b in counts))
+    w_grad = sum(f for m, f, _ in counts if getattr(m, "weight", None) is last)
+    extra = float((len(model.heads) - 1) * w_grad)
+    return ew, extra, (ew + extra) / ew
 
 
 def task_losses(outputs: list[torch.Tensor]) -> list[torch.Tensor]:
