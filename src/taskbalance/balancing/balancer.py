@@ -77,9 +77,14 @@ class Balancer:
             update is ``Σ_t w_t g_t`` (``method.uses_gramian``) only.
         task_backward: how param mode computes the T per-task gradients: ``"loop"`` (default;
             one backward per task, from that task's own loss) or ``"batched"`` (one batched
-            backward, ``is_grads_batched``; it also carries every task's cotangent through
-            every head). Also how GradNorm, given the features, computes the T gradients of
-            the last shared layer from them. ``benchmarks/bench_step.py`` measures both.
+            backward, ``is_grads_batched``; with the features, each head once then T-wide
+            through the shared part, as TorchJD does; without, every task's cotangent goes
+            through every head). The loop is the default because on the CPU the batched
+            backward is no faster (within ~5% either way, ``benchmarks/bench_peers.py
+            --task-backward both``) and its T-times larger temporaries are page-faulted back
+            in when glibc's malloc returns them to the kernel (up to 1.3x a step). Also how
+            GradNorm, given the features, computes the T gradients of the last shared layer
+            from them.
         process_group: ``"auto"`` (default): when ``torch.distributed`` is initialised with more
             than one rank, every :meth:`backward` takes the step of the union of all ranks'
             batches (see ``docs/distributed.md``): the method sees the union's per-task
