@@ -279,6 +279,17 @@ def test_a_run_from_before_the_dataset_fingerprint_is_refused_saying_why(tmp_pat
         run(config)
 
 
+def test_the_unrecorded_files_note_names_only_that_difference() -> None:
+    from taskbalance.training.config import unrecorded_files_note
+
+    files = {"files": 2, "bytes": 10, "digest": "ab"}
+    assert "made before" in str(unrecorded_files_note(None, {"dataset_files": files}))
+    assert "made before" in str(unrecorded_files_note({"x": 1}, {"x": 1, "dataset_files": files}))
+    for there in ({"x": 2}, {"dataset_files": files}, "edited by hand", ["x"]):  # other reasons
+        assert unrecorded_files_note(there, {"x": 1, "dataset_files": files}) is None
+    assert unrecorded_files_note(None, {"x": 1}) is None  # not a dataset run
+
+
 def test_a_run_folder_inside_the_data_root_does_not_change_the_data(tmp_path, monkeypatch):
     # `cd data/nyu && taskbalance train --dataset nyuv2 --data-root .`: the default runs/... lies
     # inside the data root; its files were counted as data, so no rerun could reuse or resume.

@@ -50,7 +50,7 @@ def unrecorded_files_note(there: Any, now: Any) -> str | None:
     (``dataset_files``, :func:`~taskbalance.data.registry.dataset_fingerprint`); else ``None``."""
     if not isinstance(now, Mapping) or "dataset_files" not in now:
         return None
-    if isinstance(there, Mapping) and "dataset_files" in there:
+    if there is not None and (not isinstance(there, Mapping) or "dataset_files" in there):
         return None
     rest = {k: v for k, v in now.items() if k != "dataset_files"}
     if rest != dict(there or {}):
