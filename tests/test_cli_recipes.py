@@ -146,6 +146,8 @@ _MNIST = ["--recipe", "multimnist-lenet", "--data-root", "/nonexistent"]
           "default"], "--size", "trains on dataset 'multimnist'"),
         (["train", "--experiment", "/nonexistent.yaml", "--benchmark", "multidigits"],
          "--benchmark", "the --experiment file's data"),
+        (["diagnose", "--dataset", "nyuv2", "--data-root", "/nonexistent", "--size",
+          "default"], "--size", "trains on dataset 'nyuv2'"),
     ],
 )  # fmt: skip
 def test_benchmark_flags_beside_other_data_are_refused_not_ignored(

@@ -12,9 +12,11 @@ from taskbalance.cli._common import (
     add_threads_flag,
     data_name,
     data_settings,
+    explicit_dests,
     log,
     out_folder,
     positive_int,
+    refuse_benchmark_flags,
     require_data,
 )
 
@@ -60,9 +62,10 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(
             "diagnose reads a dataset with its default options; remove --dataset-option"
         )
-    if settings["experiment"] is not None and args.size != "default":
-        raise UserError("--size applies to the built-in benchmarks; an experiment's data_options "
-                        "set its data's size")  # fmt: skip
+    refuse_benchmark_flags(
+        explicit_dests(args, add_command),
+        dataset=args.dataset, experiment=args.experiment, recipe=None,
+    )  # fmt: skip
     name = data_name(args)
     out_dir = out_folder(args, f"diagnose-{name}")
     log(f"diagnose: {args.steps} equal-weights steps on {name}")
