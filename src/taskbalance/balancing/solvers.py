@@ -3,8 +3,9 @@
 Everything here works on the Gramian (cheap for any number of parameters ``P``), in torch, on
 the device of the gradients, and in ``float64`` whatever the dtype of ``J``: the systems are
 tiny, and float64 keeps gradients of very different scales (``1e-15`` next to ``1e15``) exact.
-The active-set loops (:func:`dual_cone_weights`, Wolfe's method in :func:`min_norm_weights`)
-run in numpy on host copies: on ``40 x 40`` systems torch's per-operation overhead dominates.
+The active-set solvers (:func:`dual_cone_weights`, :func:`min_norm_weights`) run in numpy on a
+host copy of the Gramian (one transfer from an accelerator, no reads in their loops): on
+``40 x 40`` systems torch's per-operation overhead dominates.
 
 * :func:`gramian` - ``G`` in float64, robust to the scale of the rows; :func:`normalized` -
   ``G`` divided by its largest diagonal entry (the methods here are scale-invariant);
@@ -46,8 +47,8 @@ __all__ = [
     "first_nonfinite_row_of",
 ]
 
-#: Largest ``n`` for which :func:`min_norm_weights` enumerates every support (``2^n - 1`` faces,
-#: batched, no host synchronisation); larger problems use Wolfe's active-set method.
+#: Largest ``n`` for which :func:`min_norm_weights`'s exact fallback enumerates every support
+#: (``2^n - 1`` faces, batched); larger problems fall back to Wolfe's active-set method.
 ENUMERATE_MAX = 8
 
 
@@ -289,21 +290,6 @@ def _supports(n: int, device: torch.device) -> Tensor:
     return torch.tensor(rows, dtype=torch.bool, device=device)
 
 
-def _min_norm_form(G: Tensor) -> tuple[Tensor, Tensor]:
-    """``(C, b)``: the :func:`unit_form` of a symmetric ``G`` with zero rows exactly zero and an
-    exact unit diagonal, and ``b = 1/‖g_t‖`` scaled to ``max b = 1``.
-
-    A zero row gets ``u_t = 0`` (zero row and column of C) and ``b_t = 1`` (any value works: its
-    weight does not move d). Scaling b by a constant only scales y.
-    """
-    C, Ds = unit_form(G)  # G is symmetric already, so unit_form's symmetrising is exact
-    zero = G.diagonal() <= 0
-    C = torch.where(zero[:, None] | zero[None, :], torch.zeros_like(C), C)
-    C.diagonal().copy_(torch.where(zero, 0.0, 1.0))
-    b = 1.0 / Ds
-    return C, b / b.amax()
-
-
 def _face_systems(C: Tensor, b: Tensor, masks: Tensor) -> Tensor:
     """KKT matrices ``[[C_S, -b_S], [b_Sᵀ, 0]]`` of every face, embedded in ``(n+1) x (n+1)``.
 
@@ -510,8 +496,8 @@ def _min_norm_wolfe(C: Tensor, b: Tensor, max_iter: int = 1000) -> Tensor:
     regularised problem, then (where gradients nearly cancel and the ridge moved the optimum)
     warm-started on the unregularised one.
 
-    Synchronises with the host at every step (data-dependent control flow); used for large ``n``
-    where enumerating supports is too costly.
+    Data-dependent control flow (runs on the host copy); the fallback for large ``n``, where
+    enumerating supports is too costly.
     """
     n = C.shape[0]
     C_reg = C + RIDGE * torch.eye(n, dtype=C.dtype, device=C.device)
@@ -537,16 +523,143 @@ def _min_norm_wolfe(C: Tensor, b: Tensor, max_iter: int = 1000) -> Tensor:
     return cand.index_select(0, _choose(C, b, cand, keep_first=True))
 
 
-def _min_norm_two(G: Tensor) -> Tensor:
+def _host_min_norm_form(g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(C, b)``: the unit form ``C = D⁻¹GD⁻¹`` of a symmetric host Gramian without zero rows,
+    with an exact unit diagonal, and ``b = 1/‖g_t‖`` scaled to ``max b = 1`` (scaling b by a
+    constant only scales y)."""
+    D = np.sqrt(np.diagonal(g))
+    C = g / (D[:, None] * D[None, :])
+    np.fill_diagonal(C, 1.0)
+    b = 1.0 / D
+    return C, b / b.max()
+
+
+def _host_kkt_score(C: np.ndarray, b: np.ndarray, y: np.ndarray) -> float:
+    """:func:`_kkt_score` of one point ``y`` ``[n]`` (``bᵀy = 1``, ``y ≥ 0``), in numpy."""
+    Cy = C @ y
+    lam = float(y @ Cy)
+    r = Cy - lam * b
+    total = float(y.sum())
+    allowance = 4 * C.shape[0] * _EPS * total
+    dual = float(np.maximum(-r - allowance, 0.0).max())
+    slack = float(np.minimum(np.maximum(np.abs(r) - allowance, 0.0), y).max())
+    score = max(dual, slack) / (np.sqrt(max(lam, 0.0)) + _EPS * total)
+    return score if np.isfinite(score) else np.inf
+
+
+def _min_norm_nnls(C: np.ndarray, b: np.ndarray, steps: int = 12) -> np.ndarray | None:
+    """The min-norm point in the unit form from a non-negative least squares problem.
+
+    Least distance programming (Lawson & Hanson, *Solving Least Squares Problems*, ch. 23):
+    with unit rows ``U``, ``min_{u ≥ 0} ‖Uᵀu‖² + (1 − bᵀu)²`` — in Gram form
+    ``min_{u ≥ 0} ½uᵀ(C + bbᵀ)u − bᵀu`` — has the KKT conditions ``r = Cu − (1 − s)b ≥ 0``,
+    ``u ≥ 0``, ``uᵀr = 0`` with ``s = bᵀu``; they give ``uᵀCu = s(1 − s)``, so ``s > 0`` (``u = 0``
+    has ``r = −b < 0``), and ``y = u/s`` satisfies ``Cy − λb ≥ 0`` with equality on the support
+    and ``λ = (1 − s)/s = yᵀCy``: the KKT conditions of ``min yᵀCy, y ≥ 0, bᵀy = 1``.
+
+    The support comes from block principal pivoting with the :data:`RIDGE` (Lawson-Hanson if
+    pivoting stalls); on it, ``(C + bbᵀ)_S u_S = b_S`` is solved by iterative refinement with a
+    regularised inverse, which removes the ridge and gives identical rows equal weights (the
+    minimum-norm solution). Returns ``y``, or ``None`` if the numbers broke down; the caller
+    checks the KKT conditions (a support the ridge moved fails them).
+    """
+    n = b.shape[0]
+    M = C + np.outer(b, b)
+    support = _nnls_pivoting(M, b, 3 * n + 10)
+    if support is None:
+        mu = _lawson_hanson(M, -b[None, :], _NNLS_TOL, RIDGE, 3 * n + 10)[0]
+        support = np.flatnonzero(mu > 0)
+    if support.size == 0:
+        return None
+    M_S = M[np.ix_(support, support)]
+    # Refinement from the ridge's solution of the face, with a ridge large enough that rounding
+    # leaves the null space of M_S (identical rows) alone: it converges to the minimum-norm
+    # solution of M_S x = b_S (b_S is in M_S's range), so identical rows get equal weights.
+    inv = np.linalg.inv(M_S + _REFINE_RIDGE * np.eye(support.size))
+    x = inv @ b[support]
+    for _ in range(steps):
+        step = inv @ (b[support] - M_S @ x)
+        x = x + step
+        if np.abs(step).max() <= 1e-14 * np.abs(x).max():  # converged to rounding
+            break
+    u = np.zeros(n)
+    u[support] = np.maximum(x, 0.0)
+    s = float(b @ u)
+    return u / s if s > 0 and np.isfinite(s) else None
+
+
+#: Ridge of the refinement in :func:`_min_norm_nnls`: each step shrinks the error on an
+#: eigenvalue λ of the face's matrix by ``δ/(λ + δ)``, and rounding puts ``eps/δ`` into its null
+#: space.
+_REFINE_RIDGE = 1e-6
+
+#: Sign tolerance of the min-norm NNLS (its matrix ``C + bbᵀ`` has entries of order 1).
+_NNLS_TOL = 1e-13
+
+
+def _nnls_pivoting(M: np.ndarray, b: np.ndarray, max_iter: int) -> np.ndarray | None:
+    """``min_{u ≥ 0} ½uᵀ(M + RIDGE·I)u − bᵀu`` for one ``b > 0`` by block principal pivoting
+    (the rules of :func:`_principal_pivoting`, unbatched: this is on every MGDA step).
+
+    Returns the support (indices where ``u > 0``), or ``None`` if it did not terminate in
+    ``max_iter`` sweeps.
+    """
+    n = b.shape[0]
+    free = np.ones(n, dtype=bool)  # b > 0: every variable starts free
+    best, trials = n + 1, 3
+    for _ in range(max_iter):
+        idx = np.flatnonzero(free)
+        z = np.linalg.solve(M[np.ix_(idx, idx)] + RIDGE * np.eye(idx.size), b[idx])
+        u = np.zeros(n)
+        u[idx] = z
+        infeasible = np.where(free, u < -_NNLS_TOL, M @ u - b < -_NNLS_TOL)
+        count = int(infeasible.sum())
+        if count == 0:
+            return idx[z > 0]
+        if count < best:
+            best, trials = count, 3
+        elif trials > 0:
+            trials -= 1
+        else:  # only the last infeasible variable changes side (terminates)
+            last = int(np.flatnonzero(infeasible)[-1])
+            infeasible = np.zeros(n, dtype=bool)
+            infeasible[last] = True
+        free ^= infeasible
+    return None
+
+
+def _min_norm_two(g: np.ndarray) -> np.ndarray:
     """Closed form for two rows; each weight from its own numerator (no ``1 − w_1``)."""
-    denom = G[0, 0] + G[1, 1] - 2 * G[0, 1]  # ‖g_1 − g_2‖²
-    num = torch.stack([G[1, 1] - G[0, 1], G[0, 0] - G[0, 1]])  # (g_2 − g_1)·g_2, (g_1 − g_2)·g_1
+    denom = g[0, 0] + g[1, 1] - 2 * g[0, 1]  # ‖g_1 − g_2‖²
+    num = np.array([g[1, 1] - g[0, 1], g[0, 0] - g[0, 1]])  # (g_2 − g_1)·g_2, (g_1 − g_2)·g_1
     # Below rounding level the rows are identical: any w gives the same point; split evenly.
-    distinct = denom > 1e-14 * (G[0, 0] + G[1, 1])
-    w = (num / torch.where(distinct, denom, 1.0)).clamp(0, 1)
-    w = torch.where(distinct, w, torch.full_like(w, 0.5))
-    # A clipped weight leaves the other row alone at weight 1 (exactly).
-    w = torch.where((w == 0).any(), (w > 0).to(w.dtype), w)
+    if not denom > 1e-14 * (g[0, 0] + g[1, 1]):
+        return np.full(2, 0.5)
+    w = np.clip(num / denom, 0.0, 1.0)
+    if (w == 0).any():  # a clipped weight leaves the other row alone at weight 1 (exactly)
+        w = (w > 0).astype(np.float64)
+    return w / w.sum()
+
+
+def _min_norm_host(g: np.ndarray, method: str) -> np.ndarray:
+    """:func:`min_norm_weights` on a normalised symmetric host Gramian ``g`` (float64)."""
+    n = g.shape[0]
+    zero = np.diagonal(g) <= 0
+    if zero.any():  # a zero row makes the min-norm point 0 exactly: the weight goes to them
+        return zero / zero.sum()
+    if n == 1:
+        return np.ones(1)
+    if n == 2 and method == "auto":
+        return _min_norm_two(g)
+    C, b = _host_min_norm_form(g)
+    y = _min_norm_nnls(C, b) if method == "auto" else None
+    if y is None or _host_kkt_score(C, b, y) > _ACCEPT:
+        Ct, bt = torch.from_numpy(C), torch.from_numpy(b)  # the exact fallbacks, on the host
+        if method == "enumerate" or (method == "auto" and n <= ENUMERATE_MAX):
+            y = _min_norm_enumerate(Ct, bt)[0].numpy()
+        else:
+            y = _min_norm_wolfe(Ct, bt)[0].numpy()
+    w = np.maximum(y * b, 0.0)
     return w / w.sum()
 
 
@@ -554,16 +667,25 @@ def min_norm_weights(G: Tensor, method: str = "auto") -> Tensor:
     """Weights of the min-norm point of the convex hull of the rows of ``J``, from ``G = J Jᵀ``.
 
     Solves ``min_w wᵀ G w`` subject to ``w ≥ 0``, ``Σ w = 1`` exactly (Sener & Koltun, NeurIPS
-    2018, solve this problem approximately by Frank-Wolfe; here it is solved to float64 accuracy):
+    2018, solve this problem approximately by Frank-Wolfe; here it is solved to float64 accuracy),
+    on a host copy of ``G`` (one transfer from an accelerator; nothing is read back in a loop):
 
     * two tasks (``method="auto"``): the closed form
       ``w_1 = clip((g_2 − g_1)·g_2 / ‖g_1 − g_2‖², 0, 1)``, ``w_2`` from its own numerator
       ``(g_1 − g_2)·g_1`` (``½`` each when ``g_1 = g_2``);
-    * ``method="enumerate"`` (default for ``3 ≤ n ≤ 8``): the optimum lies in the relative interior
-      of one face of the simplex, where it solves the face's KKT system. Every face's system is
-      solved in one batched call (no host synchronisation); the feasible candidate that satisfies
-      the KKT conditions wins.
-    * ``method="wolfe"`` (default for larger ``n``): Wolfe's finite active-set algorithm
+    * more tasks (``method="auto"``): the equivalent non-negative least squares problem
+      ``min_{u ≥ 0} ‖Jᵀu‖² + (1 − Σu)²``, ``w = u/Σu`` (least distance programming, Lawson &
+      Hanson ch. 23, in the unit form below), solved by block principal pivoting (one to a few
+      sweeps of one linear solve each; 0.1-0.3 ms per call at ``n = 3..40`` on a loaded CPU,
+      12-24x faster than the fallbacks). Its answer is kept when it satisfies the KKT
+      conditions below to ``1e-11`` (relative); otherwise (gradients that nearly cancel, where
+      the ridge moves the support) the exact fallback runs: enumeration for ``n ≤ 8``, Wolfe's
+      method beyond;
+    * ``method="enumerate"`` (the fallback for ``3 ≤ n ≤ 8``): the optimum lies in the relative
+      interior of one face of the simplex, where it solves the face's KKT system. Every face's
+      system is solved in one batched call; the feasible candidate that satisfies the KKT
+      conditions wins.
+    * ``method="wolfe"`` (the fallback for larger ``n``): Wolfe's finite active-set algorithm
       ("Finding the nearest point in a polytope", Math. Programming 1976).
 
     The systems are solved in the unit-diagonal form ``C = D⁻¹GD⁻¹`` (``D = diag(‖g_t‖)``), so
@@ -590,28 +712,13 @@ def min_norm_weights(G: Tensor, method: str = "auto") -> Tensor:
         raise ValueError(f"G must be a non-empty square matrix [n, n], got shape {list(G.shape)}")
     if method not in ("auto", "enumerate", "wolfe"):
         raise ValueError(f"method must be 'auto', 'enumerate' or 'wolfe', got {method!r}")
-    n = G.shape[0]
-    dtype, device = G.dtype, G.device
-    G64 = G.detach().to(device=solve_device(device), dtype=torch.float64)
-    if not bool(torch.isfinite(G64).all()):  # refused, not zeroed: no method can balance it
+    g = G.detach().to(device="cpu", dtype=torch.float64).numpy()  # the one transfer
+    if not np.isfinite(g).all():  # refused, not zeroed: no method can balance it
         raise ValueError("G holds NaN or Inf (a non-finite task gradient); it cannot be balanced")
-    G64 = normalized(0.5 * (G64 + G64.T))
-    if n == 1:
-        w = G64.new_ones(1)
-    elif n == 2 and method == "auto":
-        w = _min_norm_two(G64)
-    else:
-        C, b = _min_norm_form(G64)
-        if method == "enumerate" or (method == "auto" and n <= ENUMERATE_MAX):
-            y = _min_norm_enumerate(C, b)
-        else:
-            y = _min_norm_wolfe(C, b)
-        w = (y[0] * b).clamp_min(0)
-        w = w / w.sum()
-        # A zero row makes the min-norm point 0 exactly: the weight goes to the zero rows.
-        zero = G64.diagonal() <= 0
-        w = torch.where(zero.any(), zero.to(w.dtype) / zero.sum().clamp_min(1), w)
-    return w.to(device=device, dtype=dtype)
+    g = 0.5 * (g + g.T)
+    top = float(np.diagonal(g).max())
+    w = _min_norm_host(g / top if top > 0 else g, method)
+    return torch.from_numpy(w).to(device=G.device, dtype=G.dtype)
 
 
 def project_simplex(v: Tensor) -> Tensor:

@@ -25,7 +25,9 @@ class MGDA(GradientMethod):
 
     ``w = argmin_{w ≥ 0, Σw = 1} ‖Σ_t w_t ĝ_t‖²``, solved exactly on the Gramian of the
     (optionally normalised) rows ``ĝ_t`` by :func:`~taskbalance.balancing.solvers.min_norm_weights`
-    (the paper uses Frank-Wolfe, an approximation). ``d`` is a common descent direction of all
+    (an equivalent non-negative least squares problem, its answer checked against the KKT
+    conditions, with exact enumeration / Wolfe as the fallback; the paper uses Frank-Wolfe, an
+    approximation). ``d`` is a common descent direction of all
     tasks, and ``d = 0`` exactly when the point is Pareto-stationary (e.g. a task's gradient is
     zero, or two gradients are opposite).
 
