@@ -57,27 +57,34 @@ column shows who pays). Not glibc: the option is reported as unavailable and not
 Part 2, the aggregation alone on a random ``J`` of ``T x P``: ``method.aggregate(J)`` and the
 TorchJD aggregator against a bare ``J @ J.T``.
 
+Part 3 (``--part solver``, not in ``both``), MGDA's min-norm solve alone on a ``T x T`` Gramian
+(``solvers.min_norm_weights``), per call in µs: the default (``auto``: the NNLS form by block
+principal pivoting, verified by its KKT conditions) against the exact solver it replaced, still
+there as the fallback (``enumerate`` for T <= 8, ``wolfe`` beyond), on two kinds of Gramian:
+``random`` (T Gaussian rows of 512: every row in the support) and ``shared`` (rows
+``0.3 c + noise``, conflicting pairs: a partial support).
+
 Targets: ours/TorchJD <= 0.9 for the step; ours <= 1.2x the bare ``J @ J.T`` for the
 aggregation. Results and what they mean: the CHANGELOG (issue 10's step table).
 
 Usage: ``python benchmarks/bench_peers.py [--tasks 10,40] [--methods upgrad,mgda,...]
-[--part step|aggregate|both] [--params 10000000] [--task-backward loop|batched|both]
+[--part step|aggregate|both|solver] [--params 10000000] [--task-backward loop|batched|both]
 [--malloc keep|default]``
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import functools
 import resource
 import time
 from collections.abc import Callable
 
 import torch
-from common import TaskCNN, interleaved, one_batch, task_losses
+from common import TaskCNN, interleaved, keep_freed_memory, one_batch, task_losses
 
 import taskbalance as tb
+from taskbalance.balancing import solvers
 
 try:
     import torchjd.aggregation as jda
@@ -125,18 +132,6 @@ def torchjd_aggregator(name: str, T: int) -> jda.Aggregator | None:
         print(f"  (TorchJD {name}: {type(exc).__name__}: {str(exc).splitlines()[0]}; skipped)")
         return None
     return agg
-
-
-def keep_freed_memory() -> bool:
-    """Tell glibc's malloc to keep freed memory: no trimming of the heap's top, no ``mmap`` per
-    large block (both thresholds to 1 GiB). False where that is unavailable (not glibc)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's malloc.h
-    return bool(mallopt(m_trim_threshold, 1 << 30)) and bool(mallopt(m_mmap_threshold, 1 << 30))
 
 
 class Faults:
@@ -251,6 +246,42 @@ def step_table(args: argparse.Namespace, methods: list[str]) -> None:
                 )
 
 
+def solver_gramian(kind: str, T: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(T)
+    J = torch.randn(T, 512, generator=gen, dtype=torch.float64)
+    if kind == "shared":
+        J = J + 0.3 * torch.randn(512, generator=gen, dtype=torch.float64)
+        J[1::4] = -0.7 * J[0::4][: J[1::4].shape[0]] + 0.2 * J[1::4]  # conflicting pairs
+    return solvers.gramian(J)
+
+
+def solver_table(tasks: list[int], rounds: int) -> None:
+    """MGDA's solve on the Gramian: the default against the exact solver it replaced."""
+    print("\nMGDA's min-norm solve alone (T x T Gramian, float64), µs per call (process CPU time)")
+    print("| T | Gramian | support | auto µs | fallback µs (path) | fallback / auto |")
+    print("|---:|---|---:|---:|---:|---:|")
+    for T in tasks:
+        for kind in ("random", "shared"):
+            G = solver_gramian(kind, T)
+            old = "enumerate" if T <= solvers.ENUMERATE_MAX else "wolfe"
+            candidates: dict[str, Callable[[], object]] = {
+                "auto": functools.partial(solvers.min_norm_weights, G)
+            }
+            if T > 2:  # two tasks: the closed form, no fallback
+                candidates["old"] = functools.partial(solvers.min_norm_weights, G, old)
+            t = interleaved(candidates, rounds, 200 if T <= 10 else 50, clock=time.process_time)
+            support = int((solvers.min_norm_weights(G) > 0).sum())
+            fallback = (
+                f"{t['old'].median * 1e6:.0f} ({old}) | {t['old'].ratio(t['auto'])}"
+                if "old" in t
+                else "- | -"
+            )
+            print(
+                f"| {T} | {kind} | {support} | {t['auto'].median * 1e6:.0f} | {fallback} |",
+                flush=True,
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", default="10,40")
@@ -259,7 +290,8 @@ def main() -> None:
         default="upgrad,mgda,pcgrad,gradvac,imtl_g,aligned_mtl,graddrop,cagrad,nash_mtl,"
         "fairgrad,sdmgrad,modo,dualproj,config,excess_mtl,moco,db_mtl",
     )
-    parser.add_argument("--part", default="both", choices=["step", "aggregate", "both"])
+    parser.add_argument("--part", default="both", choices=["step", "aggregate", "both", "solver"])
+    parser.add_argument("--solver-tasks", default="2,3,5,10,20,40")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--per-round", type=int, default=1)
     parser.add_argument("--batch", type=int, default=16)
@@ -285,6 +317,8 @@ def main() -> None:
         f"threads={args.threads} rounds={args.rounds}x{args.per_round} clock=process CPU time; "
         f"malloc={malloc}; ratio = median (min-max over rounds)"
     )
+    if args.part == "solver":
+        solver_table([int(t) for t in args.solver_tasks.split(",")], args.rounds)
     if args.part in ("step", "both"):
         step_table(args, methods)
     if args.part in ("aggregate", "both"):

@@ -30,13 +30,17 @@ linear unit), all in one process, interleaved (see ``common.py``):
 
 Ratios are median (min-max over rounds) of a candidate / median of its base.
 
+``--malloc keep`` (default): glibc keeps freed memory (``common.keep_freed_memory``), so the
+batched and GradNorm columns (T-times larger temporaries) do not pay page faults that depend on
+the heap's history (see ``bench_peers.py``); ``--malloc default``: glibc's dynamic trimming.
+
 ``--trunk deep``: a ResNet-20-like shared part (19 convolutions, the last one, GradNorm's W,
 about 1/19 of the trunk's work, as in real networks) instead of the 3 convolutions (whose last
 is a third of it). ``--methods none``: only ``ew``, ``gradnorm`` and ``gn-floor`` (no floor).
 
 Usage: ``python benchmarks/bench_step.py [--tasks 2,3,5,10,20,40] [--heads conv,tiny]
 [--rounds 5] [--per-round 2] [--methods mgda|m1,m2|all|none] [--loss-methods none|m1,m2|all]
-[--trunk small|deep] [--device cpu]``
+[--trunk small|deep] [--device cpu] [--malloc keep|default]``
 """
 
 from __future__ import annotations
@@ -46,7 +50,14 @@ import time
 from collections.abc import Callable
 
 import torch
-from common import TaskCNN, gradnorm_flop_bound, interleaved, one_batch, task_losses
+from common import (
+    TaskCNN,
+    gradnorm_flop_bound,
+    interleaved,
+    keep_freed_memory,
+    one_batch,
+    task_losses,
+)
 
 import taskbalance as tb
 
@@ -186,8 +197,18 @@ def main() -> None:
     )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--malloc",
+        default="keep",
+        choices=["keep", "default"],
+        help="keep: glibc keeps freed memory (no page faults from heap trimming); "
+        "default: glibc's dynamic trimming",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    malloc = args.malloc
+    if malloc == "keep" and not keep_freed_memory():
+        malloc = "default (keep unavailable: not glibc)"
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     methods = (
@@ -208,7 +229,7 @@ def main() -> None:
     bound_rows: list[str] = []
     print(
         f"device={device} trunk={args.trunk} threads={args.threads} batch={args.batch} "
-        f"size={args.size} "
+        f"size={args.size} malloc={malloc} "
         f"rounds={args.rounds}x{args.per_round}; "
         f"clock={'wall' if device.type != 'cpu' else 'process CPU time'}; "
         "ratio = median (min-max over rounds)"

@@ -9,6 +9,7 @@ time after a synchronisation.
 
 from __future__ import annotations
 
+import ctypes
 import statistics
 import time
 from collections.abc import Callable
@@ -179,6 +180,18 @@ def interleaved(
             sync()
             samples[key].append((clock() - t0) / per_round)
     return {k: Timing(statistics.median(v), min(v), max(v)) for k, v in samples.items()}
+
+
+def keep_freed_memory() -> bool:
+    """Tell glibc's malloc to keep freed memory: no trimming of the heap's top, no ``mmap`` per
+    large block (both thresholds to 1 GiB). False where that is unavailable (not glibc)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's malloc.h
+    return bool(mallopt(m_trim_threshold, 1 << 30)) and bool(mallopt(m_mmap_threshold, 1 << 30))
 
 
 def peak_cpu_bytes(fn: Callable[[], object]) -> int:
