@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import tempfile
 import time
@@ -76,13 +77,34 @@ def run(
     train(config)
 
 
-def read(folder: Path) -> tuple[float, float]:
-    """Test MSE at the validation-selected epoch and the last epoch's training loss, both the
-    mean over the two tasks."""
+def read(folder: Path) -> dict[str, float]:
+    """One run's numbers, each the mean over the two tasks: ``test`` the test MSE at the
+    validation-selected epoch, ``test_last`` the test MSE and ``train`` the training loss of the
+    last epoch (the loss after a fixed number of steps, the quantity of the paper's figures)."""
     result = json.loads((folder / "results.json").read_text())
-    test = statistics.fmean(m["rmse"] ** 2 for m in result["test"].values())
-    train_loss = statistics.fmean(result["history"][-1]["train_loss"].values())
-    return test, train_loss
+    last = result["history"][-1]
+    return {
+        "test": statistics.fmean(m["rmse"] ** 2 for m in result["test"].values()),
+        "test_last": statistics.fmean(m["rmse"] ** 2 for m in last["test"].values()),
+        "train": statistics.fmean(last["train_loss"].values()),
+    }
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"3"`` -> seeds 0, 1, 2; ``"10-19"`` -> 10 to 19; ``"1000,1001"`` -> those."""
+    try:
+        if "," in text:
+            seeds = [int(s) for s in text.split(",")]
+        elif "-" in text:
+            first, last = (int(s) for s in text.split("-"))
+            seeds = list(range(first, last + 1))
+        else:
+            seeds = list(range(int(text)))
+    except ValueError:
+        seeds = []
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds {text!r}: give a count (3), a range (10-19) or a list (1,5,9)")
+    return seeds
 
 
 def mean_std(values: list[float]) -> str:
@@ -90,10 +112,104 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.fmean(values):.3f} ± {std:.3f}"
 
 
+def seeds_for_power(d_z: float, power: float = 0.8, alpha: float = 0.05) -> int | None:
+    """Smallest number of seed pairs at which a two-sided paired t-test at ``alpha`` rejects with
+    probability ``power`` when the true standardised effect is ``d_z`` (noncentral t)."""
+    from scipy import stats
+
+    if not math.isfinite(d_z) or d_z == 0:
+        return None
+    for n in range(2, 100_000):
+        crit = stats.t.ppf(1 - alpha / 2, n - 1)
+        nc = abs(d_z) * math.sqrt(n)
+        if stats.nct.sf(crit, n - 1, nc) + stats.nct.cdf(-crit, n - 1, nc) >= power:
+            return n
+    return None
+
+
+def paired_stats(diffs: list[float]) -> str:
+    """``mean [95 % CI] | p | d_z | seeds for 80 % power`` of paired differences."""
+    from scipy import stats
+
+    test = paired_t_test(diffs)
+    if test is None:
+        return "n/a | n/a | n/a | n/a"
+    n, mean, std = test["n"], test["mean"], test["std"]
+    half = stats.t.ppf(0.975, n - 1) * std / math.sqrt(n)
+    d_z = mean / std if std > 0 else math.inf
+    need = seeds_for_power(d_z)
+    return (
+        f"{mean:+.3f} [{mean - half:+.3f}, {mean + half:+.3f}] | {test['p']:.3g} | "
+        f"{d_z:+.2f} | {need if need is not None else '—'}"
+    )
+
+
+def train_all(args: argparse.Namespace, out: Path) -> None:
+    for p in args.correlation_list:
+        for seed in args.seed_list:
+            for arch in args.arch_list:  # interleaved: the same data seed for every architecture
+                run(arch, p, seed, args, out)
+                r = read(run_dir(out, arch, p, seed))
+                print(
+                    f"p={p:g} seed={seed} {arch}: test MSE {r['test']:.4f} (last epoch "
+                    f"{r['test_last']:.4f}), train loss {r['train']:.4f}",
+                    flush=True,
+                )
+
+
+def collect(args: argparse.Namespace, out: Path) -> dict[str, dict[str, dict[str, list[float]]]]:
+    """``{correlation: {arch: {metric: [value per seed]}}}``."""
+    summary: dict[str, dict[str, dict[str, list[float]]]] = {}
+    for p in args.correlation_list:
+        row = summary.setdefault(f"{p:g}", {})
+        for a in args.arch_list:
+            values = [read(run_dir(out, a, p, s)) for s in args.seed_list]
+            row[a] = {m: [v[m] for v in values] for m in METRICS}
+    return summary
+
+
+def print_means(args: argparse.Namespace, summary: dict) -> None:
+    archs = args.arch_list
+    cols = " | ".join(f"{a} {m}" for m in METRICS for a in archs)
+    print(f"| correlation | {cols} |")
+    print("|---|" + "---|" * (len(METRICS) * len(archs)))
+    for p, row in summary.items():
+        print(f"| {p} | " + " | ".join(mean_std(row[a][m]) for m in METRICS for a in archs) + " |")
+
+
+def print_paired(summary: dict) -> None:
+    """Paired hard − MMoE per correlation and, per seed, its growth against the highest
+    correlation (does the gap widen as the tasks become less related?)."""
+    gaps = {
+        p: {
+            m: [h - x for h, x in zip(row["hard"][m], row["mmoe"][m], strict=True)] for m in METRICS
+        }
+        for p, row in summary.items()
+    }
+    top = max(gaps, key=float)
+    print("\n| correlation | metric | hard − mmoe [95 % CI] | p | d_z | seeds for 80 % power |")
+    print("|---|---|---|---|---|---|")
+    for p, per_metric in gaps.items():
+        for m, diffs in per_metric.items():
+            print(f"| {p} | {m} | {paired_stats(diffs)} |")
+    print(f"\n| correlation | metric | gap − gap at p = {top} [95 % CI] | p | d_z | seeds |")
+    print("|---|---|---|---|---|---|")
+    for p, per_metric in gaps.items():
+        if p == top:
+            continue
+        for m, diffs in per_metric.items():
+            growth = [d - t for d, t in zip(diffs, gaps[top][m], strict=True)]
+            print(f"| {p} | {m} | {paired_stats(growth)} |")
+
+
+#: the numbers :func:`read` returns for each run
+METRICS = ("test", "test_last", "train")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--correlations", default="0.0,0.5,0.9,1.0")
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seeds", default="3", help="a count (3), a range (10-19) or a list")
     parser.add_argument("--archs", default="hard,mmoe", help=f"from {', '.join(ARCHS)}")
     parser.add_argument("--train", type=int, default=8000, help="training samples")
     parser.add_argument("--epochs", type=int, default=100)
@@ -102,49 +218,27 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="run folder (default: a temporary one)")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    correlations = [float(p) for p in args.correlations.split(",")]
-    archs = args.archs.split(",")
-    unknown = [a for a in archs if a not in ARCHS]
+    args.correlation_list = [float(p) for p in args.correlations.split(",")]
+    args.arch_list = args.archs.split(",")
+    unknown = [a for a in args.arch_list if a not in ARCHS]
     if unknown:
         parser.error(f"unknown architecture(s) {unknown}; choose from {', '.join(ARCHS)}")
+    try:
+        args.seed_list = parse_seeds(args.seeds)
+    except ValueError as err:
+        parser.error(str(err))
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="mmoe-synthetic-"))
     start = time.perf_counter()
-    for p in correlations:
-        for seed in range(args.seeds):
-            for arch in archs:  # interleaved: the same data seed for every architecture
-                run(arch, p, seed, args, out)
-                test, train_loss = read(run_dir(out, arch, p, seed))
-                print(
-                    f"p={p:g} seed={seed} {arch}: test MSE {test:.4f}, train loss {train_loss:.4f}",
-                    flush=True,
-                )
+    train_all(args, out)
     print(
-        f"\n{time.perf_counter() - start:.0f}s. Test MSE at the validation-selected epoch and "
-        f"training loss of the last epoch (MSE, mean of the two tasks), {args.seeds} seeds.\n"
+        f"\n{time.perf_counter() - start:.0f}s. MSE, mean of the two tasks, seeds "
+        f"{args.seeds}: test = at the validation-selected epoch, test_last = last epoch, "
+        "train = training loss of the last epoch.\n"
     )
-    summary: dict[str, dict[str, dict[str, list[float]]]] = {}
-    cols = " | ".join(f"{a} test" for a in archs) + " | " + " | ".join(f"{a} train" for a in archs)
-    paired = "hard" in archs and "mmoe" in archs
-    head = " test hard − mmoe per seed (mean) | paired t (p) |" if paired else ""
-    print(f"| correlation | {cols} |" + head)
-    print("|---|" + "---|" * (2 * len(archs)) + ("---|---|" if paired else ""))
-    for p in correlations:
-        row = summary.setdefault(f"{p:g}", {})
-        for a in archs:
-            values = [read(run_dir(out, a, p, s)) for s in range(args.seeds)]
-            row[a] = {"test_mse": [v[0] for v in values], "train_loss": [v[1] for v in values]}
-        cells = [mean_std(row[a]["test_mse"]) for a in archs]
-        cells += [mean_std(row[a]["train_loss"]) for a in archs]
-        line = f"| {p:g} | " + " | ".join(cells) + " |"
-        if paired:
-            diffs = [
-                h - m for h, m in zip(row["hard"]["test_mse"], row["mmoe"]["test_mse"], strict=True)
-            ]
-            ttest = paired_t_test(diffs)
-            line += " " + ", ".join(f"{d:+.3f}" for d in diffs)
-            line += f" ({statistics.fmean(diffs):+.3f}) |"
-            line += " n/a |" if ttest is None else f" {ttest['t']:.2f} ({ttest['p']:.3f}) |"
-        print(line)
+    summary = collect(args, out)
+    print_means(args, summary)
+    if "hard" in args.arch_list and "mmoe" in args.arch_list and len(args.seed_list) > 1:
+        print_paired(summary)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"\nruns and summary.json in {out}")
 
