@@ -406,5 +406,96 @@ def test_compare_refuses_an_uncreatable_method_before_training(tmp_path, capsys)
     assert not out.exists()  # not even the single-task baselines were trained
 
 
+def test_compare_option_reaches_its_method_runs_only(tmp_path, capsys, monkeypatch):
+    # compare took no method options: static (weights) and cagrad with another c could not be
+    # compared from the command line
+    import taskbalance.experiments.timing as timing
+
+    timed: dict = {}
+    measure = timing.measure_step_times
+
+    def spy(configs, **kwargs):
+        timed.update(configs)
+        return measure(configs, **kwargs)
+
+    monkeypatch.setattr(timing, "measure_step_times", spy)
+    out = tmp_path / "cmp"
+    argv = ["compare", "--methods", "static,ew", "--seeds", "1", *TINY, "--out", str(out)]
+    assert main([*argv, "--option", "static.weights=0.25,1.75"]) == 0
+    static = _load(out / "runs" / "static" / "seed0" / "results.json")
+    assert static["config"]["method_options"] == {"weights": [0.25, 1.75]}
+    for epoch in static["history"]:  # the run's weights are the given ones
+        assert epoch["weights"] == pytest.approx({"left": 0.25, "right": 1.75})
+    assert _load(out / "runs" / "ew" / "seed0" / "results.json")["config"]["method_options"] == {}
+    for task in ("left", "right"):
+        baseline = _load(out / "baselines" / task / "seed0" / "results.json")
+        assert baseline["config"]["method_options"] == {}
+    assert timed["static"]["method_options"] == {"weights": [0.25, 1.75]}  # timed as trained
+    assert "method_options" not in timed["ew"]
+    saved = _load(out / "results.json")
+    assert saved["method_options"] == {"static": {"weights": [0.25, 1.75]}}
+    assert saved["leaderboard"]["method_options"] == saved["method_options"]
+    assert "Method options (every seed's run): static weights=[0.25, 1.75]." in (
+        out / "leaderboard.md"
+    ).read_text()
+    # another value of the option is another run: refused, the stored run is not reused
+    stamp = (out / "runs" / "static" / "seed0" / "results.json").stat().st_mtime_ns
+    capsys.readouterr()
+    again = [*argv, "--option", "static.weights=1,1", "--no-timing"]
+    _user_error(capsys, again, "other settings", "method_options", "--overwrite")
+    assert (out / "runs" / "static" / "seed0" / "results.json").stat().st_mtime_ns == stamp
+
+
+def test_compare_option_user_errors(tmp_path, capsys):
+    base = ["compare", "--methods", "cagrad,ew", *TINY, "--out", str(tmp_path / "never")]
+    _user_error(capsys, [*base, "--option", "c=0.2"], "METHOD.KEY=VALUE", "'c=0.2'")
+    _user_error(capsys, [*base, "--option", "pcgrad.seed=1"], "'pcgrad'", "--methods")
+    _user_error(capsys, [*base, "--option", "cagrad.foo=1"], "cagrad.foo", "'foo'", "c,")
+    _user_error(capsys, [*base, "--option", "cagrad.c=-1"], "cagrad.c=-1", ">= 0")
+    twice = ["--option", "cagrad.c=0.1", "--option", "cagrad.c=0.2"]
+    _user_error(capsys, [*base, *twice], "cagrad.c", "twice")
+    assert not (tmp_path / "never").exists()
+
+
+def test_compare_refuses_double_sampling_under_torchrun_before_training(
+    tmp_path, capsys, monkeypatch
+):
+    # modo and sdmgrad sample three sub-batches a step by default, which a distributed step
+    # cannot take: compare --nproc trained every earlier run, then stopped at modo's naming
+    # train's --option, which compare did not take
+    import taskbalance.training.distributed_run as distributed_run
+
+    monkeypatch.setattr(distributed_run, "in_process_group", lambda: True)  # as under torchrun
+    out = tmp_path / "never"
+    argv = ["compare", "--methods", "ew,modo,sdmgrad", *TINY, "--out", str(out)]
+    fix = "--option modo.sampling=single --option sdmgrad.sampling=single on the taskbalance "
+    both = "methods 'modo', 'sdmgrad': sampling="
+    line = _user_error(capsys, argv, both, "distributed step", fix)
+    assert "train command line" not in line
+    one = [*argv, "--option", "modo.sampling=single"]
+    line = _user_error(capsys, one, "method 'sdmgrad'", "--option sdmgrad.sampling=single")
+    assert "'modo'" not in line
+    assert not out.exists()  # not even the single-task baselines were trained
+
+
+def test_compare_labels_takes_the_method_options(tmp_path, capsys):
+    # the partial-label workflows' batches label different tasks in their three parts: modo
+    # trained the fully labelled reference, then stopped in the masked run
+    out = tmp_path / "wf"
+    argv = ["compare", "--labels", "left=0.5", "--workflows", "masked", "--methods", "modo"]
+    argv += [*TINY, "--out", str(out)]
+    fix = "--option modo.sampling=single on the taskbalance compare --labels command line"
+    _user_error(capsys, argv, "'modo'", "partial labels of ['left']", fix)
+    assert not out.exists()
+    _user_error(capsys, [*argv, "--option", "ew.seed=1"], "ew", "modo.KEY=VALUE")
+    assert main([*argv, "--option", "modo.sampling=single"]) == 0
+    saved = _load(out / "results.json")
+    assert saved["settings"]["method_options"] == {"sampling": "single"}
+    assert "method modo sampling='single'" in (out / "workflows.md").read_text()
+    for run in ("full", "masked"):
+        config = _load(out / "runs" / run / "results.json")["config"]
+        assert config["method_options"] == {"sampling": "single"}, run
+
+
 def test_train_steps_and_all_steps_conflict(capsys):
     _user_error(capsys, ["train", "--steps", "2", "--all-steps"], "--all-steps")

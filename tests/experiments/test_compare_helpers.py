@@ -37,6 +37,29 @@ def test_resolve_methods():
         compare.resolve_methods("ew,ew", 2)
 
 
+def test_resolve_methods_all_takes_a_method_usable_with_its_options():
+    everything = compare.resolve_methods("all", 2, options={"static": {"weights": [1.0, 3.0]}})
+    assert set(everything) == set(taskbalance.available_methods())
+
+
+def test_compare_refuses_double_sampling_in_rep_mode_before_training(tmp_path):
+    # known from the settings alone: refused before the first run (a baseline) trains, with
+    # compare's fix; with that fix the plan is accepted
+    out = tmp_path / "never"
+    settings = compare.CompareSettings(
+        methods="ew,modo", seeds=[0], epochs=1, steps=1, size="tiny", out_dir=out,
+        extra={"mode": "rep"},
+    )  # fmt: skip
+    fix = r"--option modo\.sampling=single on the taskbalance compare command line"
+    with pytest.raises(ValueError, match=rf"method 'modo' .*rep mode.*{fix}"):
+        compare.run_compare(settings, log=lambda _: None)
+    assert not out.exists()
+    base = compare.base_config(settings)
+    options = {"modo": {"sampling": "single"}}
+    plan = compare._plan(out, base, [0], ["left", "right"], ["ew", "modo"], options)
+    assert [cfg.get("method_options") for _, _, cfg in plan] == [None, None, None, options["modo"]]
+
+
 def test_parse_pareto(info):
     assert compare.parse_pareto(None, info) == (("left", "accuracy"), ("right", "accuracy"))
     assert compare.parse_pareto("right,left.accuracy", info) == (

@@ -36,20 +36,38 @@ __all__ = [
 ]
 
 
-def single_sampling_error(name: str, problem: str, *, config: bool = False) -> ValueError:
-    """The one refusal of double sampling for method ``name``: ``problem`` says what cannot
-    take three independent sub-batches a step; the fix is ``sampling='single'``, named in
-    Python and, for a run made from a config or the command line (``config``), as the method
-    option there too."""
-    fix = f"taskbalance.create({name!r}, T, sampling='single')"
-    if config:
+def single_sampling_error(
+    name: str | Sequence[str], problem: str, *, command: str | None = None
+) -> ValueError:
+    """The one refusal of double sampling for method ``name`` (or several methods): ``problem``
+    says what cannot take three independent sub-batches a step; the fix is
+    ``sampling='single'``, named in Python and, for a run of the command line or a config
+    (``command``: ``"train"``), a method comparison (``"compare"``) or a partial-label workflow
+    comparison (``"compare --labels"``), as the option there too."""
+    names = [name] if isinstance(name, str) else list(name)
+    fix = " and ".join(f"taskbalance.create({n!r}, T, sampling='single')" for n in names)
+    if command == "train":
         fix = (
             "--option sampling=single on the taskbalance train command line, method_options: "
             f"{{sampling: single}} in a config file, or {fix} in Python"
         )
+    elif command in ("compare", "compare --labels"):
+        flags = " ".join(f"--option {n}.sampling=single" for n in names)
+        python = (
+            "compare_workflows(..., method_options={'sampling': 'single'})"
+            if command == "compare --labels"
+            else "CompareSettings(method_options={"
+            + ", ".join(f"{n!r}: {{'sampling': 'single'}}" for n in names)
+            + "})"
+        )
+        fix = f"{flags} on the taskbalance {command} command line, or {python} in Python"
+    elif command is not None:
+        raise ValueError(f"unknown command {command!r}: 'train', 'compare' or 'compare --labels'")
+    which = ", ".join(repr(n) for n in names)
+    subject = f"method {which} with" if len(names) == 1 else f"methods {which}:"
     return ValueError(
-        f"method {name!r} with sampling='independent' (three independent sub-batches a step) "
-        f"{problem}; use sampling='single' ({fix})"
+        f"{subject} sampling='independent' (three independent sub-batches a step) {problem}; "
+        f"use sampling='single' ({fix})"
     )
 
 

@@ -16,6 +16,7 @@ from taskbalance.cli._common import (
     data_name,
     data_settings,
     explicit_dests,
+    key_value,
     log,
     non_negative_int,
     optional_training_options,
@@ -68,9 +69,11 @@ def add_command(sub: Any, defaults: dict[str, Any]) -> None:
     p.add_argument(
         "--methods",
         default=None,
-        help="'all' (every method usable without options) or a list m1,m2,... "
+        help="'all' (every method usable without options or with its --option) or a list "
+        "m1,m2,... "
         f"(default: {','.join(STANDARD_METHODS)})",
     )
+    _add_option_flag(p)
     p.add_argument(
         "--seeds",
         type=_seeds,
@@ -109,6 +112,18 @@ def add_command(sub: Any, defaults: dict[str, Any]) -> None:
         p, defaults=defaults, out_help="output folder (default: runs/compare-<benchmark>)"
     )
     p.set_defaults(func=run)
+
+
+def _add_option_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--option",
+        action="append",
+        type=_method_option,
+        default=None,
+        metavar="METHOD.KEY=VALUE",
+        help="an option of one compared method's runs, repeatable (values read as YAML; a,b,c "
+        "is a list), e.g. --option cagrad.c=0.2 --option static.weights=0.7,1.3",
+    )
 
 
 def _add_workflow_flags(p: argparse.ArgumentParser) -> None:
@@ -193,6 +208,7 @@ def _compare_settings(args: argparse.Namespace, out_dir: Path) -> Any:
         pareto=args.pareto,
         jobs=args.jobs,
         timing=not args.no_timing,
+        method_options=_method_options(args.option),
     )
     if args.recipe is not None:
         settings = _recipe_settings(args, settings)
@@ -247,6 +263,13 @@ def _compare_workflows(args: argparse.Namespace) -> int:
                 f"name (got {args.methods!r})"
             )
         method = names[0]
+    options = _method_options(args.option)
+    stray = sorted(set(options) - {method})
+    if stray:
+        raise UserError(
+            f"--option for method(s) {', '.join(stray)}, which the workflows do not train "
+            f"(method: {method}); give options as {method}.KEY=VALUE or change --methods"
+        )
     out_dir = out_folder(
         args, f"workflows-{args.benchmark}", _WORKFLOW_FILES, "workflow comparison"
     )
@@ -260,6 +283,7 @@ def _compare_workflows(args: argparse.Namespace) -> int:
         steps=args.steps,
         seed=args.seeds[0],
         method=method,
+        method_options=options.get(method),
         size=args.size,
         device=args.device,
         out_dir=str(out_dir),
@@ -271,6 +295,28 @@ def _compare_workflows(args: argparse.Namespace) -> int:
     if result.out_dir is not None:
         print(f"report:  {result.out_dir / 'workflows.md'}")
     return 0
+
+
+def _method_option(text: str) -> tuple[str, str, Any]:
+    """``METHOD.KEY=VALUE`` -> ``(method, key, value)`` (the value as train's ``--option``)."""
+    name, value = key_value(text)
+    method, dot, key = name.partition(".")
+    if not dot or not method.strip() or not key.strip():
+        raise argparse.ArgumentTypeError(
+            f"expected METHOD.KEY=VALUE (the method whose runs take the option, e.g. "
+            f"cagrad.c=0.2), got {text!r}"
+        )
+    return method.strip(), key.strip(), value
+
+
+def _method_options(given: list[tuple[str, str, Any]] | None) -> dict[str, dict[str, Any]]:
+    """``{method: {key: value}}`` of compare's ``--option`` flags (a key given twice refused)."""
+    options: dict[str, dict[str, Any]] = {}
+    for method, key, value in given or []:
+        if key in options.setdefault(method, {}):
+            raise UserError(f"--option {method}.{key} given twice; give it once")
+        options[method][key] = value
+    return options
 
 
 def _seeds(text: str) -> list[int]:

@@ -117,13 +117,17 @@ def task_info(benchmark: str | Mapping[str, Any], size: Any = "default") -> Task
 
 
 def resolve_methods(
-    spec: str | Sequence[str] | None, num_tasks: int, log: Log = print
+    spec: str | Sequence[str] | None,
+    num_tasks: int,
+    log: Log = print,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> list[str]:
     """Method names from ``"all"``, ``"m1,m2"``, a list, or ``None`` (the standard methods).
 
     ``all`` is every registered method that can be created without options (``static`` needs
-    weights). ``None`` keeps the standard methods that are registered and notes the others. An
-    explicitly named unknown method is a ``ValueError`` listing the available ones.
+    weights), or has some in ``options`` (``{method: {key: value}}``). ``None`` keeps the
+    standard methods that are registered and notes the others. An explicitly named unknown
+    method is a ``ValueError`` listing the available ones.
     """
     import taskbalance
 
@@ -136,6 +140,9 @@ def resolve_methods(
     elif isinstance(spec, str) and spec.strip() == "all":
         methods = []
         for name in available:
+            if name in (options or {}):  # usable with its options (checked later)
+                methods.append(name)
+                continue
             try:
                 taskbalance.create(name, num_tasks)
             except (ValueError, TypeError):
@@ -222,6 +229,8 @@ class CompareSettings:
     timing_steps: int = TIMING_STEPS
     extra: dict[str, Any] = field(default_factory=dict)  # more TrainConfig fields
     recipe: str | None = None  # its published rows are printed beside ours (published.py)
+    # {method: {option: value}}: taskbalance.create's options of that method's runs
+    method_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -309,7 +318,7 @@ def run_compare(settings: CompareSettings, log: Log = print) -> CompareResult:
     s = settings
     base = base_config(s)
     info = task_info(base)
-    methods = resolve_methods(s.methods, len(info.names), log)
+    methods = resolve_methods(s.methods, len(info.names), log, s.method_options)
     pareto = parse_pareto(s.pareto, info)
     seeds = list(s.seeds)
     if not seeds or len(set(seeds)) != len(seeds):
@@ -320,7 +329,8 @@ def run_compare(settings: CompareSettings, log: Log = print) -> CompareResult:
         f"compare on {data_name(base)}: {len(methods)} methods x {len(seeds)} seed(s) + "
         f"{len(info.names)} single-task baselines = {total} runs -> {out}"
     )
-    plan = _plan(out, base, seeds, info.names, methods)
+    options = check_method_options(s.method_options, methods, len(info.names))
+    plan = _plan(out, base, seeds, info.names, methods, options)
     rank = _compare_rank(s.jobs)  # under torchrun: every run trains over every rank in turn
     jobs, threads = resolve_jobs(s.jobs, s.device, len(plan)) if rank is None else (1, 1)
     if jobs > 1:
@@ -328,23 +338,21 @@ def run_compare(settings: CompareSettings, log: Log = print) -> CompareResult:
     results_list = _run_plan(plan, jobs, threads, log)
     if rank:  # rank 0 alone reports
         return CompareResult(out, {}, "", {}, time.perf_counter() - start)
-    baseline_runs: dict[str, list[dict[str, Any]]] = {t: [] for t in info.names}
-    method_runs: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
-    for (key, _, _), results in zip(plan, results_list, strict=True):
-        kind, _, name = key.partition(":")
-        (baseline_runs if kind == "task" else method_runs)[name].append(results)
-
+    baseline_runs, method_runs = _by_kind(plan, results_list, info.names, methods)
     timing = None
     if s.timing and rank is None:  # under torchrun, times per step are the runs' own
         timing = _timing_pass(
-            base, seeds[0], methods, info.names, threads, log, s.timing_rounds, s.timing_steps
-        )
+            base, seeds[0], methods, info.names, threads, log, s.timing_rounds, s.timing_steps,
+            options,
+        )  # fmt: skip
     board = build_leaderboard(
         method_runs,
         baseline_runs,
         info.higher_is_better,
         timing=None if timing is None else timing["seconds"],
     )
+    if options:  # the leaderboard says which options a method ran with
+        board["method_options"] = options
     if base.get("final_epochs"):  # the MTAN protocol (a recipe), not the validation rule
         board["final_rule"] = f"as each metric's mean over the last {base['final_epochs']} epochs"
     sharing = _measure_sharing({**base, "method": "ew", "seed": seeds[0], "out_dir": str(out)})
@@ -361,6 +369,7 @@ def run_compare(settings: CompareSettings, log: Log = print) -> CompareResult:
     payload = {
         "benchmark": data_name(base),
         "methods": methods,
+        "method_options": options,
         "seeds": seeds,
         "settings": json.loads(json.dumps(base, default=str)),
         "leaderboard": board,
@@ -377,6 +386,21 @@ def run_compare(settings: CompareSettings, log: Log = print) -> CompareResult:
     }
     atomic_write_text(out / "results.json", json.dumps(payload, indent=2))
     return CompareResult(out, board, markdown, figures, seconds, runs, baselines)
+
+
+def _by_kind(
+    plan: Sequence[tuple[str, str, dict[str, Any]]],
+    results: Sequence[dict[str, Any]],
+    tasks: Sequence[str],
+    methods: Sequence[str],
+) -> tuple[dict[str, list[dict[str, Any]]], dict[str, list[dict[str, Any]]]]:
+    """The results of ``plan``'s runs: ``({task: baselines}, {method: runs})``, seeds in order."""
+    baseline_runs: dict[str, list[dict[str, Any]]] = {t: [] for t in tasks}
+    method_runs: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
+    for (key, _, _), run in zip(plan, results, strict=True):
+        kind, _, name = key.partition(":")
+        (baseline_runs if kind == "task" else method_runs)[name].append(run)
+    return baseline_runs, method_runs
 
 
 def _published(recipe: str | None, board: dict[str, Any]) -> str:
@@ -404,14 +428,57 @@ def _compare_rank(jobs: int | None) -> int | None:
     return rank_and_world()[0]
 
 
+def method_config(
+    base: Mapping[str, Any], method: str, options: Mapping[str, Mapping[str, Any]], **more: Any
+) -> dict[str, Any]:
+    """The ``TrainConfig`` dict of ``method``'s runs: ``base`` with the method and its options
+    (``options[method]``, over any ``method_options`` of ``base``) and ``more``."""
+    cfg = {**base, "method": method, **more}
+    if options.get(method):
+        cfg["method_options"] = {**(base.get("method_options") or {}), **options[method]}
+    return cfg
+
+
+def check_method_options(
+    options: Mapping[str, Mapping[str, Any]], methods: Sequence[str], num_tasks: int
+) -> dict[str, dict[str, Any]]:
+    """``options`` (``{method: {key: value}}``) validated against the compared ``methods``
+    (each created with its options now, before anything trains), as plain dicts."""
+    import taskbalance
+
+    if not isinstance(options, Mapping):
+        raise ValueError(f"method_options must map a method to its options, got {options!r}")
+    stray = [m for m in options if m not in methods]
+    if stray:
+        raise ValueError(
+            f"options given for method(s) {', '.join(map(repr, stray))}, which the comparison "
+            f"does not train (methods: {', '.join(methods)}); add them to --methods or remove "
+            "their --option"
+        )
+    checked: dict[str, dict[str, Any]] = {}
+    for method, given in options.items():
+        if not isinstance(given, Mapping):
+            raise ValueError(f"options of method {method!r} must be a mapping, got {given!r}")
+        try:
+            taskbalance.create(method, num_tasks, **given)
+        except (TypeError, ValueError) as err:
+            text = ", ".join(f"{method}.{k}={v!r}" for k, v in given.items())
+            raise ValueError(f"--option {text}: {err}") from None
+        checked[method] = dict(given)
+    return checked
+
+
 def _plan(
-    out: Path, base: dict[str, Any], seeds: list[int], tasks: list[str], methods: list[str]
+    out: Path,
+    base: dict[str, Any],
+    seeds: list[int],
+    tasks: list[str],
+    methods: list[str],
+    options: Mapping[str, Mapping[str, Any]],
 ) -> list[tuple[str, str, dict[str, Any]]]:
     """``(key, label, config)`` of every run, baselines first; validated before anything
-    trains (a method that cannot be created, e.g. static without weights, fails now)."""
-    import taskbalance
-    from taskbalance.training import TrainConfig
-
+    trains (a method that cannot be created, e.g. static without weights, or that cannot
+    sample as asked in these runs, fails now)."""
     plan: list[tuple[str, str, dict[str, Any]]] = []
     for seed in seeds:
         for task in tasks:
@@ -420,13 +487,37 @@ def _plan(
             plan.append((f"task:{task}", f"single-task {task} seed{seed}", cfg))
         for method in methods:
             folder = out / "runs" / method / f"seed{seed}"
-            cfg = {**base, "method": method, "seed": seed, "out_dir": str(folder)}
+            cfg = method_config(base, method, options, seed=seed, out_dir=str(folder))
             plan.append((f"method:{method}", f"{method} seed{seed}", cfg))
+    _check_runs(plan, len(tasks))
+    return plan
+
+
+def _check_runs(plan: Sequence[tuple[str, str, dict[str, Any]]], num_tasks: int) -> None:
+    """Create every run's method; refuse, in one error naming every such method, the
+    double-sampling methods that these runs cannot train (under torchrun, in rep mode, with
+    partial labels), naming compare's fix."""
+    import taskbalance
+    from taskbalance.balancing.independent_step import single_sampling_error
+    from taskbalance.training import TrainConfig
+    from taskbalance.training.distributed_run import in_process_group
+    from taskbalance.training.runner import double_sampling_problem
+
+    refused: dict[str, list[str]] = {}  # problem -> methods
     for _, _, cfg in plan:
         config = TrainConfig.from_dict(cfg)
-        num_tasks = len(config.tasks) if config.tasks is not None else len(tasks)
-        taskbalance.create(config.method, num_tasks, **config.method_options)
-    return plan
+        tasks = len(config.tasks) if config.tasks is not None else num_tasks
+        method = taskbalance.create(config.method, tasks, **config.method_options)
+        # the mode the runner chooses (choose_mode) without building the model: a model
+        # without one shared representation only changes it for a method preferring rep
+        mode = config.mode if config.mode in ("param", "rep") else "param"
+        if config.mode in (None, "auto") and method.prefers_rep_mode:
+            mode = "rep"
+        problem = double_sampling_problem(config, method, mode, in_process_group())
+        if problem is not None and config.method not in refused.get(problem, []):
+            refused.setdefault(problem, []).append(config.method)
+    for problem, methods in refused.items():
+        raise single_sampling_error(methods, problem, command="compare")
 
 
 def _title(s: CompareSettings, n_methods: int, n_seeds: int, base: Mapping[str, Any]) -> str:
@@ -541,15 +632,16 @@ def _timing_pass(
     log: Log,
     rounds: int = TIMING_ROUNDS,
     steps: int = TIMING_STEPS,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """:func:`~taskbalance.experiments.timing.measure_step_times` of every method and every
     single-task network (``"single-task/<task>"``) with ``threads`` torch threads, the setting
-    each run trained with."""
+    each run trained with (each method with its ``options``)."""
     import torch
 
     from .timing import measure_step_times
 
-    configs: dict[str, dict[str, Any]] = {m: {**base, "method": m, "seed": seed} for m in methods}
+    configs = {m: method_config(base, m, options or {}, seed=seed) for m in methods}
     for task in tasks:
         configs[f"single-task/{task}"] = {**base, "method": "ew", "tasks": [task], "seed": seed}
     for cfg in configs.values():

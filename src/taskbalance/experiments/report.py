@@ -660,6 +660,16 @@ def _leaderboard_notes(board: Mapping[str, Any], seeds: int, alpha: float) -> li
     ]
     if excluded:
         notes.append("Not in Δm: " + "; ".join(f"{m} ({why})" for m, why in excluded.items()) + ".")
+    options = board.get("method_options") or {}
+    if options:
+        notes.append(
+            "Method options (every seed's run): "
+            + "; ".join(
+                f"{m} " + ", ".join(f"{k}={v!r}" for k, v in opts.items())
+                for m, opts in options.items()
+            )
+            + "."
+        )
     if seeds > 1:
         crit = critical_t(seeds, alpha)
         notes.append(

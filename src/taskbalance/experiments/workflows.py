@@ -222,6 +222,7 @@ def train_masked(
     train_set: Any | None = None,
     *,
     method: str = "ew",
+    method_options: Mapping[str, Any] | None = None,
     epochs: int = 3,
     steps: int | None = None,
     batch_size: int = 64,
@@ -245,6 +246,7 @@ def train_masked(
     config = {
         "benchmark": _registered(benchmark),
         "method": method,
+        "method_options": dict(method_options or {}),
         "epochs": epochs,
         "steps": steps,
         "batch_size": batch_size,
@@ -268,6 +270,7 @@ def train_staged(
     benchmark: Any,
     *,
     method: str = "ew",
+    method_options: Mapping[str, Any] | None = None,
     epochs: int = 3,
     rest_epochs: int | None = None,
     finetune_rounds: int = 0,
@@ -305,6 +308,7 @@ def train_staged(
         schedule,
         *loaders,
         method=method,
+        method_options=method_options,
         lr=lr,
         steps=steps,
         device=device,
@@ -447,6 +451,7 @@ def compare_workflows(
     size: Any = "default",
     cache_dir: str | None = None,
     method: str = "ew",
+    method_options: Mapping[str, Any] | None = None,
     batch_size: int = 64,
     lr: float = 1e-3,
     device: str = "cpu",
@@ -467,6 +472,8 @@ def compare_workflows(
         workflows: among ``masked``, ``staged``, ``annotated``.
         epochs, steps, batch_size, lr, method, device: every run's training (a staged run trains
             ``epochs`` per stage; see :func:`train_staged`).
+        method_options: ``taskbalance.create``'s options of ``method`` (a method sampling three
+            sub-batches a step is refused: the batches are partially labelled).
         finetune_rounds: fine-tuning rounds appended to the staged schedule.
         teacher_epochs: epochs of each annotation teacher (default: ``epochs`` divided by the
             smallest label fraction, at most ``5 * epochs``: about as many steps as a full run,
@@ -489,8 +496,9 @@ def compare_workflows(
     bench, partial, fractions = _benchmark_and_labels(benchmark, labels, seed, size, cache_dir)
     common: dict[str, Any] = dict(
         method=method, epochs=epochs, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
-        device=device,
-    )
+        device=device, **({"method_options": dict(method_options)} if method_options else {}),
+    )  # method_options only when given; in every run's identity: other options, other runs
+    _check_method(method, common.get("method_options", {}), bench, fractions)
     say(
         f"workflows on {bench.name} ({len(bench.train)} training samples), labels {fractions}: "
         f"{', '.join(names)} + the fully labelled reference"
@@ -501,11 +509,7 @@ def compare_workflows(
     teachers = (teacher_epochs, teacher_width, threshold)
     runs = plan.run_all(names, say, finetune_rounds, *teachers, extra)
     rows = _rows(runs, bench.tasks)
-    title = (
-        f"{bench.name}: labels {', '.join(f'{t}={f:g}' for t, f in fractions.items())}, "
-        f"{epochs} epoch(s){'' if steps is None else f' x {steps} steps'}, method {method}; "
-        "test metrics after the last epoch, Δ against full labels"
-    )
+    title = _title(bench.name, fractions, common)
     markdown = workflow_table(rows, bench.tasks, title=title)
     seconds = time.perf_counter() - start
     if root is not None:
@@ -513,6 +517,41 @@ def compare_workflows(
         payload = {"benchmark": bench.name, "labels": fractions, "workflows": list(names)}
         _write(root, markdown, {**payload, **_results(settings, rows, seconds), **extra})
     return WorkflowComparison(rows, markdown, root, seconds, dict(fractions))
+
+
+def _title(name: str, fractions: Mapping[str, float], common: Mapping[str, Any]) -> str:
+    steps = common["steps"]
+    options = common.get("method_options") or {}
+    return (
+        f"{name}: labels {', '.join(f'{t}={f:g}' for t, f in fractions.items())}, "
+        f"{common['epochs']} epoch(s){'' if steps is None else f' x {steps} steps'}, method "
+        + " ".join([common["method"], *(f"{k}={v!r}" for k, v in options.items())])
+        + "; test metrics after the last epoch, Δ against full labels"
+    )
+
+
+def _check_method(
+    method: str, options: Mapping[str, Any], bench: Any, fractions: Mapping[str, float]
+) -> None:
+    """``method`` created with ``options`` before anything trains (a bad option fails now); a
+    method sampling three sub-batches a step is refused: the workflows' batches are partially
+    labelled, so the parts of one label different tasks."""
+    import taskbalance
+    from taskbalance.balancing.independent_step import single_sampling_error
+
+    try:
+        created = taskbalance.create(method, len(bench.tasks), **options)
+    except (TypeError, ValueError) as err:
+        given = ", ".join(f"{k}={v!r}" for k, v in options.items())
+        raise ValueError(f"method {method!r} with options {given or 'none'}: {err}") from None
+    if getattr(created, "independent_batches", 1) > 1:
+        partial = sorted(t for t, f in fractions.items() if f < 1)
+        raise single_sampling_error(
+            method,
+            "needs every part of a batch to label the same tasks; the workflows train on "
+            f"partial labels of {partial}, which differ from batch to batch",
+            command="compare --labels",
+        )
 
 
 def _benchmark_and_labels(

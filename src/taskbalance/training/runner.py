@@ -50,7 +50,14 @@ from .rundir import check_new_run, load_results_file
 from .sources import load_data
 from .trainer import Callback, Trainer
 
-__all__ = ["RunInputs", "build_trainer", "has_checkpoint", "run", "train"]
+__all__ = [
+    "RunInputs",
+    "build_trainer",
+    "double_sampling_problem",
+    "has_checkpoint",
+    "run",
+    "train",
+]
 
 #: ``log(line)``: receives one line per run (reused, resumed or trained).
 Log = Callable[[str], None]
@@ -409,25 +416,36 @@ def _method(config: TrainConfig, num_tasks: int) -> Any:
 
 def _check_sampling(config: TrainConfig, method: Any, model: nn.Module, group: bool) -> None:
     """A double-sampling method refused before training, with the fix named as a method option
-    of the config and the command line: in rep mode or under torchrun (the Balancer would
-    refuse it naming the Python fix), or with partial labels (``labels`` below 1, no
-    pseudo-labels filling them: the parts of a batch label different tasks, and the run would
-    stop at the first such batch)."""
+    of the config and the command line (see :func:`double_sampling_problem`)."""
     if getattr(method, "independent_batches", 1) == 1:
         return
     mode = choose_mode(config.mode, method, model)
-    where = independent_setup_conflict(method, mode, "jacobian", group)
+    problem = double_sampling_problem(config, method, mode, group)
+    if problem is not None:
+        raise single_sampling_error(method.name, problem, command="train")
+
+
+def double_sampling_problem(
+    config: TrainConfig, method: Any, mode: str, distributed: bool
+) -> str | None:
+    """Why ``method`` (created from ``config``) cannot sample three independent sub-batches a
+    step in a run of ``config`` in balancer ``mode`` (``"param"``/``"rep"``), ``distributed``
+    or not: rep mode or a distributed step (the Balancer would refuse it naming the Python
+    fix), or partial labels (``labels`` below 1, no pseudo-labels filling them: the parts of a
+    batch label different tasks, and the run would stop at the first such batch). ``None``:
+    it can, or it samples once. The problem is for :func:`single_sampling_error`."""
+    if getattr(method, "independent_batches", 1) == 1:
+        return None
+    where = independent_setup_conflict(method, mode, "jacobian", distributed)
     partial = sorted(t for t, f in (config.labels or {}).items() if f < 1)
     if where is not None:
-        problem = f"is not supported in {where}"
-    elif partial and not config.pseudo_labels:
-        problem = (
+        return f"is not supported in {where}"
+    if partial and not config.pseudo_labels:
+        return (
             "needs every part of a batch to label the same tasks; with partial labels of "
             f"{partial} they differ from batch to batch"
         )
-    else:
-        return
-    raise single_sampling_error(method.name, problem, config=True)
+    return None
 
 
 def _trainer_options(config: TrainConfig) -> dict[str, Any]:
