@@ -117,3 +117,17 @@ def test_last_shared_gradient_is_computed_once_per_task(task_backward, calls):
     balancer.backward(losses, features=net.head_inputs)
     assert seen == [net.last.weight.shape] * calls
     assert all(p.grad is not None for p in net.last_parameters())
+
+
+def test_a_last_shared_parameter_listed_twice_is_refused():
+    # Listed twice (e.g. two tied layers' weights, one Parameter), GradNorm's step with the
+    # features wrote Σ_t c_t g_t into W once per listing: W's gradient doubled, and the norms
+    # counted W twice on both paths. One clear error at construction instead.
+    net = ConvNet()
+    w, b = net.last_parameters()
+    with pytest.raises(ValueError, match="same parameter more than once"):
+        tb.Balancer(
+            tb.create("gradnorm", len(NAMES)),
+            list(net.shared.parameters()),
+            last_shared_parameters=[w, b, w],
+        )

@@ -141,6 +141,13 @@ class Balancer:
         self._all_last = None if last_shared_parameters is None else list(last_shared_parameters)
         if self._all_last is not None and not self._all_last:
             raise ValueError("last_shared_parameters is empty")
+        if self._all_last is not None and len({id(p) for p in self._all_last}) != len(
+            self._all_last
+        ):  # GradNorm's step would count it twice: in the norms and in W's gradient
+            raise ValueError(
+                "last_shared_parameters lists the same parameter more than once (tied weights "
+                "are one parameter); list each parameter once"
+            )
         self._active_key: tuple[int, ...] | None = None
         self._select_shared()
         self.task_names: tuple[str, ...] | None = None
