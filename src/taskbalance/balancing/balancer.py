@@ -29,7 +29,15 @@ from taskbalance.validation import check_finite_losses
 from .base import GradientMethod, LossMethod, Method, check_choice, raise_nonfinite_gradient
 from .distributed import resolve_group
 from .distributed_step import distributed_backward
-from .heads import HeadPass, feature_list, head_pass, leaves_above, task_inputs, view_pass
+from .heads import (
+    HeadPass,
+    feature_list,
+    head_pass,
+    leaves_above,
+    task_inputs,
+    tied_leaves,
+    view_pass,
+)
 from .independent_step import check_independent_setup, independent_backward
 from .rows import RowBuffer
 from .solvers import combine, first_nonfinite_row, first_nonfinite_row_of, gramian
@@ -323,7 +331,10 @@ class Balancer:
             return info
 
         if isinstance(method, LossMethod):
-            if method.needs_last_layer_grad_norms and features is not None:
+            # A weight tied between a head and the shared part: the plain path (same update)
+            fast = features is not None and not self._tied(_present(items), features)
+            if method.needs_last_layer_grad_norms and fast:
+                assert features is not None
                 self._grad_norm_step(method, items, stacked, mask, features, info)
             else:
                 if method.needs_last_layer_grad_norms:
@@ -544,6 +555,7 @@ class Balancer:
         if features is None:
             batched_task_gradients(own, loss_cotangents(own, seeds), self.shared, store)
         else:
+            self._refuse_tied(own, features)
             heads = self._head_pass(own, seeds, idx, features)
             heads.write_heads()
             batched_task_gradients(heads.features, heads.feature_cotangents(), self.shared, store)
@@ -614,6 +626,26 @@ class Balancer:
             heads = head_pass(own, seeds, handles, present, J, inputs=mine)
         return heads
 
+    def _tied(self, own: list[Tensor], features: Features) -> list[Tensor]:
+        """The leaves tied between a head and the shared part (:func:`~.heads.tied_leaves`)."""
+        if not isinstance(features, Mapping):
+            feats = feature_list(features)
+            return tied_leaves(own, feats, feats)
+        assert self.task_names is not None
+        inputs = task_inputs(features, self.task_names)
+        return tied_leaves(own, [x for xs in inputs for x in xs], inputs[0])
+
+    def _refuse_tied(self, own: list[Tensor], features: Features | None) -> None:
+        """A step through the features refused when a head reads a weight of the shared part."""
+        tied = [] if features is None else self._tied(own, features)
+        if tied:
+            raise ValueError(
+                f"a parameter of shape {list(tied[0].shape)} is read by a task head and also "
+                "lies below the shared features (a weight tied between a head and the shared "
+                "part): a step through the features would count its gradient through them "
+                "twice; untie it, or use mode='param' without features"
+            )
+
     def _feature_rows(self, n: int, feats: list[Tensor]) -> Tensor:
         """The ``[n, |z|]`` matrix this step's feature gradients are written into (reused)."""
         F = sum(f.numel() for f in feats)
@@ -626,6 +658,7 @@ class Balancer:
         idx: list[int],
         features: Features | None,
     ) -> tuple[Tensor, Callable[[Tensor], None]]:
+        self._refuse_tied(own, features)
         heads = self._head_pass(own, seeds, idx, features)
         feats = heads.features
         numels = heads.numels
@@ -820,3 +853,7 @@ def _accumulate(p: Tensor, g: Tensor) -> None:
         p.grad = g
     else:
         p.grad.add_(g)
+
+
+def _present(items: list[Tensor | None]) -> list[Tensor]:
+    return [x for x in items if x is not None]

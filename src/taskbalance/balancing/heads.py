@@ -24,6 +24,7 @@ __all__ = [
     "head_pass",
     "leaves_above",
     "task_inputs",
+    "tied_leaves",
     "view_pass",
 ]
 
@@ -99,24 +100,53 @@ def _same_alias(x: Tensor, ref: Tensor) -> bool:
 def leaves_above(loss: Tensor | Sequence[Tensor], feats: Sequence[Tensor]) -> list[Tensor]:
     """Leaves requiring grad that ``loss`` (or any of several losses) reaches without passing
     through ``feats``."""
+    return _walk(loss, feats)[0]
+
+
+def _walk(loss: Tensor | Sequence[Tensor], feats: Sequence[Tensor]) -> tuple[list[Tensor], bool]:
+    """:func:`leaves_above`, and whether the walk reached any of ``feats``."""
     stop = {id(f.grad_fn) for f in feats if f.grad_fn is not None}
     feature_ids = {id(f) for f in feats}
     seen: set[int] = set()
     leaves: list[Tensor] = []
     losses = [loss] if isinstance(loss, Tensor) else list(loss)
     stack: list[Any] = [x.grad_fn for x in losses if x.grad_fn is not None]
+    reached = False
     while stack:
         node = stack.pop()
-        if id(node) in seen or id(node) in stop:
+        if id(node) in seen:
+            continue
+        if id(node) in stop:
+            reached = True
             continue
         seen.add(id(node))
         variable = getattr(node, "variable", None)  # AccumulateGrad nodes hold their leaf
         if isinstance(variable, Tensor):
-            if id(variable) not in feature_ids and variable.requires_grad:
+            if id(variable) in feature_ids:
+                reached = True
+            elif variable.requires_grad:
                 leaves.append(variable)
             continue
         stack.extend(n for n, _ in node.next_functions if n is not None)
-    return leaves
+    return leaves, reached
+
+
+def tied_leaves(
+    losses: Sequence[Tensor], stop: Sequence[Tensor], features: Sequence[Tensor]
+) -> list[Tensor]:
+    """Leaves that ``losses`` reach without passing through ``stop`` (the features, or every
+    head's view of them) and that also lie below the ``features``: a weight tied between a head
+    and the shared part. A head pass cannot split such a leaf's gradient (the backward from a
+    task's loss to it also runs through the features), so a step that adds a backward from the
+    features would count that part twice. A loss that does not reach ``stop`` is left to the
+    head pass (its error names the cause: features of an earlier forward)."""
+    below = {id(x) for x in leaves_above(list(features), [])}
+    tied: list[Tensor] = []
+    for loss in losses:
+        leaves, reached = _walk(loss, stop)
+        if reached:
+            tied += [p for p in leaves if id(p) in below and all(p is not q for q in tied)]
+    return tied
 
 
 @dataclass
