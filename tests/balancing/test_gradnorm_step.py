@@ -174,3 +174,18 @@ def test_a_weight_tied_between_a_head_and_the_trunk_gets_the_plain_update(featur
 def test_a_step_through_the_features_refuses_a_tied_weight(features, mode, task_backward):
     with pytest.raises(ValueError, match=r"tied between a head and the shared part.*mode='param'"):
         _tied_step("mgda", mode, features, task_backward)
+
+
+def test_last_shared_parameters_outside_the_shared_part_are_refused():
+    # A head's weight given as the last shared layer: the path without features measured its
+    # gradient, the path with the features (the Trainer's) left it out without a word, so
+    # GradNorm's norms, and then its weights, depended on whether features were passed.
+    net = ConvNet()
+    head = net.heads["a"].weight
+    assert isinstance(head, nn.Parameter)
+    with pytest.raises(ValueError, match=r"1 parameter\(s\) not among shared_parameters"):
+        tb.Balancer(
+            tb.create("gradnorm", len(NAMES)),
+            list(net.shared.parameters()),
+            last_shared_parameters=[*net.last_parameters(), head],
+        )

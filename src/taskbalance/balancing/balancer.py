@@ -63,8 +63,9 @@ class Balancer:
         mode: ``"param"`` balances gradients of the shared parameters; ``"rep"`` balances
             gradients of the shared features passed to :meth:`backward` (cheaper; with MGDA
             this is MGDA-UB, Sener & Koltun 2018). Loss methods ignore the mode.
-        last_shared_parameters: the "last shared layer" W for GradNorm; by default the last
-            shared parameter with at least two dimensions (a weight matrix or kernel).
+        last_shared_parameters: the "last shared layer" W for GradNorm, among
+            ``shared_parameters``, each listed once; by default the last shared parameter with
+            at least two dimensions (a weight matrix or kernel).
         task_names: order of the tasks; by default the order of the first loss dict.
         track_gradients: compute per-task gradient norms and cosines when per-task gradients
             exist (one ``T x T`` Gramian, cheap).
@@ -149,13 +150,8 @@ class Balancer:
         self._all_last = None if last_shared_parameters is None else list(last_shared_parameters)
         if self._all_last is not None and not self._all_last:
             raise ValueError("last_shared_parameters is empty")
-        if self._all_last is not None and len({id(p) for p in self._all_last}) != len(
-            self._all_last
-        ):  # GradNorm's step would count it twice: in the norms and in W's gradient
-            raise ValueError(
-                "last_shared_parameters lists the same parameter more than once (tied weights "
-                "are one parameter); list each parameter once"
-            )
+        if self._all_last is not None:
+            _check_last_shared(self._all_last, self._all_shared)
         self._active_key: tuple[int, ...] | None = None
         self._select_shared()
         self.task_names: tuple[str, ...] | None = None
@@ -857,3 +853,21 @@ def _accumulate(p: Tensor, g: Tensor) -> None:
 
 def _present(items: list[Tensor | None]) -> list[Tensor]:
     return [x for x in items if x is not None]
+
+
+def _check_last_shared(last: list[nn.Parameter], shared: list[nn.Parameter]) -> None:
+    """``last_shared_parameters`` each listed once, among ``shared_parameters``."""
+    if len({id(p) for p in last}) != len(last):
+        # GradNorm's step would count it twice: in the norms and in W's gradient
+        raise ValueError(
+            "last_shared_parameters lists the same parameter more than once (tied weights "
+            "are one parameter); list each parameter once"
+        )
+    shared_ids = {id(p) for p in shared}
+    outside = [p for p in last if id(p) not in shared_ids]
+    if outside:  # e.g. a head's: measured by the path without features only
+        raise ValueError(
+            f"last_shared_parameters holds {len(outside)} parameter(s) not among "
+            f"shared_parameters (the first of shape {list(outside[0].shape)}); pass "
+            "the last shared layer's parameters, a part of shared_parameters"
+        )
