@@ -189,3 +189,32 @@ def test_last_shared_parameters_outside_the_shared_part_are_refused():
             list(net.shared.parameters()),
             last_shared_parameters=[*net.last_parameters(), head],
         )
+
+
+def test_a_last_shared_layer_above_the_features_is_refused_with_features():
+    # A shared parameter applied after the features (added to every head's output) given as
+    # the last shared layer: no backward from the features reaches it, so the step through the
+    # features cannot measure GradNorm's norms; refused, naming the fix (no features works).
+    torch.manual_seed(0)
+    trunk = nn.Linear(3, 4)
+    post = nn.Parameter(torch.zeros(1))
+    heads = [nn.Linear(4, 1) for _ in range(2)]
+
+    def losses_and_features() -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        z = trunk(torch.ones(5, 3))
+        return {f"t{i}": (h(z) + post - i).pow(2).mean() for i, h in enumerate(heads)}, z
+
+    balancer = tb.Balancer(
+        tb.create("gradnorm", 2), [*trunk.parameters(), post], last_shared_parameters=[post]
+    )
+    losses, z = losses_and_features()
+    with pytest.raises(ValueError, match=r"does not lie below the features passed to backward"):
+        balancer.backward(losses, features=z)
+    losses, _ = losses_and_features()
+    info = balancer.backward(losses)  # the plain path measures the norms at post
+    # |dL_t/dpost| = |2 mean(h_t(z) + post - t)|, computed directly
+    with torch.no_grad():
+        z = trunk(torch.ones(5, 3))
+        expected = [abs(2 * float((h(z) + post - i).mean())) for i, h in enumerate(heads)]
+    assert info.grad_norms is not None
+    assert info.grad_norms.tolist() == pytest.approx(expected, rel=1e-5)
