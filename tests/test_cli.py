@@ -499,3 +499,12 @@ def test_compare_labels_takes_the_method_options(tmp_path, capsys):
 
 def test_train_steps_and_all_steps_conflict(capsys):
     _user_error(capsys, ["train", "--steps", "2", "--all-steps"], "--all-steps")
+
+
+def test_option_values_in_exponent_form_are_numbers():
+    # --option lr-like values: PyYAML alone reads 1e-3 as a string, which a method refuses
+    from taskbalance.cli._common import key_value
+
+    assert key_value("c=1e-3") == ("c", 0.001)
+    assert key_value("weights=1e-1,2E0") == ("weights", [0.1, 2.0])
+    assert key_value("sampling=single") == ("sampling", "single")

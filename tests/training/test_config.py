@@ -92,6 +92,26 @@ def test_yaml_errors_name_the_file(tmp_path):
         TrainConfig.from_yaml(tmp_path / "missing.yaml")
 
 
+def test_numbers_in_exponent_form_are_read_as_floats(tmp_path):
+    # PyYAML (YAML 1.1) reads 1e-3 as the string "1e-3", and the config refused the lr
+    path = tmp_path / "run.yaml"
+    path.write_text("lr: 1e-3\nmethod: static\nmethod_options: {weights: [2.5E-1, 1.75]}\n")
+    config = TrainConfig.from_yaml(path)
+    assert config.lr == 0.001
+    assert config.method_options == {"weights": [0.25, 1.75]}
+
+
+def test_exponent_floats_and_the_rest_of_yaml():
+    from taskbalance.data.yaml_text import load_yaml
+
+    cases = {"1e-3": 1e-3, "-2.5E+2": -250.0, ".5e1": 5.0, "1.0e-3": 1e-3, "12": 12, "0.1": 0.1}
+    for text, value in cases.items():
+        got = load_yaml(text)
+        assert got == value and type(got) is type(value), text
+    for text in ("1e", "e5", "abc", "1e-3x"):  # not numbers: strings as before
+        assert load_yaml(text) == text
+
+
 def test_differences_ignore_resumable_keys():
     a = TrainConfig(epochs=2)
     b = a.replace(epochs=5, progress=False, lr=0.5).to_dict()

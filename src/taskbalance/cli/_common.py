@@ -57,8 +57,10 @@ def steps_or_all(text: str) -> int | None:
 def _parse_value(text: str) -> Any:
     import yaml
 
+    from taskbalance.data.yaml_text import load_yaml
+
     try:
-        return yaml.safe_load(text)
+        return load_yaml(text)
     except yaml.YAMLError:
         return text
 

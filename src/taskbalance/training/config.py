@@ -520,12 +520,14 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     """
     import yaml
 
+    from taskbalance.data.yaml_text import load_yaml
+
     path = Path(path)
     if not path.is_file():
         what = "is not a file" if path.exists() else "does not exist"
         raise FileNotFoundError(f"config file {str(path)!r} {what}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path.read_text())
     except yaml.YAMLError as err:
         raise ValueError(
             f"config file {str(path)!r} is not valid YAML: {' '.join(str(err).split())}"

@@ -122,11 +122,13 @@ def parse_experiment_file(path: str | os.PathLike[str]) -> ExperimentFile:
 def _read_yaml(path: Path) -> dict[str, Any]:
     import yaml
 
+    from taskbalance.data.yaml_text import load_yaml
+
     if not path.is_file():
         what = "is not a file" if path.exists() else "does not exist"
         raise FileNotFoundError(f"experiment file {str(path)!r} {what}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         raise ExperimentError(path, None, f"not valid YAML: {' '.join(str(err).split())}") from None
     if not isinstance(data, Mapping):
