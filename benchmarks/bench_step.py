@@ -52,6 +52,7 @@ from collections.abc import Callable
 import torch
 from common import (
     TaskCNN,
+    Timing,
     gradnorm_flop_bound,
     interleaved,
     keep_freed_memory,
@@ -171,7 +172,7 @@ def candidates(
     return steps
 
 
-def main() -> None:
+def parse_arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", default="2,3,5,10,20,40")
     parser.add_argument("--heads", default="conv,tiny")
@@ -204,27 +205,56 @@ def main() -> None:
         help="keep: glibc keeps freed memory (no page faults from heap trimming); "
         "default: glibc's dynamic trimming",
     )
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def method_names(text: str, kind: str) -> list[str]:
+    """``all`` (every method of ``kind`` but gradnorm, which has its own columns), ``none`` or
+    a comma-separated list."""
+    if text == "all":
+        return [
+            n for n in tb.available_methods() if tb.method_info(n).kind == kind and n != "gradnorm"
+        ]
+    return [] if text == "none" else text.split(",")
+
+
+def step_rows(t: dict[str, Timing], heads: str, T: int, methods: list[str]) -> list[str]:
+    """The main table's rows of one model: one per gradient method (GradNorm's columns only
+    when there is none), a ``name[independent]`` row before a double-sampling method."""
+    ew = t["ew"]
+    gradnorm = " | ".join(t[k].ratio(ew) for k in ("gradnorm", "gn-floor", "gn-batched"))
+    if not methods:
+        return [f"| {heads} | {T} | - | - | {ew.median * 1e3:.1f} | - | - | - | - | {gradnorm} |"]
+    rows = []
+    floor = t["floor"]
+    head = f"{floor.median * 1e3:.1f} | {ew.median * 1e3:.1f}"
+    for method in methods:
+        double = t.get(f"{method}/independent")
+        if double is not None:
+            rows.append(
+                f"| {heads} | {T} | {method}[independent] | {head} | {double.ratio(floor)} "
+                "| - | - | - | - | - | - |"
+            )
+        rep, rep_z = t.get(f"{method}/rep"), t.get(f"{method}/rep-z")
+        rows.append(
+            f"| {heads} | {T} | {method} | {head} | {t[f'{method}/param'].ratio(floor)} | "
+            f"{t[f'{method}/batched'].ratio(floor)} | "
+            f"{'-' if rep is None else rep.ratio(ew)} | "
+            f"{'-' if rep_z is None else rep_z.ratio(ew)} | {gradnorm} |"
+        )
+    return rows
+
+
+def main() -> None:
+    args = parse_arguments()
     torch.set_num_threads(args.threads)
     malloc = args.malloc
     if malloc == "keep" and not keep_freed_memory():
         malloc = "default (keep unavailable: not glibc)"
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    methods = (
-        [n for n in tb.available_methods() if tb.method_info(n).kind == "gradient"]
-        if args.methods == "all"
-        else []
-        if args.methods == "none"
-        else args.methods.split(",")
-    )
-    loss_methods = (
-        [n for n in tb.available_methods() if tb.method_info(n).kind == "loss" and n != "gradnorm"]
-        if args.loss_methods == "all"
-        else []
-        if args.loss_methods == "none"
-        else args.loss_methods.split(",")
-    )
+    methods = method_names(args.methods, "gradient")
+    loss_methods = method_names(args.loss_methods, "loss")
     loss_rows: list[str] = []
     bound_rows: list[str] = []
     print(
@@ -252,35 +282,10 @@ def main() -> None:
             clock = time.perf_counter if device.type != "cpu" else time.process_time
             steps = candidates(model, x, T, methods, loss_methods)
             t = interleaved(steps, args.rounds, args.per_round, sync, clock=clock)
-            ew = t["ew"]
-            if not methods:
-                print(
-                    f"| {heads} | {T} | - | - | {ew.median * 1e3:.1f} | - | - | - | - | "
-                    f"{t['gradnorm'].ratio(ew)} | {t['gn-floor'].ratio(ew)} | "
-                    f"{t['gn-batched'].ratio(ew)} |",
-                    flush=True,
-                )
-            for m in loss_methods:
-                loss_rows.append(f"| {heads} | {T} | {m} | {t[f'{m}/loss'].ratio(ew)} |")
-            for method in methods:
-                floor = t["floor"]
-                double = t.get(f"{method}/independent")
-                if double is not None:
-                    print(
-                        f"| {heads} | {T} | {method}[independent] | {floor.median * 1e3:.1f} | "
-                        f"{ew.median * 1e3:.1f} | {double.ratio(floor)} | - | - | - | - | - | - |",
-                        flush=True,
-                    )
-                rep, rep_z = t.get(f"{method}/rep"), t.get(f"{method}/rep-z")
-                print(
-                    f"| {heads} | {T} | {method} | {floor.median * 1e3:.1f} | "
-                    f"{ew.median * 1e3:.1f} | {t[f'{method}/param'].ratio(floor)} | "
-                    f"{t[f'{method}/batched'].ratio(floor)} | "
-                    f"{'-' if rep is None else rep.ratio(ew)} | "
-                    f"{'-' if rep_z is None else rep_z.ratio(ew)} | {t['gradnorm'].ratio(ew)} | "
-                    f"{t['gn-floor'].ratio(ew)} | {t['gn-batched'].ratio(ew)} |",
-                    flush=True,
-                )
+            print("\n".join(step_rows(t, heads, T, methods)), flush=True)
+            loss_rows += [
+                f"| {heads} | {T} | {m} | {t[f'{m}/loss'].ratio(t['ew'])} |" for m in loss_methods
+            ]
 
     if loss_rows:
         print("\n| heads | T | loss method | step/ew |\n|---|---:|---|---:|")
@@ -293,7 +298,6 @@ def main() -> None:
         "|---|---|---:|---:|---:|---:|"
     )
     print("\n".join(bound_rows))
-
 
 if __name__ == "__main__":
     main()
