@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+import torch
 
 
 def peak_cpu_bytes(fn: Callable[[], object]) -> int:
@@ -38,3 +39,12 @@ def peak_cpu_bytes(fn: Callable[[], object]) -> int:
 def peak_memory() -> Callable[[Callable[[], object]], int]:
     """``peak_memory(fn)``: peak CPU bytes allocated while ``fn`` runs (see peak_cpu_bytes)."""
     return peak_cpu_bytes
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a test module (``pytestmark = pytest.mark.usefixtures(...)``)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

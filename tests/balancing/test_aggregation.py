@@ -25,13 +25,8 @@ SEEDED = {"pcgrad", "graddrop", "gradvac"}
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny n x n work: intra-op threads only add overhead (and stall on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# tiny n x n work: intra-op threads only add overhead (and stall on a busy machine)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def create(name, num_tasks, **options):

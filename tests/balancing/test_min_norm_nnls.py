@@ -20,13 +20,8 @@ from scipy.optimize import nnls
 from taskbalance.balancing import solvers
 from taskbalance.balancing.solvers import gramian, min_norm_weights
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# tiny n x n work: intra-op threads only add overhead (and stall on a busy machine)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -83,12 +83,8 @@ DTYPES = (torch.float32, torch.float64)
 TOL = {torch.float64: 1e-9, torch.float32: 2e-4}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# tiny n x n work: intra-op threads only add overhead (and stall on a busy machine)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def matrix(kind: str, n: int, seed: int) -> np.ndarray:
