@@ -18,6 +18,19 @@ class _Stop(Exception):
     pass
 
 
+def fake_nyu_run(tmp_path: Any) -> tuple[Any, dict[str, Any]]:
+    """A fake NYUv2 folder `tmp_path/nyu` and a one-step run config on it (into `tmp_path/run`)."""
+    from taskbalance.data.real.fake import write_fake_dataset
+
+    root = write_fake_dataset("nyuv2", tmp_path / "nyu", train=3, test=2, size=(8, 8))
+    config = {
+        "dataset": "nyuv2", "data_root": str(root), "model_options": {"width": 2, "depth": 1},
+        "batch_size": 2, "epochs": 1, "steps": 1, "progress": False, "tensorboard": False,
+        "out_dir": str(tmp_path / "run"),
+    }  # fmt: skip
+    return root, config
+
+
 def _stop_after(epoch: int):
     def callback(trainer, record) -> None:
         if record["epoch"] == epoch:
@@ -143,14 +156,8 @@ def test_a_run_on_a_dataset_is_reused_only_on_the_same_files(tmp_path):
     import os
     import shutil
 
-    from taskbalance.data.real.fake import write_fake_dataset
 
-    root = write_fake_dataset("nyuv2", tmp_path / "nyu", train=3, test=2, size=(8, 8))
-    config = {
-        "dataset": "nyuv2", "data_root": str(root), "model_options": {"width": 2, "depth": 1},
-        "batch_size": 2, "epochs": 1, "steps": 1, "progress": False, "tensorboard": False,
-        "out_dir": str(tmp_path / "run"),
-    }  # fmt: skip
+    root, config = fake_nyu_run(tmp_path)
     first = run(config)
     lines: list[str] = []
     moved = shutil.move(str(root), str(tmp_path / "elsewhere"))  # the same files, another folder
@@ -223,7 +230,6 @@ def test_the_dataset_is_walked_once_per_run(tmp_path, monkeypatch):
     # compare walked every run's dataset twice: when training it, and again when its timing
     # pass rebuilt the Trainer without a folder (~2 s a walk for CelebA's 200k files)
     import taskbalance.data.registry as registry
-    from taskbalance.data.real.fake import write_fake_dataset
     from taskbalance.experiments.timing import build_trainer as timing_trainer
 
     walked: list[object] = []
@@ -234,12 +240,7 @@ def test_the_dataset_is_walked_once_per_run(tmp_path, monkeypatch):
         return walk(*args, **kwargs)
 
     monkeypatch.setattr(registry, "dataset_fingerprint", counted)
-    root = write_fake_dataset("nyuv2", tmp_path / "nyu", train=3, test=2, size=(8, 8))
-    config = {
-        "dataset": "nyuv2", "data_root": str(root), "model_options": {"width": 2, "depth": 1},
-        "batch_size": 2, "epochs": 1, "steps": 1, "progress": False, "tensorboard": False,
-        "out_dir": str(tmp_path / "run"),
-    }  # fmt: skip
+    root, config = fake_nyu_run(tmp_path)
     first = run(config)  # trained
     assert walked == [str(root)] and first.config["inputs"]["dataset_files"]["files"] > 0
     timing_trainer(config)  # compare's timing pass: no folder, never reused
@@ -253,15 +254,9 @@ def test_a_run_from_before_the_dataset_fingerprint_is_refused_saying_why(tmp_pat
     # was refused as "other settings (inputs: None there, {'dataset_files': ...} now)".
     import json
 
-    from taskbalance.data.real.fake import write_fake_dataset
     from taskbalance.training.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 
-    root = write_fake_dataset("nyuv2", tmp_path / "nyu", train=3, test=2, size=(8, 8))
-    config = {
-        "dataset": "nyuv2", "data_root": str(root), "model_options": {"width": 2, "depth": 1},
-        "batch_size": 2, "epochs": 1, "steps": 1, "progress": False, "tensorboard": False,
-        "out_dir": str(tmp_path / "run"),
-    }  # fmt: skip
+    root, config = fake_nyu_run(tmp_path)
     run(config)
     results = tmp_path / "run" / "results.json"
     old = json.loads(results.read_text())
