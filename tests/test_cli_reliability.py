@@ -217,6 +217,73 @@ def test_commands_other_than_train_and_compare_refuse_to_run_under_torchrun(
     assert "under torchrun leave --nproc out" in capsys.readouterr().err
 
 
+def _no_launch(monkeypatch) -> None:
+    import taskbalance.training.launch as launch
+
+    def refuse(nproc, argv):
+        raise AssertionError(f"torchrun started for {argv}")
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(launch, "launch", refuse)
+
+
+def test_nproc_refuses_what_the_ranks_would_refuse_before_starting_torchrun(
+    monkeypatch, capsys, tmp_path
+) -> None:
+    # one error from the parent, as without --nproc, instead of one per rank plus torchrun's
+    # failure report: compare's plan and train's config, method and sampling
+    _no_launch(monkeypatch)
+    out = tmp_path / "never"
+    one = ["compare", *TINY, "--out", str(out)]
+    compare = [*one, "--nproc", "2"]
+    line = _user_error(capsys, [*compare, "--methods", "ew,modo"], "taskbalance compare: error:")
+    assert "method 'modo' with sampling='independent'" in line
+    assert "distributed step" in line and "--option modo.sampling=single" in line
+    bad = ["--methods", "ew,cagrad", "--option", "cagrad.cc=1"]
+    line = _user_error(capsys, [*compare, *bad], "--option cagrad.cc=1", "unknown option(s) 'cc'")
+    assert line == _user_error(capsys, [*one, *bad])  # as without --nproc
+    _user_error(capsys, [*compare, "--labels", "left=0.5"], "--labels/--workflows does not run")
+    train = ["train", "--nproc", "2", *TINY, "--out", str(out)]
+    line = _user_error(capsys, [*train, "--method", "modo"], "taskbalance train: error:")
+    assert "method 'modo' with sampling='independent'" in line
+    assert "distributed step" in line and "--option sampling=single" in line
+    line = _user_error(capsys, [*train, "--method", "static"], "'static' needs weights=")
+    assert line.startswith("taskbalance train: error: method 'static' with options none:")
+    _user_error(capsys, [*train, "--method", "cagrad", "--option", "cc=1"], "['cc']", "cagrad")
+    assert not out.exists()
+
+
+def test_nproc_starts_torchrun_for_input_the_ranks_take(monkeypatch, tmp_path) -> None:
+    # the parent validates (distributed, as the ranks will), then starts torchrun with argv
+    import taskbalance.experiments.compare as compare_module
+    import taskbalance.training.launch as launch
+    import taskbalance.training.runner as runner
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    events: list[tuple] = []
+
+    def record(nproc: int, argv: list[str]) -> int:
+        events.append((nproc, argv))
+        return 0
+
+    monkeypatch.setattr(launch, "launch", record)
+    for module, name in ((compare_module, "check_compare"), (runner, "check_method")):
+        check = getattr(module, name)
+
+        def spy(settings, distributed, check=check, name=name):
+            events.append((name, distributed))
+            return check(settings, distributed)
+
+        monkeypatch.setattr(module, name, spy)
+    out = str(tmp_path / "run")
+    compare = ["compare", "--nproc", "2", "--methods", "ew,modo", "--option",
+               "modo.sampling=single", *TINY, "--out", out]  # fmt: skip
+    train = ["train", "--nproc", "3", "--method", "modo", "--option", "sampling=single", *TINY]
+    assert main(compare) == 0 and main(train) == 0
+    assert events == [("check_compare", True), (2, compare), ("check_method", True), (3, train)]
+    assert not (tmp_path / "run").exists()  # the ranks write it
+
+
 def test_nproc_runs_the_same_command_under_torchrun(monkeypatch) -> None:
     import subprocess
     import sys

@@ -56,7 +56,7 @@ def test_compare_refuses_double_sampling_in_rep_mode_before_training(tmp_path):
     assert not out.exists()
     base = compare.base_config(settings)
     options = {"modo": {"sampling": "single"}}
-    plan = compare._plan(out, base, [0], ["left", "right"], ["ew", "modo"], options)
+    plan = compare._plan(out, base, [0], ["left", "right"], ["ew", "modo"], options, False)
     assert [cfg.get("method_options") for _, _, cfg in plan] == [None, None, None, options["modo"]]
 
 

@@ -141,12 +141,18 @@ _QUIET: list[Any] = []  # the stdout a rank other than 0 set aside while it runs
 
 
 def start_torchrun(args: argparse.Namespace, argv: Sequence[str] | None) -> int | None:
-    """``--nproc N``: run this command as N processes under torchrun (its exit status)."""
+    """``--nproc N``: run this command as N processes under torchrun (its exit status). The
+    command's ``check_launch(args)`` (set as a parser default) first refuses, here, the input
+    its ranks would refuse before training (one error rather than one per rank and torchrun's
+    failure report)."""
     nproc = getattr(args, "nproc", None)
     if nproc is None or "WORLD_SIZE" in os.environ:
         return None
     from taskbalance.training.launch import launch
 
+    check: Callable[[argparse.Namespace], None] | None = getattr(args, "check_launch", None)
+    if check is not None:
+        check(args)
     log(f"starting {nproc} processes with torchrun (torch.distributed.run --standalone)")
     return launch(nproc, list(sys.argv[1:] if argv is None else argv))
 

@@ -111,7 +111,7 @@ def add_command(sub: Any, defaults: dict[str, Any]) -> None:
     add_training_flags(
         p, defaults=defaults, out_help="output folder (default: runs/compare-<benchmark>)"
     )
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, check_launch=check_launch)
 
 
 def _add_option_flag(p: argparse.ArgumentParser) -> None:
@@ -155,28 +155,9 @@ def _add_workflow_flags(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from taskbalance.experiments.compare import run_compare
 
-    if args.labels is not None or args.workflows is not None:
-        given = {"--dataset": args.dataset, "--experiment": args.experiment}
-        for flag, value in {**given, "--recipe": args.recipe}.items():
-            if value is not None:
-                raise UserError(
-                    f"--labels workflows run on the built-in benchmarks; remove {flag} or --labels"
-                )
-        if "WORLD_SIZE" in os.environ:
-            raise UserError(
-                "compare --labels/--workflows does not run under torchrun; run it in one "
-                "process (the method comparison runs under torchrun)"
-            )
+    if _check_flags(args, distributed="WORLD_SIZE" in os.environ):
         return _compare_workflows(args)
-    refuse_benchmark_flags(
-        explicit_dests(args, add_command),
-        dataset=args.dataset, experiment=args.experiment, recipe=args.recipe,
-    )  # fmt: skip
     out_dir = out_folder(args, f"compare-{data_name(args)}", _COMPARE_FILES, "comparison")
-    if args.finetune_rounds:
-        raise UserError(
-            "--finetune-rounds applies to the partial-label workflows: give --labels TASK=FRACTION"
-        )
     settings = _compare_settings(args, out_dir)
     result = run_compare(settings, log=log)
     _print_table(result.markdown)
@@ -186,6 +167,43 @@ def run(args: argparse.Namespace) -> int:
         print(f"plot {name}: {path}")
     print(f"took {result.seconds:.1f}s")
     return 0
+
+
+def _check_flags(args: argparse.Namespace, distributed: bool) -> bool:
+    """The flags refused together (``distributed``: under torchrun); ``True`` for the
+    partial-label workflows (--labels), ``False`` for the method comparison."""
+    if args.labels is not None or args.workflows is not None:
+        given = {"--dataset": args.dataset, "--experiment": args.experiment}
+        for flag, value in {**given, "--recipe": args.recipe}.items():
+            if value is not None:
+                raise UserError(
+                    f"--labels workflows run on the built-in benchmarks; remove {flag} or --labels"
+                )
+        if distributed:
+            raise UserError(
+                "compare --labels/--workflows does not run under torchrun; run it in one "
+                "process (the method comparison runs under torchrun)"
+            )
+        return True
+    refuse_benchmark_flags(
+        explicit_dests(args, add_command),
+        dataset=args.dataset, experiment=args.experiment, recipe=args.recipe,
+    )  # fmt: skip
+    if args.finetune_rounds:
+        raise UserError(
+            "--finetune-rounds applies to the partial-label workflows: give --labels TASK=FRACTION"
+        )
+    return False
+
+
+def check_launch(args: argparse.Namespace) -> None:
+    """``--nproc N``: what the ranks would refuse before training (flags, methods, options,
+    double sampling over several processes), refused before torchrun starts; nothing written."""
+    from taskbalance.experiments.compare import check_compare
+
+    _check_flags(args, distributed=True)
+    out = Path(args.out or Path("runs") / f"compare-{data_name(args)}")
+    check_compare(_compare_settings(args, out), distributed=True)
 
 
 def _compare_settings(args: argparse.Namespace, out_dir: Path) -> Any:

@@ -93,7 +93,7 @@ def add_command(sub: Any, defaults: dict[str, Any]) -> None:
         help="pseudo_labels.pt written by 'taskbalance annotate' (fills missing labels)",
     )
     _add_group_flags(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, check_launch=check_launch)
 
 
 def _add_group_flags(p: argparse.ArgumentParser) -> None:
@@ -182,15 +182,13 @@ def _train_config_dict(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from taskbalance.training import TrainConfig, train
+    from taskbalance.training import train
 
     if args.groups is not None:
         return _train_groups(args)
     if args.baselines is not None or args.shared:
         raise UserError("--baselines and --shared go with --groups")
-    config = TrainConfig.from_dict(_train_config_dict(args))
-    if config.out_dir is None:
-        raise UserError("config key 'out_dir' is null: taskbalance train needs a run folder")
+    config = _train_config(args)
     _check_run_folder(args, config.out_dir)
     if config.pseudo_labels is not None:
         _check_pseudo_labels(
@@ -205,6 +203,26 @@ def run(args: argparse.Namespace) -> int:
         print(f"  test {task}: {shown}")
     print(f"results: {out / 'results.json'}")
     return 0
+
+
+def check_launch(args: argparse.Namespace) -> None:
+    """``--nproc N``: what the ranks would refuse before training (the config, the method and
+    its options, its sampling over several processes), refused before torchrun starts."""
+    from taskbalance.training.runner import check_method
+
+    if args.groups is not None or args.baselines is not None or args.shared:
+        return  # the ranks refuse or train these (each group's run checked there)
+    check_method(_train_config(args), distributed=True)
+
+
+def _train_config(args: argparse.Namespace) -> Any:
+    """The :class:`TrainConfig` of train's flags and --config (a run folder required)."""
+    from taskbalance.training import TrainConfig
+
+    config = TrainConfig.from_dict(_train_config_dict(args))
+    if config.out_dir is None:
+        raise UserError("config key 'out_dir' is null: taskbalance train needs a run folder")
+    return config
 
 
 def _train_groups(args: argparse.Namespace) -> int:

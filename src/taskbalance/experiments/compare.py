@@ -44,6 +44,7 @@ __all__ = [
     "CompareSettings",
     "TaskInfo",
     "base_config",
+    "check_compare",
     "data_name",
     "parse_pareto",
     "resolve_jobs",
@@ -314,23 +315,12 @@ def run_compare(settings: CompareSettings, log: Log = print) -> CompareResult:
     Raises ``ValueError`` for user errors (unknown benchmark or method, bad Pareto metric,
     reused runs with other settings).
     """
+    from taskbalance.training.distributed_run import in_process_group
+
     start = time.perf_counter()
     s = settings
-    base = base_config(s)
-    info = task_info(base)
-    methods = resolve_methods(s.methods, len(info.names), log, s.method_options)
-    pareto = parse_pareto(s.pareto, info)
-    seeds = list(s.seeds)
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise ValueError(f"seeds must be distinct, got {seeds}")
-    out = Path(s.out_dir)
-    total = len(seeds) * (len(info.names) + len(methods))
-    log(
-        f"compare on {data_name(base)}: {len(methods)} methods x {len(seeds)} seed(s) + "
-        f"{len(info.names)} single-task baselines = {total} runs -> {out}"
-    )
-    options = check_method_options(s.method_options, methods, len(info.names))
-    plan = _plan(out, base, seeds, info.names, methods, options)
+    base, info, methods, pareto, options, plan = _planned(s, in_process_group(), log)
+    seeds, out = list(s.seeds), Path(s.out_dir)
     rank = _compare_rank(s.jobs)  # under torchrun: every run trains over every rank in turn
     jobs, threads = resolve_jobs(s.jobs, s.device, len(plan)) if rank is None else (1, 1)
     if jobs > 1:
@@ -386,6 +376,36 @@ def run_compare(settings: CompareSettings, log: Log = print) -> CompareResult:
     }
     atomic_write_text(out / "results.json", json.dumps(payload, indent=2))
     return CompareResult(out, board, markdown, figures, seconds, runs, baselines)
+
+
+def check_compare(settings: CompareSettings, distributed: bool) -> None:
+    """What :func:`run_compare` checks before anything trains (data, methods, options, Pareto
+    metrics, seeds, every run's method and its sampling, ``distributed`` or not), with no data
+    built: ``taskbalance compare --nproc N`` runs it before starting torchrun, so bad input is
+    refused once, not by every rank."""
+    _planned(settings, distributed, lambda _: None)
+
+
+def _planned(
+    s: CompareSettings, distributed: bool, log: Log
+) -> tuple[dict[str, Any], TaskInfo, list[str], Any, dict[str, dict[str, Any]], list[Any]]:
+    """``(base, info, methods, pareto, options, plan)`` of ``s``, validated (:func:`_plan`)."""
+    base = base_config(s)
+    info = task_info(base)
+    methods = resolve_methods(s.methods, len(info.names), log, s.method_options)
+    pareto = parse_pareto(s.pareto, info)
+    seeds = list(s.seeds)
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct, got {seeds}")
+    out = Path(s.out_dir)
+    total = len(seeds) * (len(info.names) + len(methods))
+    log(
+        f"compare on {data_name(base)}: {len(methods)} methods x {len(seeds)} seed(s) + "
+        f"{len(info.names)} single-task baselines = {total} runs -> {out}"
+    )
+    options = check_method_options(s.method_options, methods, len(info.names))
+    plan = _plan(out, base, seeds, info.names, methods, options, distributed)
+    return base, info, methods, pareto, options, plan
 
 
 def _by_kind(
@@ -475,10 +495,11 @@ def _plan(
     tasks: list[str],
     methods: list[str],
     options: Mapping[str, Mapping[str, Any]],
+    distributed: bool,
 ) -> list[tuple[str, str, dict[str, Any]]]:
     """``(key, label, config)`` of every run, baselines first; validated before anything
     trains (a method that cannot be created, e.g. static without weights, or that cannot
-    sample as asked in these runs, fails now)."""
+    sample as asked in these runs, ``distributed`` or not, fails now)."""
     plan: list[tuple[str, str, dict[str, Any]]] = []
     for seed in seeds:
         for task in tasks:
@@ -489,31 +510,28 @@ def _plan(
             folder = out / "runs" / method / f"seed{seed}"
             cfg = method_config(base, method, options, seed=seed, out_dir=str(folder))
             plan.append((f"method:{method}", f"{method} seed{seed}", cfg))
-    _check_runs(plan, len(tasks))
+    _check_runs(plan, len(tasks), distributed)
     return plan
 
 
-def _check_runs(plan: Sequence[tuple[str, str, dict[str, Any]]], num_tasks: int) -> None:
+def _check_runs(
+    plan: Sequence[tuple[str, str, dict[str, Any]]], num_tasks: int, distributed: bool
+) -> None:
     """Create every run's method; refuse, in one error naming every such method, the
-    double-sampling methods that these runs cannot train (under torchrun, in rep mode, with
-    partial labels), naming compare's fix."""
+    double-sampling methods that these runs cannot train (``distributed``: under torchrun; in
+    rep mode; with partial labels), naming compare's fix."""
     import taskbalance
     from taskbalance.balancing.independent_step import single_sampling_error
     from taskbalance.training import TrainConfig
-    from taskbalance.training.distributed_run import in_process_group
-    from taskbalance.training.runner import double_sampling_problem
+    from taskbalance.training.runner import double_sampling_problem, planned_mode
 
     refused: dict[str, list[str]] = {}  # problem -> methods
     for _, _, cfg in plan:
         config = TrainConfig.from_dict(cfg)
         tasks = len(config.tasks) if config.tasks is not None else num_tasks
         method = taskbalance.create(config.method, tasks, **config.method_options)
-        # the mode the runner chooses (choose_mode) without building the model: a model
-        # without one shared representation only changes it for a method preferring rep
-        mode = config.mode if config.mode in ("param", "rep") else "param"
-        if config.mode in (None, "auto") and method.prefers_rep_mode:
-            mode = "rep"
-        problem = double_sampling_problem(config, method, mode, in_process_group())
+        mode = planned_mode(config, method)  # the runner's, without building the model
+        problem = double_sampling_problem(config, method, mode, distributed)
         if problem is not None and config.method not in refused.get(problem, []):
             refused.setdefault(problem, []).append(config.method)
     for problem, methods in refused.items():
