@@ -523,14 +523,15 @@ def _check_runs(
     import taskbalance
     from taskbalance.balancing.independent_step import single_sampling_error
     from taskbalance.training import TrainConfig
-    from taskbalance.training.runner import double_sampling_problem, planned_mode
+    from taskbalance.training.build import choose_mode
+    from taskbalance.training.runner import double_sampling_problem
 
     refused: dict[str, list[str]] = {}  # problem -> methods
     for _, _, cfg in plan:
         config = TrainConfig.from_dict(cfg)
         tasks = len(config.tasks) if config.tasks is not None else num_tasks
         method = taskbalance.create(config.method, tasks, **config.method_options)
-        mode = planned_mode(config, method)  # the runner's, without building the model
+        mode = choose_mode(config.mode, method, None)  # the runner's, before the model
         problem = double_sampling_problem(config, method, mode, distributed)
         if problem is not None and config.method not in refused.get(problem, []):
             refused.setdefault(problem, []).append(config.method)

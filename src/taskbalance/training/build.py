@@ -107,10 +107,12 @@ def rep_features(model: nn.Module, losses: Mapping[str, Any], balancer: Any) -> 
     return {task: inputs[task] for task in losses}
 
 
-def choose_mode(mode: str | None, method: Method, model: nn.Module) -> str:
+def choose_mode(mode: str | None, method: Method, model: nn.Module | None) -> str:
     """``"param"`` or ``"rep"``; ``None``/``"auto"``: rep when the method prefers it and the
-    model has one shared representation."""
-    supports_rep = getattr(model, "supports_rep_mode", True)
+    model has one shared representation. ``model=None``: the mode planned before the model is
+    built (taken to have one shared representation; a model without one only turns a
+    preferred rep into param)."""
+    supports_rep = model is None or getattr(model, "supports_rep_mode", True)
     if mode is None or mode == "auto":
         mode = "rep" if (method.prefers_rep_mode and supports_rep) else "param"
         if method.prefers_rep_mode and not supports_rep:

@@ -55,7 +55,6 @@ __all__ = [
     "build_trainer",
     "check_method",
     "double_sampling_problem",
-    "planned_mode",
     "has_checkpoint",
     "run",
     "train",
@@ -427,24 +426,16 @@ def _check_sampling(config: TrainConfig, method: Any, model: nn.Module, group: b
         raise single_sampling_error(method.name, problem, command="train")
 
 
-def planned_mode(config: TrainConfig, method: Any) -> str:
-    """The balancer mode :func:`~taskbalance.training.build.choose_mode` picks for ``config``
-    and ``method`` without the model: ``config.mode``, else rep for a method preferring it (a
-    model without one shared representation only turns that into param)."""
-    if config.mode in ("param", "rep"):
-        return config.mode
-    return "rep" if config.mode in (None, "auto") and method.prefers_rep_mode else "param"
-
-
 def check_method(config: TrainConfig, distributed: bool) -> None:
     """What :func:`run` checks of ``config``'s method that needs no data and no model: it is
     created from ``config.method_options``, and can sample as the run asks ``distributed`` or
-    not (:func:`double_sampling_problem`, in the :func:`planned_mode`). ``taskbalance train
-    --nproc N`` runs it before starting torchrun, so bad input is refused once, not by every
-    rank."""
+    not (:func:`double_sampling_problem`, in the mode planned without the model).
+    ``taskbalance train --nproc N`` runs it before starting torchrun, so bad input is refused
+    once, not by every rank."""
     names = config.trainable_tasks or config.tasks or [t.name for t in data_tasks(config)]
     method = _method(config, len(names))
-    problem = double_sampling_problem(config, method, planned_mode(config, method), distributed)
+    mode = choose_mode(config.mode, method, None)
+    problem = double_sampling_problem(config, method, mode, distributed)
     if problem is not None:
         raise single_sampling_error(method.name, problem, command="train")
 
